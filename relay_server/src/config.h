@@ -1,0 +1,81 @@
+/* config.h — the relay's settings: defaults, command-line options and environment variables.
+ * Every option has a long flag and an environment variable (flag wins over environment); one
+ * table in config.c drives parsing, validation and --help so they cannot drift apart. */
+#ifndef RELAY_CONFIG_H
+#define RELAY_CONFIG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+enum log_format { LOG_FORMAT_TEXT, LOG_FORMAT_JSON };
+enum log_level { LOG_LEVEL_DEBUG, LOG_LEVEL_INFO, LOG_LEVEL_WARN, LOG_LEVEL_ERROR };
+enum flow_policy { FLOW_THROTTLE_SENDER, FLOW_DROP_RECEIVER };
+
+struct relay_config {
+    /* --listen ADDRESS (RELAY_LISTEN, default "0.0.0.0"); --port N (RELAY_PORT or PORT,
+     * default 8787; 0 picks a free port, printed on stdout as "listening on HOST:PORT") */
+    char listen_address[128];
+    int port;
+    /* --tls-cert FILE / --tls-key FILE (RELAY_TLS_CERT / RELAY_TLS_KEY): both or neither */
+    char tls_cert_path[4096];
+    char tls_key_path[4096];
+    /* --max-message-size BYTES (RELAY_MAX_MESSAGE_SIZE, default 64 MiB); sizes accept K/M/G */
+    uint64_t max_message_size;
+    /* --max-text-size BYTES (RELAY_MAX_TEXT_SIZE, default 1 MiB): JSON control messages */
+    uint64_t max_text_size;
+    /* --max-room-members N (RELAY_MAX_ROOM_MEMBERS, default 64) */
+    unsigned max_room_members;
+    /* --max-rooms N (RELAY_MAX_ROOMS, default 10000) */
+    unsigned max_rooms;
+    /* --max-connections N (RELAY_MAX_CONNECTIONS, default 10000) */
+    unsigned max_connections;
+    /* --join-rate N (RELAY_JOIN_RATE, default 30): join/resume attempts per address per minute */
+    unsigned join_attempts_per_minute;
+    /* --token-file FILE (RELAY_TOKEN_FILE) or RELAY_TOKEN: optional shared access token.
+     * Never on the command line (it would show in ps); never logged. */
+    char access_token[256];
+    bool access_token_set;
+    /* --secret-file FILE (RELAY_SECRET_FILE): key for resume tokens; created (mode 0600) if
+     * missing. Without it a random per-process secret is used and rooms cannot be re-opened
+     * after a restart. */
+    char secret_file[4096];
+    /* --ping-interval SECONDS (RELAY_PING_INTERVAL, default 30; 0 disables pings) */
+    unsigned ping_interval_seconds;
+    /* --idle-timeout SECONDS (RELAY_IDLE_TIMEOUT, default 90): close after silence this long */
+    unsigned idle_timeout_seconds;
+    /* --handshake-timeout SECONDS (RELAY_HANDSHAKE_TIMEOUT, default 10) */
+    unsigned handshake_timeout_seconds;
+    /* --resume-grace SECONDS (RELAY_RESUME_GRACE, default 30) */
+    unsigned resume_grace_seconds;
+    /* --receiver-buffer BYTES (RELAY_RECEIVER_BUFFER, default 16 MiB): outbound bytes queued
+     * for one receiver before its senders are throttled */
+    uint64_t receiver_buffer_bytes;
+    /* --flow-control throttle|drop (RELAY_FLOW_CONTROL, default throttle) */
+    enum flow_policy flow_policy;
+    /* --slow-receiver-timeout SECONDS (RELAY_SLOW_RECEIVER_TIMEOUT, default 15): a receiver
+     * over its buffer that makes no progress this long is closed with 4008 */
+    unsigned slow_receiver_timeout_seconds;
+    /* --log-format text|json (RELAY_LOG_FORMAT, default text); --log-level
+     * debug|info|warn|error (RELAY_LOG_LEVEL, default info) */
+    enum log_format log_format;
+    enum log_level log_level;
+    /* --enable-echo (RELAY_ENABLE_ECHO=1): test-only /echo endpoint for RFC 6455 conformance */
+    bool enable_echo;
+};
+
+/* Fills `config` with the defaults. */
+void config_defaults(struct relay_config *config);
+
+/* Applies environment variables, then argv. Returns 0 on success; on --help prints the help to
+ * stdout and returns 1; on a bad value writes one line naming the option and what was expected
+ * to `error` (size `error_size`) and returns -1. Reads the token file if one is named. */
+int config_load(struct relay_config *config, int argc, char **argv, char *error, size_t error_size);
+
+/* Parses "64M", "1G", "4096", "512K" into bytes; returns -1 if malformed or overflowing. */
+int config_parse_size(const char *text, uint64_t *bytes);
+
+/* Writes the --help text (every option, its environment variable and default) to `out`. */
+void config_print_help(const char *program, void *out);
+
+#endif

@@ -1,0 +1,439 @@
+/* lws_server.c — the thin layer between libwebsockets and the relay core: HTTP endpoints,
+ * WebSocket upgrades, and turning lws callbacks into core events and core requests into lws
+ * calls. All decisions about rooms and routing live in relay_core.c. */
+#include "lws_server.h"
+
+#include <libwebsockets.h>
+#include <openssl/crypto.h>
+#include <openssl/sha.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+#include "log.h"
+#include "relay_core.h"
+#include "room_code.h"
+#include "version.h"
+
+_Static_assert(LWS_PRE <= SEND_QUEUE_HEADROOM, "fragments need room for the lws frame header");
+
+#define SHUTDOWN_DEADLINE_SECONDS 1.5
+#define CLOSE_GRACE_SECONDS 2
+#define MAX_IGNORED_BODY_BYTES (64 * 1024)
+
+/* Per-connection state lws allocates for us (HTTP requests and WebSocket sessions). */
+struct session {
+    struct connection *connection;
+    bool close_requested;
+    bool ping_requested;
+    int close_code;
+    char close_reason[64];
+    size_t ignored_body_bytes;
+};
+
+struct server {
+    struct lws_context *context;
+    struct lws_vhost *vhost;
+    struct relay *relay;
+    const struct relay_config *config;
+    lws_sorted_usec_list_t tick_timer;
+    lws_sorted_usec_list_t shutdown_timer; /* wakes the loop often while connections close */
+    double shutdown_started;
+    bool shutting_down;
+};
+
+static struct server server;
+static volatile sig_atomic_t stop_signal;
+
+static double now_seconds(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* --- core hooks ------------------------------------------------------------------------- */
+
+static void want_write(void *context, void *transport)
+{
+    lws_callback_on_writable(transport);
+}
+
+static void pause_reading(void *context, void *transport, bool paused)
+{
+    lws_rx_flow_control(transport, paused ? 0 : 1);
+}
+
+static void close_connection(void *context, void *transport, int code, const char *reason)
+{
+    struct session *session = lws_wsi_user(transport);
+    session->close_requested = true;
+    session->close_code = code;
+    snprintf(session->close_reason, sizeof(session->close_reason), "%s", reason);
+    lws_rx_flow_control(transport, 1);
+    lws_callback_on_writable(transport);
+    /* A receiver that stopped reading never becomes writable: drop it if the close cannot go. */
+    lws_set_timeout(transport, PENDING_TIMEOUT_CLOSE_SEND, CLOSE_GRACE_SECONDS);
+}
+
+static void send_ping(void *context, void *transport)
+{
+    struct session *session = lws_wsi_user(transport);
+    session->ping_requested = true;
+    lws_callback_on_writable(transport);
+}
+
+/* --- HTTP ------------------------------------------------------------------------------- */
+
+static int respond(struct lws *wsi, unsigned status, const char *content_type, const char *body,
+                   size_t body_length)
+{
+    unsigned char headers[LWS_PRE + 1024];
+    unsigned char *start = headers + LWS_PRE, *p = start, *end = headers + sizeof(headers) - 1;
+    if (lws_add_http_common_headers(wsi, status, content_type, body_length, &p, end) ||
+        lws_finalize_write_http_header(wsi, start, &p, end))
+        return -1;
+    unsigned char *buffer = malloc(LWS_PRE + body_length + 1);
+    if (!buffer)
+        return -1;
+    memcpy(buffer + LWS_PRE, body, body_length);
+    int written = lws_write(wsi, buffer + LWS_PRE, body_length, LWS_WRITE_HTTP_FINAL);
+    free(buffer);
+    if (written < (int)body_length)
+        return -1;
+    return lws_http_transaction_completed(wsi) ? -1 : 0;
+}
+
+static int respond_text(struct lws *wsi, unsigned status, const char *body)
+{
+    return respond(wsi, status, "text/plain", body, strlen(body));
+}
+
+static void peer_address(struct lws *wsi, char *out, size_t size)
+{
+    lws_get_peer_simple(wsi, out, size);
+    /* IPv4 clients of a dual-stack socket appear as ::ffff:a.b.c.d; log and limit them as v4. */
+    if (!strncmp(out, "::ffff:", 7) && strchr(out + 7, '.'))
+        memmove(out, out + 7, strlen(out + 7) + 1);
+}
+
+/* The access token, if one is configured: from "Authorization: Bearer …" or "?token=…".
+ * Compared through SHA-256 so that neither contents nor length leak through timing. */
+static bool authorized(struct lws *wsi)
+{
+    if (!server.config->access_token_set)
+        return true;
+    char given[512] = "";
+    char header[600];
+    const char *token = NULL;
+    if (lws_hdr_copy(wsi, header, sizeof(header), WSI_TOKEN_HTTP_AUTHORIZATION) > 0 &&
+        !strncasecmp(header, "Bearer ", 7))
+        token = header + 7;
+    else
+        token = lws_get_urlarg_by_name(wsi, "token=", given, sizeof(given));
+    if (!token)
+        return false;
+    unsigned char expected_digest[SHA256_DIGEST_LENGTH], given_digest[SHA256_DIGEST_LENGTH];
+    SHA256((const unsigned char *)server.config->access_token,
+           strlen(server.config->access_token), expected_digest);
+    SHA256((const unsigned char *)token, strlen(token), given_digest);
+    return CRYPTO_memcmp(expected_digest, given_digest, SHA256_DIGEST_LENGTH) == 0;
+}
+
+static bool is_websocket_path(const char *path)
+{
+    if (!strcmp(path, "/ws"))
+        return true;
+    if (!strncmp(path, "/room/", 6) && path[6])
+        return true;
+    return server.config->enable_echo && !strcmp(path, "/echo");
+}
+
+static int reject(struct lws *wsi, unsigned status, const char *body, int reject_reason)
+{
+    relay_metrics(server.relay)->rejected[reject_reason]++;
+    char address[64];
+    peer_address(wsi, address, sizeof(address));
+    log_fields(LOG_LEVEL_INFO, "http_rejected", LOG_TEXT("peer", address),
+               LOG_INT("status", status));
+    return respond_text(wsi, status, body);
+}
+
+static int serve_metrics(struct lws *wsi)
+{
+    char body[8192];
+    size_t length = metrics_render(relay_metrics(server.relay),
+                                   relay_connection_count(server.relay),
+                                   relay_room_count(server.relay),
+                                   relay_members_away(server.relay),
+                                   relay_queued_bytes(server.relay), body, sizeof(body));
+    if (length >= sizeof(body))
+        return respond_text(wsi, 500, "metrics too large\n");
+    return respond(wsi, 200, "text/plain; version=0.0.4", body, length);
+}
+
+static int serve_create_room(struct lws *wsi)
+{
+    char address[64], code[ROOM_CODE_LENGTH + 1], body[64];
+    peer_address(wsi, address, sizeof(address));
+    const char *error = relay_reserve_room(server.relay, address, now_seconds(), code);
+    if (error && !strcmp(error, "RATE_LIMITED"))
+        return respond(wsi, 429, "application/json", "{\"error\":\"Rate limited\"}", 24);
+    if (error)
+        return respond(wsi, 503, "application/json", "{\"error\":\"Too many rooms\"}", 26);
+    int length = snprintf(body, sizeof(body), "{\"room_code\":\"%s\"}", code);
+    return respond(wsi, 200, "application/json", body, (size_t)length);
+}
+
+static int serve_http(struct lws *wsi, struct session *session, const char *path)
+{
+    bool is_post = lws_hdr_total_length(wsi, WSI_TOKEN_POST_URI) > 0;
+    bool is_get = lws_hdr_total_length(wsi, WSI_TOKEN_GET_URI) > 0;
+    if (is_get && (!strcmp(path, "/") || !strcmp(path, "/health"))) {
+        const char *body =
+            "{\"status\":\"ok\",\"service\":\"Segmentation Suite Relay\",\"version\":\"" RELAY_VERSION
+            "\"}";
+        return respond(wsi, 200, "application/json", body, strlen(body));
+    }
+    if (!authorized(wsi))
+        return reject(wsi, 401, "Unauthorized", REJECT_UNAUTHORIZED);
+    if (is_websocket_path(path))
+        return respond_text(wsi, 426, "Expected WebSocket");
+    if (is_get && !strcmp(path, "/metrics"))
+        return serve_metrics(wsi);
+    if (is_post && !strcmp(path, "/api/create-room")) {
+        /* Answer once the (ignored) body is read, so it is not taken for the next request. */
+        if (lws_hdr_total_length(wsi, WSI_TOKEN_HTTP_CONTENT_LENGTH) > 0) {
+            session->ignored_body_bytes = 0;
+            return 0;
+        }
+        return serve_create_room(wsi);
+    }
+    return respond_text(wsi, 404, "Not Found");
+}
+
+/* Decides on a WebSocket upgrade before it happens: path, token, connection limit. */
+static int confirm_upgrade(struct lws *wsi)
+{
+    char path[256] = "";
+    lws_hdr_copy(wsi, path, sizeof(path), WSI_TOKEN_GET_URI);
+    if (!is_websocket_path(path))
+        return respond_text(wsi, 404, "Not Found") ? -1 : 1;
+    if (!authorized(wsi))
+        return reject(wsi, 401, "Unauthorized", REJECT_UNAUTHORIZED) ? -1 : 1;
+    if (server.shutting_down ||
+        relay_connection_count(server.relay) >= server.config->max_connections)
+        return reject(wsi, 503, "Too many connections", REJECT_TOO_MANY_CONNECTIONS) ? -1 : 1;
+    return 0;
+}
+
+/* --- WebSocket -------------------------------------------------------------------------- */
+
+static int open_session(struct lws *wsi, struct session *session)
+{
+    char path[256] = "", address[64];
+    lws_hdr_copy(wsi, path, sizeof(path), WSI_TOKEN_GET_URI);
+    peer_address(wsi, address, sizeof(address));
+    bool echo = server.config->enable_echo && !strcmp(path, "/echo");
+    session->connection = relay_connection_open(server.relay, wsi, address, echo, now_seconds());
+    return session->connection ? 0 : -1;
+}
+
+static int finish_close(struct lws *wsi, struct session *session)
+{
+    lws_close_reason(wsi, (enum lws_close_status)session->close_code,
+                     (unsigned char *)session->close_reason, strlen(session->close_reason));
+    return -1;
+}
+
+static int write_pending(struct lws *wsi, struct session *session)
+{
+    if (session->close_requested)
+        return finish_close(wsi, session);
+    if (session->ping_requested) {
+        unsigned char ping[LWS_PRE];
+        session->ping_requested = false;
+        if (lws_write(wsi, ping + LWS_PRE, 0, LWS_WRITE_PING) < 0)
+            return -1;
+    }
+    struct connection *connection = session->connection;
+    struct write_step step;
+    while (relay_next_write(connection, &step)) {
+        int flags = lws_write_ws_flags(step.is_binary ? LWS_WRITE_BINARY : LWS_WRITE_TEXT,
+                                       !step.continuation, step.final);
+        if (lws_write(wsi, step.bytes, step.length, (enum lws_write_protocol)flags) <
+            (int)step.length)
+            return -1;
+        relay_wrote(server.relay, connection, now_seconds());
+        if (session->close_requested)
+            return finish_close(wsi, session);
+        if (lws_send_pipe_choked(wsi)) {
+            lws_callback_on_writable(wsi);
+            break;
+        }
+    }
+    return 0;
+}
+
+static void on_shutdown_tick(lws_sorted_usec_list_t *timer);
+
+static int relay_callback(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in,
+                          size_t len)
+{
+    struct session *session = user;
+    switch (reason) {
+    case LWS_CALLBACK_HTTP:
+        return serve_http(wsi, session, in ? (const char *)in : "");
+    case LWS_CALLBACK_HTTP_BODY:
+        session->ignored_body_bytes += len;
+        return session->ignored_body_bytes > MAX_IGNORED_BODY_BYTES ? -1 : 0;
+    case LWS_CALLBACK_HTTP_BODY_COMPLETION:
+        return serve_create_room(wsi);
+    case LWS_CALLBACK_HTTP_CONFIRM_UPGRADE:
+        return confirm_upgrade(wsi);
+    case LWS_CALLBACK_ESTABLISHED:
+        return open_session(wsi, session);
+    case LWS_CALLBACK_RECEIVE:
+        if (!session->connection)
+            return -1;
+        relay_receive(server.relay, session->connection, in, len, lws_frame_is_binary(wsi),
+                      lws_is_first_fragment(wsi), lws_is_final_fragment(wsi),
+                      lws_remaining_packet_payload(wsi), now_seconds());
+        return session->close_requested ? finish_close(wsi, session) : 0;
+    case LWS_CALLBACK_RECEIVE_PONG:
+        if (session->connection)
+            relay_heard(session->connection, now_seconds());
+        return 0;
+    case LWS_CALLBACK_SERVER_WRITEABLE:
+        return session->connection ? write_pending(wsi, session) : 0;
+    case LWS_CALLBACK_CLOSED:
+        if (session->connection) {
+            relay_connection_closed(server.relay, session->connection, now_seconds());
+            session->connection = NULL;
+        }
+        return 0;
+    case LWS_CALLBACK_EVENT_WAIT_CANCELLED:
+        if (stop_signal && !server.shutting_down) {
+            server.shutting_down = true;
+            server.shutdown_started = now_seconds();
+            log_event(LOG_LEVEL_INFO, "shutting_down", "signal",
+                      stop_signal == SIGINT ? "SIGINT" : "SIGTERM", NULL);
+            relay_close_all(server.relay, 1001, "relay shutting down");
+            on_shutdown_tick(&server.shutdown_timer);
+        }
+        return 0;
+    default:
+        return 0;
+    }
+}
+
+static const struct lws_protocols protocols[] = {
+    {
+        .name = "segmentation-suite-relay",
+        .callback = relay_callback,
+        .per_session_data_size = sizeof(struct session),
+        /* Only small frames go through this buffer; payload is handed over in place. */
+        .rx_buffer_size = 0,
+    },
+    {NULL, NULL, 0, 0, 0, NULL, 0},
+};
+
+static void on_tick(lws_sorted_usec_list_t *timer)
+{
+    relay_tick(server.relay, now_seconds());
+    lws_sul_schedule(server.context, 0, timer, on_tick, LWS_US_PER_SEC);
+}
+
+static void on_shutdown_tick(lws_sorted_usec_list_t *timer)
+{
+    lws_sul_schedule(server.context, 0, timer, on_shutdown_tick, LWS_US_PER_SEC / 20);
+}
+
+static void on_stop_signal(int signal_number)
+{
+    stop_signal = signal_number;
+    if (server.context)
+        lws_cancel_service(server.context);
+}
+
+int lws_server_run(const struct relay_config *config, const unsigned char *secret,
+                   size_t secret_length)
+{
+    struct relay_io io = {
+        .want_write = want_write,
+        .pause_reading = pause_reading,
+        .close = close_connection,
+        .ping = send_ping,
+    };
+    server.config = config;
+    server.relay = relay_create(config, &io, secret, secret_length, now_seconds());
+    if (!server.relay) {
+        fprintf(stderr, "relay_server: out of memory\n");
+        return 1;
+    }
+    lws_set_log_level(LLL_ERR, NULL);
+
+    struct lws_context_creation_info info;
+    memset(&info, 0, sizeof(info));
+    info.options = LWS_SERVER_OPTION_EXPLICIT_VHOSTS | LWS_SERVER_OPTION_VALIDATE_UTF8 |
+                   LWS_SERVER_OPTION_DO_SSL_GLOBAL_INIT;
+    info.timeout_secs = config->handshake_timeout_seconds;
+    /* One read buffer per service thread: large reads mean fewer syscalls per forwarded byte. */
+    info.pt_serv_buf_size = 256 * 1024;
+    info.fd_limit_per_thread = 0;
+    server.context = lws_create_context(&info);
+    if (!server.context) {
+        fprintf(stderr, "relay_server: cannot create the libwebsockets context\n");
+        relay_destroy(server.relay);
+        return 1;
+    }
+
+    info.port = config->port;
+    bool any_address = !config->listen_address[0] || !strcmp(config->listen_address, "0.0.0.0") ||
+                       !strcmp(config->listen_address, "::");
+    info.iface = any_address ? NULL : config->listen_address;
+    info.protocols = protocols;
+    info.vhost_name = "relay";
+    if (config->tls_cert_path[0]) {
+        info.ssl_cert_filepath = config->tls_cert_path;
+        info.ssl_private_key_filepath = config->tls_key_path;
+    }
+    server.vhost = lws_create_vhost(server.context, &info);
+    if (!server.vhost) {
+        fprintf(stderr, "relay_server: cannot listen on %s:%d (in use, or a bad address or "
+                        "TLS certificate/key?)\n",
+                config->listen_address, config->port);
+        lws_context_destroy(server.context);
+        relay_destroy(server.relay);
+        return 1;
+    }
+
+    struct sigaction action;
+    memset(&action, 0, sizeof(action));
+    action.sa_handler = on_stop_signal;
+    sigaction(SIGTERM, &action, NULL);
+    sigaction(SIGINT, &action, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    printf("listening on %s:%d (%s)\n", any_address ? config->listen_address : info.iface,
+           lws_get_vhost_listen_port(server.vhost), config->tls_cert_path[0] ? "wss" : "ws");
+    fflush(stdout);
+    log_fields(LOG_LEVEL_INFO, "started", LOG_TEXT("version", RELAY_VERSION),
+               LOG_INT("port", lws_get_vhost_listen_port(server.vhost)),
+               LOG_TEXT("tls", config->tls_cert_path[0] ? "yes" : "no"),
+               LOG_TEXT("access_token", config->access_token_set ? "required" : "none"));
+
+    lws_sul_schedule(server.context, 0, &server.tick_timer, on_tick, LWS_US_PER_SEC);
+    while (lws_service(server.context, 0) >= 0) {
+        if (!server.shutting_down)
+            continue;
+        if (relay_connection_count(server.relay) == 0 ||
+            now_seconds() - server.shutdown_started > SHUTDOWN_DEADLINE_SECONDS)
+            break;
+    }
+    lws_context_destroy(server.context);
+    relay_destroy(server.relay);
+    log_event(LOG_LEVEL_INFO, "stopped", NULL);
+    return 0;
+}

@@ -1,0 +1,30 @@
+/* main.c — relay_server: reads the configuration, loads the relay secret, runs the server.
+ * Exit status: 0 after a clean stop, 1 when the server cannot start, 2 for a bad option. */
+#include <stdio.h>
+
+#include "config.h"
+#include "log.h"
+#include "lws_server.h"
+#include "resume_token.h"
+
+int main(int argc, char **argv)
+{
+    static struct relay_config config;
+    char error[512];
+    config_defaults(&config);
+    int loaded = config_load(&config, argc, argv, error, sizeof(error));
+    if (loaded > 0)
+        return 0; /* --help or --version */
+    if (loaded < 0) {
+        fprintf(stderr, "relay_server: %s\nTry 'relay_server --help'.\n", error);
+        return 2;
+    }
+    log_init(config.log_format, config.log_level, NULL);
+
+    unsigned char secret[RELAY_SECRET_BYTES];
+    if (!relay_secret_load(config.secret_file, secret, error, sizeof(error))) {
+        fprintf(stderr, "relay_server: %s\n", error);
+        return 1;
+    }
+    return lws_server_run(&config, secret, sizeof(secret));
+}

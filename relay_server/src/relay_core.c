@@ -1,0 +1,1269 @@
+/* relay_core.c — rooms, members and routing: every decision the relay makes, with no I/O.
+ * Control messages are parsed with jansson; forwarded text is spliced rather than re-encoded so
+ * that what a client sent reaches the others byte for byte, plus the sender fields. */
+#include "relay_core.h"
+
+#include <jansson.h>
+#include <search.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "frame_header.h"
+#include "log.h"
+#include "rate_limit.h"
+#include "resume_token.h"
+#include "room_code.h"
+#include "version.h"
+
+#define PROTOCOL_VERSION 2
+#define RECOMMENDED_CHUNK_SIZE (16u * 1024 * 1024)
+#define RESERVED_ROOM_SECONDS 120.0
+#define RATE_LIMITER_MAX_ADDRESSES 100000
+#define RATE_LIMITER_SWEEP_SECONDS 10.0
+/* A receiver whose queue grows past this many buffers is not reading at all: close it at once. */
+#define HARD_QUEUE_LIMIT_FACTOR 4
+
+struct member {
+    struct member *next; /* in the room, in joining order */
+    struct room *room;
+    struct connection *connection; /* NULL while away (resume grace period) */
+    double away_since;
+    bool wants_resume;
+    char user_id[USER_ID_MAX_BYTES + 1];
+    char display_name[DISPLAY_NAME_MAX_BYTES + 1];
+    /* `,"sender_id":…,"sender_name":…}` — spliced over the closing brace of forwarded text */
+    char *sender_suffix;
+    size_t sender_suffix_length;
+};
+
+struct room {
+    struct room *next, *previous; /* every live room, for the timers */
+    char code[ROOM_CODE_LENGTH + 1];
+    struct member *members;
+    size_t member_count;   /* including away members */
+    double reserved_until; /* an empty room made by POST /api/create-room lives until then */
+};
+
+struct relay {
+    struct relay_config config;
+    struct relay_io io;
+    unsigned char secret[RELAY_SECRET_BYTES];
+    size_t secret_length;
+    double now;
+    bool shutting_down;
+
+    void *rooms_by_code; /* tsearch tree of struct room */
+    struct room *rooms;  /* list of the same rooms */
+    size_t room_count;
+
+    void *connections_by_id;
+    struct connection *connections; /* list, through connection->next_open */
+    size_t connection_count;
+    uint64_t next_connection_id;
+
+    size_t members_away;
+    struct rate_limiter *join_limiter;
+    double last_sweep;
+    json_t *relay_info; /* the "relay" object of room_created/room_joined */
+    struct relay_metrics metrics;
+};
+
+/* --- lookups ---------------------------------------------------------------------------- */
+
+static int compare_rooms(const void *a, const void *b)
+{
+    return strcmp(((const struct room *)a)->code, ((const struct room *)b)->code);
+}
+
+static int compare_connections(const void *a, const void *b)
+{
+    uint64_t x = ((const struct connection *)a)->id, y = ((const struct connection *)b)->id;
+    return (x > y) - (x < y);
+}
+
+static struct room *find_room(struct relay *relay, const char *code)
+{
+    struct room probe;
+    memcpy(probe.code, code, sizeof(probe.code));
+    void **found = tfind(&probe, &relay->rooms_by_code, compare_rooms);
+    return found ? *found : NULL;
+}
+
+static struct connection *find_connection(struct relay *relay, uint64_t id)
+{
+    struct connection probe = {.id = id};
+    void **found = tfind(&probe, &relay->connections_by_id, compare_connections);
+    return found ? *found : NULL;
+}
+
+static struct connection *queue_owner(struct send_queue *queue)
+{
+    return (struct connection *)((char *)queue - offsetof(struct connection, queue));
+}
+
+/* --- sending ---------------------------------------------------------------------------- */
+
+static void begin_close(struct relay *relay, struct connection *connection, int code,
+                        const char *reason, int reject_reason);
+
+/* Called after anything was queued for `receiver`. */
+static void queued_for(struct relay *relay, struct connection *receiver, bool was_empty)
+{
+    if (was_empty)
+        receiver->last_progress = relay->now;
+    uint64_t hard_limit =
+        HARD_QUEUE_LIMIT_FACTOR * relay->config.receiver_buffer_bytes + relay->config.max_text_size;
+    if (receiver->queue.queued_bytes > hard_limit) {
+        begin_close(relay, receiver, 4008, "receiver too slow", REJECT_SLOW_RECEIVER);
+        return;
+    }
+    relay->io.want_write(relay->io.context, receiver->transport);
+}
+
+static void send_text_to(struct relay *relay, struct connection **receivers, size_t count,
+                         const char *text, size_t length)
+{
+    struct send_queue *queues[count ? count : 1];
+    bool was_empty[count ? count : 1];
+    for (size_t i = 0; i < count; i++) {
+        queues[i] = &receivers[i]->queue;
+        was_empty[i] = receivers[i]->queue.head == NULL;
+    }
+    relay_message_send(0, false, queues, count, (const unsigned char *)text, length);
+    for (size_t i = 0; i < count; i++)
+        queued_for(relay, receivers[i], was_empty[i]);
+}
+
+static void send_json(struct relay *relay, struct connection **receivers, size_t count,
+                      json_t *message)
+{
+    char *text = json_dumps(message, JSON_COMPACT);
+    json_decref(message);
+    if (!text)
+        return;
+    send_text_to(relay, receivers, count, text, strlen(text));
+    free(text);
+}
+
+static void send_error(struct relay *relay, struct connection *connection, const char *code,
+                       const char *error, json_t *extra)
+{
+    json_t *payload = json_pack("{s:s, s:s}", "error", error, "code", code);
+    if (extra) {
+        json_object_update(payload, extra);
+        json_decref(extra);
+    }
+    send_json(relay, &connection, 1, json_pack("{s:s, s:o}", "type", "error", "payload", payload));
+}
+
+static void send_field_error(struct relay *relay, struct connection *connection, const char *field,
+                             const char *expected)
+{
+    char error[160];
+    snprintf(error, sizeof(error), "Missing or invalid field '%s': expected %s", field, expected);
+    send_error(relay, connection, "INVALID_FIELD", error, json_pack("{s:s}", "field", field));
+    relay->metrics.rejected[REJECT_INVALID_MESSAGE]++;
+}
+
+/* --- flow control ----------------------------------------------------------------------- */
+
+/* Whether `sender` must wait for `receiver` before sending more of `message`: the receiver's
+ * backlog of this message is over `limit`, or the message waits behind others in a queue that
+ * is over `limit`. The message at the head of a queue is never held back by what waits behind
+ * it, so the oldest message always moves and two senders can never wait on each other. */
+static bool must_wait(struct connection *receiver, struct delivery *delivery, uint64_t limit)
+{
+    if (!delivery)
+        return false;
+    if (delivery->backlog_bytes > limit)
+        return true;
+    return receiver->queue.head != delivery && receiver->queue.queued_bytes > limit;
+}
+
+static void add_waiter(struct relay *relay, struct connection *receiver, struct connection *sender,
+                       struct relay_message *message)
+{
+    for (size_t i = 0; i < receiver->waiter_count; i++)
+        if (receiver->waiters[i].sender_id == sender->id)
+            return;
+    if (receiver->waiter_count == receiver->waiter_capacity) {
+        size_t capacity = receiver->waiter_capacity ? 2 * receiver->waiter_capacity : 4;
+        struct waiting_sender *grown =
+            realloc(receiver->waiters, capacity * sizeof(struct waiting_sender));
+        if (!grown)
+            return; /* the sender is not throttled; the hard queue limit still holds */
+        receiver->waiters = grown;
+        receiver->waiter_capacity = capacity;
+    }
+    if (receiver->waiter_count == 0)
+        receiver->last_progress = relay->now;
+    message->references++;
+    receiver->waiters[receiver->waiter_count++] =
+        (struct waiting_sender){.sender_id = sender->id, .message = message};
+    if (sender->blocked_on++ == 0) {
+        relay->metrics.senders_throttled_total++;
+        relay->io.pause_reading(relay->io.context, sender->transport, true);
+    }
+}
+
+/* After `message` from `sender` grew: throttle the sender or drop receivers that fell behind. */
+static void apply_flow_control(struct relay *relay, struct connection *sender,
+                               struct relay_message *message)
+{
+    uint64_t limit = relay->config.receiver_buffer_bytes;
+    for (size_t i = 0; i < message->delivery_count; i++) {
+        struct delivery *delivery = message->deliveries[i];
+        if (!delivery)
+            continue;
+        struct connection *receiver = queue_owner(delivery->queue);
+        if (receiver->closing || !must_wait(receiver, delivery, limit))
+            continue;
+        if (relay->config.flow_policy == FLOW_DROP_RECEIVER && receiver != sender)
+            begin_close(relay, receiver, 4008, "receiver too slow", REJECT_SLOW_RECEIVER);
+        else
+            add_waiter(relay, receiver, sender, message);
+    }
+}
+
+/* Lets senders go whose reason to wait on `receiver` is gone (or all of them, with `all`). */
+static void release_waiters(struct relay *relay, struct connection *receiver, bool all)
+{
+    uint64_t resume_below = relay->config.receiver_buffer_bytes / 2;
+    size_t kept = 0;
+    for (size_t i = 0; i < receiver->waiter_count; i++) {
+        struct waiting_sender waiter = receiver->waiters[i];
+        struct connection *sender = find_connection(relay, waiter.sender_id);
+        struct delivery *delivery = send_queue_find(&receiver->queue, waiter.message);
+        if (!all && sender && !sender->closing && must_wait(receiver, delivery, resume_below)) {
+            receiver->waiters[kept++] = waiter;
+            continue;
+        }
+        relay_message_release(waiter.message);
+        if (sender && --sender->blocked_on == 0 && !sender->closing)
+            relay->io.pause_reading(relay->io.context, sender->transport, false);
+    }
+    receiver->waiter_count = kept;
+}
+
+/* --- rooms and members ------------------------------------------------------------------ */
+
+static json_t *user_list(const struct room *room)
+{
+    json_t *users = json_array();
+    for (const struct member *m = room->members; m; m = m->next)
+        json_array_append_new(
+            users, json_pack("{s:s, s:s}", "user_id", m->user_id, "display_name", m->display_name));
+    return users;
+}
+
+/* The connected members of a room other than `except`, into `out` (capacity: member_count). */
+static size_t connected_members(const struct room *room, const struct member *except,
+                                struct connection **out)
+{
+    size_t count = 0;
+    for (const struct member *m = room->members; m; m = m->next)
+        if (m != except && m->connection && !m->connection->closing)
+            out[count++] = m->connection;
+    return count;
+}
+
+/* Sends `type` {user_id, display_name, users, ...extra} to everyone in the room but `subject`. */
+static void tell_room(struct relay *relay, struct room *room, struct member *subject,
+                      const char *type, json_t *extra)
+{
+    struct connection *receivers[room->member_count + 1];
+    size_t count = connected_members(room, subject, receivers);
+    json_t *payload = json_pack("{s:s, s:s, s:o}", "user_id", subject->user_id, "display_name",
+                                subject->display_name, "users", user_list(room));
+    if (extra) {
+        json_object_update(payload, extra);
+        json_decref(extra);
+    }
+    json_t *message = json_pack("{s:s, s:o}", "type", type, "payload", payload);
+    if (count)
+        send_json(relay, receivers, count, message);
+    else
+        json_decref(message);
+}
+
+static struct room *create_room(struct relay *relay, const char *code)
+{
+    struct room *room = calloc(1, sizeof(*room));
+    if (!room)
+        return NULL;
+    memcpy(room->code, code, sizeof(room->code));
+    if (!tsearch(room, &relay->rooms_by_code, compare_rooms)) {
+        free(room);
+        return NULL;
+    }
+    room->next = relay->rooms;
+    if (relay->rooms)
+        relay->rooms->previous = room;
+    relay->rooms = room;
+    relay->room_count++;
+    relay->metrics.rooms_created_total++;
+    return room;
+}
+
+static void delete_room(struct relay *relay, struct room *room)
+{
+    tdelete(room, &relay->rooms_by_code, compare_rooms);
+    if (room->previous)
+        room->previous->next = room->next;
+    else
+        relay->rooms = room->next;
+    if (room->next)
+        room->next->previous = room->previous;
+    relay->room_count--;
+    log_event(LOG_LEVEL_INFO, "room_deleted", "room", room->code, NULL);
+    free(room);
+}
+
+static bool new_room_code(struct relay *relay, char code[ROOM_CODE_LENGTH + 1])
+{
+    /* 2^30 codes: a collision is rare while the relay is far from full; retry a few times. */
+    for (int attempt = 0; attempt < 64; attempt++)
+        if (room_code_generate(code) && !find_room(relay, code))
+            return true;
+    return false;
+}
+
+static struct member *add_member(struct room *room, struct connection *connection,
+                                 const char *user_id, const char *display_name, bool wants_resume)
+{
+    struct member *member = calloc(1, sizeof(*member));
+    if (!member)
+        return NULL;
+    snprintf(member->user_id, sizeof(member->user_id), "%s", user_id);
+    snprintf(member->display_name, sizeof(member->display_name), "%s", display_name);
+    json_t *fields = json_pack("{s:s, s:s}", "sender_id", user_id, "sender_name", display_name);
+    char *encoded = json_dumps(fields, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    json_decref(fields);
+    if (!encoded) {
+        free(member);
+        return NULL;
+    }
+    encoded[0] = ','; /* `{"sender_id":…}` becomes `,"sender_id":…}` */
+    member->sender_suffix = encoded;
+    member->sender_suffix_length = strlen(encoded);
+    member->room = room;
+    member->connection = connection;
+    member->wants_resume = wants_resume;
+    struct member **tail = &room->members;
+    while (*tail)
+        tail = &(*tail)->next;
+    *tail = member;
+    room->member_count++;
+    room->reserved_until = 0;
+    connection->member = member;
+    return member;
+}
+
+/* Takes a member out of its room for good: the others get user_left; an empty room goes. */
+static void remove_member(struct relay *relay, struct member *member)
+{
+    struct room *room = member->room;
+    struct member **link = &room->members;
+    while (*link != member)
+        link = &(*link)->next;
+    *link = member->next;
+    room->member_count--;
+    if (member->connection)
+        member->connection->member = NULL;
+    else
+        relay->members_away--;
+    log_event(LOG_LEVEL_INFO, "user_left", "room", room->code, "user", member->user_id, NULL);
+    if (room->member_count > 0)
+        tell_room(relay, room, member, "user_left", NULL);
+    free(member->sender_suffix);
+    free(member);
+    if (room->member_count == 0)
+        delete_room(relay, room);
+}
+
+static json_t *membership_payload(struct relay *relay, struct member *member)
+{
+    json_t *payload =
+        json_pack("{s:s, s:O}", "room_code", member->room->code, "relay", relay->relay_info);
+    if (member->wants_resume) {
+        char token[RESUME_TOKEN_HEX_LENGTH + 1];
+        if (resume_token_make(relay->secret, relay->secret_length, member->room->code,
+                              member->user_id, token))
+            json_object_set_new(payload, "resume_token", json_string(token));
+    }
+    return payload;
+}
+
+static void send_room_joined(struct relay *relay, struct member *member, bool resumed)
+{
+    json_t *payload = membership_payload(relay, member);
+    json_object_set_new(payload, "users", user_list(member->room));
+    if (resumed)
+        json_object_set_new(payload, "resumed", json_true());
+    struct connection *connection = member->connection;
+    send_json(relay, &connection, 1,
+              json_pack("{s:s, s:o}", "type", "room_joined", "payload", payload));
+}
+
+/* --- control messages ------------------------------------------------------------------- */
+
+/* Reads a string field of 1..max bytes (0..max with allow_empty); answers INVALID_FIELD if not. */
+static const char *string_field(struct relay *relay, struct connection *connection, json_t *payload,
+                                const char *field, size_t max, bool allow_empty)
+{
+    json_t *value = json_object_get(payload, field);
+    size_t length = json_is_string(value) ? json_string_length(value) : 0;
+    if (!json_is_string(value) || length > max || (length == 0 && !allow_empty) ||
+        strlen(json_string_value(value)) != length) {
+        char expected[64];
+        snprintf(expected, sizeof(expected), "a string of %s to %zu bytes", allow_empty ? "0" : "1",
+                 max);
+        send_field_error(relay, connection, field, expected);
+        return NULL;
+    }
+    return json_string_value(value);
+}
+
+struct identity {
+    const char *user_id;
+    const char *display_name;
+    bool wants_resume;
+};
+
+static bool read_identity(struct relay *relay, struct connection *connection, json_t *payload,
+                          struct identity *identity)
+{
+    identity->user_id =
+        string_field(relay, connection, payload, "user_id", USER_ID_MAX_BYTES, false);
+    if (!identity->user_id)
+        return false;
+    identity->display_name = "";
+    if (json_object_get(payload, "display_name")) {
+        identity->display_name =
+            string_field(relay, connection, payload, "display_name", DISPLAY_NAME_MAX_BYTES, true);
+        if (!identity->display_name)
+            return false;
+    }
+    identity->wants_resume = false;
+    json_t *features = json_object_get(payload, "features");
+    size_t i;
+    json_t *feature;
+    json_array_foreach(features, i, feature) if (json_is_string(feature) &&
+                                                 !strcmp(json_string_value(feature), "resume"))
+        identity->wants_resume = true;
+    return true;
+}
+
+static void leave_current_room(struct relay *relay, struct connection *connection)
+{
+    if (connection->member)
+        remove_member(relay, connection->member);
+}
+
+static bool allow_join_attempt(struct relay *relay, struct connection *connection)
+{
+    double retry_after = 0;
+    if (rate_limiter_allow(relay->join_limiter, connection->peer_address, relay->now, &retry_after))
+        return true;
+    relay->metrics.rejected[REJECT_RATE_LIMITED]++;
+    send_error(relay, connection, "RATE_LIMITED", "Too many join attempts; try again later",
+               json_pack("{s:i}", "retry_after", (int)(retry_after + 0.999)));
+    return false;
+}
+
+static bool room_has_space(struct relay *relay, struct connection *connection, struct room *room)
+{
+    if (room->member_count < relay->config.max_room_members)
+        return true;
+    relay->metrics.rejected[REJECT_ROOM_FULL]++;
+    send_error(relay, connection, "ROOM_FULL", "Room is full", NULL);
+    return false;
+}
+
+static bool can_create_room(struct relay *relay, struct connection *connection)
+{
+    if (relay->room_count < relay->config.max_rooms)
+        return true;
+    relay->metrics.rejected[REJECT_TOO_MANY_ROOMS]++;
+    send_error(relay, connection, "TOO_MANY_ROOMS", "The relay has too many rooms", NULL);
+    return false;
+}
+
+static void handle_create_room(struct relay *relay, struct connection *connection, json_t *payload)
+{
+    struct identity identity;
+    if (!read_identity(relay, connection, payload, &identity))
+        return;
+    leave_current_room(relay, connection);
+    char code[ROOM_CODE_LENGTH + 1];
+    if (!can_create_room(relay, connection))
+        return;
+    struct room *room = new_room_code(relay, code) ? create_room(relay, code) : NULL;
+    if (!room || !add_member(room, connection, identity.user_id, identity.display_name,
+                             identity.wants_resume)) {
+        if (room && room->member_count == 0)
+            delete_room(relay, room);
+        send_error(relay, connection, "INTERNAL", "Could not create a room", NULL);
+        return;
+    }
+    log_event(LOG_LEVEL_INFO, "room_created", "room", code, "user", identity.user_id, "peer",
+              connection->peer_address, NULL);
+    send_json(relay, &connection, 1,
+              json_pack("{s:s, s:o}", "type", "room_created", "payload",
+                        membership_payload(relay, connection->member)));
+}
+
+/* Looks up the code in a join or resume after the rate limit; NULL (answered) if absent. */
+static bool read_room_code(struct relay *relay, struct connection *connection, json_t *payload,
+                           char code[ROOM_CODE_LENGTH + 1])
+{
+    json_t *value = json_object_get(payload, "room_code");
+    if (!json_is_string(value)) {
+        send_field_error(relay, connection, "room_code", "a string");
+        return false;
+    }
+    if (!room_code_normalize(json_string_value(value), code))
+        code[0] = '\0'; /* cannot name a room: answered as not found, like the original */
+    return true;
+}
+
+static void room_not_found(struct relay *relay, struct connection *connection)
+{
+    relay->metrics.rejected[REJECT_ROOM_NOT_FOUND]++;
+    send_error(relay, connection, "ROOM_NOT_FOUND", "Room not found", NULL);
+}
+
+static void handle_join_room(struct relay *relay, struct connection *connection, json_t *payload)
+{
+    /* The rate limit comes first, so guesses beyond it are refused without being evaluated. */
+    if (!allow_join_attempt(relay, connection))
+        return;
+    char code[ROOM_CODE_LENGTH + 1];
+    struct identity identity;
+    if (!read_room_code(relay, connection, payload, code) ||
+        !read_identity(relay, connection, payload, &identity))
+        return;
+    struct room *room = code[0] ? find_room(relay, code) : NULL;
+    if (!room) {
+        room_not_found(relay, connection);
+        return;
+    }
+    if (connection->member && connection->member->room == room) {
+        send_room_joined(relay, connection->member, false); /* already there: say so again */
+        return;
+    }
+    if (!room_has_space(relay, connection, room))
+        return;
+    leave_current_room(relay, connection);
+    struct member *member = add_member(room, connection, identity.user_id, identity.display_name,
+                                       identity.wants_resume);
+    if (!member)
+        return;
+    log_event(LOG_LEVEL_INFO, "user_joined", "room", code, "user", identity.user_id, "peer",
+              connection->peer_address, NULL);
+    send_room_joined(relay, member, false);
+    tell_room(relay, room, member, "user_joined", NULL);
+}
+
+static struct member *find_member(struct room *room, const char *user_id)
+{
+    for (struct member *m = room->members; m; m = m->next)
+        if (!strcmp(m->user_id, user_id))
+            return m;
+    return NULL;
+}
+
+static void handle_resume(struct relay *relay, struct connection *connection, json_t *payload)
+{
+    if (!allow_join_attempt(relay, connection))
+        return;
+    char code[ROOM_CODE_LENGTH + 1];
+    struct identity identity;
+    if (!read_room_code(relay, connection, payload, code) ||
+        !read_identity(relay, connection, payload, &identity))
+        return;
+    const char *token =
+        string_field(relay, connection, payload, "resume_token", RESUME_TOKEN_HEX_LENGTH, false);
+    if (!token)
+        return;
+    if (!code[0] ||
+        !resume_token_check(relay->secret, relay->secret_length, code, identity.user_id, token)) {
+        relay->metrics.rejected[REJECT_INVALID_RESUME_TOKEN]++;
+        send_error(relay, connection, "INVALID_RESUME_TOKEN", "Invalid resume token", NULL);
+        return;
+    }
+    struct room *room = find_room(relay, code);
+    struct member *member = room ? find_member(room, identity.user_id) : NULL;
+    if (member && member->connection == connection) {
+        send_room_joined(relay, member, true);
+        return;
+    }
+    if (connection->member)
+        leave_current_room(relay, connection);
+    room = find_room(relay, code); /* leaving may have emptied and deleted it */
+    member = room ? find_member(room, identity.user_id) : NULL;
+    if (member) {
+        /* Back within the grace period (or before the old connection was found dead). */
+        struct connection *old = member->connection;
+        if (old) {
+            old->member = NULL;
+            begin_close(relay, old, 1000, "resumed on another connection", -1);
+        } else {
+            relay->members_away--;
+        }
+        member->connection = connection;
+        member->wants_resume = true;
+        connection->member = member;
+        log_event(LOG_LEVEL_INFO, "user_resumed", "room", code, "user", member->user_id, "peer",
+                  connection->peer_address, NULL);
+        send_room_joined(relay, member, true);
+        return;
+    }
+    if (!room) {
+        if (!can_create_room(relay, connection) || !(room = create_room(relay, code)))
+            return;
+        log_event(LOG_LEVEL_INFO, "room_reopened", "room", code, "user", identity.user_id, NULL);
+    } else if (!room_has_space(relay, connection, room)) {
+        return;
+    }
+    member = add_member(room, connection, identity.user_id, identity.display_name, true);
+    if (!member) {
+        if (room->member_count == 0)
+            delete_room(relay, room);
+        return;
+    }
+    log_event(LOG_LEVEL_INFO, "user_resumed", "room", code, "user", member->user_id, "peer",
+              connection->peer_address, NULL);
+    send_room_joined(relay, member, true);
+    tell_room(relay, room, member, "user_joined", json_pack("{s:b}", "resumed", 1));
+}
+
+/* Whether `user_id` is named by a directed message's `to` list (NULL list: everyone). */
+static bool addressed_to(json_t *to, const char *user_id)
+{
+    if (!to)
+        return true;
+    size_t i;
+    json_t *name;
+    json_array_foreach(to, i, name) if (!strcmp(json_string_value(name), user_id)) return true;
+    return false;
+}
+
+/* Any other type: to the other members (or those named in `to`), with the sender fields. */
+static void forward_text(struct relay *relay, struct connection *connection, json_t *root,
+                         const char *text, size_t length)
+{
+    struct member *sender = connection->member;
+    if (!sender) {
+        relay->metrics.dropped[DROP_NOT_IN_ROOM]++;
+        return;
+    }
+    json_t *to = json_object_get(root, "to");
+    if (to) {
+        bool valid = json_is_array(to);
+        size_t i;
+        json_t *name;
+        json_array_foreach(to, i, name) valid = valid && json_is_string(name);
+        if (!valid) {
+            send_field_error(relay, connection, "to", "a list of user_id strings");
+            return;
+        }
+    }
+    struct room *room = sender->room;
+    struct connection *receivers[room->member_count + 1];
+    size_t count = 0;
+    for (struct member *m = room->members; m; m = m->next)
+        if (m != sender && m->connection && !m->connection->closing && addressed_to(to, m->user_id))
+            receivers[count++] = m->connection;
+    if (count == 0) {
+        relay->metrics.dropped[DROP_NO_RECIPIENT]++;
+        return;
+    }
+
+    if (json_object_get(root, "sender_id") || json_object_get(root, "sender_name")) {
+        /* The client set these itself: the relay's values win, as in the original. */
+        json_object_set_new(root, "sender_id", json_string(sender->user_id));
+        json_object_set_new(root, "sender_name", json_string(sender->display_name));
+        char *encoded = json_dumps(root, JSON_COMPACT | JSON_PRESERVE_ORDER);
+        if (encoded) {
+            send_text_to(relay, receivers, count, encoded, strlen(encoded));
+            free(encoded);
+        }
+        return;
+    }
+    /* Splice the sender fields over the closing brace, keeping the client's bytes as sent. */
+    size_t end = length;
+    while (end > 0 && text[end - 1] != '}')
+        end--;
+    size_t spliced_length = end - 1 + sender->sender_suffix_length;
+    char *spliced = malloc(spliced_length);
+    if (!spliced)
+        return;
+    memcpy(spliced, text, end - 1);
+    memcpy(spliced + end - 1, sender->sender_suffix, sender->sender_suffix_length);
+    send_text_to(relay, receivers, count, spliced, spliced_length);
+    free(spliced);
+}
+
+static void handle_text(struct relay *relay, struct connection *connection, const char *text,
+                        size_t length)
+{
+    json_error_t error;
+    json_t *root = json_loadb(text, length, JSON_DECODE_ANY, &error);
+    if (!root) {
+        relay->metrics.rejected[REJECT_INVALID_MESSAGE]++;
+        send_error(relay, connection, "INVALID_JSON", "Invalid message format",
+                   json_pack("{s:s}", "details", error.text));
+        return;
+    }
+    json_t *type = json_object_get(root, "type");
+    json_t *payload = json_object_get(root, "payload");
+    const char *problem = !json_is_object(root)   ? "expected a JSON object"
+                          : !json_is_string(type) ? "expected a string field 'type'"
+                          : payload && !json_is_object(payload)
+                              ? "expected 'payload' to be an object"
+                              : NULL;
+    if (problem) {
+        relay->metrics.rejected[REJECT_INVALID_MESSAGE]++;
+        send_error(relay, connection, "INVALID_MESSAGE", "Invalid message format",
+                   json_pack("{s:s}", "details", problem));
+        json_decref(root);
+        return;
+    }
+    const char *name = json_string_value(type);
+    json_t *empty = json_object();
+    if (!payload)
+        payload = empty;
+    if (!strcmp(name, "create_room"))
+        handle_create_room(relay, connection, payload);
+    else if (!strcmp(name, "join_room"))
+        handle_join_room(relay, connection, payload);
+    else if (!strcmp(name, "resume"))
+        handle_resume(relay, connection, payload);
+    else if (!strcmp(name, "leave_room"))
+        leave_current_room(relay, connection);
+    else
+        forward_text(relay, connection, root, text, length);
+    json_decref(empty);
+    json_decref(root);
+}
+
+/* --- binary messages -------------------------------------------------------------------- */
+
+static void stop_forwarding(struct relay *relay, struct connection *connection, bool truncated)
+{
+    if (connection->forwarding) {
+        if (truncated && !connection->forwarding->complete)
+            relay->metrics.dropped[DROP_TRUNCATED]++;
+        relay_message_finish_sending(connection->forwarding);
+        connection->forwarding = NULL;
+    }
+    free(connection->sniff);
+    connection->sniff = NULL;
+    connection->sniff_length = 0;
+}
+
+/* Starts streaming the connection's current message to `receivers`. */
+static void start_forwarding(struct connection *connection, struct connection **receivers,
+                             size_t count, bool is_binary)
+{
+    struct send_queue *queues[count ? count : 1];
+    for (size_t i = 0; i < count; i++)
+        queues[i] = &receivers[i]->queue;
+    connection->forwarding = relay_message_start(connection->id, is_binary, queues, count);
+}
+
+/* Decides who gets a binary message, from its frame header when it has one. Returns false while
+ * more bytes are needed; sets *drop when the message goes nowhere. */
+static bool route_binary(struct relay *relay, struct connection *connection,
+                         const unsigned char *bytes, size_t length, bool final, bool *drop)
+{
+    struct member *sender = connection->member;
+    struct frame_header header;
+    size_t needed = 0;
+    const char *why = NULL;
+    enum frame_parse_result parsed = frame_header_parse(bytes, length, &header, &needed, &why);
+    if (parsed == FRAME_NEED_MORE && !final)
+        return false;
+    if (parsed == FRAME_NEED_MORE)
+        why = "message ends inside its header";
+    if (parsed == FRAME_OK &&
+        (header.sender.length != strlen(sender->user_id) ||
+         memcmp(header.sender.bytes, sender->user_id, header.sender.length) != 0)) {
+        parsed = FRAME_MALFORMED;
+        why = "header names another sender";
+    }
+    if (parsed == FRAME_MALFORMED || parsed == FRAME_NEED_MORE) {
+        relay->metrics.dropped[DROP_BAD_FRAME_HEADER]++;
+        send_error(relay, connection, "BAD_FRAME_HEADER", "Malformed binary frame header",
+                   json_pack("{s:s}", "details", why));
+        *drop = true;
+        return true;
+    }
+    struct room *room = sender->room;
+    struct connection *receivers[room->member_count + 1];
+    size_t count = 0;
+    for (struct member *m = room->members; m; m = m->next) {
+        if (m == sender || !m->connection || m->connection->closing)
+            continue;
+        bool wanted = parsed == FRAME_NOT_OURS || header.recipient_count == 0;
+        size_t cursor = 0;
+        struct frame_id recipient;
+        while (!wanted && frame_header_next_recipient(&header, &cursor, &recipient))
+            wanted = recipient.length == strlen(m->user_id) &&
+                     !memcmp(recipient.bytes, m->user_id, recipient.length);
+        if (wanted)
+            receivers[count++] = m->connection;
+    }
+    if (count == 0) {
+        relay->metrics.dropped[DROP_NO_RECIPIENT]++;
+        *drop = true;
+        return true;
+    }
+    start_forwarding(connection, receivers, count, true);
+    *drop = connection->forwarding == NULL;
+    return true;
+}
+
+/* Appends to the message being forwarded and wakes its receivers. */
+static void forward_bytes(struct relay *relay, struct connection *connection,
+                          const unsigned char *bytes, size_t length, bool final)
+{
+    struct relay_message *message = connection->forwarding;
+    bool was_empty[message->delivery_count + 1];
+    for (size_t i = 0; i < message->delivery_count; i++)
+        was_empty[i] = message->deliveries[i] && message->deliveries[i]->queue->queued_bytes == 0;
+    relay_message_append(message, bytes, length, final);
+    for (size_t i = 0; i < message->delivery_count; i++) {
+        struct delivery *delivery = message->deliveries[i];
+        if (delivery)
+            queued_for(relay, queue_owner(delivery->queue), was_empty[i]);
+    }
+    if (!connection->closing)
+        apply_flow_control(relay, connection, message);
+}
+
+/* A streamed message: binary ones (routed by their frame header, which may arrive in pieces and
+ * is gathered first), and everything on the echo endpoint. */
+static void receive_streamed(struct relay *relay, struct connection *connection,
+                             const unsigned char *bytes, size_t length, bool is_binary, bool first,
+                             bool final)
+{
+    if (first) {
+        connection->dropping_binary = false;
+        if (connection->echo) {
+            start_forwarding(connection, &connection, 1, is_binary);
+        } else if (!connection->member) {
+            connection->dropping_binary = true;
+            relay->metrics.dropped[DROP_NOT_IN_ROOM]++;
+        }
+    }
+    if (!connection->forwarding && !connection->dropping_binary) {
+        size_t consumed = 0;
+        bool gathered = connection->sniff_length > 0 || (length < FRAME_HEADER_MAX_SIZE && !final);
+        const unsigned char *view = bytes;
+        size_t view_length = length;
+        if (gathered) {
+            if (!connection->sniff && !(connection->sniff = malloc(FRAME_HEADER_MAX_SIZE))) {
+                connection->dropping_binary = true;
+                goto done;
+            }
+            consumed = FRAME_HEADER_MAX_SIZE - connection->sniff_length;
+            if (consumed > length)
+                consumed = length;
+            memcpy(connection->sniff + connection->sniff_length, bytes, consumed);
+            connection->sniff_length += consumed;
+            view = connection->sniff;
+            view_length = connection->sniff_length;
+        }
+        bool drop = false;
+        if (!route_binary(relay, connection, view, view_length,
+                          final || view_length == FRAME_HEADER_MAX_SIZE, &drop))
+            return; /* wait for the rest of the header */
+        connection->dropping_binary = drop;
+        if (!drop && gathered)
+            forward_bytes(relay, connection, view, view_length, final && consumed == length);
+        free(connection->sniff);
+        connection->sniff = NULL;
+        connection->sniff_length = 0;
+        bytes += consumed;
+        length -= consumed;
+        if (drop || (gathered && length == 0))
+            goto done;
+    }
+    if (connection->forwarding && !connection->dropping_binary)
+        forward_bytes(relay, connection, bytes, length, final);
+done:
+    if (final) {
+        stop_forwarding(relay, connection, false);
+        connection->dropping_binary = false;
+    }
+}
+
+/* --- events ----------------------------------------------------------------------------- */
+
+struct relay *relay_create(const struct relay_config *config, const struct relay_io *io,
+                           const unsigned char *secret, size_t secret_length, double now)
+{
+    struct relay *relay = calloc(1, sizeof(*relay));
+    if (!relay)
+        return NULL;
+    relay->config = *config;
+    relay->io = *io;
+    relay->now = now;
+    relay->last_sweep = now;
+    relay->secret_length =
+        secret_length < sizeof(relay->secret) ? secret_length : sizeof(relay->secret);
+    memcpy(relay->secret, secret, relay->secret_length);
+    relay->join_limiter =
+        rate_limiter_create(config->join_attempts_per_minute, RATE_LIMITER_MAX_ADDRESSES);
+    relay->relay_info = json_pack(
+        "{s:s, s:i, s:[s,s,s,s], s:{s:I, s:I, s:i, s:I, s:i}}", "version", RELAY_VERSION,
+        "protocol", PROTOCOL_VERSION, "features", "frame_header", "directed", "resume",
+        "flow_control", "limits", "max_message_size", (json_int_t)config->max_message_size,
+        "max_text_size", (json_int_t)config->max_text_size, "max_room_members",
+        (int)config->max_room_members, "chunk_size",
+        (json_int_t)(config->max_message_size < RECOMMENDED_CHUNK_SIZE ? config->max_message_size
+                                                                       : RECOMMENDED_CHUNK_SIZE),
+        "resume_grace_seconds", (int)config->resume_grace_seconds);
+    if (!relay->join_limiter || !relay->relay_info) {
+        relay_destroy(relay);
+        return NULL;
+    }
+    return relay;
+}
+
+struct relay_metrics *relay_metrics(struct relay *relay)
+{
+    return &relay->metrics;
+}
+
+size_t relay_connection_count(const struct relay *relay)
+{
+    return relay->connection_count;
+}
+
+size_t relay_room_count(const struct relay *relay)
+{
+    return relay->room_count;
+}
+
+size_t relay_members_away(const struct relay *relay)
+{
+    return relay->members_away;
+}
+
+uint64_t relay_queued_bytes(const struct relay *relay)
+{
+    uint64_t total = 0;
+    for (const struct connection *c = relay->connections; c; c = c->next_open)
+        total += c->queue.queued_bytes;
+    return total;
+}
+
+struct connection *relay_connection_open(struct relay *relay, void *transport,
+                                         const char *peer_address, bool echo, double now)
+{
+    relay->now = now;
+    if (relay->connection_count >= relay->config.max_connections) {
+        relay->metrics.rejected[REJECT_TOO_MANY_CONNECTIONS]++;
+        return NULL;
+    }
+    struct connection *connection = calloc(1, sizeof(*connection));
+    if (!connection)
+        return NULL;
+    connection->id = ++relay->next_connection_id;
+    connection->transport = transport;
+    connection->echo = echo;
+    snprintf(connection->peer_address, sizeof(connection->peer_address), "%s", peer_address);
+    connection->opened_at = connection->last_heard = connection->last_ping = now;
+    connection->last_progress = now;
+    if (!tsearch(connection, &relay->connections_by_id, compare_connections)) {
+        free(connection);
+        return NULL;
+    }
+    connection->next_open = relay->connections;
+    if (relay->connections)
+        relay->connections->previous_open = connection;
+    relay->connections = connection;
+    relay->connection_count++;
+    relay->metrics.connections_total++;
+    log_event(LOG_LEVEL_INFO, "connected", "peer", peer_address, "endpoint",
+              echo ? "echo" : "relay", NULL);
+    return connection;
+}
+
+static void message_too_big(struct relay *relay, struct connection *connection)
+{
+    begin_close(relay, connection, 1009, "message too big", REJECT_MESSAGE_TOO_BIG);
+}
+
+void relay_receive(struct relay *relay, struct connection *connection, const unsigned char *bytes,
+                   size_t length, bool is_binary, bool first, bool final, uint64_t frame_remaining,
+                   double now)
+{
+    relay->now = now;
+    connection->last_heard = now;
+    if (connection->closing)
+        return;
+    int kind = is_binary ? 1 : 0;
+    relay->metrics.bytes_received[kind] += length;
+    if (first)
+        relay->metrics.messages_received[kind]++;
+
+    if (is_binary || connection->echo) {
+        uint64_t limit = relay->config.max_message_size;
+        if (first)
+            connection->binary_bytes = 0;
+        connection->binary_bytes += length;
+        if (connection->binary_bytes > limit ||
+            frame_remaining > limit - connection->binary_bytes) {
+            message_too_big(relay, connection);
+            return;
+        }
+        receive_streamed(relay, connection, bytes, length, is_binary, first, final);
+        return;
+    }
+
+    uint64_t limit = relay->config.max_text_size;
+    if (first)
+        connection->text_length = 0;
+    uint64_t total = connection->text_length + length;
+    if (total > limit || frame_remaining > limit - total) {
+        message_too_big(relay, connection);
+        return;
+    }
+    if (total > connection->text_capacity) {
+        size_t capacity = connection->text_capacity ? connection->text_capacity : 1024;
+        while (capacity < total + frame_remaining && capacity < limit)
+            capacity *= 2;
+        if (capacity < total)
+            capacity = total;
+        unsigned char *grown = realloc(connection->text, capacity);
+        if (!grown) {
+            message_too_big(relay, connection);
+            return;
+        }
+        connection->text = grown;
+        connection->text_capacity = capacity;
+    }
+    memcpy(connection->text + connection->text_length, bytes, length);
+    connection->text_length = total;
+    if (!final)
+        return;
+    handle_text(relay, connection, (const char *)connection->text, connection->text_length);
+    connection->text_length = 0;
+    if (connection->text_capacity > 64 * 1024) {
+        /* Do not keep a large buffer for an idle connection. */
+        free(connection->text);
+        connection->text = NULL;
+        connection->text_capacity = 0;
+    }
+}
+
+void relay_heard(struct connection *connection, double now)
+{
+    connection->last_heard = now;
+}
+
+bool relay_next_write(struct connection *connection, struct write_step *step)
+{
+    return send_queue_peek(&connection->queue, step);
+}
+
+void relay_wrote(struct relay *relay, struct connection *connection, double now)
+{
+    relay->now = now;
+    struct write_step step;
+    if (!send_queue_peek(&connection->queue, &step))
+        return;
+    int kind = step.is_binary ? 1 : 0;
+    relay->metrics.bytes_sent[kind] += step.length;
+    if (step.final)
+        relay->metrics.messages_sent[kind]++;
+    send_queue_advance(&connection->queue);
+    connection->last_progress = now;
+    if (connection->waiter_count)
+        release_waiters(relay, connection, false);
+}
+
+/* Stops everything the connection is doing; the transport closes it and then reports closed. */
+static void quiesce(struct relay *relay, struct connection *connection)
+{
+    stop_forwarding(relay, connection, true);
+    free(connection->text);
+    connection->text = NULL;
+    connection->text_capacity = connection->text_length = 0;
+    release_waiters(relay, connection, true);
+    free(connection->waiters);
+    connection->waiters = NULL;
+    connection->waiter_capacity = 0;
+    send_queue_clear(&connection->queue);
+}
+
+static void begin_close(struct relay *relay, struct connection *connection, int code,
+                        const char *reason, int reject_reason)
+{
+    if (connection->closing)
+        return;
+    connection->closing = true;
+    if (reject_reason >= 0)
+        relay->metrics.rejected[reject_reason]++;
+    log_fields(LOG_LEVEL_INFO, "closing", LOG_TEXT("peer", connection->peer_address),
+               LOG_INT("code", code), LOG_TEXT("reason", reason));
+    quiesce(relay, connection);
+    relay->io.close(relay->io.context, connection->transport, code, reason);
+}
+
+void relay_connection_closed(struct relay *relay, struct connection *connection, double now)
+{
+    relay->now = now;
+    connection->closing = true;
+    quiesce(relay, connection);
+    struct member *member = connection->member;
+    if (member) {
+        if (member->wants_resume && !relay->shutting_down) {
+            connection->member = NULL;
+            member->connection = NULL;
+            member->away_since = now;
+            relay->members_away++;
+            log_event(LOG_LEVEL_INFO, "user_away", "room", member->room->code, "user",
+                      member->user_id, NULL);
+        } else {
+            remove_member(relay, member);
+        }
+    }
+    tdelete(connection, &relay->connections_by_id, compare_connections);
+    if (connection->previous_open)
+        connection->previous_open->next_open = connection->next_open;
+    else
+        relay->connections = connection->next_open;
+    if (connection->next_open)
+        connection->next_open->previous_open = connection->previous_open;
+    relay->connection_count--;
+    log_fields(LOG_LEVEL_INFO, "disconnected", LOG_TEXT("peer", connection->peer_address),
+               LOG_INT("seconds", (int64_t)(now - connection->opened_at)));
+    free(connection);
+}
+
+static void expire_rooms(struct relay *relay, double now)
+{
+    double grace = relay->config.resume_grace_seconds;
+    struct room *room = relay->rooms;
+    while (room) {
+        struct room *next_room = room->next;
+        if (room->member_count == 0 && room->reserved_until && room->reserved_until < now) {
+            delete_room(relay, room);
+            room = next_room;
+            continue;
+        }
+        /* remove_member may delete the room, so the member walk stops when it empties. */
+        struct member *member = room->members;
+        size_t remaining = room->member_count;
+        while (member && remaining > 0) {
+            struct member *next_member = member->next;
+            remaining--;
+            if (!member->connection && now - member->away_since >= grace) {
+                bool last = room->member_count == 1;
+                remove_member(relay, member);
+                if (last)
+                    break;
+            }
+            member = next_member;
+        }
+        room = next_room;
+    }
+}
+
+static void check_connections(struct relay *relay, double now)
+{
+    const struct relay_config *config = &relay->config;
+    for (struct connection *c = relay->connections; c; c = c->next_open) {
+        if (c->closing)
+            continue;
+        if (config->idle_timeout_seconds && now - c->last_heard > config->idle_timeout_seconds) {
+            begin_close(relay, c, 1001, "idle timeout", REJECT_IDLE_TIMEOUT);
+            continue;
+        }
+        if (c->waiter_count && config->slow_receiver_timeout_seconds &&
+            now - c->last_progress > config->slow_receiver_timeout_seconds) {
+            begin_close(relay, c, 4008, "receiver too slow", REJECT_SLOW_RECEIVER);
+            continue;
+        }
+        if (config->ping_interval_seconds && now - c->last_ping >= config->ping_interval_seconds) {
+            c->last_ping = now;
+            relay->io.ping(relay->io.context, c->transport);
+        }
+    }
+}
+
+void relay_tick(struct relay *relay, double now)
+{
+    relay->now = now;
+    expire_rooms(relay, now);
+    check_connections(relay, now);
+    if (now - relay->last_sweep >= RATE_LIMITER_SWEEP_SECONDS) {
+        rate_limiter_sweep(relay->join_limiter, now);
+        relay->last_sweep = now;
+    }
+}
+
+const char *relay_reserve_room(struct relay *relay, const char *peer_address, double now,
+                               char code[ROOM_CODE_LENGTH + 1])
+{
+    relay->now = now;
+    double retry_after;
+    if (!rate_limiter_allow(relay->join_limiter, peer_address, now, &retry_after)) {
+        relay->metrics.rejected[REJECT_RATE_LIMITED]++;
+        return "RATE_LIMITED";
+    }
+    if (relay->room_count >= relay->config.max_rooms) {
+        relay->metrics.rejected[REJECT_TOO_MANY_ROOMS]++;
+        return "TOO_MANY_ROOMS";
+    }
+    struct room *room = new_room_code(relay, code) ? create_room(relay, code) : NULL;
+    if (!room)
+        return "INTERNAL";
+    room->reserved_until = now + RESERVED_ROOM_SECONDS;
+    log_event(LOG_LEVEL_INFO, "room_reserved", "room", code, "peer", peer_address, NULL);
+    return NULL;
+}
+
+void relay_close_all(struct relay *relay, int code, const char *reason)
+{
+    relay->shutting_down = true;
+    for (struct connection *c = relay->connections; c; c = c->next_open)
+        begin_close(relay, c, code, reason, -1);
+}
+
+static void free_room_tree_node(void *node)
+{
+    (void)node; /* rooms are freed through the list */
+}
+
+void relay_destroy(struct relay *relay)
+{
+    if (!relay)
+        return;
+    relay->shutting_down = true;
+    while (relay->connections)
+        relay_connection_closed(relay, relay->connections, relay->now);
+    /* What is left are away members and reserved rooms. */
+    while (relay->rooms) {
+        struct room *room = relay->rooms;
+        while (room->members) {
+            struct member *member = room->members;
+            room->members = member->next;
+            free(member->sender_suffix);
+            free(member);
+        }
+        relay->rooms = room->next;
+        free(room);
+    }
+    tdestroy(relay->rooms_by_code, free_room_tree_node);
+    rate_limiter_destroy(relay->join_limiter);
+    json_decref(relay->relay_info);
+    free(relay);
+}

@@ -1,0 +1,90 @@
+/* resume_token.c — HMAC (OpenSSL) resume tokens and the relay secret they are keyed with. */
+#include "resume_token.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/random.h>
+#include <unistd.h>
+
+bool resume_token_make(const unsigned char *secret, size_t secret_length, const char *room_code,
+                       const char *user_id, char token[RESUME_TOKEN_HEX_LENGTH + 1])
+{
+    char message[8 + 8 + 256];
+    int n = snprintf(message, sizeof(message), "resume\n%s\n%s", room_code, user_id);
+    if (n < 0 || (size_t)n >= sizeof(message))
+        return false;
+    unsigned char digest[EVP_MAX_MD_SIZE];
+    unsigned int digest_length = 0;
+    if (!HMAC(EVP_sha256(), secret, (int)secret_length, (const unsigned char *)message, (size_t)n,
+              digest, &digest_length))
+        return false;
+    for (unsigned i = 0; i < digest_length && i < RESUME_TOKEN_HEX_LENGTH / 2; i++)
+        snprintf(token + 2 * i, 3, "%02x", digest[i]);
+    token[RESUME_TOKEN_HEX_LENGTH] = '\0';
+    return true;
+}
+
+bool resume_token_check(const unsigned char *secret, size_t secret_length, const char *room_code,
+                        const char *user_id, const char *token)
+{
+    char expected[RESUME_TOKEN_HEX_LENGTH + 1];
+    if (strlen(token) != RESUME_TOKEN_HEX_LENGTH ||
+        !resume_token_make(secret, secret_length, room_code, user_id, expected))
+        return false;
+    return CRYPTO_memcmp(expected, token, RESUME_TOKEN_HEX_LENGTH) == 0;
+}
+
+static bool fill_random(unsigned char *bytes, size_t length)
+{
+    size_t have = 0;
+    while (have < length) {
+        ssize_t n = getrandom(bytes + have, length - have, 0);
+        if (n <= 0)
+            return false;
+        have += (size_t)n;
+    }
+    return true;
+}
+
+bool relay_secret_load(const char *path, unsigned char secret[RELAY_SECRET_BYTES], char *error,
+                       size_t error_size)
+{
+    if (!path || !*path) {
+        if (fill_random(secret, RELAY_SECRET_BYTES))
+            return true;
+        snprintf(error, error_size, "cannot read the system's random source");
+        return false;
+    }
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd >= 0) {
+        ssize_t n = read(fd, secret, RELAY_SECRET_BYTES);
+        close(fd);
+        if (n == RELAY_SECRET_BYTES)
+            return true;
+        snprintf(error, error_size, "--secret-file %s: expected %d bytes, found %zd", path,
+                 RELAY_SECRET_BYTES, n);
+        return false;
+    }
+    if (errno != ENOENT) {
+        snprintf(error, error_size, "--secret-file %s: %s", path, strerror(errno));
+        return false;
+    }
+    if (!fill_random(secret, RELAY_SECRET_BYTES)) {
+        snprintf(error, error_size, "cannot read the system's random source");
+        return false;
+    }
+    fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    if (fd < 0 || write(fd, secret, RELAY_SECRET_BYTES) != RELAY_SECRET_BYTES) {
+        snprintf(error, error_size, "--secret-file %s: cannot create: %s", path, strerror(errno));
+        if (fd >= 0)
+            close(fd);
+        return false;
+    }
+    close(fd);
+    return true;
+}

@@ -1,0 +1,61 @@
+"""Builds the C extension segmentation_suite.network._relayclient.
+
+The extension links the system's libwebsockets and msgpack-c, found with pkg-config. A missing
+library stops the build with the package to install, instead of a compiler error.
+"""
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from setuptools import Extension, setup
+
+# (pkg-config names to try, Debian package, Homebrew formula)
+REQUIRED_LIBRARIES = [
+    (["libwebsockets"], "libwebsockets-dev", "libwebsockets"),
+    # msgpack-c is "msgpack-c" from version 6 (Debian 13) and "msgpack" before (Debian 12).
+    (["msgpack-c", "msgpack"], "libmsgpack-c-dev (Debian 13) or libmsgpack-dev (Debian 12)",
+     "msgpack"),
+]
+
+
+def pkg_config(*args: str) -> list[str]:
+    out = subprocess.run(["pkg-config", *args], capture_output=True, text=True, check=True)
+    return out.stdout.split()
+
+
+def find_library_flags() -> tuple[list[str], list[str]]:
+    if shutil.which("pkg-config") is None:
+        sys.exit("error: pkg-config not found. Install it: apt-get install pkg-config "
+                 "(Debian/Ubuntu) or brew install pkg-config (macOS).")
+    cflags: list[str] = []
+    libs: list[str] = []
+    for names, debian, homebrew in REQUIRED_LIBRARIES:
+        found = next((n for n in names if subprocess.run(
+            ["pkg-config", "--exists", n]).returncode == 0), None)
+        if found is None:
+            sys.exit(f"error: the C library '{names[0]}' was not found by pkg-config.\n"
+                     f"  Debian/Ubuntu: apt-get install {debian}\n"
+                     f"  macOS:         brew install {homebrew}")
+        cflags += pkg_config("--cflags", found)
+        libs += pkg_config("--libs", found)
+    return cflags, libs
+
+
+cflags, libs = find_library_flags()
+# The frame header is part of the protocol the relay speaks too: one C definition for both.
+sources = sorted(str(p) for p in Path("csrc").glob("*.c")) + ["relay_server/src/frame_header.c"]
+
+setup(
+    ext_modules=[
+        Extension(
+            "segmentation_suite.network._relayclient",
+            sources=sources,
+            include_dirs=["csrc", "relay_server/src"],
+            extra_compile_args=["-std=c11", "-O2", "-Wall", "-Wextra", "-fvisibility=hidden",
+                                *cflags],
+            extra_link_args=libs,
+        )
+    ]
+)
