@@ -67,15 +67,23 @@ struct relay_config {
 /* Fills `config` with the defaults. */
 void config_defaults(struct relay_config *config);
 
-/* Applies environment variables, then argv. Returns 0 on success; on --help prints the help to
- * stdout and returns 1; on a bad value writes one line naming the option and what was expected
- * to `error` (size `error_size`) and returns -1. Reads the token file if one is named. */
+/* Applies environment variables and argv on top of `config` (call config_defaults first). A
+ * flag wins over its environment variable, which is then not even parsed; a repeated flag's
+ * last value wins; long options must be spelled out in full (no getopt prefixes, so that
+ * "--token SECRET" is refused instead of read as --token-file). Returns 0 on success; on
+ * --help/-h or --version/-V prints to stdout and returns 1; on a bad value writes one line
+ * (no newline) naming the flag or environment variable and what was expected to `error` (size
+ * `error_size`) and returns -1. Reads the token file if one is named; error messages never
+ * contain the token. */
 int config_load(struct relay_config *config, int argc, char **argv, char *error, size_t error_size);
 
-/* Parses "64M", "1G", "4096", "512K" into bytes; returns -1 if malformed or overflowing. */
+/* Parses "64M", "1G", "4096", "512K" into bytes (K/M/G are powers of 1024, either case);
+ * returns -1, leaving `bytes` alone, if malformed (sign, space, fraction, other suffix) or
+ * overflowing 64 bits. */
 int config_parse_size(const char *text, uint64_t *bytes);
 
-/* Writes the --help text (every option, its environment variable and default) to `out`. */
+/* Writes the --help text (every option, its environment variable and default, by group) to
+ * `out`, a FILE *. */
 void config_print_help(const char *program, void *out);
 
 #endif

@@ -16,7 +16,7 @@ int main(int argc, char **argv)
     if (loaded > 0)
         return 0; /* --help or --version */
     if (loaded < 0) {
-        fprintf(stderr, "relay_server: %s\nTry 'relay_server --help'.\n", error);
+        fprintf(stderr, "relay_server: %s\n", error);
         return 2;
     }
     log_init(config.log_format, config.log_level, NULL);
