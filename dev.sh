@@ -25,7 +25,9 @@ debian_packages() {
     apt-cache show libmsgpack-c-dev >/dev/null 2>&1 || msgpack=libmsgpack-dev
     echo build-essential pkg-config git curl ca-certificates openssl \
         libwebsockets-dev libjansson-dev libssl-dev libcmocka-dev "$msgpack" \
-        clang clang-format python3 python3-dev python3-venv nodejs npm
+        clang clang-format python3 python3-dev python3-venv
+    # Node.js runs the benchmark's peer relay; a machine may already have it from elsewhere.
+    command -v npm >/dev/null 2>&1 || echo nodejs npm
 }
 
 install_system_packages() {

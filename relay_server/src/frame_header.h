@@ -43,9 +43,9 @@ struct frame_header {
 
 enum frame_parse_result {
     FRAME_OK = 0,
-    FRAME_NOT_OURS,    /* does not start with the magic: a v1 payload, forward as is */
-    FRAME_NEED_MORE,   /* starts with the magic but fewer than header_size bytes so far */
-    FRAME_MALFORMED,   /* starts with the magic, header invalid; `error` says why */
+    FRAME_NOT_OURS,  /* does not start with the magic: a v1 payload, forward as is */
+    FRAME_NEED_MORE, /* starts with the magic but fewer than header_size bytes so far */
+    FRAME_MALFORMED, /* starts with the magic, header invalid; `error` says why */
 };
 
 /* Parses the header at the start of `data`. With FRAME_NEED_MORE, *needed (if not NULL) is the

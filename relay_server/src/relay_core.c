@@ -122,8 +122,9 @@ static void queued_for(struct relay *relay, struct connection *receiver, bool wa
     relay->io.want_write(relay->io.context, receiver->transport);
 }
 
-static void send_text_to(struct relay *relay, struct connection **receivers, size_t count,
-                         const char *text, size_t length)
+/* Queues one complete message for each receiver. */
+static void send_to(struct relay *relay, struct connection **receivers, size_t count,
+                    uint64_t sender_id, bool is_binary, const void *bytes, size_t length)
 {
     struct send_queue *queues[count ? count : 1];
     bool was_empty[count ? count : 1];
@@ -131,9 +132,15 @@ static void send_text_to(struct relay *relay, struct connection **receivers, siz
         queues[i] = &receivers[i]->queue;
         was_empty[i] = receivers[i]->queue.head == NULL;
     }
-    relay_message_send(0, false, queues, count, (const unsigned char *)text, length);
+    relay_message_send(sender_id, is_binary, queues, count, bytes, length);
     for (size_t i = 0; i < count; i++)
         queued_for(relay, receivers[i], was_empty[i]);
+}
+
+static void send_text_to(struct relay *relay, struct connection **receivers, size_t count,
+                         const char *text, size_t length)
+{
+    send_to(relay, receivers, count, 0, false, text, length);
 }
 
 static void send_json(struct relay *relay, struct connection **receivers, size_t count,
@@ -241,8 +248,10 @@ static void release_waiters(struct relay *relay, struct connection *receiver, bo
             continue;
         }
         relay_message_release(waiter.message);
-        if (sender && --sender->blocked_on == 0 && !sender->closing)
+        if (sender && --sender->blocked_on == 0 && !sender->closing) {
+            sender->last_heard = relay->now;
             relay->io.pause_reading(relay->io.context, sender->transport, false);
+        }
     }
     receiver->waiter_count = kept;
 }
@@ -765,14 +774,14 @@ static void stop_forwarding(struct relay *relay, struct connection *connection, 
     connection->sniff_length = 0;
 }
 
-/* Starts streaming the connection's current message to `receivers`. */
+/* Starts streaming the connection's binary message to `receivers`. */
 static void start_forwarding(struct connection *connection, struct connection **receivers,
-                             size_t count, bool is_binary)
+                             size_t count)
 {
     struct send_queue *queues[count ? count : 1];
     for (size_t i = 0; i < count; i++)
         queues[i] = &receivers[i]->queue;
-    connection->forwarding = relay_message_start(connection->id, is_binary, queues, count);
+    connection->forwarding = relay_message_start(connection->id, true, queues, count);
 }
 
 /* Decides who gets a binary message, from its frame header when it has one. Returns false while
@@ -785,6 +794,8 @@ static bool route_binary(struct relay *relay, struct connection *connection,
     size_t needed = 0;
     const char *why = NULL;
     enum frame_parse_result parsed = frame_header_parse(bytes, length, &header, &needed, &why);
+    if (parsed == FRAME_NEED_MORE && final && length < FRAME_MAGIC_SIZE)
+        parsed = FRAME_NOT_OURS; /* too short to hold the magic: a v1 payload */
     if (parsed == FRAME_NEED_MORE && !final)
         return false;
     if (parsed == FRAME_NEED_MORE)
@@ -822,7 +833,7 @@ static bool route_binary(struct relay *relay, struct connection *connection,
         *drop = true;
         return true;
     }
-    start_forwarding(connection, receivers, count, true);
+    start_forwarding(connection, receivers, count);
     *drop = connection->forwarding == NULL;
     return true;
 }
@@ -845,17 +856,14 @@ static void forward_bytes(struct relay *relay, struct connection *connection,
         apply_flow_control(relay, connection, message);
 }
 
-/* A streamed message: binary ones (routed by their frame header, which may arrive in pieces and
- * is gathered first), and everything on the echo endpoint. */
+/* A binary message, streamed to its receivers as it arrives. Routing needs its frame header,
+ * which may arrive in pieces and is gathered first. */
 static void receive_streamed(struct relay *relay, struct connection *connection,
-                             const unsigned char *bytes, size_t length, bool is_binary, bool first,
-                             bool final)
+                             const unsigned char *bytes, size_t length, bool first, bool final)
 {
     if (first) {
         connection->dropping_binary = false;
-        if (connection->echo) {
-            start_forwarding(connection, &connection, 1, is_binary);
-        } else if (!connection->member) {
+        if (!connection->member) {
             connection->dropping_binary = true;
             relay->metrics.dropped[DROP_NOT_IN_ROOM]++;
         }
@@ -1000,6 +1008,38 @@ static void message_too_big(struct relay *relay, struct connection *connection)
     begin_close(relay, connection, 1009, "message too big", REJECT_MESSAGE_TOO_BIG);
 }
 
+/* Gathers a whole message in connection->text, up to `limit` bytes (else closes with 1009). */
+static bool reassemble(struct relay *relay, struct connection *connection,
+                       const unsigned char *bytes, size_t length, bool first,
+                       uint64_t frame_remaining, uint64_t limit)
+{
+    if (first)
+        connection->text_length = 0;
+    uint64_t total = connection->text_length + length;
+    if (total > limit || frame_remaining > limit - total) {
+        message_too_big(relay, connection);
+        return false;
+    }
+    if (total > connection->text_capacity) {
+        size_t capacity = connection->text_capacity ? connection->text_capacity : 1024;
+        while (capacity < total + frame_remaining && capacity < limit)
+            capacity *= 2;
+        if (capacity < total)
+            capacity = total;
+        unsigned char *grown = realloc(connection->text, capacity);
+        if (!grown) {
+            message_too_big(relay, connection);
+            return false;
+        }
+        connection->text = grown;
+        connection->text_capacity = capacity;
+    }
+    if (length)
+        memcpy(connection->text + connection->text_length, bytes, length);
+    connection->text_length = total;
+    return true;
+}
+
 void relay_receive(struct relay *relay, struct connection *connection, const unsigned char *bytes,
                    size_t length, bool is_binary, bool first, bool final, uint64_t frame_remaining,
                    double now)
@@ -1013,7 +1053,7 @@ void relay_receive(struct relay *relay, struct connection *connection, const uns
     if (first)
         relay->metrics.messages_received[kind]++;
 
-    if (is_binary || connection->echo) {
+    if (is_binary && !connection->echo) {
         uint64_t limit = relay->config.max_message_size;
         if (first)
             connection->binary_bytes = 0;
@@ -1023,37 +1063,21 @@ void relay_receive(struct relay *relay, struct connection *connection, const uns
             message_too_big(relay, connection);
             return;
         }
-        receive_streamed(relay, connection, bytes, length, is_binary, first, final);
+        receive_streamed(relay, connection, bytes, length, first, final);
         return;
     }
-
-    uint64_t limit = relay->config.max_text_size;
-    if (first)
-        connection->text_length = 0;
-    uint64_t total = connection->text_length + length;
-    if (total > limit || frame_remaining > limit - total) {
-        message_too_big(relay, connection);
+    /* Text, and everything on the echo endpoint, is handled as a whole message. The echo sends
+     * each message back in one frame, because lws 4.1 corrupts compressed messages written in
+     * several frames (its documented Autobahn 12.4/12.5 failures). */
+    uint64_t limit =
+        connection->echo ? relay->config.max_message_size : relay->config.max_text_size;
+    if (!reassemble(relay, connection, bytes, length, first, frame_remaining, limit) || !final)
         return;
-    }
-    if (total > connection->text_capacity) {
-        size_t capacity = connection->text_capacity ? connection->text_capacity : 1024;
-        while (capacity < total + frame_remaining && capacity < limit)
-            capacity *= 2;
-        if (capacity < total)
-            capacity = total;
-        unsigned char *grown = realloc(connection->text, capacity);
-        if (!grown) {
-            message_too_big(relay, connection);
-            return;
-        }
-        connection->text = grown;
-        connection->text_capacity = capacity;
-    }
-    memcpy(connection->text + connection->text_length, bytes, length);
-    connection->text_length = total;
-    if (!final)
-        return;
-    handle_text(relay, connection, (const char *)connection->text, connection->text_length);
+    if (connection->echo)
+        send_to(relay, &connection, 1, connection->id, is_binary, connection->text,
+                connection->text_length);
+    else
+        handle_text(relay, connection, (const char *)connection->text, connection->text_length);
     connection->text_length = 0;
     if (connection->text_capacity > 64 * 1024) {
         /* Do not keep a large buffer for an idle connection. */
@@ -1183,7 +1207,9 @@ static void check_connections(struct relay *relay, double now)
     for (struct connection *c = relay->connections; c; c = c->next_open) {
         if (c->closing)
             continue;
-        if (config->idle_timeout_seconds && now - c->last_heard > config->idle_timeout_seconds) {
+        /* A throttled sender is silent because the relay stopped reading it, not idle. */
+        if (config->idle_timeout_seconds && c->blocked_on == 0 &&
+            now - c->last_heard > config->idle_timeout_seconds) {
             begin_close(relay, c, 1001, "idle timeout", REJECT_IDLE_TIMEOUT);
             continue;
         }

@@ -109,10 +109,12 @@ bool relay_message_append(struct relay_message *message, const unsigned char *by
         size_t take = filling->capacity - filling->length;
         if (take > length)
             take = length;
-        memcpy(fragment_bytes(filling) + filling->length, bytes, take);
-        filling->length += take;
-        bytes += take;
-        length -= take;
+        if (take) {
+            memcpy(fragment_bytes(filling) + filling->length, bytes, take);
+            filling->length += take;
+            bytes += take;
+            length -= take;
+        }
         if (is_last || length > 0 || filling->length == filling->capacity) {
             message->filling = NULL;
             publish(message, filling, is_last && length == 0);

@@ -33,13 +33,13 @@ static inline unsigned char *fragment_bytes(struct fragment *fragment)
 struct delivery;
 
 struct relay_message {
-    size_t references;         /* open deliveries, plus one while the sender still appends */
-    uint64_t sender_id;        /* connection id of the sender, 0 for the relay's own messages */
+    size_t references;  /* open deliveries, plus one while the sender still appends */
+    uint64_t sender_id; /* connection id of the sender, 0 for the relay's own messages */
     bool is_binary;
-    bool complete;             /* the last fragment has been appended */
-    struct fragment *oldest;   /* fragments some delivery still has to write, in order */
+    bool complete;           /* the last fragment has been appended */
+    struct fragment *oldest; /* fragments some delivery still has to write, in order */
     struct fragment *newest;
-    struct fragment *filling;  /* small appends gather here before receivers see them */
+    struct fragment *filling; /* small appends gather here before receivers see them */
     size_t delivery_count;
     struct delivery **deliveries; /* open deliveries; closed ones are NULL */
 };
@@ -47,13 +47,13 @@ struct relay_message {
 struct send_queue;
 
 struct delivery {
-    struct delivery *next;      /* next delivery in the receiver's queue */
+    struct delivery *next; /* next delivery in the receiver's queue */
     struct relay_message *message;
-    struct send_queue *queue;   /* the receiver's queue */
-    struct fragment *cursor;    /* next fragment to write, NULL when caught up */
-    uint64_t backlog_bytes;     /* appended to this delivery but not yet written */
-    size_t slot;                /* index in message->deliveries */
-    bool started;               /* the first frame of the message has been written */
+    struct send_queue *queue; /* the receiver's queue */
+    struct fragment *cursor;  /* next fragment to write, NULL when caught up */
+    uint64_t backlog_bytes;   /* appended to this delivery but not yet written */
+    size_t slot;              /* index in message->deliveries */
+    bool started;             /* the first frame of the message has been written */
 };
 
 struct send_queue {
@@ -79,8 +79,8 @@ struct relay_message *relay_message_start(uint64_t sender_id, bool is_binary,
  * SEND_QUEUE_GATHER_BYTES before receivers see them, so a sender that trickles bytes does not
  * cost a frame per read; `is_last` completes the message and publishes what was gathered.
  * Returns false only when out of memory. With no receivers left nothing is kept. */
-bool relay_message_append(struct relay_message *message, const unsigned char *bytes,
-                          size_t length, bool is_last);
+bool relay_message_append(struct relay_message *message, const unsigned char *bytes, size_t length,
+                          bool is_last);
 
 /* The sender is done with the message (after its last append, or when it went away; an
  * incomplete message is then ended with an empty final fragment so receivers stay in sync). */

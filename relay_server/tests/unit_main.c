@@ -10,7 +10,12 @@
 /* To add a group: write run_<name>_tests in tests/test_<name>.c and add GROUP(<name>) here. */
 #define UNIT_GROUPS(GROUP)                                                                         \
     GROUP(config)                                                                                  \
-    GROUP(log)
+    GROUP(log)                                                                                     \
+    GROUP(core)                                                                                    \
+    GROUP(send_queue)                                                                              \
+    GROUP(frame_header)                                                                            \
+    GROUP(rate_limit)                                                                              \
+    GROUP(resume_token)
 
 #define DECLARE_GROUP(name) int run_##name##_tests(size_t *test_count);
 UNIT_GROUPS(DECLARE_GROUP)
@@ -58,5 +63,6 @@ int main(int argc, char **argv)
         return 2;
     }
     printf("%zu passed, %zu failed\n", passed, failed);
+    fflush(stdout); /* LeakSanitizer may exit without flushing */
     return failed == 0 ? 0 : 1;
 }
