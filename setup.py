@@ -15,8 +15,11 @@ from setuptools import Extension, setup
 REQUIRED_LIBRARIES = [
     (["libwebsockets"], "libwebsockets-dev", "libwebsockets"),
     # msgpack-c is "msgpack-c" from version 6 (Debian 13) and "msgpack" before (Debian 12).
-    (["msgpack-c", "msgpack"], "libmsgpack-c-dev (Debian 13) or libmsgpack-dev (Debian 12)",
-     "msgpack"),
+    (
+        ["msgpack-c", "msgpack"],
+        "libmsgpack-c-dev (Debian 13) or libmsgpack-dev (Debian 12)",
+        "msgpack",
+    ),
 ]
 
 
@@ -27,17 +30,23 @@ def pkg_config(*args: str) -> list[str]:
 
 def find_library_flags() -> tuple[list[str], list[str]]:
     if shutil.which("pkg-config") is None:
-        sys.exit("error: pkg-config not found. Install it: apt-get install pkg-config "
-                 "(Debian/Ubuntu) or brew install pkg-config (macOS).")
+        sys.exit(
+            "error: pkg-config not found. Install it: apt-get install pkg-config "
+            "(Debian/Ubuntu) or brew install pkg-config (macOS)."
+        )
     cflags: list[str] = []
     libs: list[str] = []
     for names, debian, homebrew in REQUIRED_LIBRARIES:
-        found = next((n for n in names if subprocess.run(
-            ["pkg-config", "--exists", n]).returncode == 0), None)
+        found = next(
+            (n for n in names if subprocess.run(["pkg-config", "--exists", n]).returncode == 0),
+            None,
+        )
         if found is None:
-            sys.exit(f"error: the C library '{names[0]}' was not found by pkg-config.\n"
-                     f"  Debian/Ubuntu: apt-get install {debian}\n"
-                     f"  macOS:         brew install {homebrew}")
+            sys.exit(
+                f"error: the C library '{names[0]}' was not found by pkg-config.\n"
+                f"  Debian/Ubuntu: apt-get install {debian}\n"
+                f"  macOS:         brew install {homebrew}"
+            )
         cflags += pkg_config("--cflags", found)
         libs += pkg_config("--libs", found)
     return cflags, libs
@@ -53,8 +62,14 @@ setup(
             "segmentation_suite.network._relayclient",
             sources=sources,
             include_dirs=["csrc", "relay_server/src"],
-            extra_compile_args=["-std=c11", "-O2", "-Wall", "-Wextra", "-fvisibility=hidden",
-                                *cflags],
+            extra_compile_args=[
+                "-std=c11",
+                "-O2",
+                "-Wall",
+                "-Wextra",
+                "-fvisibility=hidden",
+                *cflags,
+            ],
             extra_link_args=libs,
         )
     ]

@@ -11,6 +11,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "buffer_arena.h"
 #include "log.h"
 #include "relay_core.h"
 #include "room_code.h"
@@ -18,6 +19,12 @@
 
 _Static_assert(LWS_PRE <= SEND_QUEUE_HEADROOM, "fragments need room for the lws frame header");
 
+/* lws reads at most this much per call, into one buffer per connection: large reads mean few
+ * syscalls per forwarded byte. The buffers live in an arena that commits memory only when a
+ * connection actually receives, so idle connections stay small (docs/architecture.md). */
+#define RECEIVE_BUFFER_SIZE (256 * 1024)
+/* After a message this large, a connection's receive buffer gives its pages back. */
+#define TRIM_RECEIVE_BUFFER_AFTER (1024 * 1024)
 #define SHUTDOWN_DEADLINE_SECONDS 1.5
 #define CLOSE_GRACE_SECONDS 2
 #define MAX_IGNORED_BODY_BYTES (64 * 1024)
@@ -31,6 +38,7 @@ struct session {
     int close_code;
     char close_reason[64];
     size_t ignored_body_bytes;
+    size_t received_since_trim;
 };
 
 struct server {
@@ -45,6 +53,7 @@ struct server {
 };
 
 static struct server server;
+static struct buffer_arena *receive_buffers;
 static volatile sig_atomic_t stop_signal;
 
 static double now_seconds(void)
@@ -52,6 +61,50 @@ static double now_seconds(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* lws's allocator: receive buffers come from the arena, everything else from malloc. */
+static void *allocate_for_lws(void *pointer, size_t size, const char *reason)
+{
+    if (buffer_arena_owns(receive_buffers, pointer)) {
+        if (size == 0) {
+            buffer_arena_give_back(receive_buffers, pointer);
+            return NULL;
+        }
+        if (size <= buffer_arena_slot_size(receive_buffers))
+            return pointer;
+        void *moved = malloc(size);
+        if (moved) {
+            memcpy(moved, pointer, buffer_arena_slot_size(receive_buffers));
+            buffer_arena_give_back(receive_buffers, pointer);
+        }
+        return moved;
+    }
+    if (!pointer && receive_buffers && reason && !strcmp(reason, "rx_ubuf") &&
+        size <= buffer_arena_slot_size(receive_buffers)) {
+        void *slot = buffer_arena_take(receive_buffers);
+        if (slot)
+            return slot;
+    }
+    if (size == 0) {
+        free(pointer);
+        return NULL;
+    }
+    return realloc(pointer, size);
+}
+
+/* After a large message, hands the pages of the connection's receive buffer back. Safe at the
+ * end of a message: lws has delivered everything that buffer held. */
+static void trim_receive_buffer(struct session *session, const void *received, size_t length,
+                                bool final)
+{
+    session->received_since_trim += length;
+    if (!final || session->received_since_trim < TRIM_RECEIVE_BUFFER_AFTER)
+        return;
+    session->received_since_trim = 0;
+    void *slot = buffer_arena_slot_of(receive_buffers, received);
+    if (slot)
+        buffer_arena_trim(receive_buffers, slot);
 }
 
 /* --- core hooks ------------------------------------------------------------------------- */
@@ -305,6 +358,17 @@ static int write_pending(struct lws *wsi, struct session *session)
     return 0;
 }
 
+static int receive(struct lws *wsi, struct session *session, const unsigned char *bytes,
+                   size_t length)
+{
+    bool final = lws_is_final_fragment(wsi);
+    relay_receive(server.relay, session->connection, bytes, length, lws_frame_is_binary(wsi),
+                  lws_is_first_fragment(wsi), final, lws_remaining_packet_payload(wsi),
+                  now_seconds());
+    trim_receive_buffer(session, bytes, length, final);
+    return session->close_requested ? finish_close(wsi, session) : 0;
+}
+
 static void on_shutdown_tick(lws_sorted_usec_list_t *timer);
 
 static int relay_callback(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in,
@@ -326,12 +390,7 @@ static int relay_callback(struct lws *wsi, enum lws_callback_reasons reason, voi
     case LWS_CALLBACK_ESTABLISHED:
         return open_session(wsi, session);
     case LWS_CALLBACK_RECEIVE:
-        if (!session->connection)
-            return -1;
-        relay_receive(server.relay, session->connection, in, len, lws_frame_is_binary(wsi),
-                      lws_is_first_fragment(wsi), lws_is_final_fragment(wsi),
-                      lws_remaining_packet_payload(wsi), now_seconds());
-        return session->close_requested ? finish_close(wsi, session) : 0;
+        return session->connection ? receive(wsi, session, in, len) : -1;
     case LWS_CALLBACK_RECEIVE_PONG:
         if (session->connection)
             relay_heard(session->connection, now_seconds());
@@ -364,9 +423,7 @@ static const struct lws_protocols protocols[] = {
         .name = "segmentation-suite-relay",
         .callback = relay_callback,
         .per_session_data_size = sizeof(struct session),
-        /* lws reads at most this much per call and keeps one buffer this size per connection:
-         * a trade between syscalls per forwarded byte and memory per idle connection. */
-        .rx_buffer_size = 64 * 1024,
+        .rx_buffer_size = RECEIVE_BUFFER_SIZE,
     },
     {NULL, NULL, 0, 0, 0, NULL, 0},
 };
@@ -405,6 +462,11 @@ int lws_server_run(const struct relay_config *config, const unsigned char *secre
         return 1;
     }
     lws_set_log_level(LLL_ERR, NULL);
+    /* Room for lws's own header and zlib trailer next to each receive buffer. */
+    receive_buffers = buffer_arena_create(RECEIVE_BUFFER_SIZE + LWS_PRE + 64,
+                                          (size_t)config->max_connections + 16);
+    if (receive_buffers)
+        lws_set_allocator(allocate_for_lws);
 
     struct lws_context_creation_info info;
     memset(&info, 0, sizeof(info));
@@ -414,6 +476,10 @@ int lws_server_run(const struct relay_config *config, const unsigned char *secre
     /* One read buffer per service thread: large reads mean fewer syscalls per forwarded byte. */
     info.pt_serv_buf_size = 256 * 1024;
     info.fd_limit_per_thread = 0;
+    /* Handshakes in progress at once. Each holds a 4 KiB header buffer; a small pool that is
+     * reused, instead of one buffer per arriving connection freed after its upgrade, keeps the
+     * heap from fragmenting (about 1.6 KB per idle connection instead of 3). */
+    info.max_http_header_pool = 32;
     server.context = lws_create_context(&info);
     if (!server.context) {
         fprintf(stderr, "relay_server: cannot create the libwebsockets context\n");
@@ -468,6 +534,8 @@ int lws_server_run(const struct relay_config *config, const unsigned char *secre
     }
     lws_context_destroy(server.context);
     relay_destroy(server.relay);
+    buffer_arena_destroy(receive_buffers);
+    receive_buffers = NULL;
     log_event(LOG_LEVEL_INFO, "stopped", NULL);
     return 0;
 }

@@ -1,0 +1,622 @@
+/* Python binding of the weight codec: turns Python tensors (as buffers) and metadata into one
+ * encoded message, and an untrusted message into tensor data in one block. Arrays themselves
+ * are made in segmentation_suite/network/codec.py; this file never needs numpy's C API. */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <msgpack.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+
+#include "codec_core.h"
+#include "codec_reader.h"
+#include "fp16.h"
+
+/* ---- Block: one aligned allocation shared by every tensor of a message ------------------ */
+
+/* Big blocks are aligned to and advised for 2 MiB pages: first-touch page faults would
+ * otherwise cost more than the fp16 conversion that fills them. */
+#define HUGE_PAGE_SIZE ((size_t)2 << 20)
+
+typedef struct {
+    PyObject_HEAD void *memory;
+    Py_ssize_t size;
+    int readonly;
+} Block;
+
+static void block_dealloc(Block *self)
+{
+    free(self->memory);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static int block_getbuffer(Block *self, Py_buffer *view, int flags)
+{
+    return PyBuffer_FillInfo(view, (PyObject *)self, self->memory, self->size, self->readonly,
+                             flags);
+}
+
+static Py_ssize_t block_length(Block *self)
+{
+    return self->size;
+}
+
+static PyBufferProcs block_buffer_procs = {(getbufferproc)block_getbuffer, NULL};
+static PySequenceMethods block_sequence_methods = {.sq_length = (lenfunc)block_length};
+
+static PyTypeObject BlockType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "segmentation_suite.network._relayclient.Block",
+    .tp_basicsize = sizeof(Block),
+    .tp_dealloc = (destructor)block_dealloc,
+    .tp_as_sequence = &block_sequence_methods,
+    .tp_as_buffer = &block_buffer_procs,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Memory of one encoded message or of the tensors of one decoded message.",
+};
+
+static Block *block_new(size_t size, int readonly)
+{
+    if (size > PY_SSIZE_T_MAX)
+        return (Block *)PyErr_NoMemory();
+    size_t alignment = size >= 2 * HUGE_PAGE_SIZE ? HUGE_PAGE_SIZE : CODEC_DATA_ALIGNMENT;
+    void *memory = NULL;
+    if (posix_memalign(&memory, alignment, size ? size : 1) != 0)
+        return (Block *)PyErr_NoMemory();
+#ifdef MADV_HUGEPAGE
+    if (alignment == HUGE_PAGE_SIZE)
+        (void)madvise(memory, size, MADV_HUGEPAGE); /* only advice; failure is harmless */
+#endif
+    Block *block = PyObject_New(Block, &BlockType);
+    if (block == NULL) {
+        free(memory);
+        return NULL;
+    }
+    block->memory = memory;
+    block->size = (Py_ssize_t)size;
+    block->readonly = readonly;
+    return block;
+}
+
+static PyObject *raise_codec_error(const codec_error *err)
+{
+    /* Messages may quote cut-off tensor names, so decode leniently. */
+    PyObject *text =
+        PyUnicode_DecodeUTF8(err->message, (Py_ssize_t)strlen(err->message), "replace");
+    if (text != NULL) {
+        PyErr_SetObject(PyExc_ValueError, text);
+        Py_DECREF(text);
+    }
+    return NULL;
+}
+
+/* ---- metadata: Python <-> msgpack --------------------------------------------------- */
+
+static int pack_failed(void)
+{
+    PyErr_NoMemory();
+    return -1;
+}
+
+/* Packs JSON-like Python values; anything else is a TypeError naming the key it sat under. */
+static int pack_python(msgpack_packer *packer, PyObject *value, int depth, PyObject *key)
+{
+    if (depth > CODEC_MAX_METADATA_DEPTH) {
+        PyErr_Format(PyExc_ValueError, "metadata is nested more than %d levels deep",
+                     CODEC_MAX_METADATA_DEPTH);
+        return -1;
+    }
+    if (value == Py_None)
+        return msgpack_pack_nil(packer) ? pack_failed() : 0;
+    if (PyBool_Check(value))
+        return (value == Py_True ? msgpack_pack_true(packer) : msgpack_pack_false(packer))
+                   ? pack_failed()
+                   : 0;
+    if (PyLong_Check(value)) {
+        int overflow;
+        long long signed_value = PyLong_AsLongLongAndOverflow(value, &overflow);
+        if (overflow == 0 && !(signed_value == -1 && PyErr_Occurred()))
+            return msgpack_pack_int64(packer, signed_value) ? pack_failed() : 0;
+        PyErr_Clear();
+        unsigned long long unsigned_value = overflow > 0 ? PyLong_AsUnsignedLongLong(value) : 0;
+        if (overflow < 0 || PyErr_Occurred()) {
+            PyErr_Clear();
+            PyErr_Format(PyExc_ValueError, "metadata integer under %R does not fit in 64 bits",
+                         key);
+            return -1;
+        }
+        return msgpack_pack_uint64(packer, unsigned_value) ? pack_failed() : 0;
+    }
+    if (PyFloat_Check(value))
+        return msgpack_pack_double(packer, PyFloat_AS_DOUBLE(value)) ? pack_failed() : 0;
+    if (PyUnicode_Check(value)) {
+        Py_ssize_t length;
+        const char *text = PyUnicode_AsUTF8AndSize(value, &length);
+        if (text == NULL)
+            return -1;
+        if (msgpack_pack_str(packer, (size_t)length) ||
+            msgpack_pack_str_body(packer, text, (size_t)length))
+            return pack_failed();
+        return 0;
+    }
+    if (PyBytes_Check(value)) {
+        size_t length = (size_t)PyBytes_GET_SIZE(value);
+        if (msgpack_pack_bin(packer, length) ||
+            msgpack_pack_bin_body(packer, PyBytes_AS_STRING(value), length))
+            return pack_failed();
+        return 0;
+    }
+    if (PyList_Check(value) || PyTuple_Check(value)) {
+        PyObject *items = PySequence_Fast(value, "metadata sequence");
+        if (items == NULL)
+            return -1;
+        Py_ssize_t count = PySequence_Fast_GET_SIZE(items);
+        int rc = msgpack_pack_array(packer, (size_t)count) ? pack_failed() : 0;
+        for (Py_ssize_t i = 0; rc == 0 && i < count; i++)
+            rc = pack_python(packer, PySequence_Fast_GET_ITEM(items, i), depth + 1, key);
+        Py_DECREF(items);
+        return rc;
+    }
+    if (PyDict_Check(value)) {
+        if (msgpack_pack_map(packer, (size_t)PyDict_GET_SIZE(value)))
+            return pack_failed();
+        Py_ssize_t position = 0;
+        PyObject *child_key, *child;
+        while (PyDict_Next(value, &position, &child_key, &child)) {
+            if (!PyUnicode_Check(child_key)) {
+                PyErr_Format(PyExc_TypeError, "metadata keys must be str, not %s (%R)",
+                             Py_TYPE(child_key)->tp_name, child_key);
+                return -1;
+            }
+            /* hold references: packing may run Python code (str subclasses) */
+            Py_INCREF(child_key);
+            Py_INCREF(child);
+            int rc = pack_python(packer, child_key, depth + 1, child_key);
+            if (rc == 0)
+                rc = pack_python(packer, child, depth + 1, child_key);
+            Py_DECREF(child_key);
+            Py_DECREF(child);
+            if (rc != 0)
+                return -1;
+        }
+        return 0;
+    }
+    PyErr_Format(PyExc_TypeError,
+                 "metadata value under %R is a %s; allowed are None, bool, int, float, str, "
+                 "bytes, list, tuple and dict",
+                 key, Py_TYPE(value)->tp_name);
+    return -1;
+}
+
+/* Builds Python objects from metadata the decoder has already validated. */
+static PyObject *unpack_python(mp_reader *reader, int depth)
+{
+    codec_error err;
+    mp_item item;
+    if (mp_read(reader, &item, &err) != 0)
+        return raise_codec_error(&err);
+    switch (item.type) {
+    case MP_NIL:
+        Py_RETURN_NONE;
+    case MP_BOOL:
+        return PyBool_FromLong(item.as.boolean);
+    case MP_UINT:
+        return PyLong_FromUnsignedLongLong(item.as.uint_value);
+    case MP_INT:
+        return PyLong_FromLongLong(item.as.int_value);
+    case MP_FLOAT:
+        return PyFloat_FromDouble(item.as.float_value);
+    case MP_STR:
+        return PyUnicode_DecodeUTF8((const char *)item.as.body.bytes, item.as.body.length,
+                                    "strict");
+    case MP_BIN:
+        return PyBytes_FromStringAndSize((const char *)item.as.body.bytes, item.as.body.length);
+    case MP_EXT:
+        break;
+    case MP_ARRAY: {
+        if (depth > CODEC_MAX_METADATA_DEPTH)
+            break;
+        PyObject *list = PyList_New(item.as.count);
+        for (uint32_t i = 0; list != NULL && i < item.as.count; i++) {
+            PyObject *element = unpack_python(reader, depth + 1);
+            if (element == NULL)
+                Py_CLEAR(list);
+            else
+                PyList_SET_ITEM(list, i, element);
+        }
+        return list;
+    }
+    case MP_MAP: {
+        if (depth > CODEC_MAX_METADATA_DEPTH)
+            break;
+        PyObject *dict = PyDict_New();
+        for (uint32_t i = 0; dict != NULL && i < item.as.count; i++) {
+            size_t key_offset = reader->position;
+            PyObject *key = unpack_python(reader, depth + 1);
+            PyObject *value = key ? unpack_python(reader, depth + 1) : NULL;
+            int rc = -1;
+            if (value != NULL) {
+                rc = PyDict_Contains(dict, key);
+                if (rc == 1) {
+                    PyErr_Format(PyExc_ValueError, "metadata: key %R at offset %zu appears twice",
+                                 key, key_offset);
+                    rc = -1;
+                } else if (rc == 0) {
+                    rc = PyDict_SetItem(dict, key, value);
+                }
+            }
+            Py_XDECREF(key);
+            Py_XDECREF(value);
+            if (rc != 0)
+                Py_CLEAR(dict);
+        }
+        return dict;
+    }
+    }
+    PyErr_Format(PyExc_ValueError, "metadata: unexpected %s at offset %zu", mp_type_name(item.type),
+                 item.offset);
+    return NULL;
+}
+
+/* ---- encode ---------------------------------------------------------------------------- */
+
+static int parse_dtype(PyObject *name, codec_dtype *dtype)
+{
+    Py_ssize_t length;
+    const char *text = PyUnicode_Check(name) ? PyUnicode_AsUTF8AndSize(name, &length) : NULL;
+    if (text == NULL || !codec_dtype_from_name(text, (size_t)length, dtype)) {
+        PyErr_Clear();
+        PyErr_Format(PyExc_TypeError, "unsupported dtype %R", name);
+        return -1;
+    }
+    return 0;
+}
+
+/* One tensor of the list handed to encode(): (name, dtype, wire, shape, buffer). */
+static int parse_tensor_source(PyObject *entry, codec_tensor_source *tensor, uint64_t *shape,
+                               Py_buffer *view, int *view_acquired)
+{
+    PyObject *name, *dtype_name, *wire_name, *shape_tuple, *buffer;
+    if (!PyTuple_Check(entry)) {
+        PyErr_SetString(PyExc_TypeError, "tensor entries are (name, dtype, wire, shape, buffer)");
+        return -1;
+    }
+    if (!PyArg_ParseTuple(entry, "UUUO!O;tensor entries are (name, dtype, wire, shape, buffer)",
+                          &name, &dtype_name, &wire_name, &PyTuple_Type, &shape_tuple, &buffer))
+        return -1;
+    Py_ssize_t name_length;
+    tensor->name = PyUnicode_AsUTF8AndSize(name, &name_length);
+    if (tensor->name == NULL)
+        return -1;
+    tensor->name_length = (size_t)name_length;
+    if (name_length < 1 || name_length > CODEC_MAX_NAME_LENGTH) {
+        PyErr_Format(PyExc_ValueError, "tensor name %.80R must be 1 to %d bytes of UTF-8", name,
+                     CODEC_MAX_NAME_LENGTH);
+        return -1;
+    }
+    if (parse_dtype(dtype_name, &tensor->dtype) != 0 || parse_dtype(wire_name, &tensor->wire))
+        return -1;
+    if (!codec_wire_allowed(tensor->dtype, tensor->wire)) {
+        PyErr_Format(PyExc_ValueError, "tensor %.80R: a %s tensor cannot travel as %s", name,
+                     codec_dtype_name(tensor->dtype), codec_dtype_name(tensor->wire));
+        return -1;
+    }
+    Py_ssize_t ndim = PyTuple_GET_SIZE(shape_tuple);
+    if (ndim > CODEC_MAX_NDIM) {
+        PyErr_Format(PyExc_ValueError, "tensor %.80R has %zd dimensions (at most %d)", name, ndim,
+                     CODEC_MAX_NDIM);
+        return -1;
+    }
+    tensor->ndim = (uint32_t)ndim;
+    tensor->shape = shape;
+    uint64_t nonzero_product = 1;
+    bool has_zero = false;
+    for (Py_ssize_t i = 0; i < ndim; i++) {
+        unsigned long long value = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(shape_tuple, i));
+        if (PyErr_Occurred())
+            return -1;
+        if (value > CODEC_MAX_ELEMENTS || (value && nonzero_product > CODEC_MAX_ELEMENTS / value)) {
+            PyErr_Format(PyExc_ValueError, "tensor %.80R has more than 2**56 elements", name);
+            return -1;
+        }
+        shape[i] = value;
+        if (value)
+            nonzero_product *= value;
+        else
+            has_zero = true;
+    }
+    tensor->element_count = has_zero ? 0 : nonzero_product;
+
+    if (PyObject_GetBuffer(buffer, view, PyBUF_C_CONTIGUOUS) != 0)
+        return -1;
+    *view_acquired = 1;
+    tensor->source = view->buf;
+    uint64_t source_bytes = tensor->element_count * codec_dtype_size(tensor->dtype);
+    if ((uint64_t)view->len != source_bytes) {
+        PyErr_Format(PyExc_ValueError,
+                     "tensor %.80R: shape and dtype %s need %llu bytes but the buffer has %zd",
+                     name, codec_dtype_name(tensor->dtype), (unsigned long long)source_bytes,
+                     view->len);
+        return -1;
+    }
+    if (tensor->element_count * codec_dtype_size(tensor->wire) > UINT32_MAX) {
+        PyErr_Format(PyExc_ValueError,
+                     "tensor %.80R is larger than 4 GiB on the wire, the limit of a msgpack bin",
+                     name);
+        return -1;
+    }
+    return 0;
+}
+
+static int parse_kind(const char *kind, codec_kind *out)
+{
+    if (strcmp(kind, "numpy") == 0)
+        *out = CODEC_KIND_NUMPY;
+    else if (strcmp(kind, "torch") == 0)
+        *out = CODEC_KIND_TORCH;
+    else {
+        PyErr_Format(PyExc_ValueError, "kind must be 'numpy' or 'torch', not %R", kind);
+        return -1;
+    }
+    return 0;
+}
+
+PyDoc_STRVAR(encode_doc,
+             "_encode(tensors, kind, metadata) -> Block\n\n"
+             "tensors: list of (name, dtype, wire_dtype, shape, C-contiguous buffer).\n"
+             "kind: 'numpy' or 'torch'. metadata: dict written as the message's metadata map.\n"
+             "Conversion runs with the GIL released.");
+
+static PyObject *codec_encode(PyObject *module, PyObject *args)
+{
+    (void)module;
+    PyObject *tensor_list, *metadata;
+    const char *kind_name;
+    if (!PyArg_ParseTuple(args, "O!sO!:_encode", &PyList_Type, &tensor_list, &kind_name,
+                          &PyDict_Type, &metadata))
+        return NULL;
+    codec_encode_input input = {0};
+    if (parse_kind(kind_name, &input.kind) != 0)
+        return NULL;
+
+    /* The list is copied so that Python code run while parsing cannot resize it under us. */
+    PyObject *entries = PySequence_Tuple(tensor_list);
+    if (entries == NULL)
+        return NULL;
+    size_t count = (size_t)PyTuple_GET_SIZE(entries);
+    codec_tensor_source *tensors = PyMem_Calloc(count ? count : 1, sizeof *tensors);
+    uint64_t *shapes = PyMem_Calloc(count ? count * CODEC_MAX_NDIM : 1, sizeof *shapes);
+    Py_buffer *views = PyMem_Calloc(count ? count : 1, sizeof *views);
+    int *acquired = PyMem_Calloc(count ? count : 1, sizeof *acquired);
+    uint8_t **destinations = PyMem_Calloc(count ? count : 1, sizeof *destinations);
+    msgpack_sbuffer packed_metadata;
+    msgpack_sbuffer_init(&packed_metadata);
+    Block *block = NULL;
+    if (!tensors || !shapes || !views || !acquired || !destinations) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (size_t i = 0; i < count; i++)
+        if (parse_tensor_source(PyTuple_GET_ITEM(entries, i), &tensors[i],
+                                shapes + i * CODEC_MAX_NDIM, &views[i], &acquired[i]) != 0)
+            goto done;
+
+    msgpack_packer packer;
+    msgpack_packer_init(&packer, &packed_metadata, msgpack_sbuffer_write);
+    if (pack_python(&packer, metadata, 0, Py_None) != 0)
+        goto done;
+    codec_error err;
+    if (codec_validate_metadata((const uint8_t *)packed_metadata.data, packed_metadata.size,
+                                &err) != 0) {
+        raise_codec_error(&err);
+        goto done;
+    }
+    input.metadata = (const uint8_t *)packed_metadata.data;
+    input.metadata_length = packed_metadata.size;
+    input.tensors = tensors;
+    input.tensor_count = count;
+
+    size_t size = codec_encoded_size(&input);
+    if (size == 0) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    block = block_new(size, 1);
+    if (block == NULL)
+        goto done;
+    codec_encode_layout(&input, block->memory, destinations);
+    PyThreadState *thread_state = PyEval_SaveThread();
+    codec_encode_data(&input, destinations);
+    PyEval_RestoreThread(thread_state);
+
+done:
+    for (size_t i = 0; acquired && i < count; i++)
+        if (acquired[i])
+            PyBuffer_Release(&views[i]);
+    msgpack_sbuffer_destroy(&packed_metadata);
+    PyMem_Free(tensors);
+    PyMem_Free(shapes);
+    PyMem_Free(views);
+    PyMem_Free(acquired);
+    PyMem_Free(destinations);
+    Py_DECREF(entries);
+    if (PyErr_Occurred())
+        Py_CLEAR(block);
+    return (PyObject *)block;
+}
+
+/* ---- decode ---------------------------------------------------------------------------- */
+
+/* Where one decoded tensor lives: in the input buffer (a view) or in the output block. */
+typedef struct {
+    codec_dtype output;
+    bool in_block;
+    size_t offset;
+} tensor_placement;
+
+static size_t align_up(size_t value, size_t alignment)
+{
+    return (value + alignment - 1) / alignment * alignment;
+}
+
+static PyObject *describe_tensors(const codec_message *message, const tensor_placement *places)
+{
+    PyObject *list = PyList_New((Py_ssize_t)message->tensor_count);
+    for (size_t i = 0; list != NULL && i < message->tensor_count; i++) {
+        const codec_tensor_view *tensor = &message->tensors[i];
+        PyObject *shape = PyTuple_New(tensor->ndim);
+        for (uint32_t d = 0; shape != NULL && d < tensor->ndim; d++) {
+            PyObject *dimension = PyLong_FromUnsignedLongLong(tensor->shape[d]);
+            if (dimension == NULL)
+                Py_CLEAR(shape);
+            else
+                PyTuple_SET_ITEM(shape, d, dimension);
+        }
+        PyObject *entry = shape == NULL ? NULL
+                                        : Py_BuildValue("(s#sNOn)", (const char *)tensor->name,
+                                                        (Py_ssize_t)tensor->name_length,
+                                                        codec_dtype_name(places[i].output), shape,
+                                                        places[i].in_block ? Py_True : Py_False,
+                                                        (Py_ssize_t)places[i].offset);
+        if (entry == NULL)
+            Py_CLEAR(list);
+        else
+            PyList_SET_ITEM(list, (Py_ssize_t)i, entry);
+    }
+    return list;
+}
+
+PyDoc_STRVAR(decode_doc,
+             "_decode(data) -> (kind, metadata, block, tensors)\n\n"
+             "Validates the message in `data` (any buffer) and returns tensors as\n"
+             "(name, dtype, shape, in_block, offset): their bytes are at `offset` in `block`\n"
+             "when in_block, else in `data` itself (only when `data` is writable and the\n"
+             "tensor needs no conversion and is aligned). Raises ValueError on bad input.");
+
+static PyObject *codec_decode_py(PyObject *module, PyObject *args)
+{
+    (void)module;
+    PyObject *data;
+    if (!PyArg_ParseTuple(args, "O:_decode", &data))
+        return NULL;
+    Py_buffer view;
+    if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) != 0)
+        return NULL;
+
+    PyObject *result = NULL, *metadata = NULL, *tensors = NULL;
+    Block *block = NULL;
+    tensor_placement *places = NULL;
+    codec_message message;
+    codec_error err;
+    int rc;
+    /* Holding the buffer export keeps a bytearray from being resized while we read it. */
+    PyThreadState *thread_state = PyEval_SaveThread();
+    rc = codec_decode(view.buf, (size_t)view.len, &message, &err);
+    PyEval_RestoreThread(thread_state);
+    if (rc != 0) {
+        PyBuffer_Release(&view);
+        return raise_codec_error(&err);
+    }
+
+    const uint8_t *base = view.buf;
+    places = PyMem_Calloc(message.tensor_count ? message.tensor_count : 1, sizeof *places);
+    if (places == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    /* Output needs at most 4 bytes per wire byte (float16 -> float64) plus alignment, so
+     * the block is bounded by what the input justifies. */
+    size_t block_size = 0;
+    for (size_t i = 0; i < message.tensor_count; i++) {
+        const codec_tensor_view *tensor = &message.tensors[i];
+        codec_dtype output = tensor->dtype;
+        size_t item_size = codec_dtype_size(output);
+        bool aligned = (uintptr_t)(base + tensor->data_offset) % item_size == 0;
+        places[i].output = output;
+        if (output == tensor->wire && !view.readonly && aligned) {
+            places[i].in_block = false;
+            places[i].offset = tensor->data_offset;
+        } else {
+            places[i].in_block = true;
+            places[i].offset = align_up(block_size, CODEC_DATA_ALIGNMENT);
+            block_size = places[i].offset + (size_t)tensor->element_count * item_size;
+        }
+    }
+    block = block_new(block_size, 0);
+    if (block == NULL)
+        goto done;
+    thread_state = PyEval_SaveThread();
+    for (size_t i = 0; i < message.tensor_count; i++) {
+        const codec_tensor_view *tensor = &message.tensors[i];
+        if (places[i].in_block)
+            codec_convert(places[i].output, (uint8_t *)block->memory + places[i].offset,
+                          tensor->wire, base + tensor->data_offset, tensor->element_count);
+    }
+    PyEval_RestoreThread(thread_state);
+
+    mp_reader metadata_reader = {base + message.metadata_offset, message.metadata_length, 0};
+    metadata = unpack_python(&metadata_reader, 0);
+    if (metadata == NULL)
+        goto done;
+    tensors = describe_tensors(&message, places);
+    if (tensors == NULL)
+        goto done;
+    result = Py_BuildValue("(sOOO)", message.kind == CODEC_KIND_TORCH ? "torch" : "numpy", metadata,
+                           (PyObject *)block, tensors);
+
+done:
+    Py_XDECREF(metadata);
+    Py_XDECREF(tensors);
+    Py_XDECREF(block);
+    PyMem_Free(places);
+    codec_message_free(&message);
+    PyBuffer_Release(&view);
+    return result;
+}
+
+/* ---- SIMD switch for tests -------------------------------------------------------------- */
+
+static PyObject *codec_set_simd(PyObject *module, PyObject *enabled)
+{
+    (void)module;
+    int flag = PyObject_IsTrue(enabled);
+    if (flag < 0)
+        return NULL;
+    fp16_set_simd_enabled(flag);
+    Py_RETURN_NONE;
+}
+
+static PyObject *codec_simd_path(PyObject *module, PyObject *unused)
+{
+    (void)module;
+    (void)unused;
+    return PyUnicode_FromString(fp16_active_path());
+}
+
+static PyMethodDef codec_methods[] = {
+    {"_encode", codec_encode, METH_VARARGS, encode_doc},
+    {"_decode", codec_decode_py, METH_VARARGS, decode_doc},
+    {"_set_simd", codec_set_simd, METH_O,
+     "_set_simd(enabled): use the SIMD fp16/bf16 kernels (True, default) or force the "
+     "scalar ones (tests only; not thread-safe)."},
+    {"_simd_path", codec_simd_path, METH_NOARGS,
+     "_simd_path() -> 'f16c+avx2', 'neon' or 'scalar': the conversion kernels in use."},
+    {NULL, NULL, 0, NULL}};
+
+int codec_module_init(PyObject *module)
+{
+    if (PyType_Ready(&BlockType) != 0)
+        return -1;
+    if (PyModule_AddFunctions(module, codec_methods) != 0)
+        return -1;
+    Py_INCREF(&BlockType);
+    if (PyModule_AddObject(module, "Block", (PyObject *)&BlockType) != 0) {
+        Py_DECREF(&BlockType);
+        return -1;
+    }
+    if (PyModule_AddIntConstant(module, "FORMAT_VERSION", CODEC_FORMAT_VERSION) != 0 ||
+        PyModule_AddStringConstant(module, "FORMAT_NAME", CODEC_FORMAT_NAME) != 0 ||
+        PyModule_AddIntConstant(module, "DATA_ALIGNMENT", CODEC_DATA_ALIGNMENT) != 0)
+        return -1;
+    return 0;
+}

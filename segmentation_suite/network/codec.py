@@ -1,0 +1,202 @@
+"""Weight codec: state dicts to and from the data-only format of docs/weights-format.md.
+
+`serialize_weights` turns a dict of numpy arrays or torch tensors (CPU or CUDA) into one
+msgpack message; `deserialize_weights` and `decode_weights` turn untrusted bytes back into
+arrays of the kind that was sent, raising ValueError on anything malformed. Nothing is ever
+unpickled. The byte work (fp16/bf16 conversion, msgpack) is in the C extension, with the GIL
+released; this module only maps Python objects to buffers and back.
+
+Drop-in for the original app: `serialize_weights(state_dict)` sends float32 as float16 and
+`deserialize_weights(data)` gives float32 torch tensors back, as before.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import sys
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from . import _relayclient
+
+FORMAT_VERSION: int = _relayclient.FORMAT_VERSION
+#: What float32 and float64 tensors travel as; "float32" means lossless (float64 stays float64).
+WIRE_DTYPES = ("float16", "bfloat16", "float32")
+
+# numpy has no bfloat16: its bits travel through numpy as uint16.
+_NUMPY_DTYPES = {
+    "bool": np.dtype(np.bool_),
+    "uint8": np.dtype(np.uint8),
+    "int8": np.dtype(np.int8),
+    "uint16": np.dtype(np.uint16),
+    "int16": np.dtype(np.int16),
+    "uint32": np.dtype(np.uint32),
+    "int32": np.dtype(np.int32),
+    "uint64": np.dtype(np.uint64),
+    "int64": np.dtype(np.int64),
+    "float16": np.dtype(np.float16),
+    "bfloat16": np.dtype(np.uint16),
+    "float32": np.dtype(np.float32),
+    "float64": np.dtype(np.float64),
+}
+_WIDE_FLOATS = ("float32", "float64")
+
+
+def serialize_weights(
+    weights: Mapping[str, Any],
+    use_half_precision: bool | None = None,
+    *,
+    epoch: int | None = None,
+    loss: float | None = None,
+    num_samples: int | None = None,
+    architecture: str | None = None,
+    wire_dtype: str = "float16",
+    metadata: Mapping[str, Any] | None = None,
+) -> memoryview:
+    """Encodes `weights` (name -> numpy array or torch tensor) into one message.
+
+    float32 and float64 tensors travel as `wire_dtype`: "float16" (default), "bfloat16", or
+    "float32" for lossless (float64 then stays float64). Every other dtype travels exactly.
+    `use_half_precision` is the original app's switch (True = float16, False = lossless).
+    `metadata` is extra JSON-like data (str keys; None, bool, int, float, str, bytes, lists,
+    dicts). Returns a read-only memoryview of the encoded message, without a copy.
+    """
+    if use_half_precision is not None:
+        wire_dtype = "float16" if use_half_precision else "float32"
+    if wire_dtype not in WIRE_DTYPES:
+        raise ValueError(f"wire_dtype must be one of {WIRE_DTYPES}, not {wire_dtype!r}")
+    if not isinstance(weights, Mapping):
+        raise TypeError(f"weights must be a mapping of name to tensor, not {type(weights)}")
+    torch = sys.modules.get("torch")  # a torch tensor can only exist if torch is imported
+    entries = []
+    any_torch = False
+    for name, value in weights.items():
+        if not isinstance(name, str):
+            raise TypeError(f"tensor names must be str, not {type(name).__name__} ({name!r})")
+        is_torch = torch is not None and isinstance(value, torch.Tensor)
+        any_torch |= is_torch
+        dtype, array = _torch_to_array(name, value, torch) if is_torch else _to_array(name, value)
+        wire = wire_dtype if dtype in _WIDE_FLOATS and wire_dtype != "float32" else dtype
+        entries.append((name, dtype, wire, array.shape, array))
+    fields = {
+        "epoch": _optional(epoch, int, "epoch"),
+        "loss": _optional(loss, float, "loss"),
+        "num_samples": _optional(num_samples, int, "num_samples"),
+        "architecture": _optional(architecture, str, "architecture"),
+        "extra": dict(metadata) if metadata is not None else None,
+    }
+    if fields["num_samples"] is not None and fields["num_samples"] < 0:
+        raise ValueError(f"num_samples must not be negative, not {num_samples}")
+    block = _relayclient._encode(entries, "torch" if any_torch else "numpy", fields)
+    return memoryview(block)
+
+
+def decode_weights(data: Any, *, as_torch: bool | None = None) -> tuple[dict, dict]:
+    """Decodes a message into (weights, metadata).
+
+    `data` is any bytes-like object. Arrays come back as the kind that was sent (torch
+    tensors on the CPU, or numpy arrays; numpy when torch is not installed) unless
+    `as_torch` says otherwise (True needs torch), in message order
+    and with the dtype that was sent (float32 sent as float16 comes back float32).
+    Converted tensors share one new block of memory; tensors that needed no conversion view
+    `data` itself when it is writable (e.g. a bytearray) and are copied otherwise, so every
+    returned array is writable. numpy output of bfloat16 tensors is float32 (exact).
+    metadata has the keys epoch, loss, num_samples, architecture, extra, kind and
+    format_version. Raises ValueError naming the problem and its offset on bad input.
+    """
+    kind, fields, block, entries = _relayclient._decode(data)
+    torch = None
+    if as_torch:
+        torch = _import_torch()
+    elif as_torch is None and kind == "torch":
+        # A receiver without torch still gets the weights, as numpy arrays.
+        with contextlib.suppress(ImportError):
+            torch = _import_torch()
+    weights = {}
+    for name, dtype, shape, in_block, offset in entries:
+        np_dtype = _NUMPY_DTYPES[dtype]
+        count = math.prod(shape)
+        if count == 0:
+            array = np.empty(shape, dtype=np_dtype)
+        else:
+            source = block if in_block else data
+            array = np.frombuffer(source, dtype=np_dtype, count=count, offset=offset)
+            array = array.reshape(shape)
+        if torch is not None:
+            tensor = torch.from_numpy(array)
+            weights[name] = tensor.view(torch.bfloat16) if dtype == "bfloat16" else tensor
+        elif dtype == "bfloat16":
+            weights[name] = (array.astype(np.uint32) << 16).view(np.float32)
+        else:
+            weights[name] = array
+    metadata = {
+        "epoch": fields.get("epoch"),
+        "loss": fields.get("loss"),
+        "num_samples": fields.get("num_samples"),
+        "architecture": fields.get("architecture"),
+        "extra": fields.get("extra") or {},
+        "kind": kind,
+        "format_version": FORMAT_VERSION,
+    }
+    return weights, metadata
+
+
+def deserialize_weights(data: Any, *, as_torch: bool | None = None) -> dict:
+    """Decodes a message into its weights only; see decode_weights."""
+    return decode_weights(data, as_torch=as_torch)[0]
+
+
+def _optional(value: Any, kind: type, field: str) -> Any:
+    if value is None:
+        return None
+    if kind is float and isinstance(value, (int, float, np.floating, np.integer)):
+        return float(value)
+    if kind is int and isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        return int(value)
+    if isinstance(value, kind):
+        return value
+    raise TypeError(f"{field} must be {kind.__name__} or None, not {type(value).__name__}")
+
+
+def _to_array(name: str, value: Any) -> tuple[str, np.ndarray]:
+    if not isinstance(value, (np.ndarray, np.generic)):
+        raise TypeError(
+            f"tensor {name!r} is a {type(value).__name__}; expected a numpy array or torch tensor"
+        )
+    array = np.asarray(value)
+    dtype = array.dtype.name
+    if dtype == "bfloat16":  # ml_dtypes' bfloat16
+        array = array.view(np.uint16)
+    elif dtype not in _NUMPY_DTYPES or array.dtype != _NUMPY_DTYPES[dtype]:
+        if array.dtype.kind in "biuf" and array.dtype.newbyteorder("=").name in _NUMPY_DTYPES:
+            array = array.astype(array.dtype.newbyteorder("="))  # big-endian input
+            dtype = array.dtype.name
+        else:
+            raise TypeError(f"tensor {name!r} has unsupported dtype {array.dtype}")
+    # not np.ascontiguousarray: it turns 0-d arrays into 1-d ones
+    return dtype, array if array.flags.c_contiguous else array.copy(order="C")
+
+
+def _torch_to_array(name: str, tensor: Any, torch: Any) -> tuple[str, np.ndarray]:
+    tensor = tensor.detach()
+    if tensor.device.type != "cpu":
+        tensor = tensor.cpu()
+    dtype = str(tensor.dtype).removeprefix("torch.")
+    if dtype not in _NUMPY_DTYPES:
+        raise TypeError(f"tensor {name!r} has unsupported dtype {tensor.dtype}")
+    tensor = tensor.contiguous()
+    if dtype == "bfloat16":
+        tensor = tensor.view(torch.uint16)
+    # resolve_conj/resolve_neg: numpy() refuses tensors with lazy conjugate/negative bits
+    return dtype, tensor.resolve_neg().numpy()
+
+
+def _import_torch() -> Any:
+    try:
+        import torch
+    except ImportError as error:
+        raise ImportError("as_torch=True needs torch, which is not installed") from error
+    return torch
