@@ -266,17 +266,38 @@ static int serve_http(struct lws *wsi, struct session *session, const char *path
 }
 
 /* Decides on a WebSocket upgrade before it happens: path, token, connection limit. */
+/* Refuses a WebSocket upgrade with a plain HTTP/1.1 answer. lws's own header helpers would say
+ * HTTP/1.0 at this point of an upgrade, which WebSocket clients reject as malformed. */
+static int refuse_upgrade(struct lws *wsi, unsigned status, const char *reason_phrase,
+                          int reject_reason)
+{
+    if (reject_reason >= 0)
+        relay_metrics(server.relay)->rejected[reject_reason]++;
+    char address[64];
+    peer_address(wsi, address, sizeof(address));
+    log_fields(LOG_LEVEL_INFO, "upgrade_refused", LOG_TEXT("peer", address),
+               LOG_INT("status", status));
+    unsigned char response[LWS_PRE + 256];
+    int length = snprintf((char *)response + LWS_PRE, sizeof(response) - LWS_PRE,
+                          "HTTP/1.1 %u %s\r\nContent-Type: text/plain\r\nContent-Length: %zu\r\n"
+                          "Connection: close\r\n\r\n%s",
+                          status, reason_phrase, strlen(reason_phrase), reason_phrase);
+    lws_write(wsi, response + LWS_PRE, (size_t)length, LWS_WRITE_HTTP_FINAL);
+    return 1;
+}
+
+/* Decides on a WebSocket upgrade before it happens: path, token, connection limit. */
 static int confirm_upgrade(struct lws *wsi)
 {
     char path[256] = "";
     lws_hdr_copy(wsi, path, sizeof(path), WSI_TOKEN_GET_URI);
     if (!is_websocket_path(path))
-        return respond_text(wsi, 404, "Not Found") ? -1 : 1;
+        return refuse_upgrade(wsi, 404, "Not Found", -1);
     if (!authorized(wsi))
-        return reject(wsi, 401, "Unauthorized", REJECT_UNAUTHORIZED) ? -1 : 1;
+        return refuse_upgrade(wsi, 401, "Unauthorized", REJECT_UNAUTHORIZED);
     if (server.shutting_down ||
         relay_connection_count(server.relay) >= server.config->max_connections)
-        return reject(wsi, 503, "Too many connections", REJECT_TOO_MANY_CONNECTIONS) ? -1 : 1;
+        return refuse_upgrade(wsi, 503, "Service Unavailable", REJECT_TOO_MANY_CONNECTIONS);
     return 0;
 }
 
