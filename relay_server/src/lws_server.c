@@ -39,6 +39,7 @@ struct session {
     char close_reason[64];
     size_t ignored_body_bytes;
     size_t received_since_trim;
+    double last_trim;
 };
 
 struct server {
@@ -93,15 +94,20 @@ static void *allocate_for_lws(void *pointer, size_t size, const char *reason)
     return realloc(pointer, size);
 }
 
-/* After a large message, hands the pages of the connection's receive buffer back. Safe at the
- * end of a message: lws has delivered everything that buffer held. */
+/* After large messages, hands the pages of the connection's receive buffer back, at most once a
+ * second so that a steady stream does not pay page faults for every message. Safe at the end of
+ * a message: lws has delivered everything that buffer held. */
 static void trim_receive_buffer(struct session *session, const void *received, size_t length,
                                 bool final)
 {
     session->received_since_trim += length;
     if (!final || session->received_since_trim < TRIM_RECEIVE_BUFFER_AFTER)
         return;
+    double now = now_seconds();
+    if (now - session->last_trim < 1.0)
+        return;
     session->received_since_trim = 0;
+    session->last_trim = now;
     void *slot = buffer_arena_slot_of(receive_buffers, received);
     if (slot)
         buffer_arena_trim(receive_buffers, slot);
@@ -371,7 +377,9 @@ static int write_pending(struct lws *wsi, struct session *session)
         relay_wrote(server.relay, connection, now_seconds());
         if (session->close_requested)
             return finish_close(wsi, session);
-        if (lws_send_pipe_choked(wsi)) {
+        /* Keep writing until the socket takes no more: lws then holds the rest of the frame
+         * and calls back when it has flushed it. (lws_send_pipe_choked would poll() per frame.) */
+        if (lws_partial_buffered(wsi)) {
             lws_callback_on_writable(wsi);
             break;
         }

@@ -1,5 +1,6 @@
 /* main.c — relay_server: reads the configuration, loads the relay secret, runs the server.
  * Exit status: 0 after a clean stop, 1 when the server cannot start, 2 for a bad option. */
+#include <malloc.h>
 #include <stdio.h>
 
 #include "config.h"
@@ -20,6 +21,11 @@ int main(int argc, char **argv)
         return 2;
     }
     log_init(config.log_format, config.log_level, NULL);
+    /* Message fragments (up to 256 KiB) come and go all the time: keep them on the heap and
+     * keep freed heap memory for reuse, instead of paying mmap/munmap and page faults for
+     * each one. The relay's memory bounds do not depend on it (docs/architecture.md). */
+    mallopt(M_MMAP_THRESHOLD, 4 * 1024 * 1024);
+    mallopt(M_TRIM_THRESHOLD, 64 * 1024 * 1024);
 
     unsigned char secret[RELAY_SECRET_BYTES];
     if (!relay_secret_load(config.secret_file, secret, error, sizeof(error))) {
