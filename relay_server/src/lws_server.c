@@ -349,9 +349,10 @@ static int write_pending(struct lws *wsi, struct session *session)
     if (session->close_requested)
         return finish_close(wsi, session);
     if (session->ping_requested) {
-        unsigned char ping[LWS_PRE];
+        /* lws reports a pong to us only when it carries a payload, so the ping has one. */
+        unsigned char ping[LWS_PRE + 4] = {[LWS_PRE] = 'p', 'i', 'n', 'g'};
         session->ping_requested = false;
-        if (lws_write(wsi, ping + LWS_PRE, 0, LWS_WRITE_PING) < 0)
+        if (lws_write(wsi, ping + LWS_PRE, 4, LWS_WRITE_PING) < 0)
             return -1;
     }
     struct connection *connection = session->connection;
@@ -502,6 +503,9 @@ int lws_server_run(const struct relay_config *config, const unsigned char *secre
     info.options = LWS_SERVER_OPTION_EXPLICIT_VHOSTS | LWS_SERVER_OPTION_VALIDATE_UTF8 |
                    LWS_SERVER_OPTION_DO_SSL_GLOBAL_INIT;
     info.timeout_secs = config->handshake_timeout_seconds;
+    /* A connection holding a header buffer without finishing its request: lws's default is
+     * 10 s, whatever timeout_secs says. */
+    info.timeout_secs_ah_idle = config->handshake_timeout_seconds;
     /* One read buffer per service thread: large reads mean fewer syscalls per forwarded byte. */
     info.pt_serv_buf_size = 256 * 1024;
     info.fd_limit_per_thread = 0;

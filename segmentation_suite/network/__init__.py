@@ -1,5 +1,44 @@
-"""The networking client: weight codec, transport and sessions (see docs/protocol.md)."""
+"""The networking client: sessions on a relay or a LAN, FedAvg, the weight codec and the
+transport (docs/network-api.md, docs/protocol.md).
 
-from .codec import deserialize_weights, serialize_weights
+The names below are those of the original app's `segmentation_suite.network`, so an app
+written for it keeps working with nothing changed but the install.
+"""
 
-__all__ = ["deserialize_weights", "serialize_weights"]
+from .aggregator import FedAvgAggregator, MomentumAggregator, blend_weights, weighted_average
+from .client import HostClient, SyncClient
+from .codec import decode_weights, deserialize_weights, serialize_weights
+from .protocol import DEFAULT_RELAY_URL, Message, MessageType
+from .server import AggregationServer
+from .session import (
+    MultiUserSession,
+    SessionManager,
+    UserInfo,
+    generate_session_id,
+    generate_user_id,
+    get_local_ip,
+    get_session_manager,
+)
+
+__all__ = [
+    "DEFAULT_RELAY_URL",
+    "AggregationServer",
+    "FedAvgAggregator",
+    "HostClient",
+    "Message",
+    "MessageType",
+    "MomentumAggregator",
+    "MultiUserSession",
+    "SessionManager",
+    "SyncClient",
+    "UserInfo",
+    "blend_weights",
+    "decode_weights",
+    "deserialize_weights",
+    "generate_session_id",
+    "generate_user_id",
+    "get_local_ip",
+    "get_session_manager",
+    "serialize_weights",
+    "weighted_average",
+]

@@ -1,0 +1,523 @@
+"""End-to-end weights transfer benchmark: one state dict from one client to another through
+the relay on loopback, from "the sender starts serializing" to "the receiver holds the
+deserialized dict of torch tensors", ours against the original app's way.
+
+The model is the original app's (2D U-Net, 166 tensors, 124.5 MB as float32;
+/work/shared/data/unet_deep_dice_v2_layout.json) with seeded random weights. One relay_server
+process; the sender and the receiver are two more processes, each with two connections (one
+room per client kind) that stay open for the whole run. Methods:
+
+* ours-f16: serialize_weights (float16 on the wire), send_chunked in relay-advertised chunks
+  (16 MiB) directed to the receiver; the receiver reassembles by (sender, transfer id) into
+  one preallocated 64-byte-aligned buffer and decode_weights it into torch tensors.
+* ours-f32: the same with wire_dtype="float32" (lossless).
+* moss: the original client's way on the `websockets` library (sync client): a weights_push
+  JSON, then one binary message gzip(torch.save(float16 dict), level 1); the receiver
+  gunzips, torch.load(weights_only=True) and converts float16 back to float32.
+* codec-ws (diagnostic): our codec (float16 wire) sent as one message with the websockets
+  library at both ends, to tell the codec's share from the transport's.
+
+Every run starts when both processes have passed a barrier; times come from the system-wide
+CLOCK_MONOTONIC (time.monotonic), so the sender's start and the receiver's end compare
+directly. Methods are interleaved (one warm-up round, then --runs rounds, each method once per
+round, the order rotating) so that load from other processes hits all alike; each figure is a
+median. Every received dict is checked against the sent one (outside the timed span). Usage:
+
+    .venv/bin/python bench/bench_end_to_end.py [--runs 7] [--layout PATH] [--json OUT]
+        [--methods ours-f16,moss] [--save-received DIR] [--check]
+
+--check exits 1 if ours-f16 is not at least 10x faster than moss (issue 3's target).
+--save-received writes what was sent (sent.npz) and the last dict each method received
+(received_<method>.npz), for tests/bench/test_bench_end_to_end_smoke.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import gzip
+import io
+import json
+import multiprocessing
+import resource
+import statistics
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+DEFAULT_LAYOUT = Path("/work/shared/data/unet_deep_dice_v2_layout.json")
+METHODS = ("ours-f16", "ours-f32", "codec-ws", "moss")
+MiB = 1024 * 1024
+SENDER, RECEIVER = "sender", "receiver"
+# The relay's limit must admit MOSS-style's single message (57 MB for the U-Net); ours chunks.
+RELAY_OPTIONS = ("--max-message-size", "128M", "--idle-timeout", "600")
+
+
+def random_state_dict(layout_path: Path, seed: int) -> dict:
+    """name -> torch tensor with the layout's shapes and dtypes: float32 ~ N(0, 0.05²), integer
+    scalars (BatchNorm's num_batches_tracked) in [0, 1000)."""
+    import torch
+
+    layout = json.loads(Path(layout_path).read_text())["layout"]
+    generator = torch.Generator().manual_seed(seed)
+    state = {}
+    for entry in layout:
+        dtype = getattr(torch, entry["dtype"])
+        if dtype.is_floating_point:
+            state[entry["name"]] = torch.randn(entry["shape"], generator=generator) * 0.05
+            state[entry["name"]] = state[entry["name"]].to(dtype)
+        else:
+            state[entry["name"]] = torch.randint(
+                0, 1000, entry["shape"], generator=generator, dtype=dtype
+            )
+    return state
+
+
+# --- the two clients, one function per side and kind ---------------------------------------
+
+
+def ours_send(conn: Any, state: dict, wire_dtype: str, transfer_id: int, chunk_size: int) -> dict:
+    from segmentation_suite.network import transport
+    from segmentation_suite.network.codec import serialize_weights
+
+    data = serialize_weights(state, wire_dtype=wire_dtype, epoch=1, loss=0.5, num_samples=64)
+    serialized = time.monotonic()
+    count = conn.send_chunked(
+        transport.FRAME_KIND_WEIGHTS, transfer_id, SENDER, [RECEIVER], data, chunk_size
+    )
+    return {"t_serialized": serialized, "payload_bytes": len(data), "messages": count}
+
+
+def ours_receive(conn: Any, deadline: float) -> tuple[dict, dict]:
+    """Reassembles one chunked transfer into one buffer and decodes it (torch tensors)."""
+    import numpy as np
+
+    from segmentation_suite.network import transport
+    from segmentation_suite.network.codec import decode_weights
+
+    key = buffer = None
+    position = expected_index = 0
+    times: dict[str, float] = {}
+    while True:
+        is_binary, data = conn.recv(timeout=max(deadline - time.monotonic(), 0.001))
+        if not is_binary:
+            continue  # control messages (there are none during a run)
+        header = transport.parse_frame_header(data)
+        if header is None:
+            raise ValueError("a binary message without a frame header")
+        if buffer is None:
+            if header.chunk_index != 0:
+                raise ValueError(f"transfer starts at chunk {header.chunk_index}")
+            times["t_first"] = time.monotonic()
+            key = (header.sender, header.transfer_id)
+            # One buffer for the whole message, 64-byte aligned so that tensors that need no
+            # conversion (ours-f32) are viewed in place by the decoder.
+            raw = np.empty(header.total_size + 64, dtype=np.uint8)
+            start = -raw.ctypes.data % 64
+            buffer = memoryview(raw[start : start + header.total_size])
+        if (header.sender, header.transfer_id) != key or header.chunk_index != expected_index:
+            raise ValueError(f"unexpected chunk {header} while reassembling {key}")
+        payload = data[header.header_size :]
+        if position + len(payload) > len(buffer):
+            raise ValueError(f"chunks exceed the announced total size {header.total_size}")
+        buffer[position : position + len(payload)] = payload
+        position += len(payload)
+        expected_index += 1
+        del payload, data  # frees the message block now
+        if expected_index == header.chunk_count:
+            break
+    if position != len(buffer):
+        raise ValueError(f"transfer ended at {position} of {len(buffer)} bytes")
+    times["t_last"] = time.monotonic()
+    times.update(cpu_snapshot("last"))
+    state, _ = decode_weights(buffer, as_torch=True)
+    return state, times
+
+
+def moss_send(ws: Any, state: dict) -> dict:
+    import torch
+
+    half = {k: v.half() if v.dtype == torch.float32 else v for k, v in state.items()}
+    stream = io.BytesIO()
+    torch.save(half, stream)
+    data = gzip.compress(stream.getvalue(), compresslevel=1)
+    serialized = time.monotonic()
+    push = {"user_id": SENDER, "epoch": 1, "loss": 0.5, "num_samples": 64}
+    ws.send(json.dumps({"type": "weights_push", "payload": push, "timestamp": time.time()}))
+    ws.send(data)
+    return {"t_serialized": serialized, "payload_bytes": len(data), "messages": 2}
+
+
+def moss_receive(ws: Any, deadline: float) -> tuple[dict, dict]:
+    import torch
+
+    times: dict[str, float] = {}
+    while True:
+        message = ws.recv(timeout=max(deadline - time.monotonic(), 0.001))
+        if isinstance(message, str) and json.loads(message).get("type") == "weights_push":
+            break
+    times["t_first"] = time.monotonic()  # the JSON; the binary follows it
+    data = ws.recv(timeout=max(deadline - time.monotonic(), 0.001))
+    if not isinstance(data, bytes):
+        raise ValueError("weights_push was not followed by a binary message")
+    times["t_last"] = time.monotonic()
+    times.update(cpu_snapshot("last"))
+    loaded = torch.load(io.BytesIO(gzip.decompress(data)), map_location="cpu", weights_only=True)
+    state = {k: v.float() if v.dtype == torch.float16 else v for k, v in loaded.items()}
+    return state, times
+
+
+def codec_ws_send(ws: Any, state: dict) -> dict:
+    """Diagnostic: our codec over the websockets library, to separate codec from transport."""
+    from segmentation_suite.network.codec import serialize_weights
+
+    data = serialize_weights(state, epoch=1, loss=0.5, num_samples=64)
+    serialized = time.monotonic()
+    ws.send(data)
+    return {"t_serialized": serialized, "payload_bytes": len(data), "messages": 1}
+
+
+def codec_ws_receive(ws: Any, deadline: float) -> tuple[dict, dict]:
+    from segmentation_suite.network.codec import decode_weights
+
+    data = ws.recv(timeout=max(deadline - time.monotonic(), 0.001))
+    if not isinstance(data, bytes):
+        raise ValueError(f"expected the weights, got {data!r:.100}")
+    times = {"t_first": time.monotonic(), "t_last": time.monotonic(), **cpu_snapshot("last")}
+    state, _ = decode_weights(data, as_torch=True)
+    return state, times
+
+
+def cpu_snapshot(label: str) -> dict[str, float]:
+    """This thread's CPU seconds and the process's minor page faults, to tell work from
+    waiting for a core (2 cores, shared) and from first-touch page faults."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return {f"cpu_{label}": time.thread_time(), f"minflt_{label}": usage.ru_minflt}
+
+
+# --- processes ------------------------------------------------------------------------------
+
+
+def control(conn: Any, message_type: str, **payload: Any) -> None:
+    conn.send_text(json.dumps({"type": message_type, "payload": payload}))
+
+
+def next_json(recv, deadline: float) -> dict:
+    while True:
+        message = recv(max(deadline - time.monotonic(), 0.001))
+        if isinstance(message, tuple):  # ours: (is_binary, data)
+            is_binary, message = message
+            if is_binary:
+                continue
+        return json.loads(message)
+
+
+def expect(message: dict, message_type: str) -> dict:
+    if message.get("type") != message_type:
+        raise RuntimeError(f"expected {message_type}, got {message}")
+    return message["payload"]
+
+
+def schedule(methods: list[str], runs: int) -> list[tuple[str, int]]:
+    """(method, run) pairs, run -1 being the warm-up round; the order rotates per round."""
+    items = []
+    for run in range(-1, runs):
+        shift = (run + 1) % len(methods)
+        items += [(method, run) for method in methods[shift:] + methods[:shift]]
+    return items
+
+
+def connect_both(stack: contextlib.ExitStack, url: str, timeout: float) -> tuple[Any, Any]:
+    """One connection of each client kind, closed when `stack` ends."""
+    from websockets.sync.client import connect as ws_connect
+
+    from segmentation_suite.network import transport
+
+    ours = transport.connect(url + "/ws", proxy=False, connect_timeout=timeout)
+    stack.callback(ours.close)
+    # compression=None: our relay does not negotiate permessage-deflate; saying so up front
+    # keeps the client from compressing if it ever did (the payload is gzip'd already).
+    ws = stack.enter_context(
+        ws_connect(
+            url + "/ws", max_size=256 * MiB, compression=None, open_timeout=timeout, proxy=None
+        )
+    )
+    return ours, ws
+
+
+def receiver_main(config: dict, barrier: Any, results: Any, pipe: Any) -> None:
+    try:
+        import torch
+
+        with contextlib.ExitStack() as stack:
+            ours, ws = connect_both(stack, config["url"], config["timeout"])
+            deadline = time.monotonic() + config["timeout"]
+            control(ours, "create_room", user_id=RECEIVER, display_name="Receiver")
+            created = expect(next_json(ours.recv, deadline), "room_created")
+            ws.send(json.dumps({"type": "create_room", "payload": {"user_id": RECEIVER}}))
+            ws_created = expect(next_json(ws.recv, deadline), "room_created")
+            chunk_size = min(config["chunk_size"], created["relay"]["limits"]["chunk_size"])
+            pipe.send((created["room_code"], ws_created["room_code"], chunk_size))
+            expect(next_json(ours.recv, deadline), "user_joined")
+            expect(next_json(ws.recv, deadline), "user_joined")
+
+            sent = random_state_dict(config["layout"], config["seed"])
+            as_f16 = {k: v.half().float() if v.is_floating_point() else v for k, v in sent.items()}
+            for method, run in schedule(config["methods"], config["runs"]):
+                gc.collect()
+                barrier.wait(config["timeout"])
+                deadline = time.monotonic() + config["timeout"]
+                if method == "moss":
+                    state, times = moss_receive(ws, deadline)
+                elif method == "codec-ws":
+                    state, times = codec_ws_receive(ws, deadline)
+                else:
+                    state, times = ours_receive(ours, deadline)
+                times["t_done"] = time.monotonic()
+                times.update(cpu_snapshot("done"))
+                expected = sent if method == "ours-f32" else as_f16
+                report = {"role": RECEIVER, "method": method, "run": run, **times}
+                report["check"] = compare(torch, state, expected, sent)
+                results.put(report)
+                if config["save_dir"] and run == config["runs"] - 1:
+                    save_npz(Path(config["save_dir"]) / f"received_{method}.npz", state)
+                del state
+            barrier.wait(config["timeout"])  # the sender closes only after the last receive
+    except BaseException:  # noqa: BLE001 (reported to the parent, which stops the run)
+        results.put({"role": RECEIVER, "error": traceback.format_exc()})
+        barrier.abort()
+
+
+def sender_main(config: dict, barrier: Any, results: Any, pipe: Any) -> None:
+    try:
+        with contextlib.ExitStack() as stack:
+            ours, ws = connect_both(stack, config["url"], config["timeout"])
+            if not pipe.poll(config["timeout"]):
+                raise TimeoutError("the receiver sent no room codes")
+            room, ws_room, chunk_size = pipe.recv()
+            deadline = time.monotonic() + config["timeout"]
+            control(ours, "join_room", room_code=room, user_id=SENDER, display_name="Sender")
+            expect(next_json(ours.recv, deadline), "room_joined")
+            join = {"room_code": ws_room, "user_id": SENDER, "display_name": "Sender"}
+            ws.send(json.dumps({"type": "join_room", "payload": join}))
+            expect(next_json(ws.recv, deadline), "room_joined")
+
+            state = random_state_dict(config["layout"], config["seed"])
+            if config["save_dir"]:
+                save_npz(Path(config["save_dir"]) / "sent.npz", state)
+            items = schedule(config["methods"], config["runs"])
+            for transfer_id, (method, run) in enumerate(items, start=1):
+                gc.collect()
+                barrier.wait(config["timeout"])
+                started = time.monotonic()
+                if method == "moss":
+                    report = moss_send(ws, state)
+                elif method == "codec-ws":
+                    report = codec_ws_send(ws, state)
+                else:
+                    wire = "float16" if method == "ours-f16" else "float32"
+                    report = ours_send(ours, state, wire, transfer_id, chunk_size)
+                report.update(role=SENDER, method=method, run=run, t_start=started)
+                report["t_sent"] = time.monotonic()
+                results.put(report)
+            barrier.wait(config["timeout"])
+    except BaseException:  # noqa: BLE001
+        results.put({"role": SENDER, "error": traceback.format_exc()})
+        barrier.abort()
+
+
+def compare(torch: Any, state: dict, expected: dict, sent: dict) -> dict:
+    """Names, dtypes and shapes as sent; values equal to `expected` (the sent values, rounded
+    to float16 by torch where float16 travelled); the largest error relative to the sent."""
+    same_keys = list(state) == list(expected)
+    exact = same_keys and all(
+        state[k].dtype == expected[k].dtype and torch.equal(state[k], expected[k]) for k in state
+    )
+    worst = 0.0
+    if same_keys:
+        for name, value in state.items():
+            if value.is_floating_point() and value.numel():
+                error = (value - sent[name]).abs() / sent[name].abs().clamp_min(2**-14)
+                worst = max(worst, float(error.max()))
+    return {"names_match": same_keys, "exact": exact, "max_relative_error": worst}
+
+
+def save_npz(path: Path, state: dict) -> None:
+    import numpy as np
+
+    np.savez(path, **{name: tensor.numpy() for name, tensor in state.items()})
+
+
+# --- the parent: relay, processes, table ----------------------------------------------------
+
+
+def run_benchmark(args: argparse.Namespace) -> list[dict]:
+    from segmentation_suite.relay_process import RelayProcess
+
+    context = multiprocessing.get_context("spawn")  # the transport is not fork-safe
+    with RelayProcess(*RELAY_OPTIONS) as relay:
+        barrier = context.Barrier(2)
+        results = context.Queue()
+        receiver_end, sender_end = context.Pipe()
+        config = {
+            "url": relay.url,
+            "layout": str(args.layout),
+            "seed": args.seed,
+            "runs": args.runs,
+            "methods": args.methods,
+            "timeout": args.timeout,
+            "chunk_size": args.chunk_size,
+            "save_dir": str(args.save_received) if args.save_received else None,
+        }
+        workers = [
+            context.Process(target=receiver_main, args=(config, barrier, results, receiver_end)),
+            context.Process(target=sender_main, args=(config, barrier, results, sender_end)),
+        ]
+        for worker in workers:
+            worker.start()
+        expected = 2 * len(schedule(args.methods, args.runs))
+        # Setup (torch import, weights, connections) plus every transfer, each bounded.
+        deadline = time.monotonic() + 120 + expected * args.timeout / 2
+        reports: list[dict] = []
+        try:
+            while len(reports) < expected:
+                report = results.get(timeout=max(deadline - time.monotonic(), 0.001))
+                if "error" in report:
+                    raise RuntimeError(f"the {report['role']} failed:\n{report['error']}")
+                reports.append(report)
+                progress = f"{report['role']} {report['method']} run {report['run']}"
+                print(f"  {progress}", file=sys.stderr)
+        finally:
+            for worker in workers:
+                worker.join(timeout=10 if len(reports) == expected else 0.5)
+                if worker.is_alive():
+                    worker.terminate()
+                    worker.join(5)
+    return reports
+
+
+def summarize(reports: list[dict]) -> dict[str, dict]:
+    sends = {(r["method"], r["run"]): r for r in reports if r["role"] == SENDER}
+    receives = {(r["method"], r["run"]): r for r in reports if r["role"] == RECEIVER}
+    summary = {}
+    for method in METHODS:
+        runs = [(sends[k], receives[k]) for k in sorted(sends) if k[0] == method and k[1] >= 0]
+        if not runs:
+            continue
+        figures = {
+            "total_ms": [1000 * (r["t_done"] - s["t_start"]) for s, r in runs],
+            "serialize_ms": [1000 * (s["t_serialized"] - s["t_start"]) for s, r in runs],
+            "transfer_ms": [1000 * (r["t_last"] - s["t_serialized"]) for s, r in runs],
+            "decode_ms": [1000 * (r["t_done"] - r["t_last"]) for s, r in runs],
+            "decode_cpu_ms": [1000 * (r["cpu_done"] - r["cpu_last"]) for s, r in runs],
+            "decode_page_faults": [r["minflt_done"] - r["minflt_last"] for s, r in runs],
+            # The sender's own share of the transfer: until its send call returned.
+            "send_call_ms": [1000 * (s["t_sent"] - s["t_serialized"]) for s, r in runs],
+        }
+        summary[method] = {
+            "runs": figures,
+            **{name: statistics.median(values) for name, values in figures.items()},
+            "min_total_ms": min(figures["total_ms"]),
+            "payload_bytes": runs[0][0]["payload_bytes"],
+            "messages": runs[0][0]["messages"],
+            "checks": [r["check"] for s, r in runs],
+        }
+    return summary
+
+
+def print_table(summary: dict[str, dict], model: str, runs: int) -> None:
+    labels = {
+        "ours-f16": "ours: codec float16 wire + _relayclient",
+        "ours-f32": "ours: codec float32 wire (lossless)",
+        "codec-ws": "(diagnostic) our codec over websockets library",
+        "moss": "MOSS-style: fp16 torch.save gzip-1, websockets",
+    }
+    base = summary["ours-f16"]["total_ms"] if "ours-f16" in summary else None
+    print(f"{model}; median of {runs} runs each, interleaved; loopback relay_server\n")
+    print(
+        f"| {'method':<47} | {'end to end ms':>13} | {'min':>6} | {'serialize':>9} | "
+        f"{'send+relay':>10} | {'decode':>6} | {'x ours-f16':>10} | {'wire MB':>7} | "
+        f"{'msgs':>4} | {'check':<12} |"
+    )
+    print(
+        f"|{'-' * 49}|{'-' * 14}:|{'-' * 7}:|{'-' * 10}:|{'-' * 11}:|{'-' * 7}:|{'-' * 11}:|"
+        f"{'-' * 8}:|{'-' * 5}:|{'-' * 14}|"
+    )
+    for method, row in summary.items():
+        checks = row["checks"]
+        if not all(c["names_match"] for c in checks):
+            check = "NAMES DIFFER"
+        elif all(c["exact"] for c in checks):
+            check = "exact" if method == "ours-f32" else "exact (fp16)"
+        else:
+            check = f"rel.err {max(c['max_relative_error'] for c in checks):.1e}"
+        print(
+            f"| {labels[method]:<47} | {row['total_ms']:>13.1f} | {row['min_total_ms']:>6.1f} | "
+            f"{row['serialize_ms']:>9.1f} | {row['transfer_ms']:>10.1f} | "
+            f"{row['decode_ms']:>6.1f} | {row['total_ms'] / base if base else 0:>10.2f} | "
+            f"{row['payload_bytes'] / 1e6:>7.1f} | {row['messages']:>4} | {check:<12} |"
+        )
+    print(
+        "\nend to end = sender starts serializing -> receiver holds the dict of torch tensors;"
+        "\nserialize = sender's encoding; send+relay = encoded -> last byte received; decode ="
+        "\nreceiver's decoding after the last byte. wire MB = payload (10^6 bytes), excluding"
+        "\nframe and WebSocket headers; msgs = WebSocket messages sent (ours: 16 MiB chunks)."
+    )
+    sends = ", ".join(f"{m} {row['send_call_ms']:.0f} ms" for m, row in summary.items())
+    print(f"(sender's send call alone, median: {sends})")
+    decodes = ", ".join(
+        f"{m} {row['decode_cpu_ms']:.0f} ms / {row['decode_page_faults']:.0f} faults"
+        for m, row in summary.items()
+    )
+    print(f"(receiver's decode: CPU time / minor page faults, median: {decodes})")
+    if "moss" in summary:
+        for method in ("ours-f16", "ours-f32"):
+            if method in summary:
+                ratio = summary["moss"]["total_ms"] / summary[method]["total_ms"]
+                print(f"MOSS-style / {method}: {ratio:.1f}x faster end to end")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=7, help="measured rounds (default 7)")
+    parser.add_argument("--layout", type=Path, default=DEFAULT_LAYOUT)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--chunk-size", type=int, default=16 * MiB, help="ours, at most")
+    parser.add_argument("--timeout", type=float, default=60.0, help="seconds per step")
+    parser.add_argument("--json", type=Path, help="write every run's figures here")
+    parser.add_argument("--save-received", type=Path, help="write sent and received .npz here")
+    parser.add_argument(
+        "--methods", default=",".join(METHODS), help=f"a subset of {','.join(METHODS)}"
+    )
+    parser.add_argument("--check", action="store_true", help="exit 1 if < 10x faster than moss")
+    args = parser.parse_args()
+    if args.runs < 1:
+        parser.error("--runs must be at least 1")
+    args.methods = [m for m in args.methods.split(",") if m]
+    if not args.methods or set(args.methods) - set(METHODS):
+        parser.error(f"--methods: a comma-separated subset of {','.join(METHODS)}")
+
+    layout = json.loads(args.layout.read_text())["layout"]
+    model = f"model: {len(layout)} tensors from {args.layout.name}"
+    print(f"{model}: starting the relay and two client processes", file=sys.stderr)
+    summary = summarize(run_benchmark(args))
+    print_table(summary, model, args.runs)
+    if args.json:
+        args.json.write_text(json.dumps(summary, indent=1))
+    load = Path("/proc/loadavg").read_text().split()[:3]
+    print(f"load average during the run: {' '.join(load)} ({multiprocessing.cpu_count()} cores)")
+    if not all(c["names_match"] for row in summary.values() for c in row["checks"]):
+        print("a received dict does not have the names that were sent", file=sys.stderr)
+        return 1
+    if "moss" not in summary or "ours-f16" not in summary:
+        return 1 if args.check else 0
+    ratio = summary["moss"]["total_ms"] / summary["ours-f16"]["total_ms"]
+    print(f"{'met   ' if ratio >= 10 else 'MISSED'} end to end >= 10x MOSS-style ({ratio:.1f}x)")
+    return 1 if args.check and ratio < 10 else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

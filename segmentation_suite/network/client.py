@@ -1,0 +1,950 @@
+"""SyncClient and HostClient: the app-facing session API on the `_relayclient` transport.
+
+A SyncClient is one member of a room on a relay (or of a LAN session, see server.py). Methods
+return at once; what happens is reported through psygnal signals, emitted on the client's
+dispatcher thread (never the libwebsockets thread), so no Qt is needed. The room creator is
+the host: members push weights to it only, it averages a round (host.py) and broadcasts one
+`global_model`.
+
+What goes on the wire (docs/protocol.md, docs/network-api.md):
+
+* every binary message we send carries the frame header, so a receiver reassembles it by
+  (sender, transfer id) and concurrent senders never mix; the weights are the data-only codec
+  format, so a framed message is self-contained (epoch, loss and num_samples are inside);
+* the original client's JSON announcements (`weights_push`, `chunk_start`/`chunk_end`,
+  `global_model`, `training_data`) still precede the binaries, marked `"framed": true`;
+* binaries without the header come from original clients: they are paired with the
+  announcement that preceded them, as the original client did. Nothing is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import io
+import itertools
+import logging
+import random
+import secrets
+import threading
+import time
+import urllib.parse
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from psygnal import Signal
+
+from . import relay_config, transport
+from .codec import decode_weights, serialize_weights
+from .host import AggregationRound, as_num_samples, describe_contributors
+from .protocol import (
+    MAX_CHUNK_SIZE,
+    ErrorCode,
+    FrameKind,
+    Message,
+    MessageType,
+    RelayCapabilities,
+    create_chunk_end_message,
+    create_chunk_start_message,
+    create_global_model_message,
+    create_goodbye_message,
+    create_request_model_message,
+    create_room_message,
+    create_session_info_message,
+    create_training_data_message,
+    create_weights_push_message,
+    frame_header_size,
+    join_room_message,
+    leave_room_message,
+    parse_relay_capabilities,
+    resume_message,
+)
+from .session import generate_user_id
+
+log = logging.getLogger(__name__)
+
+#: Marks an announcement whose binaries carry the frame header (ignored by original clients).
+FRAMED_FIELD = "framed"
+
+_RELAY_ERRORS = {
+    ErrorCode.ROOM_NOT_FOUND.value: "Room {code} not found: check the code, or ask the host to "
+    "create the room again",
+    ErrorCode.ROOM_FULL.value: "Room {code} is full: the relay admits no more members",
+    ErrorCode.TOO_MANY_ROOMS.value: "The relay has as many rooms as it allows; try again later",
+    ErrorCode.RATE_LIMITED.value: "Too many join attempts from this address; try again in "
+    "{retry_after} s",
+    ErrorCode.INVALID_RESUME_TOKEN.value: "The relay refused to resume the session in room {code}",
+}
+
+
+@dataclass
+class _Transfer:
+    """A framed binary transfer being reassembled."""
+
+    kind: int
+    total_size: int
+    chunk_count: int
+    buffer: bytearray
+    next_index: int = 0
+    offset: int = 0
+    chunk_payload: int = 0
+
+
+@dataclass
+class _Announcement:
+    """An original client's JSON announcement waiting for its unframed binaries."""
+
+    message: Message
+    kinds: list[int]
+    chunks_left: int = 1
+    parts: list[bytes] = field(default_factory=list)
+
+
+class SyncClient:
+    """One member of a relay room (or of a LAN session). See docs/network-api.md."""
+
+    connected = Signal()
+    disconnected = Signal()
+    global_model_received = Signal(dict)
+    user_list_updated = Signal(list)
+    sync_status = Signal(str)
+    error = Signal(str)
+    architecture_received = Signal(str)
+    room_created = Signal(str)
+    room_joined = Signal(str)
+    model_requested = Signal(str)
+    user_joined_room = Signal(str)
+    training_data_received = Signal(bytes, bytes, dict)
+    # Ours, beyond the original's signals.
+    user_left_room = Signal(str)
+    weights_received = Signal(str, dict)  # host: (user_id, metadata of the push)
+    round_complete = Signal(int, list)  # host: (aggregation round, contributor ids)
+
+    def __init__(
+        self,
+        *,
+        aggregation_timeout: float = 60.0,
+        min_contributors: int = 1,
+        connect_timeout: float = 10.0,
+        ping_interval: float | None = 30.0,
+        ping_timeout: float = 30.0,
+        reconnect_attempts: int = 10,
+        reconnect_base_delay: float = 0.5,
+        reconnect_max_delay: float = 30.0,
+        ca_file: str | None = None,
+        headers: dict[str, str] | None = None,
+    ):
+        self.user_id = generate_user_id()
+        self.display_name = ""
+        self.aggregation_timeout = aggregation_timeout
+        self.min_contributors = min_contributors
+        self.connect_timeout = connect_timeout
+        self.ping_interval = ping_interval
+        self.ping_timeout = ping_timeout
+        self.reconnect_attempts = reconnect_attempts
+        self.reconnect_base_delay = reconnect_base_delay
+        self.reconnect_max_delay = reconnect_max_delay
+        self.ca_file = ca_file
+        self.headers = headers
+        self._lock = threading.RLock()
+        self._connection: transport.Connection | None = None
+        self._dispatcher: transport.MessageDispatcher | None = None
+        self._sender = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="sync-send")
+        self._transfer_ids = itertools.count(secrets.randbits(40))
+        self._mode: str | None = None  # "relay" or "direct"
+        self._url = ""
+        self._room_code: str | None = None
+        self._capabilities: RelayCapabilities | None = None
+        self._resume_token: str | None = None
+        self._in_room = False
+        self._closing = False
+        self._reconnecting = False
+        self._users: list[dict] = []
+        self._host_id: str | None = None
+        self._architecture = ""
+        self._global_weights: dict | None = None
+        self._aggregation_round = 0
+        self._round: AggregationRound | None = None
+        self._transfers: dict[tuple[str, int], _Transfer] = {}
+        self._announcements: deque[_Announcement] = deque()
+        self._pending_crops: dict[str, deque[dict]] = {}
+        self._crop_images: dict[str, bytes] = {}
+
+    # --- properties ---------------------------------------------------------------------
+
+    @property
+    def is_connected(self) -> bool:
+        """In a room (or LAN session) with an open connection."""
+        connection = self._connection
+        return self._in_room and connection is not None and connection.open
+
+    @property
+    def connection_info(self) -> str:
+        if self._mode == "relay" and self._room_code:
+            return f"room {self._room_code} via {self._url}"
+        if self._mode == "direct":
+            return self._url
+        return "not connected"
+
+    @property
+    def room_code(self) -> str | None:
+        return self._room_code
+
+    @property
+    def is_relay_mode(self) -> bool:
+        return self._mode == "relay"
+
+    @property
+    def is_receiving_chunks(self) -> bool:
+        return bool(self._transfers) or any(a.parts for a in self._announcements)
+
+    @property
+    def users(self) -> list[dict]:
+        """The room's members, `[{user_id, display_name}, ...]` in joining order."""
+        return list(self._users)
+
+    @property
+    def host_id(self) -> str | None:
+        return self._host_id
+
+    @property
+    def is_host(self) -> bool:
+        return self._host_id is not None and self._host_id == self.user_id
+
+    @property
+    def capabilities(self) -> RelayCapabilities | None:
+        """What the relay advertised; None for a v1 relay (the original Worker)."""
+        return self._capabilities
+
+    @property
+    def global_weights(self) -> dict | None:
+        return self._global_weights
+
+    @property
+    def aggregation_round(self) -> int:
+        return self._aggregation_round
+
+    # --- connecting ---------------------------------------------------------------------
+
+    def create_relay_room(self, user_name: str, relay_url: str | None = None) -> None:
+        """Creates a room on the relay; `room_created(code)` follows, or `error`."""
+        self._start_relay(user_name, relay_url, room_code=None)
+
+    def connect_relay(self, room_code: str, user_name: str, relay_url: str | None = None) -> None:
+        """Joins a room (the code may be typed in lower case); `room_joined(code)` follows."""
+        code = (room_code or "").strip().upper()
+        if not code:
+            self._report("No room code given: type the code the host shared")
+            return
+        self._start_relay(user_name, relay_url, room_code=code)
+
+    def disconnect(self) -> None:
+        """Says goodbye, leaves the room and closes the connection; `disconnected` follows."""
+        with self._lock:
+            self._closing = True
+            connection = self._connection
+            was_in_room = self._in_room
+        if self._round is not None:
+            self._round.shutdown()
+        if connection is None:
+            return
+        if was_in_room and connection.open:
+            try:
+                connection.send_text(create_goodbye_message(self.user_id).to_json())
+                if self._mode == "relay":
+                    connection.send_text(leave_room_message().to_json())
+            except transport.ConnectionClosed:
+                pass
+        with contextlib.suppress(transport.ConnectionClosed):
+            connection.close(1000, "disconnect")
+        if self._dispatcher is not None and threading.current_thread() is not self._dispatcher:
+            self._dispatcher.join(5)
+
+    def _start_relay(self, user_name: str, relay_url: str | None, room_code: str | None) -> None:
+        try:
+            found = relay_config.find_relay_url(relay_url)
+        except ValueError as exc:
+            self._report(str(exc))
+            return
+        if found is None:
+            self._report(
+                "No relay configured: pass relay_url, set SEGMENTATION_SUITE_RELAY_URL, or save "
+                "one with relay_config.save_user_relay_url()"
+            )
+            return
+        with self._lock:
+            if self._connection is not None and self._connection.open:
+                self._report("Already connected: disconnect() first")
+                return
+            self.display_name = user_name or self.user_id
+            self._mode = "relay"
+            self._url = _websocket_url(found.url)
+            self._room_code = room_code
+            self._closing = False
+            self._in_room = False
+            self._resume_token = None
+            self._capabilities = None
+            self._users = []
+            self._host_id = None
+        threading.Thread(
+            target=self._open_relay_session, args=(room_code,), name="sync-connect", daemon=True
+        ).start()
+
+    def _open_relay_session(self, room_code: str | None) -> None:
+        self.sync_status.emit(f"Connecting to {self._url}")
+        if not self._connect():
+            return
+        if room_code is None:
+            self._send_json(create_room_message(self.user_id, self.display_name))
+        else:
+            self._send_json(join_room_message(room_code, self.user_id, self.display_name))
+
+    def _connect(self) -> bool:
+        """Opens the WebSocket and starts the dispatcher; False (error reported) on failure."""
+        try:
+            connection = transport.connect(
+                self._url,
+                headers=self.headers,
+                ca_file=self.ca_file,
+                connect_timeout=self.connect_timeout,
+                ping_interval=self.ping_interval,
+                ping_timeout=self.ping_timeout,
+            )
+        except (ConnectionError, ValueError) as exc:
+            self._report(_describe_connect_failure(self._url, exc))
+            return False
+        with self._lock:
+            self._connection = connection
+            self._dispatcher = transport.MessageDispatcher(
+                connection, self._on_message, self._on_close, name=f"sync {self.user_id}"
+            )
+        return True
+
+    # --- sending ------------------------------------------------------------------------
+
+    def send_weights(
+        self, weights: dict, epoch: int, loss: float, num_samples: int = 1
+    ) -> concurrent.futures.Future | None:
+        """Pushes this member's weights to the host for the current round.
+
+        Serialized here (the caller may keep training), sent on the client's sender thread;
+        the returned Future completes when the relay took the last byte. The host's own push
+        goes straight into its round."""
+        if not self._require_connection("send weights"):
+            return None
+        try:
+            data = serialize_weights(weights, epoch=epoch, loss=loss, num_samples=num_samples)
+        except (TypeError, ValueError) as exc:
+            self._report(f"Cannot send these weights: {exc}")
+            return None
+        if self.is_host:
+            own, _ = decode_weights(data)
+            self._accept_push(self.user_id, own, {"num_samples": num_samples, "epoch": epoch})
+            future: concurrent.futures.Future = concurrent.futures.Future()
+            future.set_result(None)
+            return future
+        announcement = create_weights_push_message(self.user_id, epoch, loss, num_samples)
+        return self._submit(self._send_transfer, announcement, FrameKind.WEIGHTS, data, self._to())
+
+    def request_global_model(self) -> None:
+        """Asks the host for the current global model; `global_model_received` follows."""
+        if not self._require_connection("request the global model"):
+            return
+        if self.is_host:
+            if self._global_weights is not None:
+                self.global_model_received.emit(self._global_weights)
+            return
+        self._submit(self._send_json, create_request_model_message(self.user_id), self._to())
+
+    def send_architecture(self, architecture: str) -> None:
+        """Tells the room (and later joiners, when sent by the host) the model architecture."""
+        self._architecture = architecture
+        if self._require_connection("send the architecture"):
+            self._submit(self._send_json, create_session_info_message(architecture))
+
+    def send_training_data(
+        self, image_array: Any, mask_array: Any, slice_index: int = 0
+    ) -> concurrent.futures.Future | None:
+        """Sends one training crop (image and mask, each as a PNG) to the host."""
+        if not self._require_connection("send training data"):
+            return None
+        try:
+            image_png = encode_png(image_array, "image")
+            mask_png = encode_png(mask_array, "mask")
+        except (TypeError, ValueError) as exc:
+            self._report(f"Cannot send this training crop: {exc}")
+            return None
+        crop_size = int(max(np.shape(image_array)[:2]))
+        header = create_training_data_message(
+            self.user_id, self.display_name, crop_size, int(slice_index)
+        )
+        return self._submit(self._send_crop, header, image_png, mask_png, self._to())
+
+    def _to(self) -> list[str] | None:
+        """Recipients of what members send to the host; None before a host is known."""
+        return [self._host_id] if self._host_id and not self.is_host else None
+
+    def _submit(self, function, *args) -> concurrent.futures.Future:
+        """Runs a send on the sender thread, so sends keep their order and never block the
+        caller or the dispatcher. A failure is reported through `error`."""
+        future = self._sender.submit(function, *args)
+        future.add_done_callback(self._check_send)
+        return future
+
+    def _check_send(self, future: concurrent.futures.Future) -> None:
+        exc = future.exception()
+        if isinstance(exc, transport.ConnectionClosed):
+            log.warning("send failed, the connection closed: %s", exc)
+        elif exc is not None:
+            self._report(f"Sending failed: {exc}")
+
+    def _send_json(self, message: Message, to: list[str] | None = None) -> None:
+        if to is not None:
+            message.to = list(to)
+        connection = self._connection
+        if connection is None:
+            raise transport.ConnectionClosed("not connected")
+        connection.send_text(message.to_json())
+
+    def _chunk_size(self) -> int:
+        if self._capabilities is not None:
+            return self._capabilities.chunk_size
+        return MAX_CHUNK_SIZE
+
+    def _send_transfer(
+        self, announcement: Message, kind: int, data: memoryview, to: list[str] | None
+    ) -> None:
+        """Announcement, then the framed binaries. Behind a v1 relay, a payload over one chunk
+        is also wrapped in the original's chunk_start/chunk_end."""
+        connection = self._connection
+        if connection is None:
+            raise transport.ConnectionClosed("not connected")
+        transfer_id = next(self._transfer_ids) & (2**64 - 1)
+        chunk_size = self._chunk_size()
+        recipients = list(to or ())
+        per_chunk = chunk_size - frame_header_size(self.user_id, recipients)
+        chunks = max(1, -(-len(data) // per_chunk))
+        announcement.extra[FRAMED_FIELD] = True
+        self._send_json(announcement, to)
+        wrapped = self._capabilities is None and chunks > 1
+        if wrapped:
+            start = create_chunk_start_message(
+                str(transfer_id),
+                chunks,
+                len(data),
+                announcement.type.value,
+                **{k: v for k, v in announcement.payload.items() if k != "timestamp"},
+                display_name=self.display_name,
+            )
+            start.extra[FRAMED_FIELD] = True
+            self._send_json(start, to)
+        sent = connection.send_chunked(
+            kind, transfer_id, self.user_id, recipients, data, chunk_size
+        )
+        if sent != chunks:
+            log.warning("announced %d chunks but sent %d", chunks, sent)
+        if wrapped:
+            end = create_chunk_end_message(str(transfer_id))
+            end.extra[FRAMED_FIELD] = True
+            self._send_json(end, to)
+
+    def _send_crop(
+        self, header: Message, image_png: bytes, mask_png: bytes, to: list[str] | None
+    ) -> None:
+        connection = self._connection
+        if connection is None:
+            raise transport.ConnectionClosed("not connected")
+        header.extra[FRAMED_FIELD] = True
+        self._send_json(header, to)
+        recipients = list(to or ())
+        parts = ((FrameKind.TRAINING_IMAGE, image_png), (FrameKind.TRAINING_MASK, mask_png))
+        for kind, png in parts:
+            transfer_id = next(self._transfer_ids) & (2**64 - 1)
+            connection.send_chunked(kind, transfer_id, self.user_id, recipients, png, 2**31 - 1)
+
+    def _send_global_model(
+        self, weights: dict, aggregation_round: int, contributors: int, to: list[str] | None = None
+    ) -> None:
+        data = serialize_weights(weights, metadata={"aggregation_round": aggregation_round})
+        announcement = create_global_model_message(aggregation_round, contributors)
+        self._send_transfer(announcement, FrameKind.GLOBAL_MODEL, data, to)
+
+    def _require_connection(self, what: str) -> bool:
+        if self.is_connected:
+            return True
+        self._report(f"Cannot {what}: not connected to a session")
+        return False
+
+    # --- receiving ----------------------------------------------------------------------
+
+    def _on_message(self, is_binary: bool, data: Any) -> None:
+        if is_binary:
+            self._on_binary(data)
+            return
+        try:
+            message = Message.from_json(data)
+        except ValueError as exc:
+            log.warning("ignoring a malformed text message: %s", exc)
+            return
+        if message.to is not None and self.user_id not in message.to:
+            return  # directed at others; a v1 relay delivers it to everyone
+        handler = self._HANDLERS.get(message.type)
+        if handler is not None:
+            handler(self, message)
+
+    def _on_room_created(self, message: Message) -> None:
+        payload = message.payload
+        resumed = self._reconnecting
+        self._enter_room(payload, [{"user_id": self.user_id, "display_name": self.display_name}])
+        self._host_id = self.user_id
+        if resumed:
+            self.sync_status.emit(f"Room {self._room_code} re-created after reconnecting")
+        self.room_created.emit(self._room_code)
+        self.connected.emit()
+        self.user_list_updated.emit(self.users)
+
+    def _on_room_joined(self, message: Message) -> None:
+        payload = message.payload
+        resumed = bool(payload.get("resumed"))
+        users = [u for u in payload.get("users", []) if isinstance(u, dict)]
+        self._enter_room(payload, users)
+        ids = [u.get("user_id") for u in users]
+        if self._host_id not in ids:
+            self._host_id = ids[0] if ids else None
+        if resumed:
+            self.sync_status.emit(f"Back in room {self._room_code}")
+        else:
+            self.room_joined.emit(self._room_code)
+            self.connected.emit()
+        self.user_list_updated.emit(self.users)
+        self._update_round_members()
+
+    def _enter_room(self, payload: dict, users: list[dict]) -> None:
+        try:
+            capabilities = parse_relay_capabilities(payload)
+        except ValueError as exc:
+            log.warning("relay capabilities unreadable, speaking v1: %s", exc)
+            capabilities = None
+        with self._lock:
+            self._room_code = payload.get("room_code", self._room_code)
+            self._capabilities = capabilities
+            self._resume_token = payload.get("resume_token") or self._resume_token
+            self._users = users
+            self._in_room = True
+            self._reconnecting = False
+
+    def _on_user_joined(self, message: Message) -> None:
+        payload = message.payload
+        self._users = [u for u in payload.get("users", []) if isinstance(u, dict)]
+        if not payload.get("resumed"):
+            self.user_joined_room.emit(payload.get("display_name") or payload["user_id"])
+        self.user_list_updated.emit(self.users)
+        self._update_round_members()
+        if self.is_host and self._architecture:
+            self._submit(
+                self._send_json,
+                create_session_info_message(self._architecture),
+                [payload["user_id"]],
+            )
+
+    def _on_user_left(self, message: Message) -> None:
+        payload = message.payload
+        left = payload["user_id"]
+        self._users = [u for u in payload.get("users", []) if isinstance(u, dict)]
+        for key in [k for k in self._transfers if k[0] == left]:
+            del self._transfers[key]
+        self._pending_crops.pop(left, None)
+        if left == self._host_id:
+            self._host_id = self._users[0]["user_id"] if self._users else None
+            self.sync_status.emit(f"The host left; {self._host_id} aggregates now")
+        self.user_left_room.emit(payload.get("display_name") or left)
+        self.user_list_updated.emit(self.users)
+        self._update_round_members()
+
+    def _on_error(self, message: Message) -> None:
+        payload = message.payload
+        code = payload.get("code", "")
+        template = _RELAY_ERRORS.get(code)
+        if template is None:
+            text = f"Relay error: {payload['error']}"
+            if payload.get("details"):
+                text += f" ({payload['details']})"
+        else:
+            text = template.format(
+                code=self._room_code or "", retry_after=payload.get("retry_after", 60)
+            )
+        if code == ErrorCode.INVALID_RESUME_TOKEN.value or (
+            self._reconnecting and code == ErrorCode.ROOM_NOT_FOUND.value
+        ):
+            self._resume_failed()
+            return
+        self._report(text)
+        if not self._in_room and code in _RELAY_ERRORS:
+            # The join or create failed: there is no session to keep this connection for.
+            self._closing = True
+            connection = self._connection
+            if connection is not None:
+                threading.Thread(target=connection.close, daemon=True).start()
+
+    def _on_weights_push(self, message: Message) -> None:
+        if not message.extra.get(FRAMED_FIELD):
+            self._announcements.append(_Announcement(message, [FrameKind.WEIGHTS]))
+
+    def _on_global_model(self, message: Message) -> None:
+        if not message.extra.get(FRAMED_FIELD):
+            self._announcements.append(_Announcement(message, [FrameKind.GLOBAL_MODEL]))
+
+    def _on_chunk_start(self, message: Message) -> None:
+        if message.extra.get(FRAMED_FIELD):
+            return
+        kind = (
+            FrameKind.GLOBAL_MODEL
+            if message.payload["original_type"] == MessageType.GLOBAL_MODEL.value
+            else FrameKind.WEIGHTS
+        )
+        total = message.payload["total_chunks"]
+        if not 1 <= total <= 1024:
+            log.warning("ignoring chunk_start announcing %s chunks", total)
+            return
+        self._announcements.append(_Announcement(message, [kind], chunks_left=total))
+
+    def _on_training_data(self, message: Message) -> None:
+        sender = message.sender_id or message.payload["user_id"]
+        info = dict(message.payload, sender_id=sender)
+        if message.extra.get(FRAMED_FIELD):
+            self._pending_crops.setdefault(sender, deque(maxlen=64)).append(info)
+        else:
+            kinds = [FrameKind.TRAINING_IMAGE, FrameKind.TRAINING_MASK]
+            self._announcements.append(_Announcement(message, kinds))
+
+    def _on_request_model(self, message: Message) -> None:
+        requester = message.sender_id or message.payload["user_id"]
+        if not self.is_host:
+            return
+        self.model_requested.emit(requester)
+        if self._global_weights is not None:
+            self._submit(
+                self._send_global_model,
+                self._global_weights,
+                self._aggregation_round,
+                0,
+                [requester],
+            )
+
+    def _on_session_info(self, message: Message) -> None:
+        self._architecture = message.payload["architecture"]
+        self.architecture_received.emit(self._architecture)
+
+    def _on_goodbye(self, message: Message) -> None:
+        log.info("%s says goodbye", message.sender_name or message.payload["user_id"])
+
+    _HANDLERS = {
+        MessageType.ROOM_CREATED: _on_room_created,
+        MessageType.ROOM_JOINED: _on_room_joined,
+        MessageType.USER_JOINED: _on_user_joined,
+        MessageType.USER_LEFT: _on_user_left,
+        MessageType.ERROR: _on_error,
+        MessageType.WEIGHTS_PUSH: _on_weights_push,
+        MessageType.GLOBAL_MODEL: _on_global_model,
+        MessageType.CHUNK_START: _on_chunk_start,
+        MessageType.TRAINING_DATA: _on_training_data,
+        MessageType.REQUEST_MODEL: _on_request_model,
+        MessageType.SESSION_INFO: _on_session_info,
+        MessageType.GOODBYE: _on_goodbye,
+    }
+
+    def _on_binary(self, data: memoryview) -> None:
+        try:
+            header = transport.parse_frame_header(data)
+        except ValueError as exc:
+            log.warning("ignoring a binary message with a bad frame header: %s", exc)
+            return
+        if header is None:
+            self._on_unframed_binary(data)
+            return
+        if header.recipients and self.user_id not in header.recipients:
+            return  # addressed to others (a v1 relay delivers to everyone)
+        payload = data[header.header_size :]
+        key = (header.sender, header.transfer_id)
+        if header.chunk_count == 1:
+            if len(payload) != header.total_size:
+                log.warning("discarding a truncated transfer from %s", header.sender)
+                return
+            self._on_transfer(header.sender, header.kind, payload)
+            return
+        transfer = self._transfers.get(key)
+        if header.chunk_index == 0:
+            if header.total_size > 2**34:
+                log.warning("ignoring a %d-byte transfer from %s", header.total_size, key[0])
+                return
+            transfer = _Transfer(
+                header.kind,
+                header.total_size,
+                header.chunk_count,
+                bytearray(header.total_size),
+                chunk_payload=len(payload),
+            )
+            self._transfers[key] = transfer
+        if transfer is None or header.chunk_index != transfer.next_index:
+            self._transfers.pop(key, None)
+            log.warning("discarding an out-of-order transfer from %s", header.sender)
+            return
+        last = header.chunk_index == header.chunk_count - 1
+        end = transfer.offset + len(payload)
+        if end > transfer.total_size or (not last and len(payload) != transfer.chunk_payload):
+            del self._transfers[key]
+            log.warning("discarding a malformed or truncated transfer from %s", header.sender)
+            return
+        transfer.buffer[transfer.offset : end] = payload
+        transfer.offset = end
+        transfer.next_index += 1
+        if last:
+            del self._transfers[key]
+            if end != transfer.total_size:
+                log.warning("discarding a truncated transfer from %s", header.sender)
+                return
+            self._on_transfer(header.sender, transfer.kind, memoryview(transfer.buffer))
+
+    def _on_unframed_binary(self, data: memoryview) -> None:
+        """A binary from an original client: it belongs to the oldest open announcement."""
+        if not self._announcements:
+            log.warning("ignoring a binary message that no announcement preceded")
+            return
+        announcement = self._announcements[0]
+        sender = announcement.message.sender_id or announcement.message.payload.get("user_id", "")
+        if announcement.message.type is MessageType.TRAINING_DATA:
+            announcement.parts.append(bytes(data))
+            if len(announcement.parts) == 2:
+                self._announcements.popleft()
+                info = dict(announcement.message.payload, sender_id=sender)
+                self.training_data_received.emit(announcement.parts[0], announcement.parts[1], info)
+            return
+        announcement.parts.append(bytes(data))
+        announcement.chunks_left -= 1
+        if announcement.chunks_left == 0:
+            self._announcements.popleft()
+            self._on_transfer(sender, announcement.kinds[0], b"".join(announcement.parts))
+
+    def _on_transfer(self, sender: str, kind: int, payload: Any) -> None:
+        """A whole binary transfer from `sender`."""
+        if kind == FrameKind.WEIGHTS:
+            if not self.is_host:
+                return
+            try:
+                weights, metadata = decode_weights(payload)
+            except ValueError as exc:
+                self._report(f"Weights from {self._name_of(sender)} are unreadable: {exc}")
+                return
+            self._accept_push(sender, weights, metadata)
+        elif kind == FrameKind.GLOBAL_MODEL:
+            try:
+                weights, metadata = decode_weights(payload)
+            except ValueError as exc:
+                self._report(f"The global model from {self._name_of(sender)} is unreadable: {exc}")
+                return
+            self._global_weights = weights
+            round_number = metadata["extra"].get("aggregation_round")
+            if isinstance(round_number, int):
+                self._aggregation_round = round_number
+            self.sync_status.emit(f"Global model of round {self._aggregation_round} received")
+            self.global_model_received.emit(weights)
+        elif kind == FrameKind.TRAINING_IMAGE:
+            self._crop_images[sender] = bytes(payload)
+        elif kind == FrameKind.TRAINING_MASK:
+            image = self._crop_images.pop(sender, None)
+            pending = self._pending_crops.get(sender)
+            if image is None or not pending:
+                log.warning("ignoring a training mask from %s without its image", sender)
+                return
+            self.training_data_received.emit(image, bytes(payload), pending.popleft())
+
+    # --- the host's rounds ----------------------------------------------------------------
+
+    def _ensure_round(self) -> AggregationRound:
+        with self._lock:
+            if self._round is None:
+                self._round = AggregationRound(
+                    self._on_round_complete,
+                    timeout=self.aggregation_timeout,
+                    min_contributors=self.min_contributors,
+                )
+                self._round.set_members(self._member_ids())
+            return self._round
+
+    def _member_ids(self) -> list[str]:
+        return [u["user_id"] for u in self._users if u.get("user_id") != self.user_id]
+
+    def _update_round_members(self) -> None:
+        if self._round is not None and self.is_host:
+            self._round.set_members(self._member_ids())
+
+    def _accept_push(self, sender: str, weights: dict, metadata: dict) -> None:
+        num_samples = as_num_samples(metadata.get("num_samples"))
+        try:
+            self._ensure_round().add(sender, weights, num_samples)
+        except ValueError as exc:
+            self._report(f"Push from {self._name_of(sender)} rejected: {exc}")
+            return
+        info = {k: metadata.get(k) for k in ("epoch", "loss", "num_samples")}
+        self.weights_received.emit(sender, info)
+
+    def _on_round_complete(self, weights: dict, aggregation_round: int, contributors: list) -> None:
+        self._global_weights = weights
+        self._aggregation_round = aggregation_round
+        names = {u["user_id"]: u.get("display_name", u["user_id"]) for u in self._users}
+        who = describe_contributors(contributors, names)
+        self.sync_status.emit(f"Round {aggregation_round} aggregated from {who}")
+        self._submit(self._send_global_model, weights, aggregation_round, len(contributors))
+        self.round_complete.emit(aggregation_round, contributors)
+        self.global_model_received.emit(weights)
+
+    def trigger_aggregation(self) -> bool:
+        """Host: closes the current round now with the pushes it has."""
+        return self._round is not None and self._round.close_now()
+
+    # --- losing and regaining the connection ----------------------------------------------
+
+    def _on_close(self, code: int | None, reason: str | None) -> None:
+        with self._lock:
+            closing = self._closing
+            was_in_room = self._in_room
+            self._in_room = False
+            self._transfers.clear()
+            self._announcements.clear()
+        if closing or not was_in_room:
+            if was_in_room:
+                self.disconnected.emit()
+            return
+        log.warning("connection to %s lost (%s %s); reconnecting", self._url, code, reason)
+        self.sync_status.emit(f"Connection lost ({code} {reason or ''}); reconnecting")
+        self._reconnecting = True
+        threading.Thread(target=self._reconnect, name="sync-reconnect", daemon=True).start()
+
+    def _reconnect(self) -> None:
+        """Exponential backoff with full jitter, then `resume` (or a plain re-join)."""
+        for attempt in range(self.reconnect_attempts):
+            cap = min(self.reconnect_max_delay, self.reconnect_base_delay * 2**attempt)
+            time.sleep(random.uniform(0, cap))
+            if self._closing:
+                return
+            try:
+                connection = transport.connect(
+                    self._url,
+                    headers=self.headers,
+                    ca_file=self.ca_file,
+                    connect_timeout=self.connect_timeout,
+                    ping_interval=self.ping_interval,
+                    ping_timeout=self.ping_timeout,
+                )
+            except (ConnectionError, ValueError) as exc:
+                log.info("reconnect attempt %d failed: %s", attempt + 1, exc)
+                continue
+            with self._lock:
+                self._connection = connection
+                self._dispatcher = transport.MessageDispatcher(
+                    connection, self._on_message, self._on_close, name=f"sync {self.user_id}"
+                )
+            try:
+                self._send_json(self._rejoin_message())
+            except transport.ConnectionClosed:
+                continue
+            return
+        self._reconnecting = False
+        self._report(f"Could not reconnect to {self._url} after {self.reconnect_attempts} tries")
+        self.disconnected.emit()
+
+    def _rejoin_message(self) -> Message:
+        if self._resume_token and self._room_code:
+            return resume_message(
+                self._room_code, self.user_id, self.display_name, self._resume_token
+            )
+        if self.is_host:
+            return create_room_message(self.user_id, self.display_name)
+        return join_room_message(self._room_code or "", self.user_id, self.display_name)
+
+    def _resume_failed(self) -> None:
+        """The relay would not resume us: fall back to a plain join (or a new room)."""
+        log.warning("resume refused; joining room %s afresh", self._room_code)
+        self._resume_token = None
+        with contextlib.suppress(transport.ConnectionClosed):
+            self._send_json(self._rejoin_message())
+
+    # --- helpers ------------------------------------------------------------------------
+
+    def _name_of(self, user_id: str) -> str:
+        for user in self._users:
+            if user.get("user_id") == user_id:
+                return user.get("display_name") or user_id
+        return user_id
+
+    def _report(self, text: str) -> None:
+        """Every failure: a logging record and the `error` signal."""
+        log.error("%s", text)
+        self.error.emit(text)
+
+    def __del__(self) -> None:
+        executor = getattr(self, "_sender", None)
+        if executor is not None:
+            executor.shutdown(wait=False)
+
+    # --- LAN mode ---------------------------------------------------------------------------
+
+    def connect_direct(self, host_ip: str, port: int, user_name: str) -> None:
+        """Joins a LAN session hosted by an AggregationServer at host_ip:port."""
+        self._report("LAN mode is not available in this version; use a relay room")
+
+
+class HostClient(SyncClient):
+    """The host's own connection to its LAN AggregationServer."""
+
+    def connect_to_local_server(self, port: int, user_name: str) -> None:
+        self.connect_direct("127.0.0.1", port, user_name)
+
+
+def _websocket_url(url: str) -> str:
+    """The relay's WebSocket endpoint: a URL without a path gets `/ws`, as the Worker serves."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.path in ("", "/"):
+        parts = parts._replace(path="/ws")
+    return urllib.parse.urlunsplit(parts)
+
+
+def _describe_connect_failure(url: str, exc: Exception) -> str:
+    text = str(exc)
+    lowered = text.lower()
+    tls_words = ("certificate", "tls", "ssl", "handshake", "verify")
+    if url.startswith("wss://") and any(word in lowered for word in tls_words):
+        return (
+            f"TLS failure connecting to {url}: {text}. Check that the relay's certificate is "
+            "valid for this host name and signed by a trusted authority"
+        )
+    return f"Cannot reach the relay at {url}: {text}. Check the address and your network"
+
+
+def encode_png(array: Any, what: str) -> bytes:
+    """A 2-D crop (or H x W x 3/4) as PNG bytes, with Pillow. uint8 and uint16 keep their
+    values; bool becomes 0/255; floats are scaled to 0-255 over the crop's range."""
+    from PIL import Image
+
+    values = np.asarray(array)
+    if values.ndim not in (2, 3) or values.size == 0:
+        raise ValueError(f"{what}: expected a non-empty 2-D array, got shape {values.shape}")
+    if values.dtype == np.bool_:
+        values = values.astype(np.uint8) * 255
+    elif np.issubdtype(values.dtype, np.floating):
+        low, high = float(np.nanmin(values)), float(np.nanmax(values))
+        scale = 255.0 / (high - low) if high > low else 0.0
+        values = np.nan_to_num((values - low) * scale).astype(np.uint8)
+    elif values.dtype not in (np.uint8, np.uint16):
+        if values.min() < 0 or values.max() > 65535:
+            raise ValueError(f"{what}: integer values outside 0..65535 cannot be a PNG")
+        values = values.astype(np.uint16 if values.max() > 255 else np.uint8)
+    if values.ndim == 3 and values.dtype != np.uint8:
+        raise ValueError(f"{what}: colour crops must be uint8")
+    if values.ndim == 3 and values.shape[2] not in (3, 4):
+        raise ValueError(f"{what}: expected 3 or 4 channels, got {values.shape[2]}")
+    buffer = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(values)).save(buffer, format="PNG")
+    return buffer.getvalue()

@@ -1,0 +1,33 @@
+"""Fault drill: a member is killed (SIGKILL) while pushing; the others are unaffected and the
+host closes the round by its timeout with the pushes it has."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+from conftest import kill_member
+from members import big_layout, layout_state
+from test_api_rounds import start_room
+
+
+def test_member_killed_mid_transfer_round_closes_by_timeout(relay, recorder, members):
+    url = relay().url
+    host = start_room(recorder, url, members, ["steady", "doomed"], timeout=4.0)
+    layout = big_layout(128)  # 64 MB on the wire: long enough to be cut in the middle
+    start_at = time.time() + 3
+    members.send("doomed", "push", 7, 1, 7, layout, start_at)
+    time.sleep(max(0.0, start_at - time.time()) + 0.05)
+    kill_member(members, "doomed")
+    members.send("steady", "push", 5, 2, 5, big_layout(4), None)
+    started = time.monotonic()
+    recorder.wait_for(lambda: recorder.of("host", "global"), 30, "the round to close")
+    waited = time.monotonic() - started
+    steady_id = recorder.of("steady", "pushed")[0][0]
+    assert [user for user, _ in recorder.of("host", "weights_received")] == [steady_id]
+    assert waited > 3.0, "the round must wait for the (away) killed member until its timeout"
+    expected = layout_state(5, big_layout(4))
+    for name, value in expected.items():
+        np.testing.assert_allclose(host.global_weights[name], value, rtol=2**-10, atol=1e-3)
+    recorder.wait_for(lambda: recorder.of("steady", "global"), 30, "steady gets the global")
+    assert not recorder.of("host", "error") and not recorder.of("steady", "error")

@@ -1,0 +1,1 @@
+"""Shared helpers for the test suite: the relay as a real process, and independent clients."""
