@@ -26,7 +26,7 @@ from .network.protocol import FrameKind, pack_frame_header, unpack_frame_header
 from .relay_process import RelayProcess
 
 IMAGE_SIZE = 48
-FEATURES = ("intensity", "mean 3x3", "mean 9x9", "bias")
+FEATURES = ("intensity", "mean 3x3", "mean 9x9", "local contrast", "bias")
 
 
 @dataclass(frozen=True)
@@ -82,7 +82,10 @@ def box_mean(images: np.ndarray, size: int) -> np.ndarray:
 
 
 def pixel_features(images: np.ndarray) -> np.ndarray:
-    columns = [images, box_mean(images, 3), box_mean(images, 9), np.ones_like(images)]
+    mean3, mean9 = box_mean(images, 3), box_mean(images, 9)
+    # Contrast against the neighbourhood carries over between microscopes; brightness does not.
+    contrast = (mean3 - mean9) * 10
+    columns = [images, mean3, mean9, contrast, np.ones_like(images)]
     return np.stack(columns, axis=-1).reshape(-1, len(FEATURES))
 
 
@@ -171,11 +174,15 @@ def colleague(index: int, args, relay_url: str, codes, results) -> None:
             while members < args.colleagues:
                 joined = receive_json(connection, "user_joined", 30)
                 members = len(joined["payload"]["users"])
+            # Everyone is in: tell them which model is trained, which also starts round 1.
+            info = {"type": "session_info", "payload": {"architecture": "pixel-logistic"}}
+            connection.send(json.dumps(info))
         else:
             code = codes.get(timeout=30)
             payload = dict(identity, room_code=code.lower())
             connection.send(json.dumps({"type": "join_room", "payload": payload}))
             receive_json(connection, "room_joined", 10)
+            receive_json(connection, "session_info", 60)
         results.put(("joined", index, code))
 
         model = new_model()
@@ -291,7 +298,14 @@ def run(args) -> int:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--colleagues", type=int, default=3, help="simulated colleagues (2-4)")
+    parser.add_argument(
+        "--colleagues",
+        type=int,
+        default=3,
+        choices=range(2, 9),
+        metavar="2..8",
+        help="simulated colleagues",
+    )
     parser.add_argument("--rounds", type=int, default=8, help="rounds of weight sharing")
     parser.add_argument("--epochs", type=int, default=25, help="local epochs per round")
     parser.add_argument("--images", type=int, default=6, help="images per colleague")
