@@ -9,6 +9,7 @@ no sanitizer error). Tests are skipped, with the reason, only when the binary do
 from __future__ import annotations
 
 import pytest
+
 from helpers.relay_process import SANITIZED, RelayProcess, relay_binary
 
 # Join attempts per address per minute for tests that are not about the rate limit: every test

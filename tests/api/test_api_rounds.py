@@ -14,10 +14,10 @@ import time
 
 import numpy as np
 import pytest
-from helpers.http_metrics import scrape
 from members import big_layout, layout_tensor, unet_layout
 from test_api_rooms import make_client
 
+from helpers.http_metrics import scrape
 from segmentation_suite.network import serialize_weights
 
 

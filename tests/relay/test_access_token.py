@@ -9,8 +9,9 @@ import http.client
 import secrets
 
 import pytest
-from helpers.ws_client import open_ws, recv_type, send_json
 from websockets.exceptions import InvalidHandshake, InvalidStatus
+
+from helpers.ws_client import open_ws, recv_type, send_json
 
 pytestmark = pytest.mark.asyncio
 

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
 from helpers.relay_process import SANITIZED
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -7,6 +7,7 @@ import asyncio
 import json
 
 import pytest
+
 from helpers.sansio_client import BlockingClient
 from helpers.vectors import CLOSE
 from helpers.ws_client import (

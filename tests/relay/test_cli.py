@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from helpers.relay_process import ROOT, SANITIZER_REPORT, SLOWDOWN, relay_binary
 
 pytestmark = pytest.mark.skipif(

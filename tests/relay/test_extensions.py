@@ -12,6 +12,7 @@ import stat
 import time
 
 import pytest
+
 from helpers import frame_header
 from helpers.relay_process import SLOWDOWN, TIMER_MARGIN
 from helpers.vectors import FEATURES, PROTOCOL

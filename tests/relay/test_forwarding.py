@@ -13,6 +13,8 @@ import json
 import os
 
 import pytest
+from websockets.frames import Opcode
+
 from helpers.relay_process import SLOWDOWN
 from helpers.sansio_client import BlockingClient
 from helpers.ws_client import (
@@ -24,7 +26,6 @@ from helpers.ws_client import (
     room_of,
     send_json,
 )
-from websockets.frames import Opcode
 
 pytestmark = pytest.mark.asyncio
 

@@ -7,6 +7,7 @@ import json
 import re
 
 import pytest
+
 from helpers.http_metrics import request, scrape
 from helpers.vectors import PROTOCOL, is_room_code
 from helpers.ws_client import Member, open_ws, recv_binary, recv_type, room_of, send_json

@@ -12,12 +12,15 @@ import socket
 import time
 
 import pytest
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
 from helpers.relay_process import SLOWDOWN, TIMER_MARGIN
 from helpers.sansio_client import BlockingClient
 from helpers.vectors import ALPHABET, CLOSE
 from helpers.ws_client import (
     close_all,
     expect_close,
+    member,
     open_ws,
     recv_binary,
     recv_error,
@@ -26,7 +29,6 @@ from helpers.ws_client import (
     room_of,
     send_json,
 )
-from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 pytestmark = pytest.mark.asyncio
 
@@ -240,10 +242,15 @@ async def test_connection_that_stops_answering_is_closed_after_idle_timeout(rela
 
 
 async def test_quiet_client_that_answers_pings_stays_connected(relay):
-    server = relay("--idle-timeout", "2", "--ping-interval", "1")
-    alice, bob = await room_of(server, "alice", "bob")
-    # websockets answers the relay's pings by itself; neither member sends anything for 4 s.
-    await asyncio.sleep(4)
+    # Idle timeout 3 s, pings after 1 s of silence: there is time for a ping and its pong even
+    # if the relay's timers only tick once a second.
+    server = relay("--idle-timeout", "3", "--ping-interval", "1")
+    # Like a browser, these clients send no pings of their own but answer the relay's (websockets
+    # does that by itself); neither sends anything else for longer than the idle timeout.
+    alice = await member(server, "alice", ping_interval=None)
+    bob = await member(server, "bob", ping_interval=None)
+    await bob.join((await alice.create())["room_code"])
+    await asyncio.sleep(4.5)
     await alice.ws.send(b"still here")
     assert await recv_binary(bob.ws) == b"still here"
     await close_all([alice, bob])

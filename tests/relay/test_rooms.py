@@ -7,6 +7,7 @@ import asyncio
 import time
 
 import pytest
+
 from helpers.relay_process import SLOWDOWN
 from helpers.vectors import is_room_code
 from helpers.ws_client import (

@@ -9,6 +9,7 @@ import signal
 import time
 
 import pytest
+
 from helpers.relay_process import SLOWDOWN
 from helpers.sansio_client import BlockingClient
 from helpers.vectors import CLOSE

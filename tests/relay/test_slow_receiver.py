@@ -18,6 +18,7 @@ import os
 import time
 
 import pytest
+
 from helpers.http_metrics import scrape
 from helpers.relay_process import SANITIZED, SLOWDOWN
 from helpers.sansio_client import BlockingClient

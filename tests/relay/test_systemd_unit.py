@@ -18,8 +18,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from helpers.relay_process import relay_binary
 from prometheus_client.parser import text_string_to_metric_families
+
+from helpers.relay_process import relay_binary
 
 ROOT = Path(__file__).resolve().parents[2]
 UNIT = ROOT / "relay_server" / "relay_server.service"

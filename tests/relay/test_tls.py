@@ -9,6 +9,7 @@ import urllib.request
 
 import pytest
 import trustme
+
 from helpers.ws_client import Member, close_all, open_ws, recv_binary, recv_type
 
 pytestmark = pytest.mark.asyncio
