@@ -39,7 +39,7 @@ struct member {
 };
 
 struct room {
-    struct room *next, *previous; /* every live room, for the timers */
+    LIST_ENTRY(room) link; /* every live room, for the timers */
     char code[ROOM_CODE_LENGTH + 1];
     struct member *members;
     size_t member_count;   /* including away members */
@@ -54,12 +54,12 @@ struct relay {
     double now;
     bool shutting_down;
 
-    void *rooms_by_code; /* tsearch tree of struct room */
-    struct room *rooms;  /* list of the same rooms */
+    void *rooms_by_code;     /* tsearch tree of struct room */
+    LIST_HEAD(, room) rooms; /* the same rooms, as a list */
     size_t room_count;
 
     void *connections_by_id;
-    struct connection *connections; /* list, through connection->next_open */
+    LIST_HEAD(, connection) connections;
     size_t connection_count;
     uint64_t next_connection_id;
 
@@ -307,10 +307,7 @@ static struct room *create_room(struct relay *relay, const char *code)
         free(room);
         return NULL;
     }
-    room->next = relay->rooms;
-    if (relay->rooms)
-        relay->rooms->previous = room;
-    relay->rooms = room;
+    LIST_INSERT_HEAD(&relay->rooms, room, link);
     relay->room_count++;
     relay->metrics.rooms_created_total++;
     return room;
@@ -319,12 +316,7 @@ static struct room *create_room(struct relay *relay, const char *code)
 static void delete_room(struct relay *relay, struct room *room)
 {
     tdelete(room, &relay->rooms_by_code, compare_rooms);
-    if (room->previous)
-        room->previous->next = room->next;
-    else
-        relay->rooms = room->next;
-    if (room->next)
-        room->next->previous = room->previous;
+    LIST_REMOVE(room, link);
     relay->room_count--;
     log_event(LOG_LEVEL_INFO, "room_deleted", "room", room->code, NULL);
     free(room);
@@ -966,8 +958,9 @@ size_t relay_members_away(const struct relay *relay)
 uint64_t relay_queued_bytes(const struct relay *relay)
 {
     uint64_t total = 0;
-    for (const struct connection *c = relay->connections; c; c = c->next_open)
-        total += c->queue.queued_bytes;
+    const struct connection *c;
+    LIST_FOREACH(c, &relay->connections, open_link)
+    total += c->queue.queued_bytes;
     return total;
 }
 
@@ -992,10 +985,7 @@ struct connection *relay_connection_open(struct relay *relay, void *transport,
         free(connection);
         return NULL;
     }
-    connection->next_open = relay->connections;
-    if (relay->connections)
-        relay->connections->previous_open = connection;
-    relay->connections = connection;
+    LIST_INSERT_HEAD(&relay->connections, connection, open_link);
     relay->connection_count++;
     relay->metrics.connections_total++;
     log_event(LOG_LEVEL_INFO, "connected", "peer", peer_address, "endpoint",
@@ -1160,12 +1150,7 @@ void relay_connection_closed(struct relay *relay, struct connection *connection,
         }
     }
     tdelete(connection, &relay->connections_by_id, compare_connections);
-    if (connection->previous_open)
-        connection->previous_open->next_open = connection->next_open;
-    else
-        relay->connections = connection->next_open;
-    if (connection->next_open)
-        connection->next_open->previous_open = connection->previous_open;
+    LIST_REMOVE(connection, open_link);
     relay->connection_count--;
     log_fields(LOG_LEVEL_INFO, "disconnected", LOG_TEXT("peer", connection->peer_address),
                LOG_INT("seconds", (int64_t)(now - connection->opened_at)));
@@ -1175,9 +1160,9 @@ void relay_connection_closed(struct relay *relay, struct connection *connection,
 static void expire_rooms(struct relay *relay, double now)
 {
     double grace = relay->config.resume_grace_seconds;
-    struct room *room = relay->rooms;
+    struct room *room = LIST_FIRST(&relay->rooms);
     while (room) {
-        struct room *next_room = room->next;
+        struct room *next_room = LIST_NEXT(room, link);
         if (room->member_count == 0 && room->reserved_until && room->reserved_until < now) {
             delete_room(relay, room);
             room = next_room;
@@ -1204,7 +1189,9 @@ static void expire_rooms(struct relay *relay, double now)
 static void check_connections(struct relay *relay, double now)
 {
     const struct relay_config *config = &relay->config;
-    for (struct connection *c = relay->connections; c; c = c->next_open) {
+    struct connection *c;
+    LIST_FOREACH(c, &relay->connections, open_link)
+    {
         if (c->closing)
             continue;
         /* A throttled sender is silent because the relay stopped reading it, not idle. */
@@ -1260,8 +1247,9 @@ const char *relay_reserve_room(struct relay *relay, const char *peer_address, do
 void relay_close_all(struct relay *relay, int code, const char *reason)
 {
     relay->shutting_down = true;
-    for (struct connection *c = relay->connections; c; c = c->next_open)
-        begin_close(relay, c, code, reason, -1);
+    struct connection *c;
+    LIST_FOREACH(c, &relay->connections, open_link)
+    begin_close(relay, c, code, reason, -1);
 }
 
 static void free_room_tree_node(void *node)
@@ -1274,18 +1262,18 @@ void relay_destroy(struct relay *relay)
     if (!relay)
         return;
     relay->shutting_down = true;
-    while (relay->connections)
-        relay_connection_closed(relay, relay->connections, relay->now);
+    while (!LIST_EMPTY(&relay->connections))
+        relay_connection_closed(relay, LIST_FIRST(&relay->connections), relay->now);
     /* What is left are away members and reserved rooms. */
-    while (relay->rooms) {
-        struct room *room = relay->rooms;
+    while (!LIST_EMPTY(&relay->rooms)) {
+        struct room *room = LIST_FIRST(&relay->rooms);
         while (room->members) {
             struct member *member = room->members;
             room->members = member->next;
             free(member->sender_suffix);
             free(member);
         }
-        relay->rooms = room->next;
+        LIST_REMOVE(room, link);
         free(room);
     }
     tdestroy(relay->rooms_by_code, free_room_tree_node);

@@ -8,6 +8,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/queue.h>
 
 #include "config.h"
 #include "metrics.h"
@@ -41,7 +42,7 @@ struct waiting_sender {
 };
 
 struct connection {
-    struct connection *next_open, *previous_open; /* every open connection, for the timers */
+    LIST_ENTRY(connection) open_link; /* every open connection, for the timers */
     uint64_t id;
     void *transport;
     char peer_address[64];   /* for logs and rate limiting */
