@@ -27,7 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 BUILD = ROOT / "build"
 ARTIFACTS = ROOT / "artifacts"
-FUZZ_SECONDS = int(os.environ.get("FUZZ_SECONDS", "45"))
+FUZZ_SECONDS = int(os.environ.get("FUZZ_SECONDS", "30"))
 
 
 @dataclass
