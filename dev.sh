@@ -24,7 +24,7 @@ debian_packages() {
     local msgpack=libmsgpack-c-dev
     apt-cache show libmsgpack-c-dev >/dev/null 2>&1 || msgpack=libmsgpack-dev
     echo build-essential pkg-config git curl ca-certificates openssl \
-        libwebsockets-dev libjansson-dev libssl-dev libcmocka-dev "$msgpack" \
+        libwebsockets-dev libwslay-dev libjansson-dev libssl-dev libcmocka-dev "$msgpack" \
         clang clang-format python3 python3-dev python3-venv
     # Node.js runs the benchmark's peer relay; a machine may already have it from elsewhere.
     command -v npm >/dev/null 2>&1 || echo nodejs npm

@@ -22,12 +22,28 @@
 typedef struct {
     PyObject_HEAD void *memory;
     Py_ssize_t size;
+    size_t capacity;
     int readonly;
 } Block;
 
+/* The memory of the last large block freed, kept for the next one of about its size: a model
+ * is encoded and decoded again every round, and fresh memory costs a page fault and zeroing per
+ * page (more than the conversion itself), or a compaction stall when huge pages are scarce.
+ * One block at most; only touched with the GIL held. */
+#define CACHED_BLOCK_SMALLEST ((size_t)16 << 20)
+static struct {
+    void *memory;
+    size_t capacity;
+} cached_block;
+
 static void block_dealloc(Block *self)
 {
-    free(self->memory);
+    if (self->capacity >= CACHED_BLOCK_SMALLEST && !cached_block.memory) {
+        cached_block.memory = self->memory;
+        cached_block.capacity = self->capacity;
+    } else {
+        free(self->memory);
+    }
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -61,10 +77,17 @@ static Block *block_new(size_t size, int readonly)
         return (Block *)PyErr_NoMemory();
     size_t alignment = size >= 2 * HUGE_PAGE_SIZE ? HUGE_PAGE_SIZE : CODEC_DATA_ALIGNMENT;
     void *memory = NULL;
-    if (posix_memalign(&memory, alignment, size ? size : 1) != 0)
+    size_t capacity = size;
+    if (cached_block.memory && cached_block.capacity >= size &&
+        cached_block.capacity - size <= cached_block.capacity / 4) {
+        memory = cached_block.memory;
+        capacity = cached_block.capacity;
+        cached_block.memory = NULL;
+    } else if (posix_memalign(&memory, alignment, size ? size : 1) != 0) {
         return (Block *)PyErr_NoMemory();
+    }
 #ifdef MADV_HUGEPAGE
-    if (alignment == HUGE_PAGE_SIZE)
+    if (alignment == HUGE_PAGE_SIZE && capacity == size)
         (void)madvise(memory, size, MADV_HUGEPAGE); /* only advice; failure is harmless */
 #endif
     Block *block = PyObject_New(Block, &BlockType);
@@ -74,6 +97,7 @@ static Block *block_new(size_t size, int readonly)
     }
     block->memory = memory;
     block->size = (Py_ssize_t)size;
+    block->capacity = capacity;
     block->readonly = readonly;
     return block;
 }

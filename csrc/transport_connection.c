@@ -31,13 +31,14 @@ typedef struct {
 typedef struct {
     PyObject_HEAD unsigned char *data;
     Py_ssize_t size;
+    size_t capacity;
 } MessageBufferObject;
 
 /* ---- the received-message buffer ---------------------------------------------------------- */
 
 static void message_buffer_dealloc(MessageBufferObject *self)
 {
-    free(self->data);
+    message_block_release(self->data, self->capacity);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -441,18 +442,19 @@ static PyObject *connection_recv(ConnectionObject *self, PyObject *args, PyObjec
     if (message->is_binary) {
         MessageBufferObject *buffer = PyObject_New(MessageBufferObject, &MessageBufferType);
         if (!buffer) {
-            free(message->data);
+            message_block_release(message->data, message->capacity);
             free(message);
             return NULL;
         }
         buffer->data = message->data;
         buffer->size = (Py_ssize_t)message->size;
+        buffer->capacity = message->capacity;
         payload = PyMemoryView_FromObject((PyObject *)buffer);
         Py_DECREF(buffer);
     } else {
         payload =
             PyUnicode_DecodeUTF8((const char *)message->data, (Py_ssize_t)message->size, "strict");
-        free(message->data);
+        message_block_release(message->data, message->capacity);
     }
     int is_binary = message->is_binary;
     free(message);

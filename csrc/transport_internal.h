@@ -1,6 +1,6 @@
-/* transport_internal.h — the state shared by the transport's two sides: the Python-facing
- * Connection (transport_connection.c) and the libwebsockets service thread
- * (transport_service.c). Plain C only: the service thread never touches Python or the GIL. */
+/* transport_internal.h — the state shared by the Python-facing Connection
+ * (transport_connection.c) and the libwebsockets service thread (transport_service.c, with its
+ * raw-socket WebSocket engine in transport_rawws.c). Plain C: that thread never touches Python. */
 #ifndef TRANSPORT_INTERNAL_H
 #define TRANSPORT_INTERNAL_H
 
@@ -18,8 +18,11 @@
  * whole; it is also the most lws ever buffers for a partial socket write. */
 #define TRANSPORT_STAGING_SIZE (256u * 1024)
 
-/* What lws reads from the socket per callback, and the largest handshake it builds. */
+/* The largest handshake request we build, and lws's read size for its own ws client. */
 #define TRANSPORT_RX_BUFFER_SIZE (64u * 1024)
+
+/* What one read takes from a raw (our own WebSocket) connection's socket. */
+#define TRANSPORT_RAW_READ_SIZE (256u * 1024)
 
 enum connection_state {
     CONNECTION_CONNECTING,
@@ -47,10 +50,15 @@ struct send_request {
 /* A complete received message, owned by the receive queue until recv() takes it. */
 struct received_message {
     struct received_message *next;
-    unsigned char *data; /* malloc'd once per message; handed to Python without a copy */
+    unsigned char *data; /* from message_block_obtain(); handed to Python without a copy */
     size_t size;
+    size_t capacity; /* of the block, for message_block_release() */
     int is_binary;
 };
+
+/* The WebSocket protocol state of a connection that speaks it itself over an lws raw socket
+ * (transport_rawws.c); NULL when lws's own ws client runs the connection. */
+struct raw_websocket;
 
 struct header_pair {
     char *name; /* with the trailing ':' that lws expects */
@@ -99,12 +107,13 @@ struct connection {
 
     /* Service-thread only. */
     struct lws *wsi;
+    struct raw_websocket *raw;
     int service_holds_reference;
     int close_sent;
     int sent_close_code;
     char sent_close_reason[124];
     double last_proof_of_life; /* monotonic seconds of the handshake or the latest pong */
-    unsigned char *staging;    /* LWS_PRE + TRANSPORT_STAGING_SIZE */
+    unsigned char *staging;    /* LWS_PRE + TRANSPORT_STAGING_SIZE (raw engine: chunk headers) */
     unsigned char *assembling;
     size_t assembling_size, assembling_capacity;
     int assembling_binary;
@@ -116,11 +125,66 @@ struct connection {
     int pending;
 };
 
+/* One fragment of the oldest send, as next_fragment() found it. */
+struct fragment {
+    struct send_request *request;
+    size_t header_size; /* frame header bytes written to the caller's header buffer */
+    const unsigned char *payload;
+    size_t payload_size;
+    int is_text, is_start, is_end;
+};
+
+/* Where a piece of received payload sits in its message. */
+struct payload_position {
+    int first_of_message, last_of_message, binary;
+    size_t rest_of_frame; /* payload bytes of the current frame still to come */
+};
+
 /* Reference counting: the last release frees the connection and everything it owns. */
 void connection_retain(struct connection *conn);
 void connection_release(struct connection *conn);
 
 double transport_monotonic_seconds(void);
+
+/* The memory of one received message: at least `size` bytes (*capacity says how many), or NULL.
+ * Thread-safe. Give it back with message_block_release(), which may keep it for reuse. */
+unsigned char *message_block_obtain(size_t size, size_t *capacity);
+void message_block_release(unsigned char *block, size_t capacity);
+
+/* ---- shared by both WebSocket engines, service thread only ----------------------------- */
+
+/* With conn->lock held: describes the next fragment of the oldest send, at most `capacity`
+ * bytes, writing a chunk's frame header to `header_out`. Returns 0 when nothing is queued. The
+ * payload may only be read while the lock is still held (a Ctrl-C'd sender takes it back). */
+int next_fragment(struct connection *conn, unsigned char *header_out, size_t capacity,
+                  struct fragment *fragment);
+
+/* With conn->lock held, once the fragment is out: advances its send. Returns 1 when more is
+ * queued (or a close is requested). */
+int fragment_sent(struct connection *conn, const struct fragment *fragment);
+
+/* Stores received payload in its message's one block and queues the message once complete
+ * (pausing the socket when the receive queue is full). Returns 0, or what close_soon() does. */
+int receive_payload(struct connection *conn, struct lws *wsi, const void *data, size_t length,
+                    const struct payload_position *at);
+
+/* Closes from inside the receive callback: the Close goes out from the next writeable callback
+ * (returning -1 while lws 4.1 still holds buffered ws input crashes it) and the rest of the
+ * offending message is dropped meanwhile. Returns 0. */
+int close_soon(struct connection *conn, struct lws *wsi, int code, const char *reason);
+
+/* With conn->lock held: every waiting sender learns its send failed. */
+void fail_pending_sends(struct connection *conn);
+
+/* The wsi is gone (or never came): records how the connection ended, wakes every waiter and
+ * drops the service thread's reference. Safe to reach more than once for one connection. */
+void finish_connection(struct connection *conn, struct lws *wsi, const char *error);
+
+/* transport_rawws.c: our own WebSocket client over an lws raw socket. */
+int rawws_attach(struct connection *conn); /* 0, or -1 out of memory */
+void rawws_free(struct raw_websocket *raw);
+int rawws_on_event(struct connection *conn, struct lws *wsi, enum lws_callback_reasons reason,
+                   void *in, size_t len);
 
 /* Starts the service thread if it is not running. Returns 0, or -1 with `error` filled. */
 int service_start(char *error, size_t error_size);

@@ -61,7 +61,7 @@ void connection_release(struct connection *conn)
         return;
     for (struct received_message *m = conn->received_head, *next; m; m = next) {
         next = m->next;
-        free(m->data);
+        message_block_release(m->data, m->capacity);
         free(m);
     }
     for (size_t i = 0; i < conn->header_count; i++) {
@@ -76,9 +76,88 @@ void connection_release(struct connection *conn)
     free(conn->proxy);
     free(conn->staging);
     free(conn->assembling);
+    rawws_free(conn->raw);
     pthread_mutex_destroy(&conn->lock);
     pthread_cond_destroy(&conn->changed);
     free(conn);
+}
+
+/* ---- message blocks ----------------------------------------------------------------------- */
+
+/* A few recently freed large message blocks, kept for the next message of about their size. A
+ * fresh multi-MiB malloc is a new mmap whose every 4 KiB page faults and is zeroed when first
+ * written: that cost the receiving thread about a quarter of its time on a 16 MiB-chunk
+ * transfer. Bounded: at most BLOCK_CACHE_SLOTS blocks of at most BLOCK_CACHE_LARGEST bytes. */
+#define BLOCK_CACHE_SLOTS 2
+#define BLOCK_CACHE_SMALLEST (1u * 1024 * 1024)
+#define BLOCK_CACHE_LARGEST (FRAMING_DEFAULT_MESSAGE_SIZE + 64u * 1024)
+
+static struct {
+    pthread_mutex_t lock;
+    unsigned char *block[BLOCK_CACHE_SLOTS];
+    size_t capacity[BLOCK_CACHE_SLOTS];
+} block_cache = {.lock = PTHREAD_MUTEX_INITIALIZER};
+
+/* A cached block of at least `size` bytes, and at most `largest`; NULL if there is none. */
+static unsigned char *cached_block(size_t size, size_t largest, size_t *capacity)
+{
+    if (size < BLOCK_CACHE_SMALLEST || size > BLOCK_CACHE_LARGEST)
+        return NULL;
+    unsigned char *block = NULL;
+    pthread_mutex_lock(&block_cache.lock);
+    for (int i = 0; i < BLOCK_CACHE_SLOTS && !block; i++) {
+        size_t have = block_cache.capacity[i];
+        if (block_cache.block[i] && have >= size && have <= largest) {
+            block = block_cache.block[i];
+            block_cache.block[i] = NULL;
+            *capacity = have;
+        }
+    }
+    pthread_mutex_unlock(&block_cache.lock);
+    return block;
+}
+
+unsigned char *message_block_obtain(size_t size, size_t *capacity)
+{
+    /* Not much larger than needed: the message keeps the block as it is. */
+    unsigned char *block = cached_block(size, size + size / 4 + 4096, capacity);
+    if (block)
+        return block;
+    *capacity = size;
+    return malloc(size ? size : 1);
+}
+
+/* Grows a fragmented message's block to at least `size` bytes. Its final size is unknown, so any
+ * cached block that fits is taken (a frame-by-frame relay makes every large message arrive
+ * fragmented, and growing by realloc would fault in fresh pages again). */
+static unsigned char *message_block_grow(unsigned char *block, size_t used, size_t size,
+                                         size_t *capacity)
+{
+    unsigned char *cached = cached_block(size, BLOCK_CACHE_LARGEST, capacity);
+    if (cached) {
+        memcpy(cached, block, used);
+        free(block);
+        return cached;
+    }
+    *capacity = size;
+    return realloc(block, size);
+}
+
+void message_block_release(unsigned char *block, size_t capacity)
+{
+    if (block && capacity >= BLOCK_CACHE_SMALLEST && capacity <= BLOCK_CACHE_LARGEST) {
+        pthread_mutex_lock(&block_cache.lock);
+        for (int i = 0; i < BLOCK_CACHE_SLOTS; i++) {
+            if (!block_cache.block[i]) {
+                block_cache.block[i] = block;
+                block_cache.capacity[i] = capacity;
+                pthread_mutex_unlock(&block_cache.lock);
+                return;
+            }
+        }
+        pthread_mutex_unlock(&block_cache.lock);
+    }
+    free(block);
 }
 
 /* ---- bookkeeping of connections the service thread knows -------------------------------- */
@@ -118,8 +197,7 @@ static void copy_reason(char *out, size_t capacity, const char *text, size_t len
     out[length] = '\0';
 }
 
-/* Called with conn->lock held: every waiting sender learns its send failed. */
-static void fail_pending_sends(struct connection *conn)
+void fail_pending_sends(struct connection *conn)
 {
     for (struct send_request *r = conn->send_head; r; r = r->next) {
         r->finished = 1;
@@ -128,9 +206,7 @@ static void fail_pending_sends(struct connection *conn)
     conn->send_head = conn->send_tail = NULL;
 }
 
-/* The wsi is gone (or never came): record how the connection ended, wake every waiter and drop
- * the service thread's reference. Safe to reach more than once for one connection. */
-static void finish_connection(struct connection *conn, struct lws *wsi, const char *error)
+void finish_connection(struct connection *conn, struct lws *wsi, const char *error)
 {
     if (!conn->service_holds_reference)
         return;
@@ -176,6 +252,45 @@ static void finish_connection(struct connection *conn, struct lws *wsi, const ch
     live_remove(conn);
     conn->service_holds_reference = 0;
     connection_release(conn);
+}
+
+/* RFC 3629 UTF-8 (no overlongs, no surrogates, at most U+10FFFF): RFC 6455 requires text
+ * messages to be valid, and lws's own client checks it too. */
+static int utf8_is_valid(const unsigned char *text, size_t size)
+{
+    size_t i = 0;
+    while (i < size) {
+        unsigned char c = text[i];
+        if (c < 0x80) {
+            i++;
+            continue;
+        }
+        size_t extra;
+        unsigned char low = 0x80, high = 0xBF; /* allowed range of the second byte */
+        if (c >= 0xC2 && c <= 0xDF)
+            extra = 1;
+        else if (c >= 0xE0 && c <= 0xEF) {
+            extra = 2;
+            if (c == 0xE0)
+                low = 0xA0;
+            else if (c == 0xED)
+                high = 0x9F;
+        } else if (c >= 0xF0 && c <= 0xF4) {
+            extra = 3;
+            if (c == 0xF0)
+                low = 0x90;
+            else if (c == 0xF4)
+                high = 0x8F;
+        } else
+            return 0;
+        if (size - i <= extra || text[i + 1] < low || text[i + 1] > high)
+            return 0;
+        for (size_t k = 2; k <= extra; k++)
+            if ((text[i + k] & 0xC0) != 0x80)
+                return 0;
+        i += extra + 1;
+    }
+    return 1;
 }
 
 /* ---- opening connections ------------------------------------------------------------------ */
@@ -244,6 +359,16 @@ static void open_connection(struct connection *conn)
                                         : "could not set up the client (lws vhost)");
         return;
     }
+    /* Our own WebSocket code over a raw socket is many times faster than lws 4.1's ws client
+     * (which parses and masks byte by byte). lws keeps two cases: HTTP proxies (it does CONNECT
+     * for its http/ws roles only) and wss:// (its 4.1 raw client fails to start TLS: "tls start
+     * fail", errno EBADF). SEGMENTATION_SUITE_WS_ENGINE=lws forces lws for every connection. */
+    const char *engine = getenv("SEGMENTATION_SUITE_WS_ENGINE");
+    int use_raw = !conn->proxy && !conn->use_tls && !(engine && strcmp(engine, "lws") == 0);
+    if (use_raw && rawws_attach(conn) < 0) {
+        finish_connection(conn, NULL, "out of memory");
+        return;
+    }
     struct lws_client_connect_info info;
     memset(&info, 0, sizeof info);
     info.context = service.context;
@@ -256,7 +381,10 @@ static void open_connection(struct connection *conn)
     info.alpn = "http/1.1";
     info.local_protocol_name = client_protocols()[0].name;
     info.opaque_user_data = conn;
-    info.retry_and_idle_policy = conn->keepalive_enabled ? &conn->keepalive : NULL;
+    if (use_raw)
+        info.method = "RAW"; /* keepalive: transport_rawws.c pings by itself */
+    else
+        info.retry_and_idle_policy = conn->keepalive_enabled ? &conn->keepalive : NULL;
     info.pwsi = &conn->wsi;
     conn->last_proof_of_life = transport_monotonic_seconds();
     if (!lws_client_connect_via_info(&info))
@@ -380,10 +508,7 @@ static int close_with(struct connection *conn, struct lws *wsi, int code, const 
     return -1;
 }
 
-/* Closes from inside the receive callback. Returning -1 there while lws still holds buffered
- * input crashes lws 4.1, so the Close goes out from the next writeable callback instead and the
- * rest of the offending message is dropped meanwhile. */
-static int close_soon(struct connection *conn, struct lws *wsi, int code, const char *reason)
+int close_soon(struct connection *conn, struct lws *wsi, int code, const char *reason)
 {
     conn->discarding = 1;
     free(conn->assembling);
@@ -400,18 +525,16 @@ static int close_soon(struct connection *conn, struct lws *wsi, int code, const 
     return 0;
 }
 
-/* A fragment of a message arrived: grow the message's one buffer (sized from the frame length,
- * so a single-frame message is allocated exactly once) and queue it when complete. */
-static int receive_fragment(struct connection *conn, struct lws *wsi, const void *data,
-                            size_t length)
+int receive_payload(struct connection *conn, struct lws *wsi, const void *data, size_t length,
+                    const struct payload_position *at)
 {
-    size_t still_to_come = lws_remaining_packet_payload(wsi);
     if (conn->discarding)
         return 0;
-    if (lws_is_first_fragment(wsi)) {
+    if (at->first_of_message) {
         conn->assembling_size = 0;
-        conn->assembling_binary = lws_frame_is_binary(wsi);
+        conn->assembling_binary = at->binary;
     }
+    size_t still_to_come = at->rest_of_frame;
     size_t needed = conn->assembling_size + length;
     if (needed > conn->max_message_size || still_to_come > conn->max_message_size - needed) {
         char reason[64];
@@ -420,13 +543,16 @@ static int receive_fragment(struct connection *conn, struct lws *wsi, const void
     }
     if (needed + still_to_come > conn->assembling_capacity || !conn->assembling) {
         size_t capacity = needed + still_to_come;
-        if (!lws_is_first_fragment(wsi) && capacity < 2 * conn->assembling_capacity)
+        if (!at->first_of_message && capacity < 2 * conn->assembling_capacity)
             capacity = 2 * conn->assembling_capacity; /* fragmented: grow geometrically */
         if (capacity > conn->max_message_size)
             capacity = conn->max_message_size;
         if (capacity == 0)
             capacity = 1;
-        unsigned char *grown = realloc(conn->assembling, capacity);
+        unsigned char *grown =
+            conn->assembling
+                ? message_block_grow(conn->assembling, conn->assembling_size, capacity, &capacity)
+                : message_block_obtain(capacity, &capacity);
         if (!grown)
             return close_soon(conn, wsi, LWS_CLOSE_STATUS_UNEXPECTED_CONDITION,
                               "client out of memory");
@@ -436,8 +562,10 @@ static int receive_fragment(struct connection *conn, struct lws *wsi, const void
     if (length)
         memcpy(conn->assembling + conn->assembling_size, data, length);
     conn->assembling_size = needed;
-    if (!lws_is_final_fragment(wsi))
+    if (!at->last_of_message)
         return 0;
+    if (!conn->assembling_binary && !utf8_is_valid(conn->assembling, conn->assembling_size))
+        return close_soon(conn, wsi, LWS_CLOSE_STATUS_INVALID_PAYLOAD, "text is not UTF-8");
 
     struct received_message *message = malloc(sizeof *message);
     if (!message)
@@ -445,11 +573,14 @@ static int receive_fragment(struct connection *conn, struct lws *wsi, const void
     message->next = NULL;
     message->data = conn->assembling;
     message->size = conn->assembling_size;
+    message->capacity = conn->assembling_capacity;
     message->is_binary = conn->assembling_binary;
     if (conn->assembling_capacity > message->size + message->size / 4 + 4096) {
         unsigned char *trimmed = realloc(message->data, message->size ? message->size : 1);
-        if (trimmed)
+        if (trimmed) {
             message->data = trimmed;
+            message->capacity = message->size ? message->size : 1;
+        }
     }
     conn->assembling = NULL;
     conn->assembling_size = conn->assembling_capacity = 0;
@@ -474,54 +605,55 @@ static int receive_fragment(struct connection *conn, struct lws *wsi, const void
     return 0;
 }
 
-/* The socket can take more: copy the next fragment of the oldest send into the staging buffer
- * (header first for a framed chunk) and hand it to lws. One fragment per callback keeps every
- * connection served fairly and lets pings through between fragments. */
-static int write_next_fragment(struct connection *conn, struct lws *wsi)
+/* lws's own WebSocket client (wss:// and proxied connections) delivered some payload. */
+static int receive_fragment(struct connection *conn, struct lws *wsi, const void *data,
+                            size_t length)
 {
-    unsigned char *out = conn->staging + LWS_PRE;
-    size_t used = 0;
-    int flags = 0;
+    struct payload_position at = {
+        .first_of_message = lws_is_first_fragment(wsi),
+        .last_of_message = lws_is_final_fragment(wsi),
+        .binary = lws_frame_is_binary(wsi),
+        .rest_of_frame = lws_remaining_packet_payload(wsi),
+    };
+    return receive_payload(conn, wsi, data, length, &at);
+}
 
-    pthread_mutex_lock(&conn->lock);
-    if (conn->close_requested) {
-        int code = conn->close_requested_code;
-        char reason[124];
-        memcpy(reason, conn->close_requested_reason, sizeof reason);
-        fail_pending_sends(conn);
-        pthread_cond_broadcast(&conn->changed);
-        pthread_mutex_unlock(&conn->lock);
-        return close_with(conn, wsi, code, reason);
-    }
+int next_fragment(struct connection *conn, unsigned char *header_out, size_t capacity,
+                  struct fragment *fragment)
+{
     struct send_request *request = conn->send_head;
-    if (!request) {
-        pthread_mutex_unlock(&conn->lock);
+    if (!request)
         return 0;
-    }
     const struct chunk_plan *plan = request->plan;
     size_t header_size = plan ? plan->header_size : 0;
     size_t payload_size =
         plan ? framing_chunk_payload_size(plan, request->message_index) : request->payload_size;
-    size_t message_size = header_size + payload_size;
-    int is_start = request->message_offset == 0;
-    if (is_start && plan)
-        used = framing_write_header(plan, request->message_index, out, TRANSPORT_STAGING_SIZE);
+    memset(fragment, 0, sizeof *fragment);
+    fragment->request = request;
+    fragment->is_text = request->is_text;
+    fragment->is_start = request->message_offset == 0;
+    if (fragment->is_start && plan)
+        fragment->header_size =
+            framing_write_header(plan, request->message_index, header_out, capacity);
     /* The header always goes whole into the first fragment, so later offsets are payload. */
     size_t payload_done = request->message_offset ? request->message_offset - header_size : 0;
     size_t take = payload_size - payload_done;
-    if (take > TRANSPORT_STAGING_SIZE - used)
-        take = TRANSPORT_STAGING_SIZE - used;
-    const unsigned char *source = request->payload + payload_done;
+    if (take > capacity - fragment->header_size)
+        take = capacity - fragment->header_size;
+    fragment->payload = request->payload + payload_done;
     if (plan)
-        source += (size_t)request->message_index * plan->payload_per_chunk;
-    if (take)
-        memcpy(out + used, source, take);
-    used += take;
-    request->message_offset += used;
-    int is_end = request->message_offset == message_size;
-    flags =
-        lws_write_ws_flags(request->is_text ? LWS_WRITE_TEXT : LWS_WRITE_BINARY, is_start, is_end);
-    if (is_end) {
+        fragment->payload += (size_t)request->message_index * plan->payload_per_chunk;
+    fragment->payload_size = take;
+    fragment->is_end =
+        request->message_offset + fragment->header_size + take == header_size + payload_size;
+    return 1;
+}
+
+int fragment_sent(struct connection *conn, const struct fragment *fragment)
+{
+    struct send_request *request = fragment->request;
+    request->message_offset += fragment->header_size + fragment->payload_size;
+    if (fragment->is_end) {
         request->message_offset = 0;
         conn->send_head = request->next;
         if (!conn->send_head)
@@ -539,7 +671,37 @@ static int write_next_fragment(struct connection *conn, struct lws *wsi)
             conn->send_tail = request;
         }
     }
-    int more = conn->send_head != NULL || conn->close_requested;
+    return conn->send_head != NULL || conn->close_requested;
+}
+
+/* lws's own WebSocket client can take more: copy the next fragment of the oldest send into the
+ * staging buffer (lws masks it there in place) and hand it to lws. One fragment per callback
+ * keeps every connection served fairly and lets pings through between fragments. */
+static int write_next_fragment(struct connection *conn, struct lws *wsi)
+{
+    unsigned char *out = conn->staging + LWS_PRE;
+
+    pthread_mutex_lock(&conn->lock);
+    if (conn->close_requested) {
+        int code = conn->close_requested_code;
+        char reason[124];
+        memcpy(reason, conn->close_requested_reason, sizeof reason);
+        fail_pending_sends(conn);
+        pthread_cond_broadcast(&conn->changed);
+        pthread_mutex_unlock(&conn->lock);
+        return close_with(conn, wsi, code, reason);
+    }
+    struct fragment fragment;
+    if (!next_fragment(conn, out, TRANSPORT_STAGING_SIZE, &fragment)) {
+        pthread_mutex_unlock(&conn->lock);
+        return 0;
+    }
+    size_t used = fragment.header_size + fragment.payload_size;
+    if (fragment.payload_size)
+        memcpy(out + fragment.header_size, fragment.payload, fragment.payload_size);
+    int flags = lws_write_ws_flags(fragment.is_text ? LWS_WRITE_TEXT : LWS_WRITE_BINARY,
+                                   fragment.is_start, fragment.is_end);
+    int more = fragment_sent(conn, &fragment);
     pthread_mutex_unlock(&conn->lock);
 
     if (lws_write(wsi, out, used, (enum lws_write_protocol)flags) < (int)used)
@@ -556,6 +718,9 @@ static int on_lws_event(struct lws *wsi, enum lws_callback_reasons reason, void 
     struct connection *conn = wsi ? lws_get_opaque_user_data(wsi) : NULL;
     if (!conn)
         return 0; /* vhost- and context-level events, or a connection already finished */
+    if (conn->raw && reason != LWS_CALLBACK_CLIENT_CONNECTION_ERROR &&
+        reason != LWS_CALLBACK_WSI_DESTROY)
+        return rawws_on_event(conn, wsi, reason, in, len);
 
     switch (reason) {
     case LWS_CALLBACK_CLIENT_APPEND_HANDSHAKE_HEADER:
@@ -644,7 +809,7 @@ static void *service_main(void *unused)
     info.port = CONTEXT_PORT_NO_LISTEN;
     info.options = LWS_SERVER_OPTION_DO_SSL_GLOBAL_INIT | LWS_SERVER_OPTION_EXPLICIT_VHOSTS |
                    LWS_SERVER_OPTION_VALIDATE_UTF8;
-    info.pt_serv_buf_size = TRANSPORT_RX_BUFFER_SIZE;
+    info.pt_serv_buf_size = TRANSPORT_RAW_READ_SIZE; /* the raw sockets' read size */
     info.count_threads = 1;
     struct lws_context *context = lws_create_context(&info);
 

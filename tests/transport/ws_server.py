@@ -9,6 +9,10 @@ Paths:
   /hash            answers each message with the text "<length> <sha256 hex>"
   /headers         sends the request's headers as one JSON text message
   /close/CODE      closes at once with CODE and reason "server says bye"
+  /fragmented      sends a 3 MiB binary message in 7 fragments and a text one in 3, then echoes
+  /ping            pings the client and sends the text "pong received" once the pong arrives
+  /bad-utf8        sends a text message that is not UTF-8, then waits for the close
+  /reject          answers the opening handshake with HTTP 403 instead of upgrading
 
     python tests/transport/ws_server.py [--certfile F --keyfile F]
 """
@@ -39,6 +43,19 @@ async def handle(connection: ServerConnection) -> None:
         elif path == "/headers":
             await connection.send(json.dumps(dict(connection.request.headers.raw_items())))
             await connection.wait_closed()
+        elif path == "/fragmented":
+            await connection.send(fragments_of(fragmented_payload(), 7))
+            await connection.send(fragments_of("fragmented text: é ✓ 𝄞" * 1000, 3))
+            async for message in connection:
+                await connection.send(message)
+        elif path == "/ping":
+            pong = await connection.ping(b"are you there")
+            await asyncio.wait_for(pong, 10)
+            await connection.send("pong received")
+            await connection.wait_closed()
+        elif path == "/bad-utf8":
+            await connection.send(b"valid start \xff\xfe not UTF-8", text=True)
+            await connection.wait_closed()
         elif path.startswith("/close/"):
             await connection.close(int(path.rsplit("/", 1)[1]), "server says bye")
         else:
@@ -51,6 +68,28 @@ async def handle(connection: ServerConnection) -> None:
         code = received.code if received else "none"
         reason = received.reason if received else ""
         print(f"closed {path} {code} {reason}", flush=True)
+
+
+def fragmented_payload() -> bytes:
+    """The binary message /fragmented sends (tests rebuild it the same way)."""
+    return bytes(range(256)) * (3 * 4096)
+
+
+def fragments_of(message: str | bytes, count: int):
+    """An async iterator over `count` nearly equal pieces: websockets sends it fragmented."""
+    step = -(-len(message) // count)
+
+    async def pieces():
+        for start in range(0, len(message), step):
+            yield message[start : start + step]
+
+    return pieces()
+
+
+def reject(connection, request):
+    if request.path == "/reject":
+        return connection.respond(403, "no WebSocket here\n")
+    return None
 
 
 async def main() -> None:
@@ -75,6 +114,7 @@ async def main() -> None:
         compression=None,
         ping_interval=None,
         max_queue=4,
+        process_request=reject,
     ) as server:
         host, port = server.sockets[0].getsockname()[:2]
         print(f"listening on {host}:{port}", flush=True)
