@@ -1,0 +1,45 @@
+"""`pip install .` in a fresh virtualenv builds the extension and the package imports.
+
+This is how a user installs the client, so it is tested as such: a new venv, a plain
+`pip install` of this source tree (build isolation included), then imports in a fresh
+interpreter that cannot see the development tree.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import venv
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.slow
+def test_pip_install_in_a_fresh_venv(tmp_path):
+    environment = tmp_path / "venv"
+    venv.create(environment, with_pip=True)
+    python = environment / "bin" / "python"
+    installed = subprocess.run(
+        [str(python), "-m", "pip", "install", "-q", str(ROOT)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert installed.returncode == 0, installed.stdout + installed.stderr
+    probe = (
+        "import segmentation_suite.network._relayclient as extension\n"
+        "import segmentation_suite.network as network\n"
+        "import numpy\n"
+        "data = network.serialize_weights({'w': numpy.ones((2, 3), numpy.float32)})\n"
+        "print(extension.__file__)\n"
+        "print(network.deserialize_weights(data)['w'].sum())\n"
+    )
+    imported = subprocess.run(
+        [str(python), "-c", probe], capture_output=True, text=True, timeout=60, cwd=tmp_path
+    )
+    assert imported.returncode == 0, imported.stderr
+    extension_path, total = imported.stdout.split()
+    assert extension_path.startswith(str(environment)), "imported the development tree"
+    assert float(total) == 6.0
