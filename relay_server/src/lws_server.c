@@ -22,7 +22,7 @@ _Static_assert(LWS_PRE <= SEND_QUEUE_HEADROOM, "fragments need room for the lws 
 /* lws reads at most this much per call, into one buffer per connection: large reads mean few
  * syscalls per forwarded byte. The buffers live in an arena that commits memory only when a
  * connection actually receives, so idle connections stay small (docs/architecture.md). */
-#define RECEIVE_BUFFER_SIZE (256 * 1024)
+#define RECEIVE_BUFFER_SIZE (1024 * 1024)
 /* After a message this large, a connection's receive buffer gives its pages back. */
 #define TRIM_RECEIVE_BUFFER_AFTER (1024 * 1024)
 #define SHUTDOWN_DEADLINE_SECONDS 1.5
@@ -511,7 +511,7 @@ int lws_server_run(const struct relay_config *config, const unsigned char *secre
      * 10 s, whatever timeout_secs says. */
     info.timeout_secs_ah_idle = config->handshake_timeout_seconds;
     /* One read buffer per service thread: large reads mean fewer syscalls per forwarded byte. */
-    info.pt_serv_buf_size = 256 * 1024;
+    info.pt_serv_buf_size = 1024 * 1024;
     info.fd_limit_per_thread = 0;
     /* Handshakes in progress at once. Each holds a 4 KiB header buffer; a small pool that is
      * reused, instead of one buffer per arriving connection freed after its upgrade, keeps the

@@ -21,7 +21,7 @@ int main(int argc, char **argv)
         return 2;
     }
     log_init(config.log_format, config.log_level, NULL);
-    /* Message fragments (up to 256 KiB) come and go all the time: keep them on the heap and
+    /* Message fragments (up to 1 MiB) come and go all the time: keep them on the heap and
      * keep freed heap memory for reuse, instead of paying mmap/munmap and page faults for
      * each one. The relay's memory bounds do not depend on it (docs/architecture.md). */
     mallopt(M_MMAP_THRESHOLD, 4 * 1024 * 1024);
