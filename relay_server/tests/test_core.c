@@ -14,7 +14,7 @@
 
 /* Large messages live here rather than on the heap, so that a failing test leaks nothing and
  * LeakSanitizer (SANITIZE=1) reports only the relay's own leaks. */
-static unsigned char payload[2][2048 * KIB];
+static unsigned char large_payloads[2][2048 * KIB];
 
 static const char *const users[] = {"alice", "bob", "carol", "dave"};
 static const char *const names[] = {"Alice", "Bob", "Carol", "Dave"};
@@ -548,7 +548,7 @@ static void test_binary_streamed_to_every_other_member(void **state)
     struct harness *h = harness_of(state);
     room_with(h, 3, false);
     size_t length = 300 * KIB + 17;
-    unsigned char *bytes = payload[0];
+    unsigned char *bytes = large_payloads[0];
     fill_pattern(bytes, length, 3);
 
     /* Small receives (gathered by the core) then large ones; bob writes as it goes. */
@@ -716,7 +716,7 @@ static void test_echo_returns_everything_unchanged(void **state)
     harness_text(h, 0, "not json at all");
     assert_string_equal(harness_expect_text(h, 0), "not json at all");
     size_t length = 100 * KIB + 3;
-    unsigned char *bytes = payload[0];
+    unsigned char *bytes = large_payloads[0];
     fill_pattern(bytes, length, 2);
     harness_binary(h, 0, bytes, length, 9 * KIB);
     expect_binary_equal(h, 0, bytes, length);
@@ -739,7 +739,7 @@ static void test_echo_that_never_reads_is_bounded(void **state)
     use_config(h, &config);
     harness_open(h, 0, NULL, true);
     size_t length = 64 * KIB;
-    unsigned char *bytes = payload[0];
+    unsigned char *bytes = large_payloads[0];
     fill_pattern(bytes, length, 1);
     int sent = 0;
     while (h->transports[0].close_calls == 0 && sent < 64) {
@@ -947,7 +947,7 @@ static void test_slow_receiver_throttles_sender(void **state)
     use_config(h, &config);
     room_with(h, 2, false);
     size_t piece = 32 * KIB, length = 1024 * KIB;
-    unsigned char *bytes = payload[0];
+    unsigned char *bytes = large_payloads[0];
     fill_pattern(bytes, length, 11);
 
     /* Bob does not write: after the backlog passes 64 KiB alice is paused, not before. */
@@ -999,7 +999,7 @@ static void test_two_senders_two_receivers_no_deadlock(void **state)
     unsigned char *messages[2];
     size_t sent[2] = {0, 0};
     for (int s = 0; s < 2; s++) {
-        messages[s] = payload[s];
+        messages[s] = large_payloads[s];
         fill_pattern(messages[s], length, 20 + (unsigned)s);
         make_header(messages[s], users[s], to);
     }
@@ -1049,7 +1049,7 @@ static void test_drop_policy_closes_slow_receiver(void **state)
     use_config(h, &config);
     room_with(h, 3, false); /* bob never writes, carol does */
     size_t piece = 32 * KIB, length = 512 * KIB;
-    unsigned char *bytes = payload[0];
+    unsigned char *bytes = large_payloads[0];
     fill_pattern(bytes, length, 12);
     for (size_t sent = 0; sent < length; sent += piece) {
         harness_receive(h, 0, bytes + sent, piece, true, sent == 0, sent + piece == length);
@@ -1103,7 +1103,7 @@ static void test_throttled_sender_is_not_idle(void **state)
     use_config(h, &config);
     room_with(h, 2, false);
     size_t piece = 32 * KIB;
-    unsigned char *bytes = payload[0];
+    unsigned char *bytes = large_payloads[0];
     fill_pattern(bytes, piece, 14);
     bool first = true;
     while (!h->transports[0].paused) {
