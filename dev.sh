@@ -19,13 +19,17 @@ say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 
 # Debian names msgpack-c differently across releases (12: libmsgpack-dev, 13: libmsgpack-c-dev),
-# and clang's runtime (needed for libFuzzer) is versioned; pick what this release has.
+# and glib too (13: libglib2.0-0t64), and clang's runtime (needed for libFuzzer) is versioned;
+# pick what this release has. The GL, xkbcommon and fontconfig libraries are what the Qt
+# wheels (PySide6, for the app and its tests) load even offscreen.
 debian_packages() {
-    local msgpack=libmsgpack-c-dev
+    local msgpack=libmsgpack-c-dev glib=libglib2.0-0t64
     apt-cache show libmsgpack-c-dev >/dev/null 2>&1 || msgpack=libmsgpack-dev
+    apt-cache show libglib2.0-0t64 >/dev/null 2>&1 || glib=libglib2.0-0
     echo build-essential pkg-config git curl ca-certificates openssl \
         libwebsockets-dev libwslay-dev libjansson-dev libssl-dev libcmocka-dev "$msgpack" \
-        clang clang-format python3 python3-dev python3-venv
+        clang clang-format python3 python3-dev python3-venv \
+        libegl1 libgl1 libopengl0 libxkbcommon0 libfontconfig1 libdbus-1-3 "$glib"
     # Node.js runs the benchmark's peer relay; a machine may already have it from elsewhere.
     command -v npm >/dev/null 2>&1 || echo nodejs npm
 }

@@ -2,8 +2,9 @@
 
 A SyncClient is one member of a room on a relay (or of a LAN session, see server.py). Methods
 return at once; what happens is reported through psygnal signals, emitted on the client's
-dispatcher thread (never the libwebsockets thread), so no Qt is needed. The room creator is
-the host: members push weights to it only, it averages a round (host.py) and broadcasts one
+dispatcher thread (never the libwebsockets thread), so no Qt is needed; inside a Qt
+application callbacks run on the GUI thread instead (qt.py). The room creator is the host:
+members push weights to it only, it averages a round (host.py) and broadcasts one
 `global_model`.
 
 What goes on the wire (docs/protocol.md, docs/network-api.md):
@@ -34,7 +35,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from psygnal import Signal
 
 from . import relay_config, transport
 from .codec import decode_weights, serialize_weights
@@ -61,6 +61,7 @@ from .protocol import (
     parse_relay_capabilities,
     resume_message,
 )
+from .qt import Signal
 from .session import generate_user_id
 
 log = logging.getLogger(__name__)
@@ -170,6 +171,9 @@ class SyncClient:
         self._transfers: dict[tuple[str, int], _Transfer] = {}
         self._announcements: deque[_Announcement] = deque()
         self._pending_crops: dict[str, deque[dict]] = {}
+        # Members this client announced as gone (user_left_room): one that resumes after its
+        # grace period expired is announced again, so joins and leaves stay balanced.
+        self._reported_left: set[str] = set()
         self._crop_images: dict[str, bytes] = {}
 
     # --- properties ---------------------------------------------------------------------
@@ -538,7 +542,9 @@ class SyncClient:
     def _on_user_joined(self, message: Message) -> None:
         payload = message.payload
         self._users = [u for u in payload.get("users", []) if isinstance(u, dict)]
-        if not payload.get("resumed"):
+        returned = payload["user_id"] in self._reported_left
+        self._reported_left.discard(payload["user_id"])
+        if not payload.get("resumed") or returned:
             self.user_joined_room.emit(payload.get("display_name") or payload["user_id"])
         self.user_list_updated.emit(self.users)
         self._update_round_members()
@@ -559,6 +565,7 @@ class SyncClient:
         if left == self._host_id:
             self._host_id = self._users[0]["user_id"] if self._users else None
             self.sync_status.emit(f"The host left; {self._host_id} aggregates now")
+        self._reported_left.add(left)
         self.user_left_room.emit(payload.get("display_name") or left)
         self.user_list_updated.emit(self.users)
         self._update_round_members()

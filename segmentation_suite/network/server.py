@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import logging
 
-from psygnal import Signal
-
 from .protocol import DEFAULT_PORT
+from .qt import Signal
 
 log = logging.getLogger(__name__)
 

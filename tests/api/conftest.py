@@ -2,6 +2,7 @@
 
 `any_relay` is parametrized: "ours" is the real relay binary; "v1" is the minimal v1 relay
 of tests/fixtures/v1_relay.py (the original Worker's behaviour only), run as a subprocess.
+Qt tests (pytest-qt) run on the offscreen platform: no display is needed.
 """
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ import time
 from pathlib import Path
 
 import pytest
+
+# Before pytest-qt makes its QApplication (lazily, in the qapp fixture).
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 ROOT = Path(__file__).resolve().parents[2]
 V1_RELAY = ROOT / "tests" / "fixtures" / "v1_relay.py"

@@ -1,0 +1,503 @@
+"""One FedAvg round through the relay: ours (host aggregation) against MOSS-style gossip.
+
+N members on loopback, each with its own copy of a model (the original app's 2D U-Net by
+default, /work/shared/data/unet_deep_dice_v2_layout.json, seeded random weights), end the
+round holding the average of all N models. One relay_server process; each member is its own
+process with one connection of each kind, open for the whole run:
+
+* ours: the app API (SyncClient). Member 0 created the room and is the host; the others
+  `send_weights` to it (the data-only codec, float16 on the wire, directed to the host), the
+  host averages (FedAvg) and sends one `global_model` to everyone.
+* gossip: the original client's relay mode on the `websockets` library (asyncio, as the
+  original; receiving while sending): every member sends a `weights_push` JSON and one binary,
+  gzip(torch.save(float16 state dict), level 1), which the relay copies to all N-1 others;
+  every member gunzips and torch.loads (weights_only) what it receives and averages it with
+  its own.
+
+A round starts when every member and this script have passed a barrier (every member joined,
+its model built, the relay's /metrics read), and ends when the last member holds the average;
+times are CLOCK_MONOTONIC (time.monotonic), the same clock in every process. Bytes are what the
+relay counted (/metrics: relay_bytes_received_total + relay_bytes_sent_total, text and binary)
+between the barrier and the end of the round. Each member checks its result against the exact
+mean of a few tensors, outside the timed span. Rounds alternate between the methods (one
+warm-up round of each, not counted); figures are medians. Usage:
+
+    .venv/bin/python bench/bench_fedavg.py [--members 4,8] [--runs 3] [--layout PATH]
+        [--json OUT] [--check]
+
+--check exits 1 if a target of issue 4 is missed: at least 5x less time, and at least 1.4x
+(4 members) or 2.5x (8 members) fewer bytes than gossip. Progress goes to stderr, the table
+to stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import gc
+import gzip
+import io
+import json
+import math
+import multiprocessing
+import os
+import statistics
+import sys
+import threading
+import time
+import traceback
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+DEFAULT_LAYOUT = Path("/work/shared/data/unet_deep_dice_v2_layout.json")
+METHODS = ("ours", "gossip")
+MiB = 1024 * 1024
+NUM_SAMPLES = 64  # the same for everyone, so FedAvg's weighted mean is the plain mean
+# Gossip's single message holds a whole model (57 MB for the U-Net); ours chunks.
+RELAY_OPTIONS = (
+    "--max-message-size",
+    "128M",
+    "--idle-timeout",
+    "600",
+    "--join-rate",
+    "100000",
+)
+#: Byte targets (gossip bytes / ours bytes) by member count; time target for all counts.
+BYTE_TARGETS = {4: 1.4, 8: 2.5}
+TIME_TARGET = 5.0
+#: Largest accepted |result - exact mean| (weights ~ 0.05 * N(0, 1), float16 on the wire).
+TOLERANCE = 2e-3
+
+
+# --- the models ----------------------------------------------------------------------------
+
+
+def read_layout(path: str | Path) -> list[dict]:
+    return json.loads(Path(path).read_text())["layout"]
+
+
+def layout_tensor(seed: int, index: int, entry: dict):
+    """One tensor of member `seed`'s model, from its own generator (rebuildable alone)."""
+    import numpy as np
+
+    rng = np.random.default_rng([seed, index])
+    shape = tuple(entry["shape"])
+    if entry["dtype"] == "float32":
+        return rng.standard_normal(shape, dtype=np.float32) * np.float32(0.05)
+    return np.asarray(rng.integers(0, 1000, size=shape), dtype=entry["dtype"])
+
+
+def member_model(seed: int, layout: list[dict]) -> dict:
+    """name -> torch tensor, as model.state_dict() gives it."""
+    import torch
+
+    return {e["name"]: torch.from_numpy(layout_tensor(seed, i, e)) for i, e in enumerate(layout)}
+
+
+def checked_indices(layout: list[dict]) -> list[int]:
+    """The float tensors each member checks: the first, the largest and the last."""
+    floats = [i for i, e in enumerate(layout) if e["dtype"] == "float32"]
+    largest = max(floats, key=lambda i: math.prod(layout[i]["shape"]))
+    return sorted({floats[0], largest, floats[-1]})
+
+
+def max_error(result: dict, layout: list[dict], seeds: list[int]) -> float:
+    """Largest |result - exact mean of the members' models| over the checked tensors."""
+    import numpy as np
+
+    worst = 0.0
+    for index in checked_indices(layout):
+        entry = layout[index]
+        exact = sum(layout_tensor(seed, index, entry).astype(np.float64) for seed in seeds)
+        got = np.asarray(result[entry["name"]], dtype=np.float64)
+        worst = max(worst, float(np.abs(got - exact / len(seeds)).max()))
+    return worst
+
+
+# --- one round of each method, in a member -------------------------------------------------
+
+
+class OursMember:
+    """A SyncClient in the room; member 0 is the host (it created the room)."""
+
+    def __init__(self, index: int, url: str, code: str | None, count: int, timeout: float):
+        from segmentation_suite.network import SyncClient
+
+        self.client = SyncClient(aggregation_timeout=timeout * 10, ping_interval=None)
+        self.count = count
+        self.timeout = timeout
+        self.result: dict | None = None
+        self.round_done = threading.Event()
+        self.full = threading.Event()
+        self.created: list[str] = []
+        self.errors: list[str] = []
+        self.client.global_model_received.connect(self._on_global, thread=None)
+        self.client.user_list_updated.connect(self._on_users, thread=None)
+        self.client.room_created.connect(self.created.append, thread=None)
+        self.client.error.connect(self.errors.append, thread=None)
+        if index == 0:
+            self.client.create_relay_room("member0", url)
+        else:
+            self.client.connect_relay(code, f"member{index}", url)
+
+    def _on_global(self, weights: dict) -> None:
+        self.result = weights
+        self.round_done.set()
+
+    def _on_users(self, users: list) -> None:
+        if len(users) == self.count:
+            self.full.set()
+
+    def wait_until(self, event: threading.Event, what: str) -> None:
+        deadline = time.monotonic() + self.timeout
+        while not event.wait(0.1):
+            if self.errors:
+                raise RuntimeError(f"{what}: {self.errors}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no {what} within {self.timeout} s")
+
+    def run_round(self, state: dict, run: int) -> dict:
+        self.round_done.clear()
+        self.result = None
+        future = self.client.send_weights(state, epoch=run, loss=0.5, num_samples=NUM_SAMPLES)
+        if future is None:
+            raise RuntimeError(f"send_weights failed: {self.errors}")
+        self.wait_until(self.round_done, "global model")
+        return self.result
+
+    def wire_bytes(self, state: dict, result: dict, run: int) -> dict:
+        """What this member put on the wire as payload (outside the timed span): its push, or
+        for the host the global model. Frame headers come on top (a few dozen bytes each)."""
+        from segmentation_suite.network import serialize_weights
+
+        if self.client.is_host:
+            metadata = {"aggregation_round": self.client.aggregation_round}
+            return {"global_bytes": len(serialize_weights(result, metadata=metadata))}
+        data = serialize_weights(state, epoch=run, loss=0.5, num_samples=NUM_SAMPLES)
+        return {"push_bytes": len(data)}
+
+    def close(self) -> None:
+        self.client.disconnect()
+
+
+class GossipMember:
+    """The original client's relay mode on asyncio `websockets`, as the original was: every
+    push to everyone, everyone averages. One event loop per member, run for each step."""
+
+    def __init__(self, index: int, url: str, code: str | None, count: int, timeout: float):
+        self.index = index
+        self.count = count
+        self.timeout = timeout
+        self.loop = asyncio.new_event_loop()
+        self.ws = self.loop.run_until_complete(self._join(url, code))
+        self.sent = self.received = 0
+
+    async def _join(self, url: str, code: str | None) -> Any:
+        from websockets.asyncio.client import connect
+
+        ws = await connect(
+            url + "/ws",
+            max_size=256 * MiB,
+            compression=None,
+            open_timeout=self.timeout,
+            proxy=None,
+            ping_interval=None,
+        )
+        user = {"user_id": f"gossip{self.index}", "display_name": f"member{self.index}"}
+        if code is None:
+            await ws.send(message("create_room", user))
+            self.code = (await expect(ws, "room_created", self.timeout))["room_code"]
+            self.users = 1
+        else:
+            await ws.send(message("join_room", {"room_code": code, **user}))
+            self.users = len((await expect(ws, "room_joined", self.timeout))["users"])
+            self.code = code
+        return ws
+
+    def wait_full(self) -> None:
+        async def wait():
+            while self.users < self.count:
+                self.users = len((await expect(self.ws, "user_joined", self.timeout))["users"])
+
+        self.loop.run_until_complete(wait())
+
+    def run_round(self, state: dict, run: int) -> dict:
+        return self.loop.run_until_complete(asyncio.wait_for(self._round(state, run), self.timeout))
+
+    async def _round(self, state: dict, run: int) -> dict:
+        import torch
+
+        half = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+        stream = io.BytesIO()
+        torch.save(half, stream)
+        data = gzip.compress(stream.getvalue(), compresslevel=1)
+        del half, stream
+        push = {"user_id": f"gossip{self.index}", "epoch": run, "loss": 0.5}
+        total = {k: v.clone() if v.is_floating_point() else v for k, v in state.items()}
+
+        async def send():
+            await self.ws.send(message("weights_push", {**push, "num_samples": NUM_SAMPLES}))
+            await self.ws.send(data)
+
+        async def receive():
+            # The original's receive loop runs all the time; ours runs while sending too, so
+            # that members sending at once never wait on each other's reading.
+            received = 0
+            for _ in range(self.count - 1):
+                while not isinstance(payload := await self.ws.recv(), bytes):
+                    pass
+                received += len(payload)
+                loaded = torch.load(
+                    io.BytesIO(gzip.decompress(payload)), map_location="cpu", weights_only=True
+                )
+                del payload
+                for name, value in loaded.items():
+                    if value.is_floating_point():
+                        total[name] += value.float()
+            return received
+
+        _, self.received = await asyncio.gather(send(), receive())
+        self.sent = len(data)
+        return {k: v / self.count if v.is_floating_point() else v for k, v in total.items()}
+
+    def wire_bytes(self, state: dict, result: dict, run: int) -> dict:
+        return {"push_bytes": self.sent, "received_bytes": self.received}
+
+    def close(self) -> None:
+        self.loop.run_until_complete(self.ws.close())
+        self.loop.close()
+
+
+def message(message_type: str, payload: dict) -> str:
+    return json.dumps({"type": message_type, "payload": payload})
+
+
+async def expect(ws: Any, message_type: str, timeout: float) -> dict:
+    received = json.loads(await asyncio.wait_for(ws.recv(), timeout))
+    if received.get("type") != message_type:
+        raise RuntimeError(f"expected {message_type}, got {received}")
+    return received["payload"]
+
+
+def member_main(config: dict, index: int, inbox: Any, barrier: Any, results: Any) -> None:
+    try:
+        layout = read_layout(config["layout"])
+        count = config["members"]
+        url, timeout = config["url"], config["timeout"]
+        seeds = [config["seed"] + i for i in range(count)]
+        with contextlib.ExitStack() as stack:
+            if index == 0:
+                ours = OursMember(0, url, None, count, timeout)
+                stack.callback(ours.close)
+                deadline = time.monotonic() + timeout
+                while not ours.created:
+                    if ours.errors or time.monotonic() > deadline:
+                        raise RuntimeError(f"could not create a room: {ours.errors}")
+                    time.sleep(0.05)
+                gossip = GossipMember(0, url, None, count, timeout)
+                stack.callback(gossip.close)
+                results.put({"index": 0, "codes": (ours.created[0], gossip.code)})
+            else:
+                code, gossip_code = inbox.get(timeout=timeout)
+                ours = OursMember(index, url, code, count, timeout)
+                stack.callback(ours.close)
+                gossip = GossipMember(index, url, gossip_code, count, timeout)
+                stack.callback(gossip.close)
+            ours.wait_until(ours.full, "full room")
+            gossip.wait_full()
+            members = {"ours": ours, "gossip": gossip}
+            state = member_model(seeds[index], layout)
+            for method, run in schedule(config["runs"]):
+                gc.collect()
+                barrier.wait(timeout)
+                started = time.monotonic()
+                result = members[method].run_round(state, run)
+                done = time.monotonic()
+                report = {"index": index, "method": method, "run": run}
+                report.update(t_start=started, t_done=done)
+                report.update(members[method].wire_bytes(state, result, run))
+                report["max_error"] = max_error(result, layout, seeds)
+                del result
+                results.put(report)
+            barrier.wait(timeout)  # nobody closes before the last round is over everywhere
+    except BaseException:  # noqa: BLE001 (reported to the parent, which stops the run)
+        results.put({"index": index, "error": traceback.format_exc()})
+        barrier.abort()
+
+
+def schedule(runs: int) -> list[tuple[str, int]]:
+    """(method, run) pairs, run -1 being the warm-up; the first method alternates per run."""
+    items = []
+    for run in range(-1, runs):
+        order = METHODS if run % 2 else METHODS[::-1]
+        items += [(method, run) for method in order]
+    return items
+
+
+# --- the parent ------------------------------------------------------------------------------
+
+
+def relay_bytes(http_url: str) -> dict[str, float]:
+    """The relay's byte counters from /metrics, parsed by the Prometheus client library."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(http_url + "/metrics", timeout=10) as response:
+        text = response.read().decode()
+    counters = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name in ("relay_bytes_received_total", "relay_bytes_sent_total"):
+                direction = sample.name.split("_")[2]
+                counters[f"{direction}_{sample.labels['kind']}"] = sample.value
+    return counters
+
+
+def run_members(count: int, args: argparse.Namespace) -> list[dict]:
+    """Every round of one member count; one report per (method, run)."""
+    from segmentation_suite.relay_process import RelayProcess
+
+    context = multiprocessing.get_context("spawn")  # the transport is not fork-safe
+    with RelayProcess(*RELAY_OPTIONS) as relay:
+        barrier = context.Barrier(count + 1)
+        results = context.Queue()
+        inboxes = [context.Queue() for _ in range(count)]
+        config = {
+            "url": relay.url,
+            "layout": str(args.layout),
+            "members": count,
+            "seed": args.seed,
+            "runs": args.runs,
+            "timeout": args.timeout,
+        }
+        workers = [
+            context.Process(
+                target=member_main,
+                args=(config, i, inboxes[i], barrier, results),
+                name=f"member {i}",
+            )
+            for i in range(count)
+        ]
+        for worker in workers:
+            worker.start()
+        rounds = []
+        try:
+            first = next_report(results, args.timeout * 2)
+            for inbox in inboxes[1:]:
+                inbox.put(first["codes"])
+            for method, run in schedule(args.runs):
+                before = relay_bytes(relay.http_url)
+                barrier.wait(args.timeout * 2)  # setup (torch import, models) the first time
+                reports = [next_report(results, args.timeout) for _ in range(count)]
+                after = relay_bytes(relay.http_url)
+                counted = {k: after[k] - before[k] for k in after}
+                rounds.append(summarize_round(method, run, count, reports, counted))
+                figure = rounds[-1]
+                print(
+                    f"  {count} members, {method} run {run}: {figure['seconds']:.2f} s, "
+                    f"{figure['relay_bytes'] / MiB:.1f} MiB",
+                    file=sys.stderr,
+                )
+            barrier.wait(args.timeout)
+        finally:
+            for worker in workers:
+                worker.join(timeout=15)
+                if worker.is_alive():
+                    worker.terminate()
+                    worker.join(5)
+    return rounds
+
+
+def next_report(results: Any, timeout: float) -> dict:
+    report = results.get(timeout=timeout)
+    if "error" in report:
+        raise RuntimeError(f"member {report['index']} failed:\n{report['error']}")
+    return report
+
+
+def summarize_round(method: str, run: int, count: int, reports: list, counted: dict) -> dict:
+    if sorted(r["index"] for r in reports) != list(range(count)):
+        raise RuntimeError(f"round reports out of step: {reports}")
+    if any(r["method"] != method or r["run"] != run for r in reports):
+        raise RuntimeError(f"expected {method} run {run}, got {reports}")
+    seconds = max(r["t_done"] for r in reports) - min(r["t_start"] for r in reports)
+    relay_total = sum(counted.values())
+    return {
+        "members": count,
+        "method": method,
+        "run": run,
+        "seconds": seconds,
+        "relay_bytes": relay_total,
+        "relay": counted,
+        "max_error": max(r["max_error"] for r in reports),
+        "push_bytes": sum(r.get("push_bytes", 0) for r in reports),
+        "global_bytes": sum(r.get("global_bytes", 0) for r in reports),
+        "received_bytes": sum(r.get("received_bytes", 0) for r in reports),
+    }
+
+
+def table(rounds: list[dict]) -> tuple[str, list[str]]:
+    """The medians and ratios as a Markdown table, and the targets missed."""
+    lines = [
+        "| members | method | wall time (s) | through the relay (MiB) | max error |",
+        "|---|---|---|---|---|",
+    ]
+    missed = []
+    ratios = []
+    for count in sorted({r["members"] for r in rounds}):
+        medians = {}
+        for method in METHODS:
+            runs = [r for r in rounds if r["members"] == count and r["method"] == method]
+            runs = [r for r in runs if r["run"] >= 0]
+            seconds = statistics.median(r["seconds"] for r in runs)
+            size = statistics.median(r["relay_bytes"] for r in runs)
+            error = max(r["max_error"] for r in runs)
+            medians[method] = (seconds, size)
+            lines.append(f"| {count} | {method} | {seconds:.3f} | {size / MiB:.1f} | {error:.1e} |")
+            if error > TOLERANCE:
+                missed.append(f"{method} with {count} members: wrong average (error {error:.1e})")
+        time_ratio = medians["gossip"][0] / medians["ours"][0]
+        byte_ratio = medians["gossip"][1] / medians["ours"][1]
+        byte_target = BYTE_TARGETS.get(count)
+        ratios.append(
+            f"{count} members: gossip/ours time {time_ratio:.1f}x (target >= {TIME_TARGET:g}x), "
+            f"bytes {byte_ratio:.2f}x" + (f" (target >= {byte_target:g}x)" if byte_target else "")
+        )
+        if time_ratio < TIME_TARGET:
+            missed.append(f"{count} members: time ratio {time_ratio:.1f}x < {TIME_TARGET:g}x")
+        if byte_target and byte_ratio < byte_target:
+            missed.append(f"{count} members: byte ratio {byte_ratio:.2f}x < {byte_target:g}x")
+    return "\n".join(lines + [""] + ratios), missed
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--members", default="4,8", help="member counts, comma-separated")
+    parser.add_argument("--runs", type=int, default=3, help="counted rounds per method")
+    parser.add_argument("--layout", type=Path, default=DEFAULT_LAYOUT)
+    parser.add_argument("--seed", type=int, default=1000)
+    parser.add_argument("--timeout", type=float, default=180, help="seconds, per wait")
+    parser.add_argument("--json", type=Path, help="write every round's figures here")
+    parser.add_argument("--check", action="store_true", help="exit 1 if a target is missed")
+    args = parser.parse_args(argv)
+    counts = [int(n) for n in args.members.split(",") if n.strip()]
+    if any(n < 2 for n in counts) or args.runs < 1:
+        parser.error("every member count must be at least 2, and --runs at least 1")
+    rounds = []
+    for count in counts:
+        rounds += run_members(count, args)
+    text, missed = table(rounds)
+    print(text)
+    print(f"\n(layout {args.layout.name}; load average {os.getloadavg()[0]:.2f})")
+    if args.json:
+        args.json.write_text(json.dumps({"rounds": rounds, "missed": missed}, indent=1))
+    for line in missed:
+        print(f"MISSED: {line}", file=sys.stderr)
+    return 1 if args.check and missed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,70 @@
+"""Smoke test of bench/bench_fedavg.py: two members, a tiny layout, one round of each method.
+
+No timing is asserted (the machine is shared); the figures must exist, the averages be right,
+and the relay's byte counters agree with what the members say they sent: gossip's binaries
+crossed the relay once in and N-1 times out, byte for byte; ours added only frame headers to
+one push in and out, and the global model in once and out to the N-1 others.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from helpers.relay_process import relay_binary
+
+ROOT = Path(__file__).resolve().parents[2]
+BENCH = ROOT / "bench" / "bench_fedavg.py"
+HEADERS = 512  # bytes of frame headers the relay may count on top of ours' payloads
+
+
+def test_bench_fedavg_two_members_tiny_layout(tmp_path):
+    pytest.importorskip("torch", reason="the gossip method needs torch (torch.save/load)")
+    if not relay_binary().exists():
+        pytest.skip(f"relay binary {relay_binary()} not built (make -C relay_server)")
+    layout = [
+        {"name": "conv.weight", "shape": [16, 8, 3, 3], "dtype": "float32"},
+        {"name": "bn.num_batches_tracked", "shape": [], "dtype": "int64"},
+        {"name": "head.weight", "shape": [50_000], "dtype": "float32"},
+        {"name": "head.bias", "shape": [2], "dtype": "float32"},
+    ]
+    layout_file = tmp_path / "layout.json"
+    layout_file.write_text(json.dumps({"layout": layout}))
+    out = tmp_path / "rounds.json"
+    command = [sys.executable, str(BENCH), "--members", "2", "--runs", "1", "--timeout", "60"]
+    command += ["--layout", str(layout_file), "--json", str(out)]
+    finished = subprocess.run(command, capture_output=True, text=True, timeout=240, cwd=ROOT)
+    assert finished.returncode == 0, finished.stderr
+    assert "| 2 | ours |" in finished.stdout and "| 2 | gossip |" in finished.stdout
+    assert "2 members: gossip/ours time" in finished.stdout
+
+    rounds = json.loads(out.read_text())["rounds"]
+    # One warm-up and one counted round of each method.
+    assert sorted((r["method"], r["run"]) for r in rounds) == [
+        ("gossip", -1),
+        ("gossip", 0),
+        ("ours", -1),
+        ("ours", 0),
+    ]
+    members = 2
+    for r in rounds:
+        relay = r["relay"]
+        assert r["members"] == members
+        assert r["seconds"] > 0 and r["max_error"] < 2e-3
+        assert r["relay_bytes"] == sum(relay.values())
+        assert relay["received_text"] > 0 and relay["sent_text"] > 0
+        pushes = r["push_bytes"]
+        assert pushes > 50_000  # float16 of the layout's 51,154 floats at least
+        if r["method"] == "gossip":
+            assert relay["received_binary"] == pushes
+            assert relay["sent_binary"] == (members - 1) * pushes == r["received_bytes"]
+        else:
+            model = r["global_bytes"]
+            assert model > 50_000
+            extra_in = relay["received_binary"] - (pushes + model)
+            extra_out = relay["sent_binary"] - (pushes + (members - 1) * model)
+            assert 0 < extra_in < HEADERS and 0 < extra_out < HEADERS, relay
