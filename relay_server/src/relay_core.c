@@ -536,15 +536,21 @@ static void room_not_found(struct relay *relay, struct connection *connection)
     send_error(relay, connection, "ROOM_NOT_FOUND", "Room not found", NULL);
 }
 
+/* What join_room and resume start with: the rate limit first, so that guesses beyond it are
+ * refused without being evaluated, then the room code and the identity (answered if bad). */
+static bool read_join_request(struct relay *relay, struct connection *connection, json_t *payload,
+                              char code[ROOM_CODE_LENGTH + 1], struct identity *identity)
+{
+    return allow_join_attempt(relay, connection) &&
+           read_room_code(relay, connection, payload, code) &&
+           read_identity(relay, connection, payload, identity);
+}
+
 static void handle_join_room(struct relay *relay, struct connection *connection, json_t *payload)
 {
-    /* The rate limit comes first, so guesses beyond it are refused without being evaluated. */
-    if (!allow_join_attempt(relay, connection))
-        return;
     char code[ROOM_CODE_LENGTH + 1];
     struct identity identity;
-    if (!read_room_code(relay, connection, payload, code) ||
-        !read_identity(relay, connection, payload, &identity))
+    if (!read_join_request(relay, connection, payload, code, &identity))
         return;
     struct room *room = code[0] ? find_room(relay, code) : NULL;
     if (!room) {
@@ -578,12 +584,9 @@ static struct member *find_member(struct room *room, const char *user_id)
 
 static void handle_resume(struct relay *relay, struct connection *connection, json_t *payload)
 {
-    if (!allow_join_attempt(relay, connection))
-        return;
     char code[ROOM_CODE_LENGTH + 1];
     struct identity identity;
-    if (!read_room_code(relay, connection, payload, code) ||
-        !read_identity(relay, connection, payload, &identity))
+    if (!read_join_request(relay, connection, payload, code, &identity))
         return;
     const char *token =
         string_field(relay, connection, payload, "resume_token", RESUME_TOKEN_HEX_LENGTH, false);
