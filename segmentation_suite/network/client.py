@@ -305,17 +305,21 @@ class SyncClient:
         else:
             self._send_json(join_room_message(room_code, self.user_id, self.display_name))
 
+    def _open_connection(self):
+        """A new WebSocket to the relay with this client's settings (raises on failure)."""
+        return transport.connect(
+            self._url,
+            headers=self.headers,
+            ca_file=self.ca_file,
+            connect_timeout=self.connect_timeout,
+            ping_interval=self.ping_interval,
+            ping_timeout=self.ping_timeout,
+        )
+
     def _connect(self) -> bool:
         """Opens the WebSocket and starts the dispatcher; False (error reported) on failure."""
         try:
-            connection = transport.connect(
-                self._url,
-                headers=self.headers,
-                ca_file=self.ca_file,
-                connect_timeout=self.connect_timeout,
-                ping_interval=self.ping_interval,
-                ping_timeout=self.ping_timeout,
-            )
+            connection = self._open_connection()
         except (ConnectionError, ValueError) as exc:
             self._report(_describe_connect_failure(self._url, exc))
             return False
@@ -837,14 +841,7 @@ class SyncClient:
             if self._closing:
                 return
             try:
-                connection = transport.connect(
-                    self._url,
-                    headers=self.headers,
-                    ca_file=self.ca_file,
-                    connect_timeout=self.connect_timeout,
-                    ping_interval=self.ping_interval,
-                    ping_timeout=self.ping_timeout,
-                )
+                connection = self._open_connection()
             except (ConnectionError, ValueError) as exc:
                 log.info("reconnect attempt %d failed: %s", attempt + 1, exc)
                 continue
