@@ -2,6 +2,7 @@
  * TCP socket and runs the event loop; this file does the RFC 6455 handshake, keepalive and close
  * handshake, wslay parses the frames and put_frame() writes them, block-wise, not per byte. */
 #define _GNU_SOURCE /* memmem */
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -585,18 +586,22 @@ static int on_writeable(struct connection *conn, struct raw_websocket *raw, stru
 
 /* ---- keepalive ---------------------------------------------------------------------------- */
 
-/* Once a second: a ping after `secs_since_valid_ping` without a pong, and the socket dropped
- * after `secs_since_valid_hangup` (finish_connection() then names the silence). */
+/* Once a second: a ping after `secs_since_valid_ping` of silence, and the socket dropped when
+ * that ping stays unanswered for the rest of `secs_since_valid_hangup` (finish_connection()
+ * then names the silence). Hanging up only on an unanswered ping keeps a one-second timer from
+ * dropping a live peer whose pong was simply not due yet. */
 static void on_timer(struct connection *conn, struct raw_websocket *raw, struct lws *wsi)
 {
     double now = transport_monotonic_seconds();
     double silent = now - conn->last_proof_of_life;
-    if (silent >= conn->keepalive.secs_since_valid_hangup) {
+    double answer_within =
+        conn->keepalive.secs_since_valid_hangup - conn->keepalive.secs_since_valid_ping;
+    bool ping_unanswered = raw->last_ping > conn->last_proof_of_life;
+    if (ping_unanswered && now - raw->last_ping >= answer_within) {
         lws_set_timeout(wsi, PENDING_TIMEOUT_USER_OK, LWS_TO_KILL_ASYNC);
         return;
     }
-    if (silent >= conn->keepalive.secs_since_valid_ping &&
-        now - raw->last_ping >= conn->keepalive.secs_since_valid_ping) {
+    if (!ping_unanswered && silent >= conn->keepalive.secs_since_valid_ping) {
         raw->last_ping = now;
         raw->ping_due = 1;
         lws_callback_on_writable(wsi);
