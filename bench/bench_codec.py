@@ -1,5 +1,5 @@
 """Weight codec benchmark on the original app's model layout (2D U-Net, 166 tensors, 31.1 M
-parameters, /work/shared/data/unet_deep_dice_v2_layout.json) with random float32 weights.
+parameters, tests/vectors/unet_deep_dice_v2_layout.json) with random float32 weights.
 
 Compares, in one run and on the same weights, serialize and deserialize through our codec
 with the original app's way (float16 + torch.save + gzip level 1, and without gzip;
@@ -34,7 +34,9 @@ import numpy as np
 from segmentation_suite.network import _relayclient
 from segmentation_suite.network.codec import deserialize_weights, serialize_weights
 
-DEFAULT_LAYOUT = Path("/work/shared/data/unet_deep_dice_v2_layout.json")
+DEFAULT_LAYOUT = (
+    Path(__file__).resolve().parents[1] / "tests" / "vectors" / "unet_deep_dice_v2_layout.json"
+)
 
 
 @dataclass

@@ -3,7 +3,7 @@ the relay on loopback, from "the sender starts serializing" to "the receiver hol
 deserialized dict of torch tensors", ours against the original app's way.
 
 The model is the original app's (2D U-Net, 166 tensors, 124.5 MB as float32;
-/work/shared/data/unet_deep_dice_v2_layout.json) with seeded random weights. One relay_server
+tests/vectors/unet_deep_dice_v2_layout.json) with seeded random weights. One relay_server
 process; the sender and the receiver are two more processes, each with two connections (one
 room per client kind) that stay open for the whole run. Methods:
 
@@ -48,7 +48,9 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-DEFAULT_LAYOUT = Path("/work/shared/data/unet_deep_dice_v2_layout.json")
+DEFAULT_LAYOUT = (
+    Path(__file__).resolve().parents[1] / "tests" / "vectors" / "unet_deep_dice_v2_layout.json"
+)
 METHODS = ("ours-f16", "ours-f32", "codec-ws", "moss")
 MiB = 1024 * 1024
 SENDER, RECEIVER = "sender", "receiver"

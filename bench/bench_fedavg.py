@@ -1,7 +1,7 @@
 """One FedAvg round through the relay: ours (host aggregation) against MOSS-style gossip.
 
 N members on loopback, each with its own copy of a model (the original app's 2D U-Net by
-default, /work/shared/data/unet_deep_dice_v2_layout.json, seeded random weights), end the
+default, tests/vectors/unet_deep_dice_v2_layout.json, seeded random weights), end the
 round holding the average of all N models. One relay_server process; each member is its own
 process with one connection of each kind, open for the whole run:
 
@@ -51,7 +51,9 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-DEFAULT_LAYOUT = Path("/work/shared/data/unet_deep_dice_v2_layout.json")
+DEFAULT_LAYOUT = (
+    Path(__file__).resolve().parents[1] / "tests" / "vectors" / "unet_deep_dice_v2_layout.json"
+)
 METHODS = ("ours", "gossip")
 MiB = 1024 * 1024
 NUM_SAMPLES = 64  # the same for everyone, so FedAvg's weighted mean is the plain mean

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-LAYOUT_FILE = Path("/work/shared/data/unet_deep_dice_v2_layout.json")
+LAYOUT_FILE = Path(__file__).resolve().parents[1] / "vectors" / "unet_deep_dice_v2_layout.json"
 
 
 def unet_layout() -> list[dict]:

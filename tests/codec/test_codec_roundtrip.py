@@ -25,7 +25,7 @@ from segmentation_suite.network.codec import (
     serialize_weights,
 )
 
-UNET_LAYOUT = Path("/work/shared/data/unet_deep_dice_v2_layout.json")
+UNET_LAYOUT = Path(__file__).resolve().parents[1] / "vectors" / "unet_deep_dice_v2_layout.json"
 INTEGER_AND_BOOL = [
     "bool",
     "uint8",
