@@ -211,7 +211,9 @@ def test_bench_harness_quick_against_python_peer(tmp_path):
     assert expected <= set(metrics)
     for name in expected:
         value = metrics[name]["py-websockets"]
-        assert math.isfinite(value) and value > 0, (name, value)
+        # CPU time comes from /proc in 10 ms ticks: a run this small may use less than one.
+        smallest = 0 if name.endswith("_cpu") else 1e-12
+        assert math.isfinite(value) and value >= smallest, (name, value)
     # Every byte sent reached all four receivers, counted exactly by the load generator.
     for label, size, count in (("16MiB", 16 << 20, fanout_counts[0]), ("1MiB", 1 << 20, 8)):
         (run,) = report["raw"][f"fanout_{label}_mbps"]["py-websockets"]
