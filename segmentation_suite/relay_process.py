@@ -40,14 +40,17 @@ def find_relay_binary() -> Path:
 
 
 class RelayProcess:
-    """A relay on a free loopback port, stopped (SIGTERM) when the `with` block ends."""
+    """A relay on a free loopback port (or `host`:`port`), stopped (SIGTERM) when the `with`
+    block ends."""
 
-    def __init__(self, *options: str, host: str = "127.0.0.1", env: dict | None = None):
+    def __init__(
+        self, *options: str, host: str = "127.0.0.1", port: int = 0, env: dict | None = None
+    ):
         self.options = list(options)
         self.host = host
         self.env = env
         self.process: subprocess.Popen | None = None
-        self.port = 0
+        self.port = port
         self.scheme = "ws"
 
     @property
@@ -59,7 +62,11 @@ class RelayProcess:
         return f"{'https' if self.scheme == 'wss' else 'http'}://{self.host}:{self.port}"
 
     def start(self, timeout: float = 10) -> RelayProcess:
-        command = [str(find_relay_binary()), "--listen", self.host, "--port", "0", *self.options]
+        command = [
+            str(find_relay_binary()),
+            *("--listen", self.host, "--port", str(self.port)),
+            *self.options,
+        ]
         self.process = subprocess.Popen(
             command,
             stdout=subprocess.PIPE,

@@ -1,8 +1,9 @@
 /* fuzz_control.c — libFuzzer harness over the relay core: the input is a script of events for
  * three connections (text and control messages, binary chunks with and without frame headers,
- * writes, drops and reconnects, timer ticks, reservations), played as the transport would play
- * them. Checks what must always hold: framing of every written message, JSON text to room
- * members, connection count, and that everything queued drains once all receivers write. */
+ * writes, drops and reconnects, timer ticks, reservations; rooms or one LAN session), played as the
+ * transport would play them. Checks what must always hold: framing of every written message, JSON
+ * text to room members, connection count, and that everything queued drains once all receivers
+ * write. */
 #include <jansson.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -20,6 +21,7 @@
 #define KNOWN_CODES 4
 #define MAX_EVENTS 512
 #define PAYLOAD_FROM_INPUT 8
+#define FUZZ_LAN_TOKEN "fuzz-lan-host"
 #define CHUNK_UNIT 97 /* chunk sizes are a byte times this: up to ~24 KiB, past the buffers */
 
 /* The transport and the client of one connection. */
@@ -215,8 +217,9 @@ static void send_control(struct peer *peer, struct script *s)
     case 0:
         n = snprintf(text, sizeof text,
                      "{\"type\":\"create_room\",\"payload\":{\"user_id\":\"%s\","
-                     "\"display_name\":\"N\\\"%u\"%s}}",
-                     peer->user_id, detail, features);
+                     "\"display_name\":\"N\\\"%u\"%s%s}}",
+                     peer->user_id, detail, features,
+                     detail & 16 ? ",\"host_token\":\"" FUZZ_LAN_TOKEN "\"" : "");
         break;
     case 1:
         n = snprintf(
@@ -231,7 +234,10 @@ static void send_control(struct peer *peer, struct script *s)
                      code, peer->user_id, peers[(detail >> 2) % PEERS].token);
         break;
     case 3:
-        n = snprintf(text, sizeof text, "{\"type\":\"leave_room\"}");
+        n = detail & 1
+                ? snprintf(text, sizeof text,
+                           "{\"type\":\"hello\",\"payload\":{\"user_id\":\"%s\"}}", peer->user_id)
+                : snprintf(text, sizeof text, "{\"type\":\"leave_room\"}");
         break;
     case 4:
         n = snprintf(text, sizeof text, "{\"type\":\"chat\",\"payload\":{\"n\":%u}} ", detail);
@@ -438,6 +444,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     config.ping_interval_seconds = 30;
     config.idle_timeout_seconds = 200;
     config.slow_receiver_timeout_seconds = 15;
+    config.lan_mode = setup & 2; /* one LAN session (create_room with the token, hello) */
+    snprintf(config.lan_host_token, sizeof config.lan_host_token, "%s", FUZZ_LAN_TOKEN);
 
     static const unsigned char secret[RELAY_SECRET_BYTES] = {7};
     now = 1000;

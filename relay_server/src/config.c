@@ -28,8 +28,8 @@ enum option_kind {
     OPTION_FLAG,       /* bool; a flag without value, or 1/0 true/false yes/no on/off in env */
     OPTION_FILE,       /* a path to a readable regular file, stored as a string */
     OPTION_PATH,       /* a path that may not exist yet, stored as a string */
-    OPTION_TOKEN_FILE, /* a file whose contents become the access token */
-    OPTION_TOKEN,      /* the access token itself: environment only, never a flag */
+    OPTION_TOKEN_FILE, /* a file whose contents become a token (access or LAN host) */
+    OPTION_TOKEN,      /* a token itself: environment only, never a flag */
     OPTION_HELP,
     OPTION_VERSION,
 };
@@ -42,6 +42,7 @@ enum option_group {
     GROUP_TIMEOUTS,
     GROUP_FLOW_CONTROL,
     GROUP_LOGGING,
+    GROUP_LAN,
     GROUP_TESTING,
     GROUP_GENERAL,
     GROUP_COUNT,
@@ -51,8 +52,8 @@ static const char *const group_titles[GROUP_COUNT] = {
     [GROUP_NETWORK] = "Network",   [GROUP_TLS] = "TLS (wss://)",
     [GROUP_ACCESS] = "Access",     [GROUP_LIMITS] = "Limits",
     [GROUP_TIMEOUTS] = "Timeouts", [GROUP_FLOW_CONTROL] = "Flow control",
-    [GROUP_LOGGING] = "Logging",   [GROUP_TESTING] = "Testing",
-    [GROUP_GENERAL] = "General",
+    [GROUP_LOGGING] = "Logging",   [GROUP_LAN] = "LAN session (AggregationServer)",
+    [GROUP_TESTING] = "Testing",   [GROUP_GENERAL] = "General",
 };
 
 struct enum_choice {
@@ -152,6 +153,23 @@ static const struct option_spec options[] = {
      FIELD(secret_file),
      .help = "key for resume tokens, created (mode 0600) if missing; without it rooms cannot "
              "be re-opened after a restart"},
+    {"lan-host-token-file",
+     "FILE",
+     {"RELAY_LAN_HOST_TOKEN_FILE"},
+     OPTION_TOKEN_FILE,
+     GROUP_LAN,
+     NULL,
+     FIELD(lan_host_token),
+     .help = "serve one LAN session: the connection whose create_room carries this file's "
+             "token (host_token) hosts it; the others send hello"},
+    {NULL,
+     "TOKEN",
+     {"RELAY_LAN_HOST_TOKEN"},
+     OPTION_TOKEN,
+     GROUP_LAN,
+     NULL,
+     FIELD(lan_host_token),
+     .help = "the LAN host token itself (there is no flag: it would show in ps)"},
     {"max-message-size",
      "BYTES",
      {"RELAY_MAX_MESSAGE_SIZE"},
@@ -483,36 +501,35 @@ static int check_readable_file(const char *source, const char *path, struct erro
     return 0;
 }
 
-/* Tokens travel in an HTTP header or a query string, so only visible ASCII is allowed; this
- * also rules out a stray space or carriage return that would make every client fail. The
- * messages never include the token. */
-static int store_token(struct relay_config *config, const char *source, const char *token,
-                       size_t length, struct error_sink *error)
+/* Tokens travel in an HTTP header, a query string or a JSON field, so only visible ASCII is
+ * allowed; this also rules out a stray space or carriage return that would make every client
+ * fail. The messages never include the token. */
+static int store_token(struct relay_config *config, const struct option_spec *spec,
+                       const char *source, const char *token, size_t length,
+                       struct error_sink *error)
 {
+    char *field = (char *)config + spec->offset;
     while (length > 0 && (token[length - 1] == '\n' || token[length - 1] == '\r'))
         length--;
     if (length == 0)
-        return fail(error, "%s: the access token is empty", source);
-    if (length >= sizeof config->access_token)
-        return fail(error, "%s: the access token is longer than %zu bytes", source,
-                    sizeof config->access_token - 1);
+        return fail(error, "%s: the token is empty", source);
+    if (length >= spec->field_size)
+        return fail(error, "%s: the token is longer than %zu bytes", source, spec->field_size - 1);
     for (size_t i = 0; i < length; i++)
         if ((unsigned char)token[i] <= 0x20 || (unsigned char)token[i] >= 0x7F)
-            return fail(error,
-                        "%s: the access token may only contain printable ASCII without spaces",
+            return fail(error, "%s: the token may only contain printable ASCII without spaces",
                         source);
-    memcpy(config->access_token, token, length);
-    config->access_token[length] = '\0';
-    config->access_token_set = true;
+    memcpy(field, token, length);
+    field[length] = '\0';
     return 0;
 }
 
-static int load_token_file(struct relay_config *config, const char *source, const char *path,
-                           struct error_sink *error)
+static int load_token_file(struct relay_config *config, const struct option_spec *spec,
+                           const char *source, const char *path, struct error_sink *error)
 {
     char shown[160];
     /* One byte more than a token may have (plus "\r\n"), to tell "too long" from "fits". */
-    char contents[sizeof config->access_token + 2];
+    char contents[TOKEN_MAX_BYTES + 2];
     if (check_readable_file(source, path, error) != 0)
         return -1;
     FILE *file = fopen(path, "rb");
@@ -524,7 +541,7 @@ static int load_token_file(struct relay_config *config, const char *source, cons
     fclose(file);
     if (read_failed)
         return fail(error, "%s: cannot read %s", source, quoted(path, shown, sizeof shown));
-    return store_token(config, source, contents, length, error);
+    return store_token(config, spec, source, contents, length, error);
 }
 
 static int parse_flag_value(const char *text, bool *value)
@@ -610,9 +627,9 @@ static int apply_value(struct relay_config *config, const struct option_spec *sp
     case OPTION_TOKEN_FILE:
         if (*value == '\0')
             return fail(error, "%s: expected a file name, got an empty string", source);
-        return load_token_file(config, source, value, error);
+        return load_token_file(config, spec, source, value, error);
     case OPTION_TOKEN:
-        return store_token(config, source, value, strlen(value), error);
+        return store_token(config, spec, source, value, strlen(value), error);
     case OPTION_HELP:
     case OPTION_VERSION:
         break;
@@ -678,6 +695,18 @@ static bool spelled_out(const char *typed, const char *name)
 {
     size_t length = strcspn(typed + 2, "=");
     return strlen(name) == length && strncmp(typed + 2, name, length) == 0;
+}
+
+/* For a token given in the environment (OPTION_TOKEN), the option naming a file with the same
+ * token; NULL for every other option. */
+static const struct option_spec *token_file_of(const struct option_spec *spec)
+{
+    if (spec->kind != OPTION_TOKEN)
+        return NULL;
+    for (size_t i = 0; i < OPTION_COUNT; i++)
+        if (options[i].kind == OPTION_TOKEN_FILE && options[i].offset == spec->offset)
+            return &options[i];
+    return NULL;
 }
 
 /* Reads argv with getopt_long, remembering the last value of each flag; nothing is applied yet
@@ -767,24 +796,31 @@ int config_load(struct relay_config *config, int argc, char **argv, char *error_
         return 1;
     }
 
-    /* Two ways to give the token are fine, two at once is a mistake the user should hear of;
-     * a --token-file flag overrides both environment variables like any flag. */
-    const struct option_spec *token_file = find_option("token-file");
-    if (!flag_values[token_file - options] && getenv("RELAY_TOKEN") && getenv("RELAY_TOKEN_FILE"))
-        return fail(&error, "RELAY_TOKEN and RELAY_TOKEN_FILE are both set; set only one");
+    /* Two ways to give a token are fine, two at once is a mistake the user should hear of;
+     * a token file flag overrides both environment variables like any flag. */
+    for (size_t i = 0; i < OPTION_COUNT; i++) {
+        const struct option_spec *file = token_file_of(&options[i]);
+        if (file && !flag_values[file - options] && getenv(options[i].env[0]) &&
+            getenv(file->env[0]))
+            return fail(&error, "%s and %s are both set; set only one", options[i].env[0],
+                        file->env[0]);
+    }
 
     struct setting settings[OPTION_COUNT];
     bool present[OPTION_COUNT];
     for (size_t i = 0; i < OPTION_COUNT; i++) {
         const struct option_spec *spec = &options[i];
         const char *flag_value = flag_values[i];
-        /* RELAY_TOKEN gives way to a --token-file flag rather than conflicting with it. */
-        bool overridden = spec->kind == OPTION_TOKEN && flag_values[token_file - options];
+        /* A token's environment variable gives way to its file flag rather than conflicting. */
+        const struct option_spec *file = token_file_of(spec);
+        bool overridden = file && flag_values[file - options];
         present[i] = !overridden && find_setting(spec, flag_value, &settings[i]);
         if (present[i] &&
             apply_value(config, spec, settings[i].source, settings[i].value, &error) != 0)
             return -1;
     }
+    config->access_token_set = config->access_token[0] != '\0';
+    config->lan_mode = config->lan_host_token[0] != '\0';
 
     const struct option_spec *cert = find_option("tls-cert"), *key = find_option("tls-key");
     bool has_cert = present[cert - options], has_key = present[key - options];

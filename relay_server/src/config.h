@@ -12,6 +12,8 @@ enum log_format { LOG_FORMAT_TEXT, LOG_FORMAT_JSON };
 enum log_level { LOG_LEVEL_DEBUG, LOG_LEVEL_INFO, LOG_LEVEL_WARN, LOG_LEVEL_ERROR };
 enum flow_policy { FLOW_THROTTLE_SENDER, FLOW_DROP_RECEIVER };
 
+#define TOKEN_MAX_BYTES 255
+
 struct relay_config {
     /* --listen ADDRESS (RELAY_LISTEN, default "0.0.0.0"); --port N (RELAY_PORT or PORT,
      * default 8787; 0 picks a free port, printed on stdout as "listening on HOST:PORT") */
@@ -34,7 +36,7 @@ struct relay_config {
     unsigned join_attempts_per_minute;
     /* --token-file FILE (RELAY_TOKEN_FILE) or RELAY_TOKEN: optional shared access token.
      * Never on the command line (it would show in ps); never logged. */
-    char access_token[256];
+    char access_token[TOKEN_MAX_BYTES + 1];
     bool access_token_set;
     /* --secret-file FILE (RELAY_SECRET_FILE): key for resume tokens; created (mode 0600) if
      * missing. Without it a random per-process secret is used and rooms cannot be re-opened
@@ -60,6 +62,11 @@ struct relay_config {
      * debug|info|warn|error (RELAY_LOG_LEVEL, default info) */
     enum log_format log_format;
     enum log_level log_level;
+    /* --lan-host-token-file FILE (RELAY_LAN_HOST_TOKEN_FILE) or RELAY_LAN_HOST_TOKEN: serve one
+     * LAN session instead of rooms. The connection that sends `create_room` with this token in
+     * `host_token` is the session's host; everyone else says `hello` and talks only to it. */
+    char lan_host_token[TOKEN_MAX_BYTES + 1];
+    bool lan_mode;
     /* --enable-echo (RELAY_ENABLE_ECHO=1): test-only /echo endpoint for RFC 6455 conformance */
     bool enable_echo;
 };

@@ -237,6 +237,8 @@ static int serve_create_room(struct lws *wsi)
     char address[64], code[ROOM_CODE_LENGTH + 1], body[64];
     peer_address(wsi, address, sizeof(address));
     const char *error = relay_reserve_room(server.relay, address, now_seconds(), code);
+    if (error && !strcmp(error, "LAN_SESSION"))
+        return respond(wsi, 404, "application/json", "{\"error\":\"This is a LAN session\"}", 33);
     if (error && !strcmp(error, "RATE_LIMITED"))
         return respond(wsi, 429, "application/json", "{\"error\":\"Rate limited\"}", 24);
     if (error)

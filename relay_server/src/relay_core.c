@@ -4,6 +4,7 @@
 #include "relay_core.h"
 
 #include <jansson.h>
+#include <openssl/crypto.h>
 #include <search.h>
 #include <stddef.h>
 #include <stdio.h>
@@ -44,6 +45,8 @@ struct room {
     struct member *members;
     size_t member_count;   /* including away members */
     double reserved_until; /* an empty room made by POST /api/create-room lives until then */
+    /* LAN mode: the host every other member talks to (and the only one they hear from) */
+    struct member *hub;
 };
 
 struct relay {
@@ -66,7 +69,8 @@ struct relay {
     size_t members_away;
     struct rate_limiter *join_limiter;
     double last_sweep;
-    json_t *relay_info; /* the "relay" object of room_created/room_joined */
+    json_t *relay_info;    /* the "relay" object of room_created/room_joined */
+    struct room *lan_room; /* LAN mode: the one session, while its host is connected */
     struct relay_metrics metrics;
 };
 
@@ -278,12 +282,29 @@ static size_t connected_members(const struct room *room, const struct member *ex
     return count;
 }
 
+/* LAN mode narrows `count` receivers of what `sender` sends to the host alone (none when the
+ * sender is the host, whose messages go to everyone): members talk only to the host. */
+static size_t lan_hub_only(const struct room *room, const struct member *sender,
+                           struct connection **receivers, size_t count)
+{
+    if (sender == room->hub)
+        return count;
+    for (size_t i = 0; i < count; i++)
+        if (receivers[i] == room->hub->connection) {
+            receivers[0] = receivers[i];
+            return 1;
+        }
+    return 0;
+}
+
 /* Sends `type` {user_id, display_name, users, ...extra} to everyone in the room but `subject`. */
 static void tell_room(struct relay *relay, struct room *room, struct member *subject,
                       const char *type, json_t *extra)
 {
     struct connection *receivers[room->member_count + 1];
     size_t count = connected_members(room, subject, receivers);
+    if (room->hub) /* LAN: the host keeps the members informed itself (user_list) */
+        count = lan_hub_only(room, subject, receivers, count);
     json_t *payload = json_pack("{s:s, s:s, s:o}", "user_id", subject->user_id, "display_name",
                                 subject->display_name, "users", user_list(room));
     if (extra) {
@@ -315,6 +336,8 @@ static struct room *create_room(struct relay *relay, const char *code)
 
 static void delete_room(struct relay *relay, struct room *room)
 {
+    if (relay->lan_room == room)
+        relay->lan_room = NULL;
     tdelete(room, &relay->rooms_by_code, compare_rooms);
     LIST_REMOVE(room, link);
     relay->room_count--;
@@ -376,8 +399,16 @@ static void remove_member(struct relay *relay, struct member *member)
     else
         relay->members_away--;
     log_event(LOG_LEVEL_INFO, "user_left", "room", room->code, "user", member->user_id, NULL);
-    if (room->member_count > 0)
+    if (member == room->hub) {
+        /* Without its host a LAN session cannot go on: send its members away. */
+        room->hub = NULL;
+        relay->lan_room = NULL;
+        for (struct member *m = room->members; m; m = m->next)
+            if (m->connection && !m->connection->closing)
+                begin_close(relay, m->connection, 1001, "the LAN host left", -1);
+    } else if (room->member_count > 0) {
         tell_room(relay, room, member, "user_left", NULL);
+    }
     free(member->sender_suffix);
     free(member);
     if (room->member_count == 0)
@@ -490,6 +521,80 @@ static bool can_create_room(struct relay *relay, struct connection *connection)
     relay->metrics.rejected[REJECT_TOO_MANY_ROOMS]++;
     send_error(relay, connection, "TOO_MANY_ROOMS", "The relay has too many rooms", NULL);
     return false;
+}
+
+/* --- LAN mode: one session, a host (the AggregationServer) and members who say hello ------ */
+
+static void refuse_in_lan_mode(struct relay *relay, struct connection *connection)
+{
+    relay->metrics.rejected[REJECT_INVALID_MESSAGE]++;
+    send_error(relay, connection, "LAN_SESSION",
+               "This is a LAN session, not a relay: connect with hello", NULL);
+}
+
+/* create_room with the host token: the host opens the session (once). */
+static void open_lan_session(struct relay *relay, struct connection *connection, json_t *payload)
+{
+    json_t *token = json_object_get(payload, "host_token");
+    const char *expected = relay->config.lan_host_token;
+    size_t length = strlen(expected);
+    if (!json_is_string(token) || json_string_length(token) != length ||
+        CRYPTO_memcmp(json_string_value(token), expected, length) != 0) {
+        refuse_in_lan_mode(relay, connection);
+        return;
+    }
+    if (relay->lan_room) {
+        send_error(relay, connection, "LAN_HOST_TAKEN", "The LAN session already has a host", NULL);
+        return;
+    }
+    struct identity identity;
+    if (!read_identity(relay, connection, payload, &identity))
+        return;
+    leave_current_room(relay, connection);
+    char code[ROOM_CODE_LENGTH + 1];
+    struct room *room = new_room_code(relay, code) ? create_room(relay, code) : NULL;
+    struct member *host =
+        room ? add_member(room, connection, identity.user_id, identity.display_name, false) : NULL;
+    if (!host) {
+        if (room)
+            delete_room(relay, room);
+        send_error(relay, connection, "INTERNAL", "Could not open the LAN session", NULL);
+        return;
+    }
+    room->hub = host;
+    relay->lan_room = room;
+    log_event(LOG_LEVEL_INFO, "lan_session_opened", "room", code, "user", identity.user_id, "peer",
+              connection->peer_address, NULL);
+    send_json(relay, &connection, 1,
+              json_pack("{s:s, s:o}", "type", "room_created", "payload",
+                        membership_payload(relay, host)));
+}
+
+/* hello {user_id, display_name}: a member joins the session; the host answers it (welcome). */
+static void handle_hello(struct relay *relay, struct connection *connection, json_t *payload)
+{
+    struct identity identity;
+    if (!allow_join_attempt(relay, connection) ||
+        !read_identity(relay, connection, payload, &identity))
+        return;
+    struct room *room = relay->lan_room;
+    if (!room) {
+        relay->metrics.rejected[REJECT_ROOM_NOT_FOUND]++;
+        send_error(relay, connection, "NO_HOST", "The LAN session has no host yet", NULL);
+        return;
+    }
+    if (connection->member && connection->member->room == room)
+        return; /* said hello twice: already in */
+    if (!room_has_space(relay, connection, room))
+        return;
+    leave_current_room(relay, connection);
+    struct member *member =
+        add_member(room, connection, identity.user_id, identity.display_name, false);
+    if (!member)
+        return;
+    log_event(LOG_LEVEL_INFO, "user_joined", "room", room->code, "user", identity.user_id, "peer",
+              connection->peer_address, NULL);
+    tell_room(relay, room, member, "user_joined", NULL);
 }
 
 static void handle_create_room(struct relay *relay, struct connection *connection, json_t *payload)
@@ -681,6 +786,8 @@ static void forward_text(struct relay *relay, struct connection *connection, jso
     for (struct member *m = room->members; m; m = m->next)
         if (m != sender && m->connection && !m->connection->closing && addressed_to(to, m->user_id))
             receivers[count++] = m->connection;
+    if (room->hub)
+        count = lan_hub_only(room, sender, receivers, count);
     if (count == 0) {
         relay->metrics.dropped[DROP_NO_RECIPIENT]++;
         return;
@@ -709,6 +816,22 @@ static void forward_text(struct relay *relay, struct connection *connection, jso
     memcpy(spliced + end - 1, sender->sender_suffix, sender->sender_suffix_length);
     send_text_to(relay, receivers, count, spliced, spliced_length);
     free(spliced);
+}
+
+/* The control messages of a LAN session; everything else is forwarded (members to the host). */
+static void handle_lan_text(struct relay *relay, struct connection *connection, json_t *root,
+                            const char *name, json_t *payload, const char *text, size_t length)
+{
+    if (!strcmp(name, "create_room"))
+        open_lan_session(relay, connection, payload);
+    else if (!strcmp(name, "hello"))
+        handle_hello(relay, connection, payload);
+    else if (!strcmp(name, "join_room") || !strcmp(name, "resume"))
+        refuse_in_lan_mode(relay, connection);
+    else if (!strcmp(name, "leave_room"))
+        leave_current_room(relay, connection);
+    else
+        forward_text(relay, connection, root, text, length);
 }
 
 static void handle_text(struct relay *relay, struct connection *connection, const char *text,
@@ -740,7 +863,9 @@ static void handle_text(struct relay *relay, struct connection *connection, cons
     json_t *empty = json_object();
     if (!payload)
         payload = empty;
-    if (!strcmp(name, "create_room"))
+    if (relay->config.lan_mode)
+        handle_lan_text(relay, connection, root, name, payload, text, length);
+    else if (!strcmp(name, "create_room"))
         handle_create_room(relay, connection, payload);
     else if (!strcmp(name, "join_room"))
         handle_join_room(relay, connection, payload);
@@ -823,6 +948,8 @@ static bool route_binary(struct relay *relay, struct connection *connection,
         if (wanted)
             receivers[count++] = m->connection;
     }
+    if (room->hub)
+        count = lan_hub_only(room, sender, receivers, count);
     if (count == 0) {
         relay->metrics.dropped[DROP_NO_RECIPIENT]++;
         *drop = true;
@@ -1230,6 +1357,8 @@ const char *relay_reserve_room(struct relay *relay, const char *peer_address, do
                                char code[ROOM_CODE_LENGTH + 1])
 {
     relay->now = now;
+    if (relay->config.lan_mode)
+        return "LAN_SESSION";
     double retry_after;
     if (!rate_limiter_allow(relay->join_limiter, peer_address, now, &retry_after)) {
         relay->metrics.rejected[REJECT_RATE_LIMITED]++;

@@ -110,8 +110,8 @@ void relay_connection_closed(struct relay *relay, struct connection *connection,
 /* Timers: resume grace, reserved rooms, pings, idle and slow-receiver timeouts. Call ~1/s. */
 void relay_tick(struct relay *relay, double now);
 
-/* POST /api/create-room: reserves an empty room. Returns 0 and the code, or an error code
- * string ("RATE_LIMITED", "TOO_MANY_ROOMS"). */
+/* POST /api/create-room: reserves an empty room. Returns NULL and the code, or an error code
+ * string ("RATE_LIMITED", "TOO_MANY_ROOMS", "LAN_SESSION"). */
 const char *relay_reserve_room(struct relay *relay, const char *peer_address, double now,
                                char code[ROOM_CODE_LENGTH + 1]);
 

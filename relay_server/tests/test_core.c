@@ -1182,6 +1182,123 @@ static void test_close_all_closes_every_connection_1001(void **state)
     assert_int_equal(relay_connection_count(h->relay), 0);
 }
 
+/* --- LAN mode: one session, members talk only to its host ------------------------------- */
+
+#define LAN_TOKEN "lan-host-token-0123456789"
+
+static void start_lan_session(struct harness *h)
+{
+    struct relay_config config;
+    harness_config(&config);
+    snprintf(config.lan_host_token, sizeof config.lan_host_token, "%s", LAN_TOKEN);
+    config.lan_mode = true;
+    use_config(h, &config);
+    harness_open(h, 0, "127.0.0.1", false);
+    harness_text(h, 0,
+                 "{\"type\":\"create_room\",\"payload\":{\"user_id\":\"hub\",\"host_token\":\""
+                 "wrong-token\"}}");
+    harness_expect_error(h, 0, "LAN_SESSION");
+    harness_text(h, 0,
+                 "{\"type\":\"create_room\",\"payload\":{\"user_id\":\"hub\",\"display_name\":"
+                 "\"Host\",\"host_token\":\"" LAN_TOKEN "\"}}");
+    harness_expect(h, 0, "room_created");
+}
+
+static void say_hello(struct harness *h, int index, const char *user_id)
+{
+    char text[160];
+    snprintf(text, sizeof text,
+             "{\"type\":\"hello\",\"payload\":{\"user_id\":\"%s\",\"display_name\":\"%s\"}}",
+             user_id, user_id);
+    harness_text(h, index, text);
+    json_t *joined = json_payload(harness_expect(h, 0, "user_joined"));
+    assert_string_equal(json_text(joined, "user_id"), user_id);
+    harness_expect_nothing(h, index); /* the host, not the relay, answers with welcome */
+}
+
+static void test_lan_members_talk_only_to_the_host(void **state)
+{
+    struct harness *h = harness_of(state);
+    start_lan_session(h);
+    harness_open(h, 1, "10.0.0.2", false);
+    harness_open(h, 2, "10.0.0.3", false);
+    say_hello(h, 1, "alice");
+    say_hello(h, 2, "bob");
+    harness_expect_nothing(h, 1); /* alice hears nothing of bob's arrival from the relay */
+
+    harness_text(h, 1, "{\"type\":\"weights_push\"}");
+    assert_string_equal(harness_expect_text(h, 0),
+                        "{\"type\":\"weights_push\",\"sender_id\":\"alice\",\"sender_name\":"
+                        "\"alice\"}");
+    harness_expect_nothing(h, 2);
+    harness_text(h, 1, "{\"type\":\"chat\",\"to\":[\"bob\"]}"); /* not even when named */
+    harness_expect_nothing(h, 2);
+    harness_expect_nothing(h, 0);
+
+    harness_text(h, 0, "{\"type\":\"welcome\",\"to\":[\"alice\"]}");
+    harness_expect(h, 1, "welcome");
+    harness_expect_nothing(h, 2);
+    harness_text(h, 0, "{\"type\":\"user_list\"}");
+    harness_expect(h, 1, "user_list");
+    harness_expect(h, 2, "user_list");
+
+    unsigned char message[FRAME_HEADER_MAX_SIZE + 300];
+    size_t header = make_header(message, "alice", NULL);
+    fill_pattern(message + header, 300, 5);
+    harness_binary(h, 1, message, header + 300, 100);
+    expect_binary_equal(h, 0, message, header + 300);
+    harness_expect_nothing(h, 2);
+    header = make_header(message, "hub", NULL);
+    harness_binary(h, 0, message, header + 300, 300);
+    expect_binary_equal(h, 1, message, header + 300);
+    expect_binary_equal(h, 2, message, header + 300);
+}
+
+static void test_lan_session_has_one_host_and_refuses_rooms(void **state)
+{
+    struct harness *h = harness_of(state);
+    start_lan_session(h);
+    harness_open(h, 1, "10.0.0.2", false);
+    harness_text(
+        h, 1,
+        "{\"type\":\"create_room\",\"payload\":{\"user_id\":\"x\",\"host_token\":\"" LAN_TOKEN
+        "\"}}");
+    harness_expect_error(h, 1, "LAN_HOST_TAKEN");
+    harness_text(h, 1,
+                 "{\"type\":\"join_room\",\"payload\":{\"room_code\":\"ABCDEF\","
+                 "\"user_id\":\"x\"}}");
+    harness_expect_error(h, 1, "LAN_SESSION");
+    harness_text(h, 1, "{\"type\":\"create_room\",\"payload\":{\"user_id\":\"x\"}}");
+    harness_expect_error(h, 1, "LAN_SESSION");
+    char code[ROOM_CODE_LENGTH + 1];
+    assert_string_equal(relay_reserve_room(h->relay, "10.0.0.2", h->now, code), "LAN_SESSION");
+    harness_text(h, 1, "{\"type\":\"hello\",\"payload\":{}}");
+    assert_string_equal(json_text(harness_expect_error(h, 1, "INVALID_FIELD"), "field"), "user_id");
+}
+
+static void test_lan_host_leaving_ends_the_session(void **state)
+{
+    struct harness *h = harness_of(state);
+    start_lan_session(h);
+    harness_open(h, 1, "10.0.0.2", false);
+    harness_open(h, 2, "10.0.0.3", false);
+    say_hello(h, 1, "alice");
+    say_hello(h, 2, "bob");
+    harness_closed(h, 1);
+    json_t *left = json_payload(harness_expect(h, 0, "user_left"));
+    assert_string_equal(json_text(left, "user_id"), "alice");
+    harness_expect_nothing(h, 2);
+
+    harness_closed(h, 0);
+    assert_int_equal(h->transports[2].close_calls, 1);
+    assert_int_equal(h->transports[2].close_code, 1001);
+    harness_closed(h, 2);
+    assert_int_equal(relay_room_count(h->relay), 0);
+    harness_open(h, 3, "10.0.0.4", false);
+    harness_text(h, 3, "{\"type\":\"hello\",\"payload\":{\"user_id\":\"carol\"}}");
+    harness_expect_error(h, 3, "NO_HOST");
+}
+
 static void test_reserved_room_is_joinable_then_expires(void **state)
 {
     struct harness *h = harness_of(state);
@@ -1256,6 +1373,9 @@ int run_core_tests(size_t *test_count)
         CORE_TEST(test_pings_at_the_interval),
         CORE_TEST(test_close_all_closes_every_connection_1001),
         CORE_TEST(test_reserved_room_is_joinable_then_expires),
+        CORE_TEST(test_lan_members_talk_only_to_the_host),
+        CORE_TEST(test_lan_session_has_one_host_and_refuses_rooms),
+        CORE_TEST(test_lan_host_leaving_ends_the_session),
     };
 #undef CORE_TEST
     return UNIT_RUN_GROUP("core", tests, NULL, NULL, test_count);

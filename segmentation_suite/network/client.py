@@ -50,6 +50,7 @@ from .protocol import (
     create_chunk_start_message,
     create_global_model_message,
     create_goodbye_message,
+    create_hello_message,
     create_request_model_message,
     create_room_message,
     create_session_info_message,
@@ -66,6 +67,9 @@ from .session import generate_user_id
 
 log = logging.getLogger(__name__)
 
+#: The relay's close reason when a LAN session's host left: the session is over, not dropped.
+LAN_HOST_LEFT = "the LAN host left"
+
 #: Marks an announcement whose binaries carry the frame header (ignored by original clients).
 FRAMED_FIELD = "framed"
 
@@ -77,6 +81,9 @@ _RELAY_ERRORS = {
     ErrorCode.RATE_LIMITED.value: "Too many join attempts from this address; try again in "
     "{retry_after} s",
     ErrorCode.INVALID_RESUME_TOKEN.value: "The relay refused to resume the session in room {code}",
+    ErrorCode.NO_HOST.value: "The LAN session at {url} has no host: ask the host to start it again",
+    ErrorCode.LAN_SESSION.value: "{url} serves a LAN session, not relay rooms: join it by its "
+    "address (LAN mode)",
 }
 
 
@@ -278,13 +285,20 @@ class SyncClient:
                 "one with relay_config.save_user_relay_url()"
             )
             return
+        if self._begin("relay", _websocket_url(found.url), user_name, room_code):
+            threading.Thread(
+                target=self._open_relay_session, args=(room_code,), name="sync-connect", daemon=True
+            ).start()
+
+    def _begin(self, mode: str, url: str, user_name: str, room_code: str | None) -> bool:
+        """Resets the session state for a new connection; False (reported) if one is open."""
         with self._lock:
             if self._connection is not None and self._connection.open:
                 self._report("Already connected: disconnect() first")
-                return
+                return False
             self.display_name = user_name or self.user_id
-            self._mode = "relay"
-            self._url = _websocket_url(found.url)
+            self._mode = mode
+            self._url = url
             self._room_code = room_code
             self._closing = False
             self._in_room = False
@@ -292,9 +306,7 @@ class SyncClient:
             self._capabilities = None
             self._users = []
             self._host_id = None
-        threading.Thread(
-            target=self._open_relay_session, args=(room_code,), name="sync-connect", daemon=True
-        ).start()
+        return True
 
     def _open_relay_session(self, room_code: str | None) -> None:
         self.sync_status.emit(f"Connecting to {self._url}")
@@ -584,7 +596,9 @@ class SyncClient:
                 text += f" ({payload['details']})"
         else:
             text = template.format(
-                code=self._room_code or "", retry_after=payload.get("retry_after", 60)
+                code=self._room_code or "",
+                retry_after=payload.get("retry_after", 60),
+                url=self._url,
             )
         if code == ErrorCode.INVALID_RESUME_TOKEN.value or (
             self._reconnecting and code == ErrorCode.ROOM_NOT_FOUND.value
@@ -650,21 +664,6 @@ class SyncClient:
 
     def _on_goodbye(self, message: Message) -> None:
         log.info("%s says goodbye", message.sender_name or message.payload["user_id"])
-
-    _HANDLERS = {
-        MessageType.ROOM_CREATED: _on_room_created,
-        MessageType.ROOM_JOINED: _on_room_joined,
-        MessageType.USER_JOINED: _on_user_joined,
-        MessageType.USER_LEFT: _on_user_left,
-        MessageType.ERROR: _on_error,
-        MessageType.WEIGHTS_PUSH: _on_weights_push,
-        MessageType.GLOBAL_MODEL: _on_global_model,
-        MessageType.CHUNK_START: _on_chunk_start,
-        MessageType.TRAINING_DATA: _on_training_data,
-        MessageType.REQUEST_MODEL: _on_request_model,
-        MessageType.SESSION_INFO: _on_session_info,
-        MessageType.GOODBYE: _on_goodbye,
-    }
 
     def _on_binary(self, data: memoryview) -> None:
         try:
@@ -791,15 +790,17 @@ class SyncClient:
         if self._round is not None and self.is_host:
             self._round.set_members(self._member_ids())
 
-    def _accept_push(self, sender: str, weights: dict, metadata: dict) -> None:
+    def _accept_push(self, sender: str, weights: dict, metadata: dict) -> bool:
+        """Adds a push to the round; False (reported) if the round refused it."""
         num_samples = as_num_samples(metadata.get("num_samples"))
         try:
             self._ensure_round().add(sender, weights, num_samples)
         except ValueError as exc:
             self._report(f"Push from {self._name_of(sender)} rejected: {exc}")
-            return
+            return False
         info = {k: metadata.get(k) for k in ("epoch", "loss", "num_samples")}
         self.weights_received.emit(sender, info)
+        return True
 
     def _on_round_complete(self, weights: dict, aggregation_round: int, contributors: list) -> None:
         self._global_weights = weights
@@ -827,6 +828,10 @@ class SyncClient:
         if closing or not was_in_room:
             if was_in_room:
                 self.disconnected.emit()
+            return
+        if self._mode == "direct" and reason == LAN_HOST_LEFT:
+            self._report("The LAN host ended the session")
+            self.disconnected.emit()
             return
         log.warning("connection to %s lost (%s %s); reconnecting", self._url, code, reason)
         self.sync_status.emit(f"Connection lost ({code} {reason or ''}); reconnecting")
@@ -860,6 +865,8 @@ class SyncClient:
         self.disconnected.emit()
 
     def _rejoin_message(self) -> Message:
+        if self._mode == "direct":
+            return create_hello_message(self.user_id, self.display_name)
         if self._resume_token and self._room_code:
             return resume_message(
                 self._room_code, self.user_id, self.display_name, self._resume_token
@@ -896,8 +903,74 @@ class SyncClient:
     # --- LAN mode ---------------------------------------------------------------------------
 
     def connect_direct(self, host_ip: str, port: int, user_name: str) -> None:
-        """Joins a LAN session hosted by an AggregationServer at host_ip:port."""
-        self._report("LAN mode is not available in this version; use a relay room")
+        """Joins a LAN session hosted by an AggregationServer at host_ip:port; `connected`
+        follows once the host has welcomed this member, or `error`."""
+        if not isinstance(port, int) or not 0 < port < 65536:
+            self._report(f"Cannot join {host_ip}:{port}: the port must be 1 to 65535")
+            return
+        host = f"[{host_ip}]" if ":" in host_ip else host_ip
+        if self._begin("direct", f"ws://{host}:{port}/ws", user_name, None):
+            threading.Thread(
+                target=self._open_direct_session, name="sync-connect", daemon=True
+            ).start()
+
+    def _open_direct_session(self) -> None:
+        self.sync_status.emit(f"Connecting to the LAN host at {self._url}")
+        if self._connect():
+            self._send_json(create_hello_message(self.user_id, self.display_name))
+
+    def _on_welcome(self, message: Message) -> None:
+        payload = message.payload
+        users = [u for u in payload["user_list"] if isinstance(u, dict)]
+        resumed = self._reconnecting
+        self._enter_room({"relay": payload.get("relay")}, users)
+        host_id = payload.get("host_id")
+        self._host_id = host_id if isinstance(host_id, str) else None
+        if payload.get("architecture"):
+            self._architecture = payload["architecture"]
+            self.architecture_received.emit(self._architecture)
+        if resumed:
+            self.sync_status.emit("Back in the LAN session")
+        else:
+            self.sync_status.emit(f"Joined the LAN session at {self._url}")
+            self.connected.emit()
+        self.user_list_updated.emit(self.users)
+
+    def _on_user_list(self, message: Message) -> None:
+        """LAN mode: the host's list of who is in the session, after every join and leave."""
+        before = {u.get("user_id"): u for u in self._users}
+        self._users = [u for u in message.payload["users"] if isinstance(u, dict)]
+        now = {u.get("user_id"): u for u in self._users}
+        for user_id in now.keys() - before.keys() - {self.user_id}:
+            self.user_joined_room.emit(now[user_id].get("display_name") or user_id)
+        for user_id in before.keys() - now.keys():
+            self.user_left_room.emit(before[user_id].get("display_name") or user_id)
+        self.user_list_updated.emit(self.users)
+
+    def _on_weights_ack(self, message: Message) -> None:
+        if message.payload["received"]:
+            self.sync_status.emit("The host received these weights")
+        else:
+            self._report("The host could not use these weights")
+
+    # Message type -> handler, for every text message a client acts on.
+    _HANDLERS = {
+        MessageType.ROOM_CREATED: _on_room_created,
+        MessageType.ROOM_JOINED: _on_room_joined,
+        MessageType.USER_JOINED: _on_user_joined,
+        MessageType.USER_LEFT: _on_user_left,
+        MessageType.ERROR: _on_error,
+        MessageType.WEIGHTS_PUSH: _on_weights_push,
+        MessageType.GLOBAL_MODEL: _on_global_model,
+        MessageType.CHUNK_START: _on_chunk_start,
+        MessageType.TRAINING_DATA: _on_training_data,
+        MessageType.REQUEST_MODEL: _on_request_model,
+        MessageType.SESSION_INFO: _on_session_info,
+        MessageType.GOODBYE: _on_goodbye,
+        MessageType.WELCOME: _on_welcome,
+        MessageType.USER_LIST: _on_user_list,
+        MessageType.WEIGHTS_ACK: _on_weights_ack,
+    }
 
 
 class HostClient(SyncClient):

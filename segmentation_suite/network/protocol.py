@@ -100,6 +100,10 @@ class ErrorCode(str, Enum):
     RATE_LIMITED = "RATE_LIMITED"
     INVALID_RESUME_TOKEN = "INVALID_RESUME_TOKEN"
     BAD_FRAME_HEADER = "BAD_FRAME_HEADER"
+    # LAN mode (a relay serving one AggregationServer's session)
+    LAN_SESSION = "LAN_SESSION"
+    LAN_HOST_TAKEN = "LAN_HOST_TAKEN"
+    NO_HOST = "NO_HOST"
 
 
 class CloseCode(IntEnum):

@@ -1,25 +1,115 @@
-"""AggregationServer: the host side of a LAN session (no relay).
+"""AggregationServer: the host side of a LAN session (no relay on the internet).
 
-Not built yet: the issue requires the LAN WebSocket server to be C, and reusing the relay
-binary needs a relay change first (members of a LAN session cannot learn the room code; see
-docs/network-api.md, "LAN mode"). Until then `start()` reports that through `error` and
-returns None, so an app falls back to a relay room instead of failing obscurely.
+The WebSocket server is the relay binary in LAN mode (relay_server --lan-host-token-file; see
+docs/protocol.md, "LAN mode"): C, the same code that serves relay rooms. The server starts it
+on the port the user chose and connects to it over loopback as the session's host, proving
+it with a random token that only this process knows. Members say `hello`; the relay lets them
+talk only to the host. The host answers each with `welcome`, keeps every member's user list up
+to date (`user_list`), acknowledges pushes (`weights_ack`), aggregates rounds exactly as the
+room creator does in relay mode (host.AggregationRound) and broadcasts the global model.
+
+The app's own member (the person hosting also trains) is a HostClient connected to the same
+port, like any other member.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import secrets
+import socket
+import time
+from typing import Any
 
-from .protocol import DEFAULT_PORT
+from .client import SyncClient
+from .protocol import (
+    DEFAULT_PORT,
+    Message,
+    MessageType,
+    create_room_message,
+    create_user_list_message,
+    create_weights_ack_message,
+    create_welcome_message,
+)
 from .qt import Signal
+from .session import get_local_ip
 
 log = logging.getLogger(__name__)
 
-LAN_UNAVAILABLE = "LAN mode is not available in this version; create a relay room instead"
+HUB_NAME = "LAN host"
+
+
+class _LanHub(SyncClient):
+    """The server's connection to its relay: the session's host, a member that never trains."""
+
+    def __init__(self, server: AggregationServer, host_token: str):
+        super().__init__(
+            aggregation_timeout=server.aggregation_timeout,
+            min_contributors=server.min_contributors,
+            reconnect_attempts=0,
+        )
+        self._server = server
+        self._host_token = host_token
+        self._relay_info: Any = None
+
+    def open(self, url: str) -> bool:
+        """Connects and claims the session; True once the relay made this the host."""
+        if not self._begin("direct", url, HUB_NAME, None) or not self._connect():
+            return False
+        message = create_room_message(self.user_id, HUB_NAME, features=())
+        message.payload["host_token"] = self._host_token
+        self._send_json(message)
+        return True
+
+    def members(self) -> list[dict]:
+        """Who is in the session: every member but this connection."""
+        return [u for u in self._users if u.get("user_id") != self.user_id]
+
+    def _on_room_created(self, message: Message) -> None:
+        self._relay_info = message.payload.get("relay")
+        super()._on_room_created(message)
+
+    def _on_user_joined(self, message: Message) -> None:
+        super()._on_user_joined(message)
+        newcomer = message.payload["user_id"]
+        welcome = create_welcome_message(
+            self._room_code or "", self.members(), self._server.architecture or None
+        )
+        welcome.payload["host_id"] = self.user_id
+        if self._relay_info is not None:
+            welcome.payload["relay"] = self._relay_info
+        self._submit(self._send_json, welcome, [newcomer])
+        self._submit(self._send_json, create_user_list_message(self.members()))
+        self._server.user_connected.emit(message.payload.get("display_name") or newcomer)
+
+    def _on_user_left(self, message: Message) -> None:
+        super()._on_user_left(message)
+        self._submit(self._send_json, create_user_list_message(self.members()))
+        name = message.payload.get("display_name") or message.payload["user_id"]
+        self._server.user_disconnected.emit(name)
+
+    def _accept_push(self, sender: str, weights: dict, metadata: dict) -> bool:
+        received = super()._accept_push(sender, weights, metadata)
+        self._submit(self._send_json, create_weights_ack_message(sender, received), [sender])
+        if received:
+            self._server.weights_received.emit(self._name_of(sender))
+        return received
+
+    def _on_round_complete(self, weights: dict, aggregation_round: int, contributors: list) -> None:
+        super()._on_round_complete(weights, aggregation_round, contributors)
+        self._server.aggregation_complete.emit(weights)
+
+    _HANDLERS = {
+        **SyncClient._HANDLERS,
+        MessageType.ROOM_CREATED: _on_room_created,
+        MessageType.USER_JOINED: _on_user_joined,
+        MessageType.USER_LEFT: _on_user_left,
+    }
 
 
 class AggregationServer:
-    """The original app's LAN host; see the module docstring for its state."""
+    """Hosts a LAN session on this machine; see the module docstring."""
 
     user_connected = Signal(str)
     user_disconnected = Signal(str)
@@ -32,19 +122,133 @@ class AggregationServer:
     def __init__(self, min_contributors: int = 1, aggregation_timeout: float = 60.0):
         self.min_contributors = min_contributors
         self.aggregation_timeout = aggregation_timeout
+        self.architecture = ""
+        self.port = 0
+        self._relay = None
+        self._hub: _LanHub | None = None
 
     @property
     def is_running(self) -> bool:
-        return False
+        return self._hub is not None and self._hub.is_connected
 
     @property
     def client_count(self) -> int:
-        return 0
+        return len(self._hub.members()) if self._hub is not None else 0
+
+    @property
+    def global_weights(self) -> dict | None:
+        return self._hub.global_weights if self._hub is not None else None
 
     def start(self, port: int = DEFAULT_PORT, architecture: str = "") -> str | None:
-        log.error("%s", LAN_UNAVAILABLE)
-        self.error.emit(LAN_UNAVAILABLE)
-        return None
+        """Serves a LAN session on `port` (all interfaces); returns "IP:port" for members to
+        type, or None after reporting why through `error` (port in use, relay missing)."""
+        if self._relay is not None:
+            self._report("The LAN session is already running: stop() it first")
+            return None
+        self.architecture = architecture
+        problem = _port_problem(port)
+        if problem:
+            self._report(problem)
+            return None
+        token = secrets.token_urlsafe(32)
+        try:
+            self._relay = _start_lan_relay(port, token)
+        except (FileNotFoundError, RuntimeError) as exc:
+            self._report(f"Cannot start the LAN session on port {port}: {exc}")
+            return None
+        self.port = self._relay.port
+        hub = _LanHub(self, token)
+        hub.error.connect(self._report)
+        self._hub = hub
+        if not hub.open(f"ws://127.0.0.1:{self.port}/ws") or not _wait_until(
+            lambda: hub.is_connected, 10
+        ):
+            self.stop()
+            self._report(f"Cannot start the LAN session on port {port}: the host did not connect")
+            return None
+        address = f"{get_local_ip()}:{self.port}"
+        log.info("LAN session serving on %s", address)
+        self.server_started.emit(address)
+        return address
 
     def stop(self) -> None:
-        """Nothing runs, so nothing to stop."""
+        """Ends the session: members are disconnected (1001) and the port is freed."""
+        hub, relay = self._hub, self._relay
+        self._hub = self._relay = None
+        if hub is not None:
+            hub.disconnect()
+        if relay is not None:
+            relay.stop()
+            self.server_stopped.emit()
+
+    def set_global_weights(self, weights: dict) -> None:
+        """The model members get on request_model (and broadcast_global_model) until a round
+        closes; e.g. the host's starting weights."""
+        if self._hub is None:
+            self._report("Cannot set the global model: the LAN session is not running")
+            return
+        self._hub._global_weights = weights
+
+    def broadcast_global_model(self) -> None:
+        """Sends the current global model to every member."""
+        hub = self._hub
+        if hub is None or hub.global_weights is None:
+            self._report("No global model to send yet")
+            return
+        hub._submit(hub._send_global_model, hub.global_weights, hub.aggregation_round, 0)
+
+    def trigger_aggregation(self) -> bool:
+        """Closes the current round now with the pushes it has; False if nobody pushed."""
+        return self._hub is not None and self._hub.trigger_aggregation()
+
+    def _report(self, text: str) -> None:
+        log.error("%s", text)
+        self.error.emit(text)
+
+    def __del__(self) -> None:
+        relay = getattr(self, "_relay", None)
+        if relay is not None:
+            with contextlib.suppress(Exception):
+                relay.stop()
+
+
+def _port_problem(port: int) -> str | None:
+    """Why the session cannot listen on `port` (all interfaces), in words; None if it can."""
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port < 65536:
+        return f"Cannot start the LAN session: the port must be 0 to 65535, not {port!r}"
+    if port == 0:
+        return None
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("0.0.0.0", port))
+        except OSError as exc:
+            return f"Cannot start the LAN session: port {port} is in use ({exc.strerror})"
+    return None
+
+
+def _start_lan_relay(port: int, token: str):
+    """relay_server in LAN mode on every interface. The token goes in the environment, which
+    only this user can read (/proc/PID/environ), never on the command line."""
+    from ..relay_process import RelayProcess
+
+    relay = RelayProcess(
+        "--log-level",
+        "warn",
+        host="0.0.0.0",
+        port=port,
+        env={**os.environ, "RELAY_LAN_HOST_TOKEN": token},
+    )
+    relay.start()
+    relay.host = "127.0.0.1"
+    return relay
+
+
+def _wait_until(condition, timeout: float) -> bool:
+    """Polls `condition`; not a signal wait, so that start() works on a Qt GUI thread too."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.01)
+    return False

@@ -1,9 +1,9 @@
 """Room members that run in their own processes (multiprocessing, spawn), for tests/api.
 
-`run_member` joins a room with a SyncClient, reports what its signals say to the test on
-`events` as (name, what, data) tuples, and carries out the commands the test puts on
-`commands`. State dicts are made from a seed, so the test can rebuild what a member sent
-without receiving it.
+`run_member` joins a room with a SyncClient (or a LAN session, for a lan://HOST:PORT url),
+reports what its signals say to the test on `events` as (name, what, data) tuples, and carries
+out the commands the test puts on `commands`. State dicts are made from a seed, so the test
+can rebuild what a member sent without receiving it.
 """
 
 from __future__ import annotations
@@ -63,7 +63,12 @@ def run_member(url, room_code, name, events, commands, options=None) -> None:
     client.global_model_received.connect(
         lambda weights: events.put((name, "global", (sorted(weights),)))
     )
-    client.connect_relay(room_code, name, url)
+    client.connected.connect(report("connected"))
+    if url.startswith("lan://"):  # a LAN session: url is lan://HOST:PORT, room_code unused
+        host, port = url.removeprefix("lan://").rsplit(":", 1)
+        client.connect_direct(host, int(port), name)
+    else:
+        client.connect_relay(room_code, name, url)
     while True:
         try:
             command, *args = commands.get(timeout=300)

@@ -11,8 +11,8 @@ import threading
 from segmentation_suite.network import SyncClient
 
 
-def make_client(recorder, name: str, **options) -> SyncClient:
-    client = SyncClient(**options)
+def make_client(recorder, name: str, client_class=SyncClient, **options) -> SyncClient:
+    client = client_class(**options)
     recorder.clients.append(client)
     for what in ("room_created", "room_joined", "user_joined_room", "user_left_room", "error"):
         getattr(client, what).connect(recorder.record(name, what))
