@@ -1,7 +1,9 @@
-"""Builds the C extension segmentation_suite.network._relayclient.
+"""Builds the C extension segmentation_suite.network._relayclient, and the relay binary.
 
 The extension links the system's libwebsockets and msgpack-c, found with pkg-config. A missing
-library stops the build with the package to install, instead of a compiler error.
+library stops the build with the package to install, instead of a compiler error. A wheel (or
+`pip install .`) also carries relay_server, built with its Makefile, as
+segmentation_suite/bin/relay_server: that is what `segmentation-suite relay` runs.
 """
 
 import shutil
@@ -11,12 +13,15 @@ import tempfile
 from pathlib import Path
 
 from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
 
 # (pkg-config names to try, Debian package, Homebrew formula)
 REQUIRED_LIBRARIES = [
     (["libwebsockets"], "libwebsockets-dev", "libwebsockets"),
     # SHA-1 and base64 of the WebSocket handshake, random masks (lws links it anyway).
     (["libcrypto"], "libssl-dev", "openssl"),
+    # The relay's JSON (the relay binary ships in the package).
+    (["jansson"], "libjansson-dev", "jansson"),
     # RFC 6455 framing of the fast client path. Debian ships no wslay.pc: see FALLBACK_LIBRARIES.
     (["libwslay", "wslay"], "libwslay-dev", "wslay"),
     # msgpack-c is "msgpack-c" from version 6 (Debian 13) and "msgpack" before (Debian 12).
@@ -80,11 +85,31 @@ def find_library_flags() -> tuple[list[str], list[str]]:
     return cflags, libs
 
 
+class BuildExtensionAndRelay(build_ext):
+    """build_ext, then relay_server into the package. An in-place (development) build leaves
+    the relay where `make -C relay_server` puts it, which the source checkout uses, so that no
+    stale copy inside the package can shadow a fresh build."""
+
+    def run(self) -> None:
+        super().run()
+        if self.inplace:
+            return
+        if shutil.which("make") is None:
+            sys.exit("error: make not found. Install it: apt-get install make (Debian/Ubuntu)")
+        relay_build = Path(self.build_temp).resolve() / "relay_server"
+        binary = relay_build / "relay_server"
+        subprocess.run(["make", "-s", "-C", "relay_server", f"BUILD={relay_build}"], check=True)
+        target = Path(self.build_lib) / "segmentation_suite" / "bin" / "relay_server"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(binary, target)
+
+
 cflags, libs = find_library_flags()
 # The frame header is part of the protocol the relay speaks too: one C definition for both.
 sources = sorted(str(p) for p in Path("csrc").glob("*.c")) + ["relay_server/src/frame_header.c"]
 
 setup(
+    cmdclass={"build_ext": BuildExtensionAndRelay},
     ext_modules=[
         Extension(
             "segmentation_suite.network._relayclient",
@@ -100,5 +125,5 @@ setup(
             ],
             extra_link_args=libs,
         )
-    ]
+    ],
 )
