@@ -21,7 +21,8 @@ as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 # Debian names msgpack-c differently across releases (12: libmsgpack-dev, 13: libmsgpack-c-dev),
 # and glib too (13: libglib2.0-0t64), and clang's runtime (needed for libFuzzer) is versioned;
 # pick what this release has. The GL, xkbcommon and fontconfig libraries are what the Qt
-# wheels (PySide6, for the app and its tests) load even offscreen.
+# wheels (PySide6, for the app and its tests) load even offscreen; Xvfb and the xcb libraries
+# are for the app's screenshots, taken on a virtual X display.
 debian_packages() {
     local msgpack=libmsgpack-c-dev glib=libglib2.0-0t64
     apt-cache show libmsgpack-c-dev >/dev/null 2>&1 || msgpack=libmsgpack-dev
@@ -29,19 +30,25 @@ debian_packages() {
     echo build-essential pkg-config git curl ca-certificates openssl \
         libwebsockets-dev libwslay-dev libjansson-dev libssl-dev libcmocka-dev "$msgpack" \
         clang clang-format python3 python3-dev python3-venv \
-        libegl1 libgl1 libopengl0 libxkbcommon0 libfontconfig1 libdbus-1-3 "$glib"
+        libegl1 libgl1 libopengl0 libxkbcommon0 libfontconfig1 libdbus-1-3 "$glib" \
+        xvfb xauth libx11-xcb1 libxkbcommon-x11-0 libxcb-cursor0 libxcb-icccm4 libxcb-image0 \
+        libxcb-keysyms1 libxcb-randr0 libxcb-render-util0 libxcb-shape0 libxcb-shm0 \
+        libxcb-sync1 libxcb-util1 libxcb-xfixes0 libxcb-xkb1
     # Node.js runs the benchmark's peer relay; a machine may already have it from elsewhere.
     command -v npm >/dev/null 2>&1 || echo nodejs npm
 }
 
 install_system_packages() {
-    local stamp=$root/build/.apt-done
-    [ -f "$stamp" ] && return 0
+    # The stamp holds the package list, so that a list grown by a later commit installs again.
+    local stamp=$root/build/.apt-done wanted
+    wanted=$(debian_packages | tr '\n' ' ')
+    [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$wanted" ] && return 0
     local need=()
     # apt-cache needs fresh lists on a new machine, so update before looking anything up.
     say "installing Debian packages (apt-get)"
     as_root apt-get update -qq
-    for pkg in $(debian_packages); do
+    wanted=$(debian_packages | tr '\n' ' ')
+    for pkg in $wanted; do
         dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
     done
     if [ ${#need[@]} -gt 0 ]; then
@@ -53,7 +60,7 @@ install_system_packages() {
         as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
             "libclang-rt-$clang_major-dev" >/dev/null
     fi
-    mkdir -p "$root/build" && touch "$stamp"
+    mkdir -p "$root/build" && printf '%s' "$wanted" >"$stamp"
 }
 
 python_for_venv() {
