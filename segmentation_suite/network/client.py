@@ -181,6 +181,7 @@ class SyncClient:
         # Members this client announced as gone (user_left_room): one that resumes after its
         # grace period expired is announced again, so joins and leaves stay balanced.
         self._reported_left: set[str] = set()
+        self._host_trains = False
         self._crop_images: dict[str, bytes] = {}
 
     # --- properties ---------------------------------------------------------------------
@@ -223,6 +224,17 @@ class SyncClient:
     @property
     def is_host(self) -> bool:
         return self._host_id is not None and self._host_id == self.user_id
+
+    @property
+    def host_trains(self) -> bool:
+        """Host: whether its own push belongs in every round. Set it before the first round
+        when the host trains too; its first `send_weights` sets it anyway."""
+        return self._host_trains
+
+    @host_trains.setter
+    def host_trains(self, value: bool) -> None:
+        self._host_trains = bool(value)
+        self._update_round_members()
 
     @property
     def capabilities(self) -> RelayCapabilities | None:
@@ -360,6 +372,8 @@ class SyncClient:
             self._report(f"Cannot send these weights: {exc}")
             return None
         if self.is_host:
+            if not self._host_trains:
+                self.host_trains = True
             own, _ = decode_weights(data)
             self._accept_push(self.user_id, own, {"num_samples": num_samples, "epoch": epoch})
             future: concurrent.futures.Future = concurrent.futures.Future()
@@ -784,7 +798,13 @@ class SyncClient:
             return self._round
 
     def _member_ids(self) -> list[str]:
-        return [u["user_id"] for u in self._users if u.get("user_id") != self.user_id]
+        """Whose pushes a round waits for: the other members, and the host itself once it
+        trains (else a round could close on the members' pushes just before the host's)."""
+        return [
+            u["user_id"]
+            for u in self._users
+            if u.get("user_id") != self.user_id or self._host_trains
+        ]
 
     def _update_round_members(self) -> None:
         if self._round is not None and self.is_host:

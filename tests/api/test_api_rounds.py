@@ -14,7 +14,7 @@ import time
 
 import numpy as np
 import pytest
-from members import big_layout, layout_tensor, unet_layout
+from members import big_layout, layout_state, layout_tensor, unet_layout
 from test_api_rooms import make_client
 
 from helpers.http_metrics import scrape
@@ -123,3 +123,18 @@ def test_concurrent_chunked_pushes_are_attributed_to_their_senders(any_relay, re
     assert not recorder.of("host", "error")
     check_weighted_mean(host.global_weights, layout, [101, 202], [3, 5])
     assert math.isclose(sum(np.asarray(v).nbytes for v in host.global_weights.values()), 64 * 2**20)
+
+
+def test_training_host_is_waited_for_even_when_members_push_first(relay, recorder, members):
+    """A host that trains (host_trains) is part of every round: a member's quick push does not
+    close the round before the host's own."""
+    host = start_room(recorder, relay().url, members, ["ann"])
+    host.host_trains = True
+    layout = big_layout(1)
+    members.send("ann", "push", 2, 3, 1, layout, None)
+    recorder.wait_for(lambda: recorder.of("host", "weights_received"), 30, "ann's push")
+    time.sleep(0.5)  # a round closing on ann's push alone would show up by now
+    assert not recorder.of("host", "global"), "the round closed without the host"
+    host.send_weights(layout_state(1, layout), epoch=1, loss=0.5, num_samples=1)
+    recorder.wait_for(lambda: recorder.of("host", "global"), 30, "the round to close")
+    check_weighted_mean(recorder.of("host", "global")[0][0], layout, [1, 2], [1, 3])
