@@ -182,6 +182,7 @@ class SyncClient:
         # grace period expired is announced again, so joins and leaves stay balanced.
         self._reported_left: set[str] = set()
         self._host_trains = False
+        self._global_contributors: int | None = None
         self._crop_images: dict[str, bytes] = {}
 
     # --- properties ---------------------------------------------------------------------
@@ -248,6 +249,12 @@ class SyncClient:
     @property
     def aggregation_round(self) -> int:
         return self._aggregation_round
+
+    @property
+    def global_contributors(self) -> int | None:
+        """How many members' pushes the newest global model averages; None when unknown (say,
+        from an original host, or a model set by hand before any round)."""
+        return self._global_contributors
 
     # --- connecting ---------------------------------------------------------------------
 
@@ -501,7 +508,8 @@ class SyncClient:
     def _send_global_model(
         self, weights: dict, aggregation_round: int, contributors: int, to: list[str] | None = None
     ) -> None:
-        data = serialize_weights(weights, metadata={"aggregation_round": aggregation_round})
+        metadata = {"aggregation_round": aggregation_round, "contributor_count": contributors}
+        data = serialize_weights(weights, metadata=metadata)
         announcement = create_global_model_message(aggregation_round, contributors)
         self._send_transfer(announcement, FrameKind.GLOBAL_MODEL, data, to)
 
@@ -668,7 +676,7 @@ class SyncClient:
                 self._send_global_model,
                 self._global_weights,
                 self._aggregation_round,
-                0,
+                self._global_contributors or 0,
                 [requester],
             )
 
@@ -772,6 +780,8 @@ class SyncClient:
             round_number = metadata["extra"].get("aggregation_round")
             if isinstance(round_number, int):
                 self._aggregation_round = round_number
+            count = metadata["extra"].get("contributor_count")
+            self._global_contributors = count if isinstance(count, int) and count > 0 else None
             self.sync_status.emit(f"Global model of round {self._aggregation_round} received")
             self.global_model_received.emit(weights)
         elif kind == FrameKind.TRAINING_IMAGE:
@@ -825,6 +835,7 @@ class SyncClient:
     def _on_round_complete(self, weights: dict, aggregation_round: int, contributors: list) -> None:
         self._global_weights = weights
         self._aggregation_round = aggregation_round
+        self._global_contributors = len(contributors)
         names = {u["user_id"]: u.get("display_name", u["user_id"]) for u in self._users}
         who = describe_contributors(contributors, names)
         self.sync_status.emit(f"Round {aggregation_round} aggregated from {who}")

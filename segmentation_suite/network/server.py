@@ -195,7 +195,8 @@ class AggregationServer:
         if hub is None or hub.global_weights is None:
             self._report("No global model to send yet")
             return
-        hub._submit(hub._send_global_model, hub.global_weights, hub.aggregation_round, 0)
+        count = hub.global_contributors or 0
+        hub._submit(hub._send_global_model, hub.global_weights, hub.aggregation_round, count)
 
     def trigger_aggregation(self) -> bool:
         """Closes the current round now with the pushes it has; False if nobody pushed."""
