@@ -1,0 +1,119 @@
+"""The Training page's data choice: a folder of images and masks, or synthetic images."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from qtpy.QtCore import Signal
+from qtpy.QtWidgets import (
+    QButtonGroup,
+    QFileDialog,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QPushButton,
+    QRadioButton,
+    QSpinBox,
+)
+
+from .workers import DataChoice
+
+
+class DataPanel(QGroupBox):
+    choice_changed = Signal()
+
+    def __init__(self, parent=None):
+        super().__init__("Data", parent)
+        form = QFormLayout(self)
+        self.synthetic_radio = QRadioButton("Built-in synthetic images")
+        self.folder_radio = QRadioButton("A folder of images and masks")
+        self.synthetic_radio.setChecked(True)
+        group = QButtonGroup(self)
+        for radio in (self.synthetic_radio, self.folder_radio):
+            group.addButton(radio)
+            radio.toggled.connect(self._changed)
+
+        form.addRow(self.synthetic_radio)
+        synthetic = QHBoxLayout()
+        self.member_spin = _spin(1, 3, 1, "simulated microscope: each makes different images")
+        self.count_spin = _spin(4, 512, 24, "number of images")
+        self.seed_spin = _spin(0, 1_000_000, 0, "random seed of the images")
+        for label, spin in (
+            ("microscope", self.member_spin),
+            ("images", self.count_spin),
+            ("seed", self.seed_spin),
+        ):
+            synthetic.addWidget(QLabel(label))
+            synthetic.addWidget(spin)
+            spin.valueChanged.connect(self._changed)
+        synthetic.addStretch(1)
+        form.addRow(synthetic)
+
+        form.addRow(self.folder_radio)
+        folder = QHBoxLayout()
+        self.folder_edit = QLineEdit()
+        self.folder_edit.setPlaceholderText("folder with <name>.png and <name>_mask.png")
+        self.folder_edit.editingFinished.connect(self._changed)
+        self.browse_button = QPushButton("Choose folder…")
+        self.browse_button.clicked.connect(self._browse)
+        folder.addWidget(self.folder_edit, 1)
+        folder.addWidget(self.browse_button)
+        form.addRow(folder)
+        self.layout_help = QLabel(_layout_help())
+        self.layout_help.setWordWrap(True)
+        self.layout_help.setStyleSheet("color: palette(mid);")
+        form.addRow(self.layout_help)
+        self.summary_label = QLabel("No data loaded yet")
+        self.summary_label.setWordWrap(True)
+        form.addRow(self.summary_label)
+        self.synthetic_size = 64  # pixels; tests make it smaller
+        self._changed()
+
+    def choice(self) -> DataChoice:
+        if self.folder_radio.isChecked():
+            text = self.folder_edit.text().strip()
+            return DataChoice(folder=Path(text).expanduser() if text else None, size=0)
+        return DataChoice(
+            member=self.member_spin.value() - 1,
+            count=self.count_spin.value(),
+            seed=self.seed_spin.value(),
+            size=self.synthetic_size,
+        )
+
+    def wants_folder_without_one(self) -> bool:
+        return self.folder_radio.isChecked() and not self.folder_edit.text().strip()
+
+    def set_folder(self, path: str) -> None:
+        self.folder_radio.setChecked(True)
+        self.folder_edit.setText(path)
+        self._changed()
+
+    def _browse(self) -> None:
+        path = QFileDialog.getExistingDirectory(self, "Folder of images and masks")
+        if path:
+            self.set_folder(path)
+
+    def _changed(self, *_) -> None:
+        folder = self.folder_radio.isChecked()
+        for widget in (self.member_spin, self.count_spin, self.seed_spin):
+            widget.setEnabled(not folder)
+        self.folder_edit.setEnabled(folder)
+        self.choice_changed.emit()
+
+
+def _spin(low: int, high: int, value: int, tip: str) -> QSpinBox:
+    spin = QSpinBox()
+    spin.setRange(low, high)
+    spin.setValue(value)
+    spin.setToolTip(tip)
+    return spin
+
+
+def _layout_help() -> str:
+    try:
+        from ..training import FOLDER_LAYOUT_HELP
+    except ImportError:  # the training package is optional for the session page
+        return ""
+    return FOLDER_LAYOUT_HELP

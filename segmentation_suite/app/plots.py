@@ -1,0 +1,98 @@
+"""Live loss and Dice curves (pyqtgraph) of the local and the global model."""
+
+from __future__ import annotations
+
+import math
+
+import pyqtgraph as pg
+from qtpy.QtWidgets import QHBoxLayout, QWidget
+
+LOCAL_COLOUR = "#1f77b4"
+GLOBAL_COLOUR = "#d62728"
+
+
+class MetricsPlot(QWidget):
+    """Left: the local model's training loss per epoch. Right: Dice per round of the local
+    model (after local training) and of the global model (after loading it)."""
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        layout = QHBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        self.loss_plot = _plot("Training loss (local model)", "epoch", "loss")
+        self.dice_plot = _plot("Dice on evaluation images", "round", "Dice")
+        self.dice_plot.setYRange(0.0, 1.0)
+        layout.addWidget(self.loss_plot)
+        layout.addWidget(self.dice_plot)
+        self.loss_points: list[tuple[float, float]] = []
+        self.local_dice_points: list[tuple[float, float]] = []
+        self.global_dice_points: list[tuple[float, float]] = []
+        pen = {"width": 2}
+        self._loss_curve = self.loss_plot.plot(
+            [],
+            [],
+            pen=pg.mkPen(LOCAL_COLOUR, **pen),
+            symbol="o",
+            symbolSize=6,
+            symbolBrush=LOCAL_COLOUR,
+            name="local loss",
+        )
+        self._local_curve = self.dice_plot.plot(
+            [],
+            [],
+            pen=pg.mkPen(LOCAL_COLOUR, **pen),
+            symbol="o",
+            symbolSize=7,
+            symbolBrush=LOCAL_COLOUR,
+            name="local model",
+        )
+        self._global_curve = self.dice_plot.plot(
+            [],
+            [],
+            pen=pg.mkPen(GLOBAL_COLOUR, **pen),
+            symbol="s",
+            symbolSize=7,
+            symbolBrush=GLOBAL_COLOUR,
+            name="global model",
+        )
+
+    def add_loss(self, epoch: float, loss: float) -> None:
+        self.loss_points.append((epoch, loss))
+        _show(self.loss_plot, self._loss_curve, self.loss_points)
+
+    def add_round(self, round_number: float, local_dice: float, global_dice: float | None) -> None:
+        self.local_dice_points.append((round_number, local_dice))
+        _show(self.dice_plot, self._local_curve, self.local_dice_points)
+        if global_dice is not None:
+            self.global_dice_points.append((round_number, global_dice))
+            _show(self.dice_plot, self._global_curve, self.global_dice_points)
+
+    def clear(self) -> None:
+        self.loss_points.clear()
+        self.local_dice_points.clear()
+        self.global_dice_points.clear()
+        for curve in (self._loss_curve, self._local_curve, self._global_curve):
+            curve.setData([], [])
+
+    @property
+    def point_count(self) -> int:
+        return len(self.loss_points) + len(self.local_dice_points) + len(self.global_dice_points)
+
+
+def _show(plot: pg.PlotWidget, curve, points: list[tuple[float, float]]) -> None:
+    curve.setData([x for x, _ in points], [y for _, y in points])
+    # Whole epochs and rounds only: about ten labelled ticks, never fractions.
+    last = max(x for x, _ in points)
+    step = max(1, math.ceil(last / 10))
+    plot.getAxis("bottom").setTickSpacing(step, step)
+
+
+def _plot(title: str, x_label: str, y_label: str) -> pg.PlotWidget:
+    plot = pg.PlotWidget(background="w")
+    plot.setTitle(title, color="#222")
+    plot.setLabel("bottom", x_label)
+    plot.setLabel("left", y_label)
+    plot.showGrid(x=True, y=True, alpha=0.25)
+    plot.addLegend(offset=(-10, 10))
+    plot.setMinimumHeight(200)
+    return plot

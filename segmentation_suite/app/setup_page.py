@@ -1,0 +1,298 @@
+"""The Setup page: who you are, where the relay is, and creating or joining a session."""
+
+from __future__ import annotations
+
+import getpass
+
+from qtpy.QtCore import Qt, Signal
+from qtpy.QtWidgets import (
+    QApplication,
+    QButtonGroup,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QListWidget,
+    QPushButton,
+    QRadioButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ..network import relay_config
+from ..network.protocol import DEFAULT_PORT
+from . import session_controller as states
+from .session_controller import SessionController
+from .validators import RoomCodeValidator, is_complete_room_code
+from .widgets import ErrorLabel, big_code_font, heading
+
+
+class SetupPage(QWidget):
+    go_to_training = Signal()
+
+    def __init__(self, session: SessionController, parent=None):
+        super().__init__(parent)
+        self.session = session
+        layout = QVBoxLayout(self)
+        layout.addWidget(heading("Session"))
+        layout.addWidget(self._build_identity())
+        layout.addWidget(self._build_connection())
+        layout.addWidget(self._build_actions())
+        layout.addWidget(self._build_room())
+        self.status_label = QLabel("Not connected")
+        self.status_label.setWordWrap(True)
+        layout.addWidget(self.status_label)
+        self.error_label = ErrorLabel()
+        layout.addWidget(self.error_label)
+        layout.addStretch(1)
+
+        session.state_changed.connect(self._on_state)
+        session.session_ready.connect(self._show_session)
+        session.participants_changed.connect(self._show_participants)
+        session.status_changed.connect(self.status_label.setText)
+        session.error_occurred.connect(self.error_label.show_error)
+        self._on_mode()
+        self._on_state(session.state)
+
+    # --- building -----------------------------------------------------------------------
+
+    def _build_identity(self) -> QGroupBox:
+        box = QGroupBox("You")
+        form = QFormLayout(box)
+        self.name_edit = QLineEdit(_default_name())
+        self.name_edit.setMaxLength(64)
+        form.addRow("Display name:", self.name_edit)
+        return box
+
+    def _build_connection(self) -> QGroupBox:
+        box = QGroupBox("Connection")
+        form = QFormLayout(box)
+        modes = QHBoxLayout()
+        self.relay_radio = QRadioButton("Relay (over the internet)")
+        self.lan_radio = QRadioButton("LAN (same network)")
+        self.relay_radio.setChecked(True)
+        self._mode_group = QButtonGroup(self)
+        for radio in (self.relay_radio, self.lan_radio):
+            self._mode_group.addButton(radio)
+            modes.addWidget(radio)
+            radio.toggled.connect(self._on_mode)
+        modes.addStretch(1)
+        form.addRow("Mode:", modes)
+
+        self.relay_url_edit = QLineEdit()
+        self.relay_url_edit.setPlaceholderText("wss://relay.example.org/ws")
+        self.save_url_button = QPushButton("Save as default")
+        self.save_url_button.setToolTip("Write this URL to your user config file")
+        self.save_url_button.clicked.connect(self._save_relay_url)
+        url_row = QHBoxLayout()
+        url_row.addWidget(self.relay_url_edit, 1)
+        url_row.addWidget(self.save_url_button)
+        self.relay_row_label = QLabel("Relay URL:")
+        form.addRow(self.relay_row_label, url_row)
+        self.relay_source_label = QLabel()
+        self.relay_source_label.setWordWrap(True)
+        self.relay_source_label.setStyleSheet("color: palette(mid);")
+        form.addRow("", self.relay_source_label)
+        self._load_relay_url()
+
+        self.port_spin = QSpinBox()
+        self.port_spin.setRange(1024, 65535)
+        self.port_spin.setValue(DEFAULT_PORT)
+        self.port_row_label = QLabel("LAN port:")
+        form.addRow(self.port_row_label, self.port_spin)
+        return box
+
+    def _build_actions(self) -> QGroupBox:
+        box = QGroupBox("Create or join")
+        row = QHBoxLayout(box)
+        self.create_button = QPushButton("Create Session")
+        self.create_button.clicked.connect(self._create)
+        row.addWidget(self.create_button)
+        row.addSpacing(24)
+        self.code_edit = QLineEdit()
+        self.code_edit.setValidator(RoomCodeValidator(self.code_edit))
+        self.code_edit.setPlaceholderText("room code, e.g. K7QX2M")
+        self.code_edit.returnPressed.connect(self._join)
+        self.address_edit = QLineEdit()
+        self.address_edit.setPlaceholderText("host:port, e.g. 192.168.1.5:8765")
+        self.address_edit.returnPressed.connect(self._join)
+        row.addWidget(self.code_edit, 1)
+        row.addWidget(self.address_edit, 1)
+        self.join_button = QPushButton("Join Session")
+        self.join_button.clicked.connect(self._join)
+        row.addWidget(self.join_button)
+        return box
+
+    def _build_room(self) -> QGroupBox:
+        box = QGroupBox("Your session")
+        layout = QVBoxLayout(box)
+        code_row = QHBoxLayout()
+        self.code_label = QLabel("—")
+        self.code_label.setFont(big_code_font(self.font()))
+        self.code_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.code_hint = QLabel("Create or join a session; its code appears here.")
+        self.copy_button = QPushButton("Copy")
+        self.copy_button.setEnabled(False)
+        self.copy_button.clicked.connect(self._copy_code)
+        code_row.addWidget(self.code_label)
+        code_row.addWidget(self.copy_button)
+        code_row.addStretch(1)
+        layout.addLayout(code_row)
+        layout.addWidget(self.code_hint)
+        layout.addWidget(QLabel("In the room:"))
+        self.participant_list = QListWidget()
+        self.participant_list.setMaximumHeight(140)
+        layout.addWidget(self.participant_list)
+        buttons = QHBoxLayout()
+        self.leave_button = QPushButton("Leave session")
+        self.leave_button.clicked.connect(self.session.leave)
+        self.training_button = QPushButton("Go to training →")
+        self.training_button.clicked.connect(self.go_to_training.emit)
+        buttons.addWidget(self.leave_button)
+        buttons.addStretch(1)
+        buttons.addWidget(self.training_button)
+        layout.addLayout(buttons)
+        return box
+
+    # --- reading what the user typed ----------------------------------------------------
+
+    @property
+    def display_name(self) -> str:
+        return self.name_edit.text().strip() or _default_name()
+
+    @property
+    def is_lan(self) -> bool:
+        return self.lan_radio.isChecked()
+
+    def _load_relay_url(self) -> None:
+        """Fills the URL field by the network API's lookup order and says where it came from."""
+        try:
+            found = relay_config.find_relay_url()
+        except ValueError:
+            found = None  # the source label below says what is wrong with the setting
+        if found is not None and not self.relay_url_edit.text():
+            self.relay_url_edit.setText(found.url)
+        self._describe_relay_url()
+        self.relay_url_edit.textChanged.connect(self._describe_relay_url)
+
+    def _describe_relay_url(self, *_) -> None:
+        """Where the URL in the field comes from: the lookup order, or typed here."""
+        typed = self.relay_url_edit.text().strip()
+        try:
+            found = relay_config.find_relay_url()
+        except ValueError:
+            found = None
+        if not typed or (found is not None and typed == found.url):
+            self.relay_source_label.setText(relay_config.describe_relay_url_source())
+            return
+        self.relay_source_label.setText(
+            "Typed here, used for this session; “Save as default” writes it to "
+            f"{relay_config.user_config_path()}"
+        )
+
+    # --- actions ------------------------------------------------------------------------
+
+    def _create(self) -> None:
+        self.error_label.clear_error()
+        if self.is_lan:
+            self.session.create_lan_session(self.display_name, self.port_spin.value())
+        else:
+            self.session.create_relay_session(self.display_name, self.relay_url_edit.text().strip())
+
+    def _join(self) -> None:
+        self.error_label.clear_error()
+        if self.is_lan:
+            self.session.join_lan_session(self.address_edit.text(), self.display_name)
+            return
+        code = self.code_edit.text()
+        if not is_complete_room_code(code):
+            if not code:
+                self.error_label.show_error(
+                    "No room code given: type the 6-character code the host shared"
+                )
+            else:
+                self.error_label.show_error(
+                    f"Room code {code} is too short: codes have 6 characters",
+                    "Room code incomplete",
+                )
+            return
+        self.session.join_relay_session(code, self.display_name, self.relay_url_edit.text().strip())
+
+    def _save_relay_url(self) -> None:
+        try:
+            path = relay_config.save_user_relay_url(self.relay_url_edit.text())
+        except (ValueError, OSError) as exc:
+            self.error_label.show_error(f"Relay URL not saved: {exc}")
+            return
+        self.error_label.clear_error()
+        self.status_label.setText(f"Relay URL saved to {path}")
+        self._describe_relay_url()
+
+    def _copy_code(self) -> None:
+        QApplication.clipboard().setText(self.session.session_label)
+        self.status_label.setText(f"Copied {self.session.session_label} to the clipboard")
+
+    # --- reacting to the session --------------------------------------------------------
+
+    def _on_mode(self, *_) -> None:
+        lan = self.is_lan
+        for widget in (self.relay_url_edit, self.save_url_button, self.relay_row_label):
+            widget.setVisible(not lan)
+        self.relay_source_label.setVisible(not lan)
+        self.port_spin.setVisible(lan)
+        self.port_row_label.setVisible(lan)
+        self.code_edit.setVisible(not lan)
+        self.address_edit.setVisible(lan)
+
+    def _on_state(self, state: str) -> None:
+        idle = state == states.IDLE
+        for widget in (self.create_button, self.join_button, self.code_edit, self.address_edit):
+            widget.setEnabled(idle)
+        for widget in (
+            self.relay_radio,
+            self.lan_radio,
+            self.name_edit,
+            self.port_spin,
+            self.relay_url_edit,
+        ):
+            widget.setEnabled(idle)
+        self.leave_button.setEnabled(not idle)
+        if state == states.CONNECTING:
+            self.status_label.setText("Connecting…")
+        elif idle:
+            self.status_label.setText("Not connected")
+        if idle and not self.session.session_label:
+            self.code_label.setText("—")
+            self.copy_button.setEnabled(False)
+            self.code_hint.setText("Create or join a session; its code appears here.")
+
+    def _show_session(self, label: str) -> None:
+        self.code_label.setText(label)
+        self.copy_button.setEnabled(True)
+        what = "address" if self.session.mode == "lan" else "code"
+        self.code_hint.setText(f"Share this {what} with your colleagues so they can join.")
+
+    def _show_participants(self, users: list) -> None:
+        self.participant_list.clear()
+        host_id = self.session.client.host_id if self.session.client else None
+        own_id = self.session.client.user_id if self.session.client else None
+        for user in users:
+            name = user.get("display_name") or user.get("user_id", "?")
+            user_id = user.get("user_id")
+            notes = []
+            if user_id == host_id:
+                notes.append("host")
+            if user_id == own_id and self.session.server is not None:
+                notes.append("hosting the LAN session")  # its aggregator is not a member
+            if user_id == own_id:
+                notes.append("you")
+            self.participant_list.addItem(f"{name} ({', '.join(notes)})" if notes else name)
+
+
+def _default_name() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "researcher"

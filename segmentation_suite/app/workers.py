@@ -1,0 +1,170 @@
+"""Background work for the Training page: loading data and running federated rounds.
+
+Each runs on a plain Python thread and reports through Qt signals of a QObject living on the
+GUI thread; Qt queues a signal emitted from another thread, so the slots run on the GUI
+thread and may touch widgets. torch is imported on the worker thread, so the window never
+freezes while it loads.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from qtpy.QtCore import QObject, Signal
+
+log = logging.getLogger(__name__)
+
+
+def _emit(signal, *args) -> None:
+    """Emits from the worker thread; the window may have been closed (and the receiving
+    QObject deleted) meanwhile, which is no error."""
+    try:
+        signal.emit(*args)
+    except RuntimeError as exc:
+        log.debug("not reported, the window is gone: %s", exc)
+
+
+@dataclass
+class DataChoice:
+    """What the user picked: a folder, or the built-in synthetic images of one member."""
+
+    folder: Path | None = None
+    member: int = 0  # synthetic: which simulated microscope (style)
+    count: int = 24
+    seed: int = 0
+    size: int = 64
+
+    def describe(self) -> str:
+        if self.folder is not None:
+            return f"folder {self.folder}"
+        return (
+            f"synthetic: microscope {self.member + 1}, {self.count} images of "
+            f"{self.size}×{self.size}, seed {self.seed}"
+        )
+
+
+class DataLoader(QObject):
+    """Loads a DataChoice; `loaded(data, evaluation)` or `failed(message)` follows."""
+
+    progress = Signal(int, int)
+    loaded = Signal(object, object)  # SegmentationData, evaluation set (or None)
+    failed = Signal(str)
+
+    def __init__(self, choice: DataChoice, parent=None):
+        super().__init__(parent)
+        self.choice = choice
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="load data", daemon=True)
+        self._thread.start()
+
+    def join(self, timeout: float | None = None) -> None:
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        from .. import training
+
+        choice = self.choice
+        try:
+            if choice.folder is not None:
+                data = training.load_folder(
+                    choice.folder, progress=lambda done, total: _emit(self.progress, done, total)
+                )
+                evaluation = None
+            else:
+                data = training.member_shard(
+                    choice.member, choice.count, seed=choice.seed, size=choice.size
+                )
+                # Every microscope's images: where the shared model beats a local one.
+                evaluation = training.held_out_set(
+                    max(4, choice.count // 2), seed=choice.seed + 10_000, size=choice.size
+                )
+        except training.DatasetError as exc:
+            _emit(self.failed, str(exc))
+            return
+        except Exception as exc:  # an unexpected failure must not leave the page waiting
+            log.exception("loading %s failed", choice.describe())
+            _emit(self.failed, f"Could not load {choice.describe()}: {exc}")
+            return
+        _emit(self.loaded, data, evaluation)
+
+
+class TrainingWorker(QObject):
+    """Runs FederatedTraining(client, trainer, ...).run() on its own thread.
+
+    Pass `trainer=None` to build a new U-Net for `data`; pass the previous run's trainer to
+    continue from its current weights (Resume). `event(TrainingEvent)` reports progress;
+    `finished(results)` or `failed(message)` ends the run."""
+
+    event = Signal(object)
+    trainer_ready = Signal(object)
+    finished = Signal(object)
+    failed = Signal(str)
+
+    def __init__(
+        self,
+        client,
+        data,
+        *,
+        trainer=None,
+        rounds: int = 3,
+        epochs_per_round: int = 1,
+        evaluation=None,
+        round_timeout: float = 120.0,
+        seed: int = 0,
+        parent=None,
+    ):
+        super().__init__(parent)
+        self.client = client
+        self.data = data
+        self.trainer = trainer
+        self.rounds = rounds
+        self.epochs_per_round = epochs_per_round
+        self.evaluation = evaluation
+        self.round_timeout = round_timeout
+        self.seed = seed
+        self.stop_event = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="federated training", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Ends the run after the current batch."""
+        self.stop_event.set()
+
+    def is_running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def join(self, timeout: float | None = None) -> bool:
+        if self._thread is not None:
+            self._thread.join(timeout)
+        return not self.is_running()
+
+    def _run(self) -> None:
+        try:
+            from .. import training
+
+            if self.trainer is None:
+                self.trainer = training.Trainer(self.data, seed=self.seed)
+            _emit(self.trainer_ready, self.trainer)
+            federated = training.FederatedTraining(
+                self.client,
+                self.trainer,
+                rounds=self.rounds,
+                epochs_per_round=self.epochs_per_round,
+                round_timeout=self.round_timeout,
+                evaluation=self.evaluation,
+            )
+            results = federated.run(lambda event: _emit(self.event, event), self.stop_event)
+        except Exception as exc:
+            log.exception("training failed")
+            _emit(self.failed, f"Training stopped by an error: {exc}")
+            return
+        _emit(self.finished, results)

@@ -1,0 +1,277 @@
+"""Two app windows in one QApplication against a real relay: create, join, train a round.
+
+Everything is driven through the widgets (clicks and key presses), and what is checked is what
+a user would see: the room code, the participant lists, the error line, the plot's points.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from app_windows import (
+    TIMEOUT_MS,
+    click,
+    create_room,
+    join_room,
+    listed_names,
+    open_window,
+    use_tiny_synthetic_data,
+    wait_for_members,
+)
+from PIL import Image
+
+from segmentation_suite.app import session_controller as states
+
+
+def test_create_join_and_train_one_round(qtbot, relay, tmp_path):
+    url = relay().url
+    alice = open_window(qtbot, "Alice", url)
+    bob = open_window(qtbot, "Bob", url)
+
+    code = create_room(qtbot, alice)
+    assert alice.setup_page.copy_button.isEnabled()
+    join_room(qtbot, bob, code.lower())
+    assert bob.setup_page.code_edit.text() == code  # upper-cased as typed
+    wait_for_members(qtbot, [alice, bob], ["Alice", "Bob"])
+    assert bob.setup_page.code_label.text() == code
+    assert "(host" in listed_names(alice)[0] and listed_names(alice)[0].startswith("Alice")
+
+    # A folder with an image but no mask: the error names the file, the session stays.
+    bad = tmp_path / "bad folder"
+    bad.mkdir()
+    Image.fromarray(np.zeros((16, 16), np.uint8)).save(bad / "cell_07.png")
+    bob_training = bob.training_page
+    bob.show_page(1)
+    bob_training.data_panel.set_folder(str(bad))
+    qtbot.waitUntil(lambda: bool(bob_training.error_label.message), timeout=TIMEOUT_MS)
+    assert "cell_07" in bob_training.error_label.message
+    assert "Data not loaded" in bob_training.error_label.text()
+    assert bob.session.state == states.CONNECTED and len(bob.session.participants) == 2
+
+    for member, window in enumerate((alice, bob), start=1):
+        use_tiny_synthetic_data(window, member)
+        window.training_page.rounds_spin.setValue(1)
+        window.training_page.epochs_spin.setValue(1)
+        window.show_page(1)
+    # Bob starts first: his push may reach the host before hers, and the round still waits
+    # for the host's own (a host that trains is one of its round's contributors).
+    click(qtbot, bob.training_page.start_button)
+    click(qtbot, alice.training_page.start_button)
+
+    def round_done(window):
+        plot = window.training_page.plot
+        return bool(plot.local_dice_points) and not window.training_page.is_training
+
+    qtbot.waitUntil(lambda: round_done(alice) and round_done(bob), timeout=60_000)
+    for window in (alice, bob):
+        page = window.training_page
+        assert page.error_label.message == ""
+        assert [x for x, _ in page.plot.loss_points] == [1]
+        assert [x for x, _ in page.plot.local_dice_points] == [1]
+        # Both pushed, so the global model of round 1 arrived and was evaluated.
+        assert [x for x, _ in page.plot.global_dice_points] == [1]
+        assert all(0.0 <= dice <= 1.0 for _, dice in page.plot.global_dice_points)
+        assert page.progress_bar.value() == page.progress_bar.maximum()
+        assert page.resume_button.isEnabled() and page.start_button.isEnabled()
+    # The two members ended the round with the same (global) model.
+    alice_weights = alice.training_page.trainer.state_dict()
+    bob_weights = bob.training_page.trainer.state_dict()
+    assert all(np.array_equal(alice_weights[k], bob_weights[k]) for k in alice_weights)
+    # The host saw Bob's push: his 8 images.
+    contributions = alice.training_page.participant_table.contributions
+    bob_id = next(u["user_id"] for u in alice.session.participants if u["display_name"] == "Bob")
+    assert "8 images" in contributions[bob_id]
+
+    bob.close()  # says goodbye: Alice sees him leave
+    qtbot.waitUntil(lambda: len(listed_names(alice)) == 1, timeout=TIMEOUT_MS)
+    assert listed_names(alice)[0].startswith("Alice")
+
+
+def test_wrong_code_says_room_not_found_and_the_right_one_still_joins(qtbot, relay):
+    url = relay().url
+    host = open_window(qtbot, "Host", url)
+    guest = open_window(qtbot, "Guest", url)
+    code = create_room(qtbot, host)
+    wrong = "ABCDEF" if code != "ABCDEF" else "ABCDEG"
+
+    join_room(qtbot, guest, wrong.lower())
+    page = guest.setup_page
+    qtbot.waitUntil(lambda: bool(page.error_label.message), timeout=TIMEOUT_MS)
+    assert page.error_label.isVisible()
+    assert "Room not found" in page.error_label.text()
+    assert wrong in page.error_label.message
+    qtbot.waitUntil(lambda: page.join_button.isEnabled(), timeout=TIMEOUT_MS)
+    assert page.create_button.isEnabled() and page.code_edit.isEnabled()
+
+    join_room(qtbot, guest, code.lower())
+    wait_for_members(qtbot, [host, guest], ["Host", "Guest"])
+    assert not page.error_label.isVisible()
+
+
+def test_full_room_is_said_plainly(qtbot, relay):
+    url = relay("--max-room-members", "1").url
+    host = open_window(qtbot, "Host", url)
+    late = open_window(qtbot, "Late", url)
+    code = create_room(qtbot, host)
+    join_room(qtbot, late, code)
+    page = late.setup_page
+    qtbot.waitUntil(lambda: bool(page.error_label.message), timeout=TIMEOUT_MS)
+    assert "Room full" in page.error_label.text() and code in page.error_label.message
+    qtbot.waitUntil(lambda: page.join_button.isEnabled(), timeout=TIMEOUT_MS)
+
+
+def test_too_many_join_attempts_are_said_plainly(qtbot, relay):
+    url = relay(join_rate="1").url
+    window = open_window(qtbot, "Eager", url)
+    page = window.setup_page
+    headlines = []
+    for _ in range(3):  # one attempt a minute is allowed: the second is refused
+        page.error_label.clear_error()
+        join_room(qtbot, window, "ABCDEF")
+        qtbot.waitUntil(lambda: bool(page.error_label.message), timeout=TIMEOUT_MS)
+        headlines.append(page.error_label.text())
+        if "Rate limited" in headlines[-1]:
+            break
+        qtbot.waitUntil(lambda: page.join_button.isEnabled(), timeout=TIMEOUT_MS)
+    assert "Rate limited" in headlines[-1], headlines
+    assert "try again in" in page.error_label.message
+    qtbot.waitUntil(lambda: page.join_button.isEnabled(), timeout=TIMEOUT_MS)
+
+
+def test_stop_then_resume_continues_from_the_current_weights(qtbot, relay):
+    from qtpy.QtCore import Qt
+
+    solo = open_window(qtbot, "Solo", relay().url)
+    create_room(qtbot, solo)
+    page = solo.training_page
+    use_tiny_synthetic_data(solo, 1)
+    page.rounds_spin.setValue(3)
+    solo.show_page(1)
+    click(qtbot, page.start_button)
+    qtbot.waitUntil(lambda: page.worker is not None, timeout=TIMEOUT_MS)
+    # Stop as soon as round 1 ends, on the training thread itself (a direct connection), so
+    # the run cannot race ahead into round 2 before the stop lands.
+    page.worker.event.connect(
+        lambda event: page.worker.stop() if event.kind == "round" else None,
+        Qt.ConnectionType.DirectConnection,
+    )
+    qtbot.waitUntil(
+        lambda: not page.is_training and bool(page.plot.local_dice_points), timeout=30_000
+    )
+    assert [x for x, _ in page.plot.local_dice_points] == [1]
+    assert "Stopped after 1 of 3 rounds" in page.status_label.text()
+    trainer = page.trainer
+    after_round_one = {k: v.clone() for k, v in trainer.state_dict().items()}
+
+    click(qtbot, page.resume_button)
+    qtbot.waitUntil(
+        lambda: not page.is_training and len(page.plot.local_dice_points) == 3, timeout=30_000
+    )
+    assert page.trainer is trainer  # the same model went on training
+    assert [x for x, _ in page.plot.local_dice_points] == [1, 2, 3]
+    assert [x for x, _ in page.plot.loss_points] == [1, 2, 3]
+    changed = any(
+        not np.array_equal(after_round_one[k], v) for k, v in trainer.state_dict().items()
+    )
+    assert changed, "resuming did not train"
+    assert "Finished 3 rounds" in page.status_label.text()
+
+
+def test_room_code_field_upper_cases_and_refuses_characters_outside_the_alphabet(qtbot):
+    window = open_window(qtbot, "Typist")
+    edit = window.setup_page.code_edit
+    qtbot.keyClicks(edit, "k7-q i o 0 1 x2mzz")
+    # I, O, 0 and 1 are not in room codes; spaces and dashes are dropped; 6 characters at most.
+    assert edit.text() == "K7QX2M"
+    assert edit.hasAcceptableInput()
+
+
+def test_copy_button_puts_the_code_on_the_clipboard(qtbot, relay, qapp):
+    window = open_window(qtbot, "Copier", relay().url)
+    code = create_room(qtbot, window)
+    qapp.clipboard().setText("something else")
+    click(qtbot, window.setup_page.copy_button)
+    assert qapp.clipboard().text() == code
+
+
+def test_no_relay_configured_is_said_plainly_and_the_page_stays_usable(qtbot):
+    window = open_window(qtbot, "Nobody")
+    page = window.setup_page
+    assert page.relay_url_edit.text() == ""
+    assert "No relay configured" in page.relay_source_label.text()
+    click(qtbot, page.create_button)
+    qtbot.waitUntil(lambda: bool(page.error_label.message), timeout=TIMEOUT_MS)
+    assert "No relay configured" in page.error_label.text()
+    qtbot.waitUntil(lambda: page.create_button.isEnabled(), timeout=TIMEOUT_MS)
+
+
+def test_unreachable_relay_is_said_plainly(qtbot, relay):
+    process = relay()
+    url = process.url
+    process.terminate()  # nothing listens on that port any more
+    window = open_window(qtbot, "Lost", url)
+    page = window.setup_page
+    click(qtbot, page.create_button)
+    qtbot.waitUntil(lambda: bool(page.error_label.message), timeout=TIMEOUT_MS)
+    assert "Relay unreachable" in page.error_label.text()
+    assert url.split("//")[1] in page.error_label.message
+    qtbot.waitUntil(lambda: page.create_button.isEnabled(), timeout=TIMEOUT_MS)
+
+
+def test_relay_url_is_saved_to_the_user_config_file(qtbot, isolated_relay_config):
+    window = open_window(qtbot, "Saver")
+    page = window.setup_page
+    page.relay_url_edit.setText("wss://relay.example.org/ws")
+    click(qtbot, page.save_url_button)
+    saved = Path(isolated_relay_config.user_config_path())
+    assert isolated_relay_config.read_relay_config_file(saved) == "wss://relay.example.org/ws"
+    assert "user config" in page.relay_source_label.text()
+    # A second window reads it back by the lookup order.
+    assert open_window(qtbot, "Reader").setup_page.relay_url_edit.text() == (
+        "wss://relay.example.org/ws"
+    )
+
+    page.relay_url_edit.setText("https://relay.example.org")
+    click(qtbot, page.save_url_button)
+    assert "Relay URL not usable" in page.error_label.text()
+    assert "wss://" in page.error_label.message  # the hint for https://
+    assert isolated_relay_config.read_relay_config_file(saved) == "wss://relay.example.org/ws"
+
+
+def test_lan_join_field_points_out_a_room_code_typed_there(qtbot):
+    window = open_window(qtbot, "Lan")
+    page = window.setup_page
+    page.lan_radio.setChecked(True)
+    assert page.address_edit.isVisible() and not page.code_edit.isVisible()
+    qtbot.keyClicks(page.address_edit, "K7QX2M")
+    click(qtbot, page.join_button)
+    assert "looks like a room code" in page.error_label.message
+    assert window.session.state == states.IDLE and page.join_button.isEnabled()
+
+
+@pytest.mark.parametrize("program", [[], ["segmentation-suite"]], ids=["options", "qt-argv"])
+def test_run_opens_the_main_window_with_the_given_name_and_url(qapp, program):
+    """run() takes options alone, or Qt's argv with the program's name first (as the CLI
+    passes it)."""
+    from qtpy.QtCore import QTimer
+
+    from segmentation_suite.app import run
+    from segmentation_suite.app.main_window import MainWindow
+
+    seen = {}
+
+    def look_and_close():
+        windows = [w for w in qapp.topLevelWidgets() if isinstance(w, MainWindow)]
+        visible = [w for w in windows if w.isVisible()]
+        seen["count"] = len(visible)
+        for window in visible:
+            seen["name"] = window.setup_page.name_edit.text()
+            seen["url"] = window.setup_page.relay_url_edit.text()
+            window.close()
+
+    QTimer.singleShot(0, look_and_close)
+    code = run([*program, "--name", "Carol", "--relay-url", "ws://127.0.0.1:9/ws"])
+    assert code == 0
+    assert seen == {"count": 1, "name": "Carol", "url": "ws://127.0.0.1:9/ws"}
