@@ -11,7 +11,6 @@ import logging
 import math
 import threading
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -25,23 +24,6 @@ log = logging.getLogger(__name__)
 
 #: Seed of the initial weights shared by all members of a room.
 DEFAULT_INIT_SEED = 1234
-
-
-@dataclass(frozen=True)
-class DemoSettings:
-    """Settings under which the shared model beats every local-only one on the held-out set
-    of all microscopes, with a margin (measured in tests/training/training_simulation.py)."""
-
-    images_per_member: int = 48
-    image_size: int = 48
-    held_out_images: int = 60
-    rounds: int = 6
-    epochs_per_round: int = 2
-    learning_rate: float = 3e-3
-    batch_size: int = 8
-
-
-DEMO_SETTINGS = DemoSettings()
 
 
 def dice_score(logits_or_probs: Any, masks: Any, threshold: float = 0.5) -> float:

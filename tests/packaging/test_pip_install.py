@@ -1,4 +1,4 @@
-"""`pip install .` in a fresh virtualenv builds the extension and the package imports.
+"""`pip install .` in a fresh virtualenv builds the extension and the relay, and both work.
 
 This is how a user installs the client, so it is tested as such: a new venv, a plain
 `pip install` of this source tree (build isolation included), then imports in a fresh
@@ -60,3 +60,29 @@ def test_pip_install_in_a_fresh_venv(tmp_path):
     extension_path, total = imported.stdout.split()
     assert extension_path.startswith(str(environment)), "imported the development tree"
     assert float(total) == 6.0
+
+    # The relay binary travels in the package, and the console script runs it.
+    located = subprocess.run(
+        [
+            str(python),
+            "-c",
+            "from segmentation_suite.relay_process import find_relay_binary as f\nprint(f())",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+        env=user_environment,
+    )
+    assert located.returncode == 0, located.stderr
+    assert located.stdout.strip().startswith(str(environment)), located.stdout
+    relay = subprocess.run(
+        [str(environment / "bin" / "segmentation-suite"), "relay", "--version"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+        env=user_environment,
+    )
+    assert relay.returncode == 0, relay.stderr
+    assert relay.stdout.startswith("relay_server "), relay.stdout

@@ -1,0 +1,164 @@
+"""A SyncClient seen from the command line: entering a room, waiting, telling who comes and goes.
+
+The client reports through signals on its own thread; this class turns them into events the
+command's main thread can wait on (so Ctrl-C still works while waiting) and prints joins and
+leaves as they happen.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from collections.abc import Callable
+
+from ..network import relay_config
+from ..network.client import SyncClient
+from ..network.protocol import ROOM_CODE_ALPHABET, ROOM_CODE_LENGTH
+from .options import CommandError
+
+CONNECT_TIMEOUT = 30.0
+
+
+def parse_room_code(text: str) -> str:
+    """The code in upper case; CommandError naming it if it cannot be a room code."""
+    code = text.strip().upper()
+    wrong = sorted({c for c in code if c not in ROOM_CODE_ALPHABET})
+    if len(code) != ROOM_CODE_LENGTH or wrong:
+        problem = (
+            f"has {len(code)} characters instead of {ROOM_CODE_LENGTH}"
+            if len(code) != ROOM_CODE_LENGTH
+            else f"contains {', '.join(repr(c) for c in wrong)}"
+        )
+        raise CommandError(
+            f"{text!r} is not a room code: it {problem}. Room codes are {ROOM_CODE_LENGTH} "
+            f"letters and digits from {ROOM_CODE_ALPHABET} (no I, O, 0 or 1), in any case"
+        )
+    return code
+
+
+def find_relay(explicit: str | None) -> str:
+    """The relay URL from --relay-url or the configuration; CommandError if there is none."""
+    try:
+        if explicit is not None:
+            return relay_config.validate_relay_url(explicit, origin="--relay-url")
+        found = relay_config.find_relay_url()
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
+    if found is None:
+        raise CommandError(
+            "No relay configured: pass --relay-url wss://HOST/ws, set "
+            f"{relay_config.ENV_VAR}, or put the URL in {relay_config.user_config_path()}"
+        )
+    return found.url
+
+
+class RoomMember:
+    """One SyncClient in a relay room, with waits the main thread can interrupt."""
+
+    def __init__(self, say: Callable[[str], None], *, aggregation_timeout: float):
+        self.say = say  # tells the user who joins and leaves
+        self.client = SyncClient(aggregation_timeout=aggregation_timeout)
+        self.architecture: str | None = None
+        self._entered = threading.Event()
+        self._failure: str | None = None
+        self._leaving = False
+        self.lost = threading.Event()
+        self.report_errors = True  # print errors once in the room (as warnings, on stderr)
+        self._changed = threading.Event()  # members or architecture changed
+        client = self.client
+        client.room_created.connect(self._on_entered)
+        client.room_joined.connect(self._on_entered)
+        client.error.connect(self._on_error)
+        client.user_joined_room.connect(self._on_joined)
+        client.user_left_room.connect(self._on_left)
+        client.architecture_received.connect(self._on_architecture)
+        client.disconnected.connect(self._on_disconnected)
+
+    @property
+    def code(self) -> str:
+        return self.client.room_code or ""
+
+    @property
+    def others(self) -> list[dict]:
+        return [u for u in self.client.users if u.get("user_id") != self.client.user_id]
+
+    # --- entering and leaving -------------------------------------------------------------
+
+    def create(self, name: str, relay_url: str) -> str:
+        self.client.create_relay_room(name, relay_url=relay_url)
+        return self._wait_entered(relay_url)
+
+    def join(self, code: str, name: str, relay_url: str) -> str:
+        self.client.connect_relay(code, name, relay_url=relay_url)
+        return self._wait_entered(relay_url)
+
+    def _wait_entered(self, relay_url: str) -> str:
+        deadline = time.monotonic() + CONNECT_TIMEOUT
+        while not self._entered.wait(0.1):
+            if self._failure is not None:
+                raise CommandError(self._failure)
+            if time.monotonic() > deadline:
+                self.leave()
+                raise CommandError(
+                    f"The relay at {relay_url} did not answer within {CONNECT_TIMEOUT:g} s"
+                )
+        return self.code
+
+    def leave(self) -> None:
+        self._leaving = True
+        self.client.disconnect()
+
+    # --- waiting ----------------------------------------------------------------------------
+
+    def wait_for_members(self, wanted: int, start_early: threading.Event) -> None:
+        """Until `wanted` others are in the room, or `start_early` is set."""
+        while len(self.others) < wanted and not start_early.is_set():
+            self._check_connection()
+            self._changed.wait(0.2)
+            self._changed.clear()
+
+    def wait_for_architecture(self) -> str:
+        while self.architecture is None:
+            self._check_connection()
+            self._changed.wait(0.2)
+            self._changed.clear()
+        return self.architecture
+
+    def wait_for_others_to_leave(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while self.others and time.monotonic() < deadline and not self.lost.is_set():
+            self._changed.wait(0.2)
+            self._changed.clear()
+        return not self.others
+
+    def _check_connection(self) -> None:
+        if self.lost.is_set():
+            raise CommandError(f"Lost the connection to the relay ({self._failure or 'closed'})")
+
+    # --- signal callbacks (on the client's thread) ------------------------------------------
+
+    def _on_entered(self, code: str) -> None:
+        self._entered.set()
+
+    def _on_error(self, text: str) -> None:
+        if self._entered.is_set() and self.report_errors:
+            print(f"warning: {text}", file=sys.stderr, flush=True)
+        self._failure = text
+
+    def _on_joined(self, name: str) -> None:
+        self.say(f"{name} joined the room")
+        self._changed.set()
+
+    def _on_left(self, name: str) -> None:
+        self.say(f"{name} left the room")
+        self._changed.set()
+
+    def _on_architecture(self, architecture: str) -> None:
+        self.architecture = architecture
+        self._changed.set()
+
+    def _on_disconnected(self) -> None:
+        if not self._leaving:
+            self.lost.set()
+            self._changed.set()

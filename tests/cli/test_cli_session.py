@@ -1,0 +1,82 @@
+"""`create` and `join` in two real processes through a real relay: a round with visible
+progress, then Ctrl-C on the member (it says goodbye, the host sees it leave and trains on)."""
+
+from __future__ import annotations
+
+import re
+
+ROUND_LINE = r"^round {n}/1000: loss [0-9.]+, local Dice [0-9.]+, global Dice [0-9.]+, {who}"
+TRAINING = ["--synthetic", "--samples", "8", "--rounds", "1000"]
+
+
+def test_create_join_train_and_leave_with_ctrl_c(relay, cli):
+    server = relay()
+    host = cli("create", "--name", "Alice", "--relay-url", server.url, *TRAINING, "--member", "0")
+    code = host.wait_for(r"join ([A-Z2-9]{6})$", 60).group(1)
+    assert re.search(rf"room code.*\n.*\n.*{'  '.join(code)}", host.stdout), host.stdout
+
+    # Typed in lower case: codes are case-insensitive.
+    member = cli("join", code.lower(), "--name", "Bob", "--relay-url", server.url, *TRAINING)
+    member.wait_for(rf"^Joined room {code} with Alice, Bob$", 60)
+    host.wait_for(r"^Bob joined the room$", 30)
+
+    # A whole round on both sides, with its progress: the epoch, the member's two transfers
+    # (size and rate), the host's averaging, and the round's row.
+    member.wait_for(ROUND_LINE.format(n=1, who="2 contributors"), 90)
+    host.wait_for(ROUND_LINE.format(n=1, who="2 contributors"), 90)
+    for side in (host, member):
+        side.wait_for(r"^  round 1/1000, epoch 1/1: loss [0-9.]+$", 1)
+    member.wait_for(r"^  round 1: sent weights to the host, [0-9.]+ kB in [0-9.]+ s \(.*B/s\)$", 1)
+    member.wait_for(r"^  round 1: received the global model, [0-9.]+ kB in [0-9.]+ s \(", 1)
+    host.wait_for(r"^  round 1: averaged the round's weights after [0-9.]+ s$", 1)
+
+    member.interrupt()
+    assert member.wait(30) == 130, member.stdout + member.stderr
+    assert f"Left room {code}" in member.stdout
+    assert "Traceback" not in member.stderr, member.stderr
+
+    # The host saw the goodbye and keeps training with itself as the only contributor.
+    host.wait_for(r"^Bob left the room$", 30)
+    after = host.line_count()
+    host.wait_for(r"^round \d+/1000: .*, 1 contributor, ", 60, start=after)
+
+    host.interrupt()
+    assert host.wait(30) == 130, host.stdout + host.stderr
+    assert f"Left room {code}" in host.stdout
+    assert "Traceback" not in host.stderr, host.stderr
+
+
+def test_ctrl_c_while_waiting_for_members_leaves_the_room(relay, cli):
+    server = relay()
+    host = cli("create", "--name", "Alice", "--relay-url", server.url, "--synthetic")
+    code = host.wait_for(r"join ([A-Z2-9]{6})$", 60).group(1)
+    host.wait_for(r"^Waiting for 1 member\(s\) to join", 10)
+    host.interrupt()
+    assert host.wait(30) == 130, host.stdout + host.stderr
+    assert f"Left room {code}" in host.stdout
+    assert "Traceback" not in host.stderr, host.stderr
+
+
+def test_host_alone_finishes_every_round_and_saves(relay, cli, tmp_path):
+    server = relay()
+    saved = tmp_path / "shared.pt"
+    host = cli(
+        "create",
+        "--relay-url",
+        server.url,
+        "--synthetic",
+        "--samples",
+        "8",
+        "--rounds",
+        "2",
+        "--wait-for",
+        "0",
+        "--save",
+        str(saved),
+    )
+    assert host.wait(120) == 0, host.stdout + host.stderr
+    for n in (1, 2):
+        host.wait_for(ROUND_LINE.replace("1000", "2").format(n=n, who="1 contributor"), 1)
+    code = re.search(r"join ([A-Z2-9]{6})$", host.stdout, re.M).group(1)
+    assert re.search(rf"^Done: 2 rounds; left room {code}$", host.stdout, re.M), host.stdout
+    assert saved.stat().st_size > 0

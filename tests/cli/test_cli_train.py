@@ -1,0 +1,49 @@
+"""`segmentation-suite train`: local training with a line per epoch and the final Dice."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+from PIL import Image
+
+torch = pytest.importorskip("torch", reason="training needs torch (the train extra)")
+
+EPOCH_LINE = re.compile(
+    r"^epoch (\d+)/(\d+): loss ([0-9.]+), (held-out|validation) Dice ([0-9.]+)$"
+)
+
+
+def test_synthetic_training_reports_each_epoch_and_saves_the_model(cli, tmp_path):
+    saved = tmp_path / "model.pt"
+    process = cli("train", "--synthetic", "--samples", "8", "--epochs", "2", "--save", str(saved))
+    assert process.wait(120) == 0, process.stdout + process.stderr
+    epochs = [EPOCH_LINE.match(line) for line in process.stdout.splitlines()]
+    epochs = [m for m in epochs if m]
+    assert [(m.group(1), m.group(2)) for m in epochs] == [("1", "2"), ("2", "2")], process.stdout
+    final = re.search(r"^Held-out Dice after 2 epochs: ([0-9.]+)$", process.stdout, re.M)
+    assert final and final.group(1) == epochs[-1].group(5), process.stdout
+
+    from segmentation_suite.training.unet import build_unet
+
+    weights = torch.load(saved, weights_only=True)
+    expected = build_unet().state_dict()
+    assert sorted(weights) == sorted(expected)
+    assert all(weights[k].shape == expected[k].shape for k in expected)
+
+
+def test_folder_training_keeps_images_aside_for_validation(cli, tmp_path):
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:32, 0:32]
+    for i in range(6):
+        cy, cx = rng.uniform(8, 24, size=2)
+        mask = (yy - cy) ** 2 + (xx - cx) ** 2 < 36
+        image = np.where(mask, 200, 40) + rng.integers(0, 20, mask.shape)
+        Image.fromarray(image.astype(np.uint8)).save(tmp_path / f"cell_{i}.png")
+        Image.fromarray(mask.astype(np.uint8) * 255).save(tmp_path / f"cell_{i}_mask.png")
+    process = cli("train", "--data", str(tmp_path), "--epochs", "1", "--validation", "0.34")
+    assert process.wait(120) == 0, process.stdout + process.stderr
+    assert f"4 images from {tmp_path} for training, 2 kept aside" in process.stdout
+    match = re.search(r"^Validation Dice after 1 epoch: ([0-9.]+)$", process.stdout, re.M)
+    assert match and 0 <= float(match.group(1)) <= 1, process.stdout
