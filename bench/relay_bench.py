@@ -1,9 +1,10 @@
 """Benchmark relay_server against two peer relays that speak the same protocol, in one run.
 
-Each relay (relay_server, the Node `ws` peer, the Python `websockets` peer) runs as its own
-process on 127.0.0.1; the C load generator (bench/loadgen) drives it, and this script reads the
-relay's CPU time and memory from /proc. It prints one table with ratios and the targets of
-issue 2. See bench/README.md for how to read it.
+Each relay (relay_server, the Node `ws` peer, the Python `websockets` peer, and the floor: a bare
+epoll relay that does the least work a correct relay does, bench/floor) runs as its own process on
+127.0.0.1; the C load generator (bench/loadgen) drives it, and this script reads the relay's CPU
+time and memory from /proc. It prints one table with ratios and the targets of issue 2; the floor
+is shown but is not a peer (see bench/README.md for how to read it).
 
     .venv/bin/python bench/relay_bench.py            # full run, about 10 minutes
     .venv/bin/python bench/relay_bench.py --quick    # small run, about 1 minute
@@ -33,6 +34,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 LOADGEN_DIR = ROOT / "bench" / "loadgen"
 LOADGEN = ROOT / "build" / "bench" / "loadgen"
+FLOOR_DIR = ROOT / "bench" / "floor"
+FLOOR = ROOT / "build" / "bench" / "floor_relay"
 OUR_RELAY = ROOT / "relay_server" / "build" / "relay_server"
 PEERS = ROOT / "bench" / "peers"
 MIB = 1024 * 1024
@@ -53,9 +56,15 @@ TARGETS = {
 
 @dataclass
 class RelaySpec:
-    name: str
+    name: str  # as given to --relays
     command: list[str]
     ours: bool = False
+    floor: bool = False  # a lower bound, not a peer: no "best peer" ratio or target uses it
+    label: str = ""  # column heading, when not the name
+
+    @property
+    def heading(self) -> str:
+        return self.label or self.name
 
 
 def relay_specs(python: str) -> dict[str, RelaySpec]:
@@ -80,6 +89,12 @@ def relay_specs(python: str) -> dict[str, RelaySpec]:
         "node-ws": RelaySpec("node-ws", ["node", str(PEERS / "relay_ws.js"), "--port", "0"]),
         "py-websockets": RelaySpec(
             "py-websockets", [python, str(PEERS / "relay_websockets.py"), "--port", "0"]
+        ),
+        "floor": RelaySpec(
+            "floor",
+            [str(FLOOR), "--port", "0", "--listen", "127.0.0.1"],
+            floor=True,
+            label="floor (bare epoll)",
         ),
     }
 
@@ -248,6 +263,7 @@ def measure_fanout(relay: Relay, size: int, count: int, receivers: int) -> dict:
         "mbps": delivered / result["seconds"] / 1e6,
         "cpu_s_per_gb": cpu / (delivered / 1e9),
         "delivered_bytes": delivered,
+        "delivered_messages": result["delivered_messages"],
         "seconds": result["seconds"],
         "relay_cpu_seconds": cpu,
         "client_cpu_s_per_gb": result["client_cpu_seconds"] / (delivered / 1e9),
@@ -396,6 +412,8 @@ class Plan:
 class Results:
     relays: list[str] = field(default_factory=list)
     ours: str | None = None
+    floor: str | None = None
+    headings: dict[str, str] = field(default_factory=dict)  # relay name -> column heading
     metrics: dict[str, dict[str, float]] = field(default_factory=dict)
     raw: dict[str, dict[str, list]] = field(default_factory=dict)
     loopback_mbps: float = LOOPBACK_MBPS_GIVEN
@@ -471,11 +489,13 @@ def format_table(results: Results, plan: Plan) -> str:
     for count in plan.idle_counts:
         rows.append((f"idle_{count}", f"RSS per idle connection @{count}: kB", False))
 
-    ours = results.ours
-    peers = [r for r in results.relays if r != ours]
-    header = ["metric", *results.relays]
+    ours, floor = results.ours, results.floor
+    peers = [r for r in results.relays if r not in (ours, floor)]
+    header = ["metric", *(results.headings.get(r, r) for r in results.relays)]
     if ours and peers:
         header += ["ours/best peer", "target", "met"]
+    if ours and floor:
+        header.append("ours/floor")
     lines = [header]
     for key, label, higher_better in rows:
         values = results.metrics.get(key, {})
@@ -488,6 +508,8 @@ def format_table(results: Results, plan: Plan) -> str:
             ratio = values[ours] / best if best else None
             target, met = target_for(key, values[ours], ratio, results.loopback_mbps)
             line += [f"{ratio:.2f}x" if ratio else "-", target, met]
+        if ours and floor:
+            line.append(ratio_text(values.get(ours), values.get(floor)))
         lines.append(line)
     widths = [max(len(str(row[i])) for row in lines) for i in range(len(header))]
     out = []
@@ -510,7 +532,21 @@ def format_table(results: Results, plan: Plan) -> str:
     if ours and ours in results.metrics.get(rows[0][0], {}):
         share = results.metrics[rows[0][0]][ours] / results.loopback_mbps
         notes.append(f"relay_server fan-out {plan.fanout[0][0]}: {share:.0%} of loopback")
+    if floor:
+        notes.append(
+            f"{results.headings.get(floor, floor)}: the least work a correct relay does here"
+            " (bench/floor), a lower bound, not a peer: no best-peer ratio or target uses it."
+        )
+        if ours:
+            notes.append(
+                "ours/floor: relay_server / floor per row (MB/s: below 1 is slower than the floor;"
+                " the rest: above 1 is that much more than the floor)."
+            )
     return "\n".join(out + notes)
+
+
+def ratio_text(value: float | None, base: float | None) -> str:
+    return f"{value / base:.2f}x" if value is not None and base else "-"
 
 
 def target_for(key: str, ours: float, ratio: float | None, loopback: float) -> tuple[str, str]:
@@ -595,13 +631,22 @@ def build_loadgen() -> None:
     subprocess.run(["make", "-s", "-C", str(LOADGEN_DIR)], check=True)
 
 
+def build_floor() -> bool:
+    """Build the floor relay; False (with a note) when it cannot be built here."""
+    built = subprocess.run(["make", "-s", "-C", str(FLOOR_DIR)], capture_output=True, text=True)
+    if built.returncode != 0:
+        say("note: bench/floor does not build (needs libjansson-dev and libssl-dev); skipping it")
+        say(built.stderr[-2000:])
+    return built.returncode == 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small run (about a minute)")
     parser.add_argument(
         "--relays",
-        default="relay_server,node-ws,py-websockets",
-        help="comma-separated subset of relay_server,node-ws,py-websockets",
+        default="relay_server,node-ws,py-websockets,floor",
+        help="comma-separated subset of relay_server,node-ws,py-websockets,floor",
     )
     parser.add_argument("--runs", type=int, help="runs per fan-out and latency figure")
     parser.add_argument("--idle-runs", type=int, help="runs per idle-connection figure")
@@ -635,12 +680,16 @@ def main(argv: list[str] | None = None) -> int:
     if "node-ws" in wanted and not (PEERS / "node_modules" / "ws").exists():
         say("note: bench/peers/node_modules is missing (run npm install there); skipping node-ws")
         wanted.remove("node-ws")
+    if "floor" in wanted and not build_floor():
+        wanted.remove("floor")
     if not wanted:
         parser.error("no relay to benchmark")
     build_loadgen()
 
     results = Results(relays=wanted, load_average=list(os.getloadavg()))
     results.ours = "relay_server" if "relay_server" in wanted else None
+    results.floor = next((r for r in wanted if specs[r].floor), None)
+    results.headings = {r: specs[r].heading for r in wanted}
     if args.measure_loopback:
         results.loopback_mbps, results.loopback_source = measure_loopback()
     else:
@@ -656,6 +705,7 @@ def main(argv: list[str] | None = None) -> int:
             json.dumps(
                 {
                     "relays": results.relays,
+                    "floor": results.floor,
                     "metrics": results.metrics,
                     "raw": results.raw,
                     "loopback_mbps": results.loopback_mbps,
