@@ -159,7 +159,10 @@ class SyncClient:
         self._lock = threading.RLock()
         self._connection: transport.Connection | None = None
         self._dispatcher: transport.MessageDispatcher | None = None
-        self._sender = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="sync-send")
+        self._sender_thread = threading.local()  # .is_sender: True on the sender thread
+        self._sender = concurrent.futures.ThreadPoolExecutor(
+            1, thread_name_prefix="sync-send", initializer=self._mark_sender_thread
+        )
         self._transfer_ids = itertools.count(secrets.randbits(40))
         self._mode: str | None = None  # "relay" or "direct"
         self._url = ""
@@ -270,8 +273,11 @@ class SyncClient:
             return
         self._start_relay(user_name, relay_url, room_code=code)
 
-    def disconnect(self) -> None:
-        """Says goodbye, leaves the room and closes the connection; `disconnected` follows."""
+    def disconnect(self, flush_timeout: float = 10.0) -> None:
+        """Says goodbye, leaves the room and closes the connection; `disconnected` follows.
+        Sends already queued (say, the global model of a round that just closed) go first,
+        for up to `flush_timeout` seconds."""
+        self._flush_sends(flush_timeout)
         with self._lock:
             self._closing = True
             connection = self._connection
@@ -291,6 +297,17 @@ class SyncClient:
             connection.close(1000, "disconnect")
         if self._dispatcher is not None and threading.current_thread() is not self._dispatcher:
             self._dispatcher.join(5)
+
+    def _mark_sender_thread(self) -> None:
+        self._sender_thread.is_sender = True
+
+    def _flush_sends(self, timeout: float) -> None:
+        """Waits for the sends queued so far; never on the sender thread (a send's failure
+        callback may disconnect), where that would wait for itself."""
+        if getattr(self._sender_thread, "is_sender", False) or self._connection is None:
+            return
+        with contextlib.suppress(concurrent.futures.TimeoutError, RuntimeError):
+            self._sender.submit(lambda: None).result(timeout)
 
     def _start_relay(self, user_name: str, relay_url: str | None, room_code: str | None) -> None:
         try:

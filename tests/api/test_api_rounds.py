@@ -138,3 +138,16 @@ def test_training_host_is_waited_for_even_when_members_push_first(relay, recorde
     host.send_weights(layout_state(1, layout), epoch=1, loss=0.5, num_samples=1)
     recorder.wait_for(lambda: recorder.of("host", "global"), 30, "the round to close")
     check_weighted_mean(recorder.of("host", "global")[0][0], layout, [1, 2], [1, 3])
+
+
+def test_disconnecting_right_after_a_round_still_delivers_its_global_model(
+    relay, recorder, members
+):
+    """disconnect() lets queued sends finish first: a host that leaves as soon as its round
+    closes has still sent the round's global model."""
+    host = start_room(recorder, relay().url, members, ["ann"])
+    host.round_complete.connect(lambda *_: host.disconnect())
+    layout = big_layout(8)
+    members.send("ann", "push", 2, 1, 1, layout, None)
+    recorder.wait_for(lambda: recorder.of("ann", "global"), 30, "ann gets the global model")
+    recorder.wait_for(lambda: ("host",) in recorder.of("ann", "user_left_room"), 10, "host left")
