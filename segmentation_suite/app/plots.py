@@ -27,34 +27,9 @@ class MetricsPlot(QWidget):
         self.loss_points: list[tuple[float, float]] = []
         self.local_dice_points: list[tuple[float, float]] = []
         self.global_dice_points: list[tuple[float, float]] = []
-        pen = {"width": 2}
-        self._loss_curve = self.loss_plot.plot(
-            [],
-            [],
-            pen=pg.mkPen(LOCAL_COLOUR, **pen),
-            symbol="o",
-            symbolSize=6,
-            symbolBrush=LOCAL_COLOUR,
-            name="local loss",
-        )
-        self._local_curve = self.dice_plot.plot(
-            [],
-            [],
-            pen=pg.mkPen(LOCAL_COLOUR, **pen),
-            symbol="o",
-            symbolSize=7,
-            symbolBrush=LOCAL_COLOUR,
-            name="local model",
-        )
-        self._global_curve = self.dice_plot.plot(
-            [],
-            [],
-            pen=pg.mkPen(GLOBAL_COLOUR, **pen),
-            symbol="s",
-            symbolSize=7,
-            symbolBrush=GLOBAL_COLOUR,
-            name="global model",
-        )
+        self._loss_curve = _curve(self.loss_plot, LOCAL_COLOUR, "o", 6, "local loss")
+        self._local_curve = _curve(self.dice_plot, LOCAL_COLOUR, "o", 7, "local model")
+        self._global_curve = _curve(self.dice_plot, GLOBAL_COLOUR, "s", 7, "global model")
 
     def add_loss(self, epoch: float, loss: float) -> None:
         self.loss_points.append((epoch, loss))
@@ -96,3 +71,16 @@ def _plot(title: str, x_label: str, y_label: str) -> pg.PlotWidget:
     plot.addLegend(offset=(-10, 10))
     plot.setMinimumHeight(200)
     return plot
+
+
+def _curve(plot, colour, symbol: str, size: int, name: str):
+    """An empty line-and-markers curve in `plot`, filled as points arrive."""
+    return plot.plot(
+        [],
+        [],
+        pen=pg.mkPen(colour, width=2),
+        symbol=symbol,
+        symbolSize=size,
+        symbolBrush=colour,
+        name=name,
+    )

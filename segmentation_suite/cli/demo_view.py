@@ -10,8 +10,10 @@ from __future__ import annotations
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn
 
+from .progress import LiveView
 
-class DemoView:
+
+class DemoView(LiveView):
     def __init__(self, console: Console, settings, *, quiet: bool = False):
         self.console = console
         self.settings = settings
@@ -32,15 +34,6 @@ class DemoView:
                 self._progress.add_task(f"colleague {i + 1}", total=None)
                 for i in range(settings.colleagues)
             ]
-
-    def __enter__(self) -> DemoView:
-        if self._progress is not None:
-            self._progress.start()
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        if self._progress is not None:
-            self._progress.stop()
 
     def line(self, text: str) -> None:
         if not self.quiet:

@@ -25,7 +25,23 @@ def format_dice(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
 
 
-class TrainingView:
+class LiveView:
+    """A view whose live bars (a rich Progress, None when not on a terminal) show while it is
+    entered: `with view: ...`."""
+
+    _progress: Progress | None = None
+
+    def __enter__(self):
+        if self._progress is not None:
+            self._progress.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
+
+class TrainingView(LiveView):
     """Renders the TrainingEvents of segmentation_suite.training.federated (thread-safe)."""
 
     def __init__(self, console: Console, *, host: bool = False):
@@ -47,15 +63,6 @@ class TrainingView:
             )
             self._batches = self._progress.add_task("training", total=None, detail="")
         self._transfer = None  # a second bar, from the first transfer on
-
-    def __enter__(self) -> TrainingView:
-        if self._progress is not None:
-            self._progress.start()
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        if self._progress is not None:
-            self._progress.stop()
 
     def line(self, text: str) -> None:
         """A line above the bars (or just a line)."""
