@@ -17,9 +17,14 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 
-# What the sanitizer stage of scripts/run_tests.py sets to load its instrumented copy of the
-# package; a user's interpreter has none of it.
-DEVELOPMENT_VARIABLES = ("PYTHONPATH", "LD_PRELOAD", "SEGMENTATION_SUITE_EXPECT_EXTENSION_UNDER")
+# What scripts/run_tests.py sets to point the tests at its builds (and, in the sanitizer stage,
+# at its instrumented copy of the package); a user's interpreter has none of it.
+DEVELOPMENT_VARIABLES = (
+    "PYTHONPATH",
+    "LD_PRELOAD",
+    "SEGMENTATION_SUITE_EXPECT_EXTENSION_UNDER",
+    "RELAY_SERVER_BIN",
+)
 
 
 @pytest.mark.slow
