@@ -23,7 +23,6 @@ _HEADLINES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("Relay URL not usable", ("ws:// or wss://", "relay config file", "relay url")),
     ("Wrong field", ("looks like a room code",)),
     ("LAN address not usable", ("lan address not usable",)),
-    ("LAN mode unavailable", ("lan mode is not available",)),
     ("Connection lost", ("could not reconnect",)),
     ("Not connected", ("not connected",)),
     ("No room code", ("no room code",)),

@@ -14,6 +14,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 # Final table rows: colleague, local-only Dice, shared Dice.
 ROW = re.compile(r"^\s+(\d+)\s+([0-9.]+)\s+([0-9.]+)\s*$")
 ROUND = re.compile(r"^\s+round (\d+)/(\d+)((?:\s+[0-9.]+)+)\s*$")
@@ -56,6 +58,10 @@ def test_shared_model_beats_every_local_model():
     assert "the shared model beats every local-only model" in finished.stdout
 
 
+@pytest.mark.skipif(
+    os.environ.get("SANITIZED_BUILD") == "1",
+    reason="reproducibility is not about memory safety: the normal stage runs it",
+)
 def test_demo_is_reproducible():
     first, second = run_demo("--rounds", "1"), run_demo("--rounds", "1")
     assert first.returncode == 0 and second.returncode == 0, first.stderr + second.stderr
