@@ -6,6 +6,7 @@ a user would see: the room code, the participant lists, the error line, the plot
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -275,3 +276,24 @@ def test_run_opens_the_main_window_with_the_given_name_and_url(qapp, program):
     code = run([*program, "--name", "Carol", "--relay-url", "ws://127.0.0.1:9/ws"])
     assert code == 0
     assert seen == {"count": 1, "name": "Carol", "url": "ws://127.0.0.1:9/ws"}
+
+
+def test_lan_session_create_and_join(qtbot):
+    """LAN mode: Create Session starts an AggregationServer here and joins it; the other
+    window joins by address; both see both names."""
+    with socket.socket() as probe:  # a free port for the session
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    alice = open_window(qtbot, "Alice")
+    bob = open_window(qtbot, "Bob")
+    for window in (alice, bob):
+        window.setup_page.lan_radio.setChecked(True)
+    alice.setup_page.port_spin.setValue(port)
+    click(qtbot, alice.setup_page.create_button)
+    qtbot.waitUntil(
+        lambda: alice.setup_page.code_label.text().endswith(f":{port}"), timeout=TIMEOUT_MS
+    )
+    qtbot.keyClicks(bob.setup_page.address_edit, f"127.0.0.1:{port}")
+    click(qtbot, bob.setup_page.join_button)
+    wait_for_members(qtbot, [alice, bob], ["Alice", "Bob"])
+    assert bob.session.state == states.CONNECTED and alice.session.server.is_running
