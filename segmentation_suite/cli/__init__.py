@@ -14,6 +14,7 @@ import logging
 import os
 import sys
 
+from ..network.protocol import DEFAULT_PORT
 from .options import (
     CommandError,
     add_data_options,
@@ -21,6 +22,7 @@ from .options import (
     add_room_options,
     add_training_options,
     count,
+    port_number,
     positive_int,
 )
 
@@ -53,11 +55,27 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="start once N other members joined (default %(default)s; Enter starts at once)",
     )
+    create.add_argument(
+        "--lan",
+        type=port_number,
+        nargs="?",
+        const=DEFAULT_PORT,
+        metavar="PORT",
+        help=f"host a LAN session on this machine's PORT (default {DEFAULT_PORT}) instead of a "
+        "relay room; colleagues join with: join --lan HOST:PORT",
+    )
     add_data_options(create, default_member=0)
     add_training_options(create)
 
     join = commands.add_parser("join", help="join a room by its code and train with the host")
-    join.add_argument("code", metavar="CODE", help="the room code the host shared, e.g. K7QX2M")
+    join.add_argument(
+        "code",
+        metavar="CODE",
+        help="the room code the host shared, e.g. K7QX2M (with --lan: the host's HOST:PORT)",
+    )
+    join.add_argument(
+        "--lan", action="store_true", help="join a LAN session at CODE = HOST:PORT (no relay)"
+    )
     add_room_options(join)
     add_data_options(join, default_member=1)
     add_training_options(join)

@@ -19,6 +19,13 @@ def positive_int(text: str) -> int:
     return value
 
 
+def port_number(text: str) -> int:
+    value = _int(text)
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a TCP port, 1 to 65535, got {text!r}")
+    return value
+
+
 def count(text: str) -> int:
     value = _int(text)
     if value < 0:

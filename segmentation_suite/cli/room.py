@@ -13,8 +13,10 @@ import time
 from collections.abc import Callable
 
 from ..network import relay_config
-from ..network.client import SyncClient
+from ..network.client import HostClient, SyncClient
 from ..network.protocol import ROOM_CODE_ALPHABET, ROOM_CODE_LENGTH
+from ..network.server import AggregationServer
+from ..network.session import parse_lan_address
 from .options import CommandError
 
 CONNECT_TIMEOUT = 30.0
@@ -53,12 +55,27 @@ def find_relay(explicit: str | None) -> str:
     return found.url
 
 
-class RoomMember:
-    """One SyncClient in a relay room, with waits the main thread can interrupt."""
+def parse_lan_session(text: str) -> tuple[str, int]:
+    """(host, port) of a LAN session typed as HOST:PORT; CommandError naming it if not one."""
+    try:
+        return parse_lan_address(text)
+    except ValueError as exc:
+        raise CommandError(f"{text!r} is not a LAN session address (HOST:PORT): {exc}") from None
 
-    def __init__(self, say: Callable[[str], None], *, aggregation_timeout: float):
+
+class RoomMember:
+    """One SyncClient in a relay room or a LAN session, with waits the main thread can
+    interrupt. A LAN host also runs the session's AggregationServer and is its HostClient."""
+
+    def __init__(
+        self, say: Callable[[str], None], *, aggregation_timeout: float, lan_host: bool = False
+    ):
         self.say = say  # tells the user who joins and leaves
-        self.client = SyncClient(aggregation_timeout=aggregation_timeout)
+        self.aggregation_timeout = aggregation_timeout
+        self.server: AggregationServer | None = None
+        self.lan_address: str | None = None  # HOST:PORT in a LAN session
+        client_class = HostClient if lan_host else SyncClient
+        self.client = client_class(aggregation_timeout=aggregation_timeout)
         self.architecture: str | None = None
         self._entered = threading.Event()
         self._failure: str | None = None
@@ -69,6 +86,7 @@ class RoomMember:
         client = self.client
         client.room_created.connect(self._on_entered)
         client.room_joined.connect(self._on_entered)
+        client.connected.connect(lambda: self._on_entered(""))  # LAN: after the host's welcome
         client.error.connect(self._on_error)
         client.user_joined_room.connect(self._on_joined)
         client.user_left_room.connect(self._on_left)
@@ -80,6 +98,13 @@ class RoomMember:
         return self.client.room_code or ""
 
     @property
+    def where(self) -> str:
+        """`room K7QX2M`, or `the LAN session at HOST:PORT`, for messages."""
+        if self.lan_address:
+            return f"the LAN session at {self.lan_address}"
+        return f"room {self.code}"
+
+    @property
     def others(self) -> list[dict]:
         return [u for u in self.client.users if u.get("user_id") != self.client.user_id]
 
@@ -87,27 +112,45 @@ class RoomMember:
 
     def create(self, name: str, relay_url: str) -> str:
         self.client.create_relay_room(name, relay_url=relay_url)
-        return self._wait_entered(relay_url)
+        return self._wait_entered(f"The relay at {relay_url}")
 
     def join(self, code: str, name: str, relay_url: str) -> str:
         self.client.connect_relay(code, name, relay_url=relay_url)
-        return self._wait_entered(relay_url)
+        return self._wait_entered(f"The relay at {relay_url}")
 
-    def _wait_entered(self, relay_url: str) -> str:
+    def host_lan(self, name: str, port: int, architecture: str) -> str:
+        """Starts a LAN session on `port` and joins it; returns the address to share."""
+        server = AggregationServer(aggregation_timeout=self.aggregation_timeout)
+        server.error.connect(self._on_error)
+        self.server = server
+        address = server.start(port, architecture=architecture)
+        if address is None:
+            raise CommandError(self._failure or f"Cannot start a LAN session on port {port}")
+        self.lan_address = address
+        self.client.connect_to_local_server(server.port, name)
+        self._wait_entered(f"The LAN session on port {port}")
+        return address
+
+    def join_lan(self, host: str, port: int, name: str) -> None:
+        self.lan_address = f"{host}:{port}"
+        self.client.connect_direct(host, port, name)
+        self._wait_entered(f"The LAN host at {host}:{port}")
+
+    def _wait_entered(self, who: str) -> str:
         deadline = time.monotonic() + CONNECT_TIMEOUT
         while not self._entered.wait(0.1):
             if self._failure is not None:
                 raise CommandError(self._failure)
             if time.monotonic() > deadline:
                 self.leave()
-                raise CommandError(
-                    f"The relay at {relay_url} did not answer within {CONNECT_TIMEOUT:g} s"
-                )
+                raise CommandError(f"{who} did not answer within {CONNECT_TIMEOUT:g} s")
         return self.code
 
     def leave(self) -> None:
         self._leaving = True
         self.client.disconnect()
+        if self.server is not None:
+            self.server.stop()
 
     # --- waiting ----------------------------------------------------------------------------
 

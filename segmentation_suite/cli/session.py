@@ -20,7 +20,7 @@ from .data import load_training_data
 from .model import build_trainer, save_model
 from .options import CommandError
 from .progress import TrainingView
-from .room import RoomMember, find_relay, parse_room_code
+from .room import RoomMember, find_relay, parse_lan_session, parse_room_code
 
 INTERRUPTED = 130
 # How long the host stays after the last round so that every member gets the final model.
@@ -29,15 +29,15 @@ STOP_SECONDS = 30.0
 
 
 def run_create(args: argparse.Namespace, console: Console) -> int:
+    if args.lan is not None:
+        return _session(args, console, _host_lan_session(args, console), lan_host=True)
     relay_url = find_relay(args.relay_url)
 
     def enter(member: RoomMember) -> None:
         code = member.create(args.name, relay_url)
         console.print(room_code_panel(code))
         console.print(f"Share this code: segmentation-suite join {code}")
-        if args.wait_for:
-            console.print(f"Waiting for {args.wait_for} member(s) to join (Ctrl-C to leave)")
-            member.wait_for_members(args.wait_for, _enter_starts_early(console))
+        _wait_for_members(member, args, console)
         from ..training.unet import ARCHITECTURE
 
         member.client.host_trains = True  # every round waits for the host's own push too
@@ -47,13 +47,42 @@ def run_create(args: argparse.Namespace, console: Console) -> int:
     return _session(args, console, enter)
 
 
-def run_join(args: argparse.Namespace, console: Console) -> int:
-    code = parse_room_code(args.code)  # refused before connecting or loading anything
-    relay_url = find_relay(args.relay_url)
+def _host_lan_session(args: argparse.Namespace, console: Console):
+    """`create --lan`: this machine runs the session's AggregationServer (no relay) and
+    trains as one of its members."""
 
     def enter(member: RoomMember) -> None:
-        member.join(code, args.name, relay_url)
-        console.print(f"Joined room {member.code} with {_names(member)}")
+        from ..training.unet import ARCHITECTURE
+
+        address = member.host_lan(args.name, args.lan, ARCHITECTURE)
+        console.print(room_code_panel(address, title="LAN session", spaced=False))
+        console.print(f"Share this address: segmentation-suite join --lan {address}")
+        _wait_for_members(member, args, console)
+        console.print(f"Training {ARCHITECTURE} with {_names(member)}")
+
+    return enter
+
+
+def _wait_for_members(member: RoomMember, args: argparse.Namespace, console: Console) -> None:
+    if args.wait_for:
+        console.print(f"Waiting for {args.wait_for} member(s) to join (Ctrl-C to leave)")
+        member.wait_for_members(args.wait_for, _enter_starts_early(console))
+
+
+def run_join(args: argparse.Namespace, console: Console) -> int:
+    # Refused before connecting or loading anything.
+    if args.lan:
+        host, port = parse_lan_session(args.code)
+    else:
+        code = parse_room_code(args.code)
+        relay_url = find_relay(args.relay_url)
+
+    def enter(member: RoomMember) -> None:
+        if args.lan:
+            member.join_lan(host, port, args.name)
+        else:
+            member.join(code, args.name, relay_url)
+        console.print(f"Joined {member.where} with {_names(member)}")
         console.print("Waiting for the host to start (Ctrl-C to leave)")
         architecture = member.wait_for_architecture()
         from ..training.unet import ARCHITECTURE
@@ -67,40 +96,43 @@ def run_join(args: argparse.Namespace, console: Console) -> int:
     return _session(args, console, enter)
 
 
-def _session(args: argparse.Namespace, console: Console, enter) -> int:
+def _session(args: argparse.Namespace, console: Console, enter, lan_host: bool = False) -> int:
     """Reads the data (before connecting: a bad folder fails first), enters the room with
     `enter(member)`, trains the rounds and leaves; Ctrl-C leaves at any point."""
     data, evaluation, dice_of = load_training_data(args, console)
-    member = RoomMember(_printer(console), aggregation_timeout=args.round_timeout / 2)
+    member = RoomMember(
+        _printer(console), aggregation_timeout=args.round_timeout / 2, lan_host=lan_host
+    )
     try:
         enter(member)
         trainer = build_trainer(data, args)
         view = _train_rounds(member, trainer, evaluation, args, console)
-        if member.client.is_host and member.others:
+        if (member.client.is_host or member.server is not None) and member.others:
             console.print("Waiting for the members to receive the final model")
             member.wait_for_others_to_leave(FAREWELL_SECONDS)
     except KeyboardInterrupt:
-        code = member.code
+        entered = member.code or member.lan_address
         member.leave()
-        if code:
-            console.print(f"Left room {code}")
+        if entered:
+            console.print(f"Left {member.where}")
         return INTERRUPTED
     except BaseException:
         member.leave()
         raise
-    code = member.code
+    where = member.where
     member.leave()
     console.print(view.round_table(dice_of))
     if args.save:
         save_model(trainer, args.save)
         console.print(f"Saved the model to {args.save}", markup=False)
-    console.print(f"Done: {len(view.results)} rounds; left room {code}")
+    console.print(f"Done: {len(view.results)} rounds; left {where}")
     return 0
 
 
-def room_code_panel(code: str) -> Panel:
-    big = Text("  ".join(code), style="bold", justify="center")
-    return Panel(big, title="room code", subtitle="share it", padding=(1, 6), expand=False)
+def room_code_panel(code: str, title: str = "room code", spaced: bool = True) -> Panel:
+    """The code (or a LAN address) in bold, a code spaced out so that it reads aloud well."""
+    big = Text("  ".join(code) if spaced else code, style="bold", justify="center")
+    return Panel(big, title=title, subtitle="share it", padding=(1, 6), expand=False)
 
 
 def _train_rounds(member: RoomMember, trainer, evaluation, args, console: Console):

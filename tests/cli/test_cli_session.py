@@ -4,6 +4,7 @@ progress, then Ctrl-C on the member (it says goodbye, the host sees it leave and
 from __future__ import annotations
 
 import re
+import socket
 
 ROUND_LINE = r"^round {n}/1000: loss [0-9.]+, local Dice [0-9.]+, global Dice [0-9.]+, {who}"
 TRAINING = ["--synthetic", "--samples", "8", "--rounds", "1000"]
@@ -80,3 +81,22 @@ def test_host_alone_finishes_every_round_and_saves(relay, cli, tmp_path):
     code = re.search(r"join ([A-Z2-9]{6})$", host.stdout, re.M).group(1)
     assert re.search(rf"^Done: 2 rounds; left room {code}$", host.stdout, re.M), host.stdout
     assert saved.stat().st_size > 0
+
+
+def test_lan_session_create_and_join_complete_a_round(cli):
+    """No relay: `create --lan PORT` hosts the session on this machine, `join --lan HOST:PORT`
+    joins it, and both finish their rounds with the shared model."""
+    with socket.socket() as probe:  # a free port for the session
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    rounds = ["--synthetic", "--samples", "8", "--rounds", "2"]
+    host = cli("create", "--lan", str(port), "--name", "Alice", *rounds, "--member", "0")
+    host.wait_for(rf"join --lan (\S+):{port}$", 60)
+    member = cli("join", "--lan", f"127.0.0.1:{port}", "--name", "Bob", *rounds)
+    member.wait_for(rf"^Joined the LAN session at 127.0.0.1:{port} with Alice, Bob$", 60)
+    host.wait_for(r"^Bob joined the room$", 30)
+    for side in (host, member):
+        assert side.wait(120) == 0, side.stdout + side.stderr
+        for n in (1, 2):
+            side.wait_for(ROUND_LINE.replace("1000", "2").format(n=n, who="2 contributors"), 1)
+        assert "Traceback" not in side.stderr, side.stderr
