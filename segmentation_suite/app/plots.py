@@ -12,14 +12,15 @@ GLOBAL_COLOUR = "#d62728"
 
 
 class MetricsPlot(QWidget):
-    """Left: the local model's training loss per epoch. Right: Dice per round of the local
-    model (after local training) and of the global model (after loading it)."""
+    """Left: the local model's training loss per epoch, and the global model's loss on the
+    same images when it arrives (at the round's last epoch). Right: Dice per round of the
+    local model (after local training) and of the global model (after loading it)."""
 
     def __init__(self, parent=None):
         super().__init__(parent)
         layout = QHBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
-        self.loss_plot = _plot("Training loss (local model)", "epoch", "loss")
+        self.loss_plot = _plot("Loss on your images", "epoch", "loss")
         self.dice_plot = _plot("Dice on evaluation images", "round", "Dice")
         self.dice_plot.setYRange(0.0, 1.0)
         layout.addWidget(self.loss_plot)
@@ -27,7 +28,9 @@ class MetricsPlot(QWidget):
         self.loss_points: list[tuple[float, float]] = []
         self.local_dice_points: list[tuple[float, float]] = []
         self.global_dice_points: list[tuple[float, float]] = []
+        self.global_loss_points: list[tuple[float, float]] = []
         self._loss_curve = _curve(self.loss_plot, LOCAL_COLOUR, "o", 6, "local loss")
+        self._global_loss_curve = _curve(self.loss_plot, GLOBAL_COLOUR, "s", 7, "global model")
         self._local_curve = _curve(self.dice_plot, LOCAL_COLOUR, "o", 7, "local model")
         self._global_curve = _curve(self.dice_plot, GLOBAL_COLOUR, "s", 7, "global model")
 
@@ -35,7 +38,18 @@ class MetricsPlot(QWidget):
         self.loss_points.append((epoch, loss))
         _show(self.loss_plot, self._loss_curve, self.loss_points)
 
-    def add_round(self, round_number: float, local_dice: float, global_dice: float | None) -> None:
+    def add_round(
+        self,
+        round_number: float,
+        local_dice: float,
+        global_dice: float | None,
+        global_loss: float | None = None,
+        epoch: float | None = None,
+    ) -> None:
+        """A finished round; `global_loss` is drawn at `epoch`, the round's last."""
+        if global_loss is not None and epoch is not None:
+            self.global_loss_points.append((epoch, global_loss))
+            _show(self.loss_plot, self._global_loss_curve, self.global_loss_points)
         self.local_dice_points.append((round_number, local_dice))
         _show(self.dice_plot, self._local_curve, self.local_dice_points)
         if global_dice is not None:
@@ -46,12 +60,20 @@ class MetricsPlot(QWidget):
         self.loss_points.clear()
         self.local_dice_points.clear()
         self.global_dice_points.clear()
-        for curve in (self._loss_curve, self._local_curve, self._global_curve):
+        self.global_loss_points.clear()
+        curves = (self._loss_curve, self._global_loss_curve, self._local_curve, self._global_curve)
+        for curve in curves:
             curve.setData([], [])
 
     @property
     def point_count(self) -> int:
-        return len(self.loss_points) + len(self.local_dice_points) + len(self.global_dice_points)
+        lists = (
+            self.loss_points,
+            self.global_loss_points,
+            self.local_dice_points,
+            self.global_dice_points,
+        )
+        return sum(len(points) for points in lists)
 
 
 def _show(plot: pg.PlotWidget, curve, points: list[tuple[float, float]]) -> None:

@@ -232,7 +232,13 @@ class TrainingPage(QWidget):
     def _on_round(self, result) -> None:
         self._rounds_done += 1
         number = self._round_offset + result.round
-        self.plot.add_round(number, result.local_dice, result.global_dice)
+        self.plot.add_round(
+            number,
+            result.local_dice,
+            result.global_dice,
+            global_loss=result.global_loss,
+            epoch=self._epochs_done,
+        )
         global_text = (
             f"global model Dice {result.global_dice:.3f} from {result.contributors} members"
             if result.global_dice is not None

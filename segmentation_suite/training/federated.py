@@ -40,6 +40,7 @@ class RoundResult:
     global_dice: float | None  # Dice after loading it; None if it did not arrive
     contributors: int  # members averaged into the global model (0 if none arrived)
     seconds: float
+    global_loss: float | None = None  # the global model's loss on this member's own images
 
 
 @dataclass
@@ -215,7 +216,7 @@ class FederatedTraining:
             global_weights, contributors = self._wait(round_number, inbox, emit, stop, pushed)
         if stop.is_set() and global_weights is None:
             return None
-        global_dice = None
+        global_dice = global_loss = None
         if global_weights is not None:
             try:
                 self.trainer.load_state_dict(self._as_received(global_weights))
@@ -228,6 +229,7 @@ class FederatedTraining:
                 )
             else:
                 global_dice = self.trainer.evaluate(self.evaluation)
+                global_loss = self.trainer.loss_on(self.trainer.data)
         if global_weights is None or global_dice is None:
             contributors = 0
         elif contributors is None:
@@ -242,6 +244,7 @@ class FederatedTraining:
             global_dice=global_dice,
             contributors=contributors,
             seconds=time.perf_counter() - started,
+            global_loss=global_loss,
         )
 
     def _train(self, round_number: int, emit, stop) -> float | None:

@@ -168,6 +168,19 @@ class Trainer:
         """Mean per-image Dice on `data` (see dice_score)."""
         return dice_score(self.predict(data.images), data.masks)
 
+    @torch.no_grad()
+    def loss_on(self, data: SegmentationData, batch_size: int = 32) -> float:
+        """The training loss of the current weights on `data` (no training): how a global
+        model does on this member's own images, next to the local training loss."""
+        self.model.eval()
+        images, masks = torch.as_tensor(data.images), torch.as_tensor(data.masks)
+        total = 0.0
+        for start in range(0, len(images), batch_size):
+            batch = slice(start, start + batch_size)
+            count = len(images[batch])
+            total += segmentation_loss(self.model(images[batch]), masks[batch]).item() * count
+        return total / len(images) if len(images) else float("nan")
+
     def state_dict(self) -> dict[str, torch.Tensor]:
         """The model's weights: detached CPU copies (training may go on)."""
         return {key: value.detach().cpu().clone() for key, value in self.model.state_dict().items()}

@@ -74,6 +74,9 @@ def test_create_join_and_train_one_round(qtbot, relay, tmp_path):
         # Both pushed, so the global model of round 1 arrived and was evaluated.
         assert [x for x, _ in page.plot.global_dice_points] == [1]
         assert all(0.0 <= dice <= 1.0 for _, dice in page.plot.global_dice_points)
+        # ...and its loss on this member's images, at the round's last epoch.
+        assert [x for x, _ in page.plot.global_loss_points] == [1]
+        assert all(loss > 0 for _, loss in page.plot.global_loss_points)
         assert page.progress_bar.value() == page.progress_bar.maximum()
         assert page.resume_button.isEnabled() and page.start_button.isEnabled()
     # The two members ended the round with the same (global) model.

@@ -118,6 +118,7 @@ def test_host_and_member_train_two_rounds_and_end_with_the_same_global_model(roo
     for results in (host_results, member_results):
         assert [r.round for r in results] == [1, 2]
         assert all(r.global_dice is not None and 0.0 <= r.global_dice <= 1.0 for r in results)
+        assert all(r.global_loss is not None and r.global_loss > 0 for r in results)
         assert all(0.0 <= r.local_dice <= 1.0 and r.seconds > 0 for r in results)
     assert [r.contributors for r in host_results] == [2, 2]  # the host saw both pushes
 
@@ -228,6 +229,7 @@ def test_a_missing_global_model_keeps_the_local_weights_and_stop_ends_a_wait(roo
     assert not thread.is_alive()
     (result,) = results
     assert result.global_dice is None and result.contributors == 0
+    assert result.global_loss is None
     assert any(e.kind == "waiting" and "No global model" in e.message for e in events)
     # nothing lost: the model is the one trained locally
     assert trainer.evaluate(trainer.data) == pytest.approx(result.local_dice)

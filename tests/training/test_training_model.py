@@ -56,10 +56,13 @@ def test_dice_score_on_hand_computed_cases():
 def test_trainer_learns_its_own_microscope():
     data = member_shard(0, 24, size=32)
     trainer = Trainer(data, learning_rate=3e-3)
-    before = trainer.evaluate(data)
+    before, loss_before = trainer.evaluate(data), trainer.loss_on(data)
     losses = [trainer.train_epoch() for _ in range(6)]
     assert losses[-1] < losses[0]
     assert trainer.evaluate(data) > max(before, 0.6)
+    # loss_on measures without training: the same weights give the same figure twice
+    assert trainer.loss_on(data) < loss_before
+    assert trainer.loss_on(data) == trainer.loss_on(data)
     assert trainer.num_samples == 24
     assert trainer.epochs_trained == 6
 
