@@ -386,8 +386,8 @@ class SyncClient:
         """Pushes this member's weights to the host for the current round.
 
         Serialized here (the caller may keep training), sent on the client's sender thread;
-        the returned Future completes when the relay took the last byte. The host's own push
-        goes straight into its round."""
+        the returned Future completes when the relay took the last byte, with the serialized
+        size in bytes as its result. The host's own push goes straight into its round."""
         if not self._require_connection("send weights"):
             return None
         try:
@@ -401,7 +401,7 @@ class SyncClient:
             own, _ = decode_weights(data)
             self._accept_push(self.user_id, own, {"num_samples": num_samples, "epoch": epoch})
             future: concurrent.futures.Future = concurrent.futures.Future()
-            future.set_result(None)
+            future.set_result(len(data))
             return future
         announcement = create_weights_push_message(self.user_id, epoch, loss, num_samples)
         return self._submit(self._send_transfer, announcement, FrameKind.WEIGHTS, data, self._to())
@@ -473,7 +473,7 @@ class SyncClient:
 
     def _send_transfer(
         self, announcement: Message, kind: int, data: memoryview, to: list[str] | None
-    ) -> None:
+    ) -> int:
         """Announcement, then the framed binaries. Behind a v1 relay, a payload over one chunk
         is also wrapped in the original's chunk_start/chunk_end."""
         connection = self._connection
@@ -507,6 +507,7 @@ class SyncClient:
             end = create_chunk_end_message(str(transfer_id))
             end.extra[FRAMED_FIELD] = True
             self._send_json(end, to)
+        return len(data)
 
     def _send_crop(
         self, header: Message, image_png: bytes, mask_png: bytes, to: list[str] | None

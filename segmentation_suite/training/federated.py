@@ -286,7 +286,6 @@ class FederatedTraining:
 
     def _push(self, round_number: int, weights: dict, loss: float, emit) -> int | None:
         """Sends the weights; their size on the wire, or None if they did not go."""
-        size = _wire_size(weights, round_number, loss, self.trainer.num_samples)
         started = time.perf_counter()
         future = self.client.send_weights(
             weights, epoch=round_number, loss=loss, num_samples=self.trainer.num_samples
@@ -300,7 +299,7 @@ class FederatedTraining:
             )
             return None
         try:
-            future.result(self.round_timeout)
+            size = future.result(self.round_timeout)
         except Exception as exc:  # a send failure of any kind: keep training locally
             emit(
                 self._waiting(
@@ -381,18 +380,6 @@ def _host_trains(client: Any):
         yield
     finally:
         client.host_trains = previous
-
-
-def _wire_size(weights: dict, round_number: int, loss: float, num_samples: int) -> int:
-    """The pushed message's size in bytes (the codec is fast; the model is small)."""
-    try:
-        from ..network.codec import serialize_weights
-
-        return len(
-            serialize_weights(weights, epoch=round_number, loss=loss, num_samples=num_samples)
-        )
-    except Exception:  # no extension: an estimate, float16 on the wire
-        return sum(int(np.asarray(v).size) * 2 for v in weights.values())
 
 
 def _safe_emitter(on_event: Callable[[TrainingEvent], None] | None):
