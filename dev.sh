@@ -33,7 +33,7 @@ debian_packages() {
         libegl1 libgl1 libopengl0 libxkbcommon0 libfontconfig1 libdbus-1-3 "$glib" \
         xvfb xauth libx11-xcb1 libxkbcommon-x11-0 libxcb-cursor0 libxcb-icccm4 libxcb-image0 \
         libxcb-keysyms1 libxcb-randr0 libxcb-render-util0 libxcb-shape0 libxcb-shm0 \
-        libxcb-sync1 libxcb-util1 libxcb-xfixes0 libxcb-xkb1
+        libxcb-sync1 libxcb-util1 libxcb-xfixes0 libxcb-xkb1 systemd
     # Node.js runs the benchmark's peer relay; a machine may already have it from elsewhere.
     command -v npm >/dev/null 2>&1 || echo nodejs npm
 }
