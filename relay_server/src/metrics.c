@@ -24,6 +24,7 @@ static const char *const reject_names[REJECT_REASON_COUNT] = {
     [REJECT_UNAUTHORIZED] = "unauthorized",
     [REJECT_SLOW_RECEIVER] = "slow_receiver",
     [REJECT_IDLE_TIMEOUT] = "idle_timeout",
+    [REJECT_USER_ID_TAKEN] = "user_id_taken",
 };
 
 struct writer {

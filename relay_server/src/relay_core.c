@@ -47,6 +47,11 @@ struct room {
     double reserved_until; /* an empty room made by POST /api/create-room lives until then */
     /* LAN mode: the host every other member talks to (and the only one they hear from) */
     struct member *hub;
+    /* The member who created the room (attested to everyone as `host_id`) while it is in the
+     * room; NULL once it left for good. A room reserved over HTTP gets its creator at the
+     * first join (`awaiting_creator`). */
+    struct member *host;
+    bool awaiting_creator;
 };
 
 struct relay {
@@ -271,6 +276,12 @@ static json_t *user_list(const struct room *room)
     return users;
 }
 
+/* The attested host's user_id, or null when the creator has left the room. */
+static json_t *host_id_of(const struct room *room)
+{
+    return room->host ? json_string(room->host->user_id) : json_null();
+}
+
 /* The connected members of a room other than `except`, into `out` (capacity: member_count). */
 static size_t connected_members(const struct room *room, const struct member *except,
                                 struct connection **out)
@@ -305,8 +316,9 @@ static void tell_room(struct relay *relay, struct room *room, struct member *sub
     size_t count = connected_members(room, subject, receivers);
     if (room->hub) /* LAN: the host keeps the members informed itself (user_list) */
         count = lan_hub_only(room, subject, receivers, count);
-    json_t *payload = json_pack("{s:s, s:s, s:o}", "user_id", subject->user_id, "display_name",
-                                subject->display_name, "users", user_list(room));
+    json_t *payload =
+        json_pack("{s:s, s:s, s:o, s:o}", "user_id", subject->user_id, "display_name",
+                  subject->display_name, "users", user_list(room), "host_id", host_id_of(room));
     if (extra) {
         json_object_update(payload, extra);
         json_decref(extra);
@@ -399,6 +411,8 @@ static void remove_member(struct relay *relay, struct member *member)
     else
         relay->members_away--;
     log_event(LOG_LEVEL_INFO, "user_left", "room", room->code, "user", member->user_id, NULL);
+    if (member == room->host)
+        room->host = NULL; /* nobody inherits the creator's attestation */
     if (member == room->hub) {
         /* Without its host a LAN session cannot go on: send its members away. */
         room->hub = NULL;
@@ -417,12 +431,13 @@ static void remove_member(struct relay *relay, struct member *member)
 
 static json_t *membership_payload(struct relay *relay, struct member *member)
 {
-    json_t *payload =
-        json_pack("{s:s, s:O}", "room_code", member->room->code, "relay", relay->relay_info);
+    json_t *payload = json_pack("{s:s, s:O, s:o}", "room_code", member->room->code, "relay",
+                                relay->relay_info, "host_id", host_id_of(member->room));
     if (member->wants_resume) {
         char token[RESUME_TOKEN_HEX_LENGTH + 1];
-        if (resume_token_make(relay->secret, relay->secret_length, member->room->code,
-                              member->user_id, token))
+        enum resume_role role = member == member->room->host ? RESUME_HOST : RESUME_MEMBER;
+        if (resume_token_make_as(relay->secret, relay->secret_length, member->room->code,
+                                 member->user_id, role, token))
             json_object_set_new(payload, "resume_token", json_string(token));
     }
     return payload;
@@ -523,6 +538,27 @@ static bool can_create_room(struct relay *relay, struct connection *connection)
     return false;
 }
 
+static struct member *find_member(struct room *room, const char *user_id)
+{
+    for (struct member *m = room->members; m; m = m->next)
+        if (!strcmp(m->user_id, user_id))
+            return m;
+    return NULL;
+}
+
+/* A user_id names one member of a room: a member who is connected or away (in its resume grace)
+ * keeps it, so nobody can take another's place, and with it directed messages meant for it.
+ * Only `resume` with that member's token takes an id over. */
+static bool user_id_free(struct relay *relay, struct connection *connection, struct room *room,
+                         const char *user_id)
+{
+    if (!find_member(room, user_id))
+        return true;
+    relay->metrics.rejected[REJECT_USER_ID_TAKEN]++;
+    send_error(relay, connection, "USER_ID_TAKEN", "This user_id is already in the room", NULL);
+    return false;
+}
+
 /* --- LAN mode: one session, a host (the AggregationServer) and members who say hello ------ */
 
 static void refuse_in_lan_mode(struct relay *relay, struct connection *connection)
@@ -562,6 +598,7 @@ static void open_lan_session(struct relay *relay, struct connection *connection,
         return;
     }
     room->hub = host;
+    room->host = host;
     relay->lan_room = room;
     log_event(LOG_LEVEL_INFO, "lan_session_opened", "room", code, "user", identity.user_id, "peer",
               connection->peer_address, NULL);
@@ -585,7 +622,8 @@ static void handle_hello(struct relay *relay, struct connection *connection, jso
     }
     if (connection->member && connection->member->room == room)
         return; /* said hello twice: already in */
-    if (!room_has_space(relay, connection, room))
+    if (!user_id_free(relay, connection, room, identity.user_id) ||
+        !room_has_space(relay, connection, room))
         return;
     leave_current_room(relay, connection);
     struct member *member =
@@ -607,8 +645,8 @@ static void handle_create_room(struct relay *relay, struct connection *connectio
     if (!can_create_room(relay, connection))
         return;
     struct room *room = new_room_code(relay, code) ? create_room(relay, code) : NULL;
-    if (!room || !add_member(room, connection, identity.user_id, identity.display_name,
-                             identity.wants_resume)) {
+    if (!room || !(room->host = add_member(room, connection, identity.user_id,
+                                           identity.display_name, identity.wants_resume))) {
         if (room && room->member_count == 0)
             delete_room(relay, room);
         send_error(relay, connection, "INTERNAL", "Could not create a room", NULL);
@@ -666,25 +704,22 @@ static void handle_join_room(struct relay *relay, struct connection *connection,
         send_room_joined(relay, connection->member, false); /* already there: say so again */
         return;
     }
-    if (!room_has_space(relay, connection, room))
+    if (!user_id_free(relay, connection, room, identity.user_id) ||
+        !room_has_space(relay, connection, room))
         return;
     leave_current_room(relay, connection);
     struct member *member = add_member(room, connection, identity.user_id, identity.display_name,
                                        identity.wants_resume);
     if (!member)
         return;
+    if (room->awaiting_creator) {
+        room->awaiting_creator = false;
+        room->host = member;
+    }
     log_event(LOG_LEVEL_INFO, "user_joined", "room", code, "user", identity.user_id, "peer",
               connection->peer_address, NULL);
     send_room_joined(relay, member, false);
     tell_room(relay, room, member, "user_joined", NULL);
-}
-
-static struct member *find_member(struct room *room, const char *user_id)
-{
-    for (struct member *m = room->members; m; m = m->next)
-        if (!strcmp(m->user_id, user_id))
-            return m;
-    return NULL;
 }
 
 static void handle_resume(struct relay *relay, struct connection *connection, json_t *payload)
@@ -697,8 +732,9 @@ static void handle_resume(struct relay *relay, struct connection *connection, js
         string_field(relay, connection, payload, "resume_token", RESUME_TOKEN_HEX_LENGTH, false);
     if (!token)
         return;
-    if (!code[0] ||
-        !resume_token_check(relay->secret, relay->secret_length, code, identity.user_id, token)) {
+    enum resume_role role = RESUME_MEMBER;
+    if (!code[0] || !resume_token_verify(relay->secret, relay->secret_length, code,
+                                         identity.user_id, token, &role)) {
         relay->metrics.rejected[REJECT_INVALID_RESUME_TOKEN]++;
         send_error(relay, connection, "INVALID_RESUME_TOKEN", "Invalid resume token", NULL);
         return;
@@ -725,6 +761,8 @@ static void handle_resume(struct relay *relay, struct connection *connection, js
         member->connection = connection;
         member->wants_resume = true;
         connection->member = member;
+        if (role == RESUME_HOST && !member->room->host)
+            member->room->host = member;
         log_event(LOG_LEVEL_INFO, "user_resumed", "room", code, "user", member->user_id, "peer",
                   connection->peer_address, NULL);
         send_room_joined(relay, member, true);
@@ -743,6 +781,9 @@ static void handle_resume(struct relay *relay, struct connection *connection, js
             delete_room(relay, room);
         return;
     }
+    /* The creator's token re-attests it as host after a restart or after it had left. */
+    if (role == RESUME_HOST && !room->host)
+        room->host = member;
     log_event(LOG_LEVEL_INFO, "user_resumed", "room", code, "user", member->user_id, "peer",
               connection->peer_address, NULL);
     send_room_joined(relay, member, true);
@@ -1050,11 +1091,11 @@ struct relay *relay_create(const struct relay_config *config, const struct relay
     relay->join_limiter =
         rate_limiter_create(config->join_attempts_per_minute, RATE_LIMITER_MAX_ADDRESSES);
     relay->relay_info = json_pack(
-        "{s:s, s:i, s:[s,s,s,s], s:{s:I, s:I, s:i, s:I, s:i}}", "version", RELAY_VERSION,
+        "{s:s, s:i, s:[s,s,s,s,s], s:{s:I, s:I, s:i, s:I, s:i}}", "version", RELAY_VERSION,
         "protocol", PROTOCOL_VERSION, "features", "frame_header", "directed", "resume",
-        "flow_control", "limits", "max_message_size", (json_int_t)config->max_message_size,
-        "max_text_size", (json_int_t)config->max_text_size, "max_room_members",
-        (int)config->max_room_members, "chunk_size",
+        "flow_control", "host_id", "limits", "max_message_size",
+        (json_int_t)config->max_message_size, "max_text_size", (json_int_t)config->max_text_size,
+        "max_room_members", (int)config->max_room_members, "chunk_size",
         (json_int_t)(config->max_message_size < RECOMMENDED_CHUNK_SIZE ? config->max_message_size
                                                                        : RECOMMENDED_CHUNK_SIZE),
         "resume_grace_seconds", (int)config->resume_grace_seconds);
@@ -1372,6 +1413,7 @@ const char *relay_reserve_room(struct relay *relay, const char *peer_address, do
     if (!room)
         return "INTERNAL";
     room->reserved_until = now + RESERVED_ROOM_SECONDS;
+    room->awaiting_creator = true; /* whoever reserved it joins first, with the code */
     log_event(LOG_LEVEL_INFO, "room_reserved", "room", code, "peer", peer_address, NULL);
     return NULL;
 }

@@ -11,11 +11,13 @@
 #include <sys/random.h>
 #include <unistd.h>
 
-bool resume_token_make(const unsigned char *secret, size_t secret_length, const char *room_code,
-                       const char *user_id, char token[RESUME_TOKEN_HEX_LENGTH + 1])
+bool resume_token_make_as(const unsigned char *secret, size_t secret_length, const char *room_code,
+                          const char *user_id, enum resume_role role,
+                          char token[RESUME_TOKEN_HEX_LENGTH + 1])
 {
-    char message[8 + 8 + 256];
-    int n = snprintf(message, sizeof(message), "resume\n%s\n%s", room_code, user_id);
+    char message[8 + 8 + 256 + 8];
+    int n = snprintf(message, sizeof(message), "resume\n%s\n%s%s", room_code, user_id,
+                     role == RESUME_HOST ? "\nhost" : "");
     if (n < 0 || (size_t)n >= sizeof(message))
         return false;
     unsigned char digest[EVP_MAX_MD_SIZE];
@@ -27,6 +29,30 @@ bool resume_token_make(const unsigned char *secret, size_t secret_length, const 
         snprintf(token + 2 * i, 3, "%02x", digest[i]);
     token[RESUME_TOKEN_HEX_LENGTH] = '\0';
     return true;
+}
+
+bool resume_token_make(const unsigned char *secret, size_t secret_length, const char *room_code,
+                       const char *user_id, char token[RESUME_TOKEN_HEX_LENGTH + 1])
+{
+    return resume_token_make_as(secret, secret_length, room_code, user_id, RESUME_MEMBER, token);
+}
+
+bool resume_token_verify(const unsigned char *secret, size_t secret_length, const char *room_code,
+                         const char *user_id, const char *token, enum resume_role *role)
+{
+    char member[RESUME_TOKEN_HEX_LENGTH + 1], host[RESUME_TOKEN_HEX_LENGTH + 1];
+    if (strlen(token) != RESUME_TOKEN_HEX_LENGTH ||
+        !resume_token_make_as(secret, secret_length, room_code, user_id, RESUME_MEMBER, member) ||
+        !resume_token_make_as(secret, secret_length, room_code, user_id, RESUME_HOST, host))
+        return false;
+    /* Both comparisons always run, so timing does not tell which role a guess came close to. */
+    bool is_member = CRYPTO_memcmp(member, token, RESUME_TOKEN_HEX_LENGTH) == 0;
+    bool is_host = CRYPTO_memcmp(host, token, RESUME_TOKEN_HEX_LENGTH) == 0;
+    if (is_host)
+        *role = RESUME_HOST;
+    else if (is_member)
+        *role = RESUME_MEMBER;
+    return is_member || is_host;
 }
 
 bool resume_token_check(const unsigned char *secret, size_t secret_length, const char *room_code,

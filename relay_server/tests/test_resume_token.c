@@ -23,6 +23,17 @@ static void test_token_matches_vector(void **state)
     assert_true(resume_token_make(secret, secret_length, code, user, token));
     assert_string_equal(token, expected);
     assert_true(resume_token_check(secret, secret_length, code, user, expected));
+    enum resume_role role = RESUME_HOST;
+    assert_true(resume_token_verify(secret, secret_length, code, user, expected, &role));
+    assert_int_equal(role, RESUME_MEMBER);
+
+    /* The room creator's token, and the role it proves; a member token is not a host token. */
+    const char *host_expected = json_text(vector, "host_token_hex");
+    assert_true(resume_token_make_as(secret, secret_length, code, user, RESUME_HOST, token));
+    assert_string_equal(token, host_expected);
+    assert_true(resume_token_verify(secret, secret_length, code, user, host_expected, &role));
+    assert_int_equal(role, RESUME_HOST);
+    assert_false(resume_token_verify(secret, secret_length, code, "alicf", host_expected, &role));
 
     /* Anything else is refused: other user, other room, other secret, altered or cut token. */
     assert_false(resume_token_check(secret, secret_length, code, "alicf", expected));

@@ -12,6 +12,7 @@
     GROUP(config)                                                                                  \
     GROUP(log)                                                                                     \
     GROUP(core)                                                                                    \
+    GROUP(identity)                                                                                \
     GROUP(send_queue)                                                                              \
     GROUP(frame_header)                                                                            \
     GROUP(rate_limit)                                                                              \

@@ -33,8 +33,10 @@ from helpers.ws_client import (
 pytestmark = pytest.mark.asyncio
 
 
-def resume_token(secret: bytes, code: str, user_id: str) -> str:
-    return hmac.new(secret, f"resume\n{code}\n{user_id}".encode(), hashlib.sha256).hexdigest()
+def resume_token(secret: bytes, code: str, user_id: str, host: bool = False) -> str:
+    """docs/protocol.md "Resume": the room creator's token has "\\nhost" appended."""
+    message = f"resume\n{code}\n{user_id}" + ("\nhost" if host else "")
+    return hmac.new(secret, message.encode(), hashlib.sha256).hexdigest()
 
 
 # --- feature discovery -------------------------------------------------------------------
@@ -66,9 +68,10 @@ async def test_room_created_and_joined_advertise_the_relay_and_its_limits(relay)
         assert limits["resume_grace_seconds"] == 7
         # A recommended chunk must fit in a message.
         assert 0 < limits["chunk_size"] <= limits["max_message_size"]
-    # user_joined to the others stays v1-shaped.
+    # user_joined to the others is v1-shaped plus the attested host.
     notice = await recv_type(alice.ws, "user_joined")
-    assert set(notice["payload"]) == {"user_id", "display_name", "users"}
+    assert set(notice["payload"]) == {"user_id", "display_name", "users", "host_id"}
+    assert notice["payload"]["host_id"] == created["host_id"] == joined["host_id"] == "alice"
     await close_all([alice, bob])
 
 
@@ -219,15 +222,21 @@ async def test_resume_token_is_the_documented_hmac(relay, tmp_path):
     created = await alice.create(features=["resume"])
     assert stat.S_IMODE(secret_file.stat().st_mode) == 0o600
     secret = secret_file.read_bytes()
-    assert created["resume_token"] == resume_token(secret, created["room_code"], "alice")
+    assert created["resume_token"] == resume_token(secret, created["room_code"], "alice", host=True)
     # Cross-check the computation itself with the shared vector.
     vector = PROTOCOL["resume_token"]
-    expected = resume_token(bytes.fromhex(vector["secret_hex"]), vector["room_code"], "alice")
+    vector_secret = bytes.fromhex(vector["secret_hex"])
+    expected = resume_token(vector_secret, vector["room_code"], "alice")
     assert expected == vector["token_hex"]
-    # A v1 client (no features) gets no token.
+    host_token = resume_token(vector_secret, vector["room_code"], "alice", host=True)
+    assert host_token == vector["host_token_hex"]
+    # A v1 client (no features) gets no token; a member asking for one gets the member kind.
     bob = await member(server, "bob")
     assert "resume_token" not in await bob.join(created["room_code"])
-    await close_all([alice, bob])
+    carol = await member(server, "carol")
+    joined = await carol.join(created["room_code"], features=["resume"])
+    assert joined["resume_token"] == resume_token(secret, created["room_code"], "carol")
+    await close_all([alice, bob, carol])
 
 
 async def test_resume_within_grace_is_invisible_to_the_others(relay):
@@ -273,7 +282,12 @@ async def test_after_the_grace_period_the_others_get_user_left(relay):
     await expect_silence(bob.ws, 0.6)  # still within the grace period
     message = await recv_type(bob.ws, "user_left", timeout=5 * SLOWDOWN)
     elapsed = time.monotonic() - dropped_at
-    assert message["payload"] == {"user_id": "alice", "display_name": "Alice", "users": [bob.entry]}
+    assert message["payload"] == {
+        "user_id": "alice",
+        "display_name": "Alice",
+        "users": [bob.entry],
+        "host_id": None,
+    }
     assert 0.9 <= elapsed <= 1 + TIMER_MARGIN, f"user_left after {elapsed:.2f} s"
     await bob.close()
 

@@ -104,6 +104,7 @@ async def test_disconnect_sends_user_left_with_remaining_users(relay):
             "user_id": "alice",
             "display_name": alice.display_name,
             "users": [bob.entry, carol.entry],
+            "host_id": None,  # the creator left: nobody is the attested host any more
         }
     await close_all([bob, carol])
 
@@ -152,7 +153,12 @@ async def test_creating_a_second_room_leaves_the_first(relay):
     second = (await alice.create())["room_code"]
     assert second != first
     message = await recv_type(bob.ws, "user_left")
-    assert message["payload"] == {"user_id": "alice", "display_name": "Alice", "users": [bob.entry]}
+    assert message["payload"] == {
+        "user_id": "alice",
+        "display_name": "Alice",
+        "users": [bob.entry],
+        "host_id": None,
+    }
     # No ghost: Bob's messages no longer reach Alice; a member of her new room does.
     carol = await member(server, "carol")
     await carol.join(second)
