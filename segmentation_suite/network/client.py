@@ -42,6 +42,7 @@ from .host import AggregationRound, as_num_samples, describe_contributors
 from .protocol import (
     MAX_CHUNK_SIZE,
     ErrorCode,
+    Feature,
     FrameKind,
     Message,
     MessageType,
@@ -73,6 +74,17 @@ LAN_HOST_LEFT = "the LAN host left"
 #: Marks an announcement whose binaries carry the frame header (ignored by original clients).
 FRAMED_FIELD = "framed"
 
+#: How many times a push or global model cut off by a dropped connection is sent again (under
+#: its transfer id, so receivers take it once) after the session resumed.
+TRANSFER_RESENDS = 3
+
+#: How long an interrupted transfer waits for the session, and for its recipients, to come
+#: back before its Future fails.
+RESEND_WAIT_SECONDS = 120.0
+
+#: How many whole transfers a receiver remembers by (sender, transfer id) to drop repeats.
+REMEMBERED_TRANSFERS = 1024
+
 _RELAY_ERRORS = {
     ErrorCode.ROOM_NOT_FOUND.value: "Room {code} not found: check the code, or ask the host to "
     "create the room again",
@@ -80,11 +92,25 @@ _RELAY_ERRORS = {
     ErrorCode.TOO_MANY_ROOMS.value: "The relay has as many rooms as it allows; try again later",
     ErrorCode.RATE_LIMITED.value: "Too many join attempts from this address; try again in "
     "{retry_after} s",
+    ErrorCode.USER_ID_TAKEN.value: "Room {code} already has a member with this client's id "
+    "({user_id}); the relay keeps it for that member. Join again with a new client",
     ErrorCode.INVALID_RESUME_TOKEN.value: "The relay refused to resume the session in room {code}",
     ErrorCode.NO_HOST.value: "The LAN session at {url} has no host: ask the host to start it again",
     ErrorCode.LAN_SESSION.value: "{url} serves a LAN session, not relay rooms: join it by its "
     "address (LAN mode)",
 }
+
+
+# Refusals of a resume or re-join while reconnecting that mean "not now", not "never": the
+# room may come back when its host re-opens it, a stale connection may still hold our id.
+_REJOIN_REFUSALS = frozenset(
+    {
+        ErrorCode.INVALID_RESUME_TOKEN.value,
+        ErrorCode.ROOM_NOT_FOUND.value,
+        ErrorCode.USER_ID_TAKEN.value,
+        ErrorCode.RATE_LIMITED.value,
+    }
+)
 
 
 @dataclass
@@ -98,6 +124,26 @@ class _Transfer:
     next_index: int = 0
     offset: int = 0
     chunk_payload: int = 0
+
+
+class _RecentTransfers:
+    """The (sender, transfer id) of the last whole transfers received: a transfer sent again
+    after its sender's connection dropped mid-way may have arrived whole the first time."""
+
+    def __init__(self, capacity: int = REMEMBERED_TRANSFERS):
+        self._order: deque[tuple[str, int]] = deque()
+        self._keys: set[tuple[str, int]] = set()
+        self._capacity = capacity
+
+    def first_time(self, key: tuple[str, int]) -> bool:
+        """Remembers `key`; False if it was already remembered."""
+        if key in self._keys:
+            return False
+        self._keys.add(key)
+        self._order.append(key)
+        if len(self._order) > self._capacity:
+            self._keys.discard(self._order.popleft())
+        return True
 
 
 @dataclass
@@ -174,11 +220,18 @@ class SyncClient:
         self._reconnecting = False
         self._users: list[dict] = []
         self._host_id: str | None = None
+        self._host_attested = False  # a relay named the host (`host_id`) in this session
         self._architecture = ""
         self._global_weights: dict | None = None
         self._aggregation_round = 0
         self._round: AggregationRound | None = None
         self._transfers: dict[tuple[str, int], _Transfer] = {}
+        self._received_transfers = _RecentTransfers()
+        # Notified whenever the session changes (entered a room, lost the connection, over),
+        # for a send waiting to go again after a drop.
+        self._session_changed = threading.Condition(self._lock)
+        # Plain re-joins tried since a refused resume, while waiting for the host to re-open.
+        self._rejoin_tries = 0
         self._announcements: deque[_Announcement] = deque()
         self._pending_crops: dict[str, deque[dict]] = {}
         # Members this client announced as gone (user_left_room): one that resumes after its
@@ -223,6 +276,8 @@ class SyncClient:
 
     @property
     def host_id(self) -> str | None:
+        """The room's host: the creator as the relay attests it (`host_id`), or with a relay
+        that does not (v1), the earliest member."""
         return self._host_id
 
     @property
@@ -282,6 +337,7 @@ class SyncClient:
             self._closing = True
             connection = self._connection
             was_in_room = self._in_room
+            self._session_changed.notify_all()
         if self._round is not None:
             self._round.shutdown()
         if connection is None:
@@ -342,6 +398,7 @@ class SyncClient:
             self._capabilities = None
             self._users = []
             self._host_id = None
+            self._host_attested = False
         return True
 
     def _open_relay_session(self, room_code: str | None) -> None:
@@ -388,7 +445,7 @@ class SyncClient:
         Serialized here (the caller may keep training), sent on the client's sender thread;
         the returned Future completes when the relay took the last byte, with the serialized
         size in bytes as its result. The host's own push goes straight into its round."""
-        if not self._require_connection("send weights"):
+        if not self._require_connection("send weights") or self._host_missing("send weights"):
             return None
         try:
             data = serialize_weights(weights, epoch=epoch, loss=loss, num_samples=num_samples)
@@ -410,6 +467,8 @@ class SyncClient:
         """Asks the host for the current global model; `global_model_received` follows."""
         if not self._require_connection("request the global model"):
             return
+        if self._host_missing("request the global model"):
+            return
         if self.is_host:
             if self._global_weights is not None:
                 self.global_model_received.emit(self._global_weights)
@@ -427,6 +486,8 @@ class SyncClient:
     ) -> concurrent.futures.Future | None:
         """Sends one training crop (image and mask, each as a PNG) to the host."""
         if not self._require_connection("send training data"):
+            return None
+        if self._host_missing("send training data"):
             return None
         try:
             image_png = encode_png(image_array, "image")
@@ -474,12 +535,57 @@ class SyncClient:
     def _send_transfer(
         self, announcement: Message, kind: int, data: memoryview, to: list[str] | None
     ) -> int:
+        """Sends a whole transfer; one cut off by a dropped connection goes again, under the
+        same transfer id, once the session resumed (relays that resume sessions only). Returns
+        the size once the relay took the last byte; raises when the session is over."""
+        transfer_id = next(self._transfer_ids) & (2**64 - 1)
+        for resends in itertools.count():
+            connection = self._connection
+            try:
+                return self._send_transfer_once(announcement, kind, data, to, transfer_id)
+            except transport.ConnectionClosed:
+                if resends == TRANSFER_RESENDS or not self._wait_to_resend(connection, to):
+                    raise
+            log.info("connection back: sending transfer %d again", transfer_id)
+        raise AssertionError("unreachable")
+
+    def _wait_to_resend(self, failed: transport.Connection | None, to: list[str] | None) -> bool:
+        """After a send failed on `failed`: waits until a new connection is in the room again
+        with every recipient present. False when there is no point: the relay cannot resume
+        sessions (v1), the session is over, or it did not come back in RESEND_WAIT_SECONDS."""
+        capabilities = self._capabilities
+        if capabilities is None or not capabilities.supports(Feature.RESUME):
+            return False
+
+        def ready() -> bool:
+            present = {u.get("user_id") for u in self._users}
+            # A member's push waits for the attested host: after a relay restart, whoever
+            # holds the host's id before the host is back is not the host.
+            to_host = not self.is_host and self._relay_attests_host
+            return (
+                self._connection is not failed
+                and self.is_connected
+                and all(user in present for user in to or ())
+                and (not to_host or list(to or ()) == [self._host_id])
+            )
+
+        with self._session_changed:
+            self._session_changed.wait_for(lambda: self._closing or ready(), RESEND_WAIT_SECONDS)
+            return not self._closing and ready()
+
+    def _send_transfer_once(
+        self,
+        announcement: Message,
+        kind: int,
+        data: memoryview,
+        to: list[str] | None,
+        transfer_id: int,
+    ) -> int:
         """Announcement, then the framed binaries. Behind a v1 relay, a payload over one chunk
         is also wrapped in the original's chunk_start/chunk_end."""
         connection = self._connection
         if connection is None:
             raise transport.ConnectionClosed("not connected")
-        transfer_id = next(self._transfer_ids) & (2**64 - 1)
         chunk_size = self._chunk_size()
         recipients = list(to or ())
         per_chunk = chunk_size - frame_header_size(self.user_id, recipients)
@@ -570,9 +676,15 @@ class SyncClient:
         resumed = bool(payload.get("resumed"))
         users = [u for u in payload.get("users", []) if isinstance(u, dict)]
         self._enter_room(payload, users)
-        ids = [u.get("user_id") for u in users]
-        if self._host_id not in ids:
-            self._host_id = ids[0] if ids else None
+        self._take_attested_host(payload)
+        if not self._relay_attests_host:
+            # A relay that does not name the host: the creator joined first, as in the original.
+            ids = [u.get("user_id") for u in users]
+            if self._host_id not in ids:
+                self._host_id = ids[0] if ids else None
+        if self._rejoin_tries:
+            self._rejoin_tries = 0
+            self.sync_status.emit(f"Back in room {self._room_code}: the host re-opened it")
         if resumed:
             self.sync_status.emit(f"Back in room {self._room_code}")
         else:
@@ -594,10 +706,14 @@ class SyncClient:
             self._users = users
             self._in_room = True
             self._reconnecting = False
+            self._session_changed.notify_all()
 
     def _on_user_joined(self, message: Message) -> None:
         payload = message.payload
-        self._users = [u for u in payload.get("users", []) if isinstance(u, dict)]
+        with self._lock:
+            self._users = [u for u in payload.get("users", []) if isinstance(u, dict)]
+            self._take_attested_host(payload)
+            self._session_changed.notify_all()  # a recipient an interrupted send waits for
         returned = payload["user_id"] in self._reported_left
         self._reported_left.discard(payload["user_id"])
         if not payload.get("resumed") or returned:
@@ -618,7 +734,12 @@ class SyncClient:
         for key in [k for k in self._transfers if k[0] == left]:
             del self._transfers[key]
         self._pending_crops.pop(left, None)
-        if left == self._host_id:
+        host_left = left == self._host_id
+        self._take_attested_host(payload)
+        if host_left and self._relay_attests_host:
+            # Nobody else may take the host's place: its global models are the only ones taken.
+            self.sync_status.emit("The host left; waiting for it to come back")
+        elif host_left:
             self._host_id = self._users[0]["user_id"] if self._users else None
             self.sync_status.emit(f"The host left; {self._host_id} aggregates now")
         self._reported_left.add(left)
@@ -639,11 +760,10 @@ class SyncClient:
                 code=self._room_code or "",
                 retry_after=payload.get("retry_after", 60),
                 url=self._url,
+                user_id=self.user_id,
             )
-        if code == ErrorCode.INVALID_RESUME_TOKEN.value or (
-            self._reconnecting and code == ErrorCode.ROOM_NOT_FOUND.value
-        ):
-            self._resume_failed()
+        if self._reconnecting and code in _REJOIN_REFUSALS:
+            self._resume_failed(code, payload.get("retry_after"))
             return
         self._report(text)
         if not self._in_room and code in _RELAY_ERRORS:
@@ -722,7 +842,7 @@ class SyncClient:
             if len(payload) != header.total_size:
                 log.warning("discarding a truncated transfer from %s", header.sender)
                 return
-            self._on_transfer(header.sender, header.kind, payload)
+            self._on_whole_transfer(key, header.kind, payload)
             return
         transfer = self._transfers.get(key)
         if header.chunk_index == 0:
@@ -755,7 +875,14 @@ class SyncClient:
             if end != transfer.total_size:
                 log.warning("discarding a truncated transfer from %s", header.sender)
                 return
-            self._on_transfer(header.sender, transfer.kind, memoryview(transfer.buffer))
+            self._on_whole_transfer(key, transfer.kind, memoryview(transfer.buffer))
+
+    def _on_whole_transfer(self, key: tuple[str, int], kind: int, payload: Any) -> None:
+        """A whole framed transfer; one its sender sent again after a drop is handled once."""
+        if not self._received_transfers.first_time(key):
+            log.info("dropping transfer %d from %s: already received", key[1], key[0])
+            return
+        self._on_transfer(key[0], kind, payload)
 
     def _on_unframed_binary(self, data: memoryview) -> None:
         """A binary from an original client: it belongs to the oldest open announcement."""
@@ -789,6 +916,12 @@ class SyncClient:
                 return
             self._accept_push(sender, weights, metadata)
         elif kind == FrameKind.GLOBAL_MODEL:
+            if not self._may_send_global_model(sender):
+                self._report(
+                    f"Refused a global model from {self._name_of(sender)}: only the host "
+                    f"({self._name_of(self._host_id or '')}) sends global models in this room"
+                )
+                return
             try:
                 weights, metadata = decode_weights(payload)
             except ValueError as exc:
@@ -811,6 +944,38 @@ class SyncClient:
                 log.warning("ignoring a training mask from %s without its image", sender)
                 return
             self.training_data_received.emit(image, bytes(payload), pending.popleft())
+
+    @property
+    def _relay_attests_host(self) -> bool:
+        """Whether the relay names the host in membership messages (feature `host_id`, or a
+        `host_id` seen in this session)."""
+        capabilities = self._capabilities
+        advertised = capabilities is not None and capabilities.supports(Feature.HOST_ID)
+        return advertised or self._host_attested
+
+    def _take_attested_host(self, payload: dict) -> None:
+        """Takes the host from a membership payload's `host_id`, when the relay sent one:
+        null means the creator is not in the room (left, or not yet back after a restart),
+        and then nobody is the host, whoever holds its id."""
+        if "host_id" in payload:
+            self._host_id = attested_host(payload)
+            self._host_attested = True
+
+    def _host_missing(self, what: str) -> bool:
+        """True (reported) when a member cannot `what` because the relay attests no host now:
+        sending to everyone instead would hand it to whoever is in the room."""
+        if self._host_id is None and self._relay_attests_host and not self.is_host:
+            self._report(
+                f"Cannot {what}: the room's host is not in the room; try again when it is back"
+            )
+            return True
+        return False
+
+    def _may_send_global_model(self, sender: str) -> bool:
+        """Only the attested host's global models are taken: any member's would let an
+        impostor overwrite everyone's model. Behind a relay that attests nobody (v1), the
+        original's trust in whoever sends one stays."""
+        return sender == self._host_id or not self._relay_attests_host
 
     # --- the host's rounds ----------------------------------------------------------------
 
@@ -874,6 +1039,7 @@ class SyncClient:
             self._in_room = False
             self._transfers.clear()
             self._announcements.clear()
+            self._session_changed.notify_all()
         if closing or not was_in_room:
             if was_in_room:
                 self.disconnected.emit()
@@ -890,8 +1056,7 @@ class SyncClient:
     def _reconnect(self) -> None:
         """Exponential backoff with full jitter, then `resume` (or a plain re-join)."""
         for attempt in range(self.reconnect_attempts):
-            cap = min(self.reconnect_max_delay, self.reconnect_base_delay * 2**attempt)
-            time.sleep(random.uniform(0, cap))
+            time.sleep(self._backoff(attempt))
             if self._closing:
                 return
             try:
@@ -909,9 +1074,16 @@ class SyncClient:
             except transport.ConnectionClosed:
                 continue
             return
-        self._reconnecting = False
+        self._end_session()
         self._report(f"Could not reconnect to {self._url} after {self.reconnect_attempts} tries")
         self.disconnected.emit()
+
+    def _end_session(self) -> None:
+        """Nothing more to wait for: interrupted sends fail now instead of going again."""
+        with self._lock:
+            self._reconnecting = False
+            self._closing = True
+            self._session_changed.notify_all()
 
     def _rejoin_message(self) -> Message:
         if self._mode == "direct":
@@ -924,12 +1096,55 @@ class SyncClient:
             return create_room_message(self.user_id, self.display_name)
         return join_room_message(self._room_code or "", self.user_id, self.display_name)
 
-    def _resume_failed(self) -> None:
-        """The relay would not resume us: fall back to a plain join (or a new room)."""
-        log.warning("resume refused; joining room %s afresh", self._room_code)
-        self._resume_token = None
+    def _resume_failed(self, code: str, retry_after: Any = None) -> None:
+        """The relay would not take us back. The host opens a new room at once; a member
+        waits for the host to re-open its room, re-joining with backoff a bounded number of
+        times (never a tight loop into the join rate limit)."""
+        if code == ErrorCode.INVALID_RESUME_TOKEN.value:
+            self._resume_token = None  # the relay forgot the secret that signed it
+        room = self._room_code or ""
+        if self.is_host:
+            self.sync_status.emit(
+                f"The relay no longer knows room {room}; opening a new room: share its new code"
+            )
+            with contextlib.suppress(transport.ConnectionClosed):
+                self._send_json(self._rejoin_message())
+            return
+        self._rejoin_tries += 1
+        if self._rejoin_tries > self.reconnect_attempts:
+            self._end_session()
+            self._report(
+                f"Room {room} did not come back after {self.reconnect_attempts} tries: the "
+                "host has not re-opened it. Join again with the code the host shares"
+            )
+            connection = self._connection
+            if connection is not None:
+                threading.Thread(target=connection.close, daemon=True).start()
+            self.disconnected.emit()
+            return
+        delay = self._backoff(self._rejoin_tries - 1)
+        if code == ErrorCode.RATE_LIMITED.value and isinstance(retry_after, (int, float)):
+            delay = max(delay, float(retry_after))
+        self.sync_status.emit(
+            f"The relay does not have room {room} any more (it may have restarted); waiting "
+            f"for the host to open it again (try {self._rejoin_tries} of "
+            f"{self.reconnect_attempts} in {delay:.0f} s)"
+        )
+        timer = threading.Timer(delay, self._retry_rejoin)
+        timer.daemon = True
+        timer.start()
+
+    def _retry_rejoin(self) -> None:
+        if self._closing or not self._reconnecting:
+            return
         with contextlib.suppress(transport.ConnectionClosed):
             self._send_json(self._rejoin_message())
+
+    def _backoff(self, attempt: int) -> float:
+        """Exponential backoff with full jitter: the wait before retry number `attempt`."""
+        return random.uniform(
+            0, min(self.reconnect_max_delay, self.reconnect_base_delay * 2**attempt)
+        )
 
     # --- helpers ------------------------------------------------------------------------
 
@@ -1027,6 +1242,12 @@ class HostClient(SyncClient):
 
     def connect_to_local_server(self, port: int, user_name: str) -> None:
         self.connect_direct("127.0.0.1", port, user_name)
+
+
+def attested_host(payload: dict) -> str | None:
+    """The room creator's id as the relay attests it in a membership payload, else None."""
+    host = payload.get("host_id")
+    return host if isinstance(host, str) and host else None
 
 
 def _websocket_url(url: str) -> str:

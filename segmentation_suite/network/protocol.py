@@ -104,6 +104,7 @@ class ErrorCode(str, Enum):
     LAN_SESSION = "LAN_SESSION"
     LAN_HOST_TAKEN = "LAN_HOST_TAKEN"
     NO_HOST = "NO_HOST"
+    USER_ID_TAKEN = "USER_ID_TAKEN"  # another live member of the room holds this user_id
 
 
 class CloseCode(IntEnum):
@@ -123,6 +124,7 @@ class Feature(str, Enum):
     DIRECTED = "directed"
     RESUME = "resume"
     FLOW_CONTROL = "flow_control"
+    HOST_ID = "host_id"  # membership messages name the room's creator as `host_id`
 
 
 class FrameKind(IntEnum):
