@@ -147,6 +147,18 @@ class _RecentTransfers:
 
 
 @dataclass
+class _SentTransfer:
+    """A framed transfer this client sends, kept to send it again after a drop."""
+
+    announcement: Message
+    kind: int
+    data: memoryview
+    to: list[str] | None
+    transfer_id: int
+    connection: Any = None  # the connection it last went out on
+
+
+@dataclass
 class _Announcement:
     """An original client's JSON announcement waiting for its unframed binaries."""
 
@@ -227,6 +239,9 @@ class SyncClient:
         self._round: AggregationRound | None = None
         self._transfers: dict[tuple[str, int], _Transfer] = {}
         self._received_transfers = _RecentTransfers()
+        self._last_transfer: _SentTransfer | None = None  # the newest one sent whole
+        # Host: who was in the room when the newest global model was broadcast.
+        self._global_model_reached: set[str] = set()
         # Notified whenever the session changes (entered a room, lost the connection, over),
         # for a send waiting to go again after a drop.
         self._session_changed = threading.Condition(self._lock)
@@ -237,6 +252,8 @@ class SyncClient:
         # Members this client announced as gone (user_left_room): one that resumes after its
         # grace period expired is announced again, so joins and leaves stay balanced.
         self._reported_left: set[str] = set()
+        # Members not back yet after this client resumed (say, after a relay restart).
+        self._away_members: set[str] = set()
         self._host_trains = False
         self._global_contributors: int | None = None
         self._crop_images: dict[str, bytes] = {}
@@ -399,6 +416,9 @@ class SyncClient:
             self._users = []
             self._host_id = None
             self._host_attested = False
+            self._away_members.clear()
+            self._global_model_reached.clear()
+            self._last_transfer = None
         return True
 
     def _open_relay_session(self, room_code: str | None) -> None:
@@ -538,21 +558,36 @@ class SyncClient:
         """Sends a whole transfer; one cut off by a dropped connection goes again, under the
         same transfer id, once the session resumed (relays that resume sessions only). Returns
         the size once the relay took the last byte; raises when the session is over."""
-        transfer_id = next(self._transfer_ids) & (2**64 - 1)
+        transfer = _SentTransfer(
+            announcement, kind, data, to, next(self._transfer_ids) & (2**64 - 1)
+        )
         for resends in itertools.count():
-            connection = self._connection
+            transfer.connection = self._connection
             try:
-                return self._send_transfer_once(announcement, kind, data, to, transfer_id)
+                size = self._send_transfer_once(transfer)
             except transport.ConnectionClosed:
-                if resends == TRANSFER_RESENDS or not self._wait_to_resend(connection, to):
+                if resends == TRANSFER_RESENDS or not self._wait_to_resend(transfer):
                     raise
-            log.info("connection back: sending transfer %d again", transfer_id)
+                log.info("connection back: sending transfer %d again", transfer.transfer_id)
+                continue
+            with self._lock:
+                self._last_transfer = transfer
+            return size
         raise AssertionError("unreachable")
 
-    def _wait_to_resend(self, failed: transport.Connection | None, to: list[str] | None) -> bool:
-        """After a send failed on `failed`: waits until a new connection is in the room again
+    def _resend_last_transfer(self, transfer: _SentTransfer) -> None:
+        """After a resume: the newest transfer the lost connection took whole goes again, as
+        the relay may have died with its tail unread (the receiver drops it if it arrived)."""
+        if not self._wait_to_resend(transfer):
+            return
+        log.info("connection back: sending transfer %d again", transfer.transfer_id)
+        self._send_transfer_once(transfer)
+
+    def _wait_to_resend(self, transfer: _SentTransfer) -> bool:
+        """Waits until a connection other than the one `transfer` went out on is in the room
         with every recipient present. False when there is no point: the relay cannot resume
         sessions (v1), the session is over, or it did not come back in RESEND_WAIT_SECONDS."""
+        failed, to = transfer.connection, transfer.to
         capabilities = self._capabilities
         if capabilities is None or not capabilities.supports(Feature.RESUME):
             return False
@@ -573,16 +608,11 @@ class SyncClient:
             self._session_changed.wait_for(lambda: self._closing or ready(), RESEND_WAIT_SECONDS)
             return not self._closing and ready()
 
-    def _send_transfer_once(
-        self,
-        announcement: Message,
-        kind: int,
-        data: memoryview,
-        to: list[str] | None,
-        transfer_id: int,
-    ) -> int:
+    def _send_transfer_once(self, transfer: _SentTransfer) -> int:
         """Announcement, then the framed binaries. Behind a v1 relay, a payload over one chunk
         is also wrapped in the original's chunk_start/chunk_end."""
+        announcement, kind, data = transfer.announcement, transfer.kind, transfer.data
+        to, transfer_id = transfer.to, transfer.transfer_id
         connection = self._connection
         if connection is None:
             raise transport.ConnectionClosed("not connected")
@@ -635,7 +665,16 @@ class SyncClient:
         metadata = {"aggregation_round": aggregation_round, "contributor_count": contributors}
         data = serialize_weights(weights, metadata=metadata)
         announcement = create_global_model_message(aggregation_round, contributors)
+        present_before = self._present_ids()
         self._send_transfer(announcement, FrameKind.GLOBAL_MODEL, data, to)
+        with self._lock:
+            if to is None:  # who was there all along got all of it
+                self._global_model_reached = present_before & self._present_ids()
+            else:
+                self._global_model_reached.update(to)
+
+    def _present_ids(self) -> set[str]:
+        return {u.get("user_id") for u in self._users}
 
     def _require_connection(self, what: str) -> bool:
         if self.is_connected:
@@ -675,6 +714,11 @@ class SyncClient:
         payload = message.payload
         resumed = bool(payload.get("resumed"))
         users = [u for u in payload.get("users", []) if isinstance(u, dict)]
+        if resumed:
+            # A restarted relay re-opens a room one resume at a time: who is not back yet is
+            # away, not gone, and a round must not close without it (until its timeout).
+            back = {u.get("user_id") for u in users}
+            self._away_members |= {u.get("user_id") for u in self._users} - back - {self.user_id}
         self._enter_room(payload, users)
         self._take_attested_host(payload)
         if not self._relay_attests_host:
@@ -700,6 +744,7 @@ class SyncClient:
             log.warning("relay capabilities unreadable, speaking v1: %s", exc)
             capabilities = None
         with self._lock:
+            back_after_drop = self._reconnecting
             self._room_code = payload.get("room_code", self._room_code)
             self._capabilities = capabilities
             self._resume_token = payload.get("resume_token") or self._resume_token
@@ -707,6 +752,9 @@ class SyncClient:
             self._in_room = True
             self._reconnecting = False
             self._session_changed.notify_all()
+            last, self._last_transfer = self._last_transfer, None
+        if back_after_drop and last is not None and last.connection is not self._connection:
+            self._submit(self._resend_last_transfer, last)
 
     def _on_user_joined(self, message: Message) -> None:
         payload = message.payload
@@ -714,6 +762,7 @@ class SyncClient:
             self._users = [u for u in payload.get("users", []) if isinstance(u, dict)]
             self._take_attested_host(payload)
             self._session_changed.notify_all()  # a recipient an interrupted send waits for
+        self._away_members.discard(payload["user_id"])
         returned = payload["user_id"] in self._reported_left
         self._reported_left.discard(payload["user_id"])
         if not payload.get("resumed") or returned:
@@ -726,6 +775,23 @@ class SyncClient:
                 create_session_info_message(self._architecture),
                 [payload["user_id"]],
             )
+        if payload.get("resumed"):
+            self._send_missed_global_model(payload["user_id"])
+
+    def _send_missed_global_model(self, user_id: str) -> None:
+        """Host: the newest global model to a member back by resume that was not in the room
+        when it was broadcast (the relay delivers only to who is there)."""
+        with self._lock:
+            missed = user_id not in self._global_model_reached
+            self._global_model_reached.add(user_id)
+        if missed and self.is_host and self._global_weights is not None:
+            self._submit(
+                self._send_global_model,
+                self._global_weights,
+                self._aggregation_round,
+                self._global_contributors or 0,
+                [user_id],
+            )
 
     def _on_user_left(self, message: Message) -> None:
         payload = message.payload
@@ -735,6 +801,7 @@ class SyncClient:
             del self._transfers[key]
         self._pending_crops.pop(left, None)
         host_left = left == self._host_id
+        self._away_members.discard(left)
         self._take_attested_host(payload)
         if host_left and self._relay_attests_host:
             # Nobody else may take the host's place: its global models are the only ones taken.
@@ -993,11 +1060,12 @@ class SyncClient:
     def _member_ids(self) -> list[str]:
         """Whose pushes a round waits for: the other members, and the host itself once it
         trains (else a round could close on the members' pushes just before the host's)."""
-        return [
+        present = [
             u["user_id"]
             for u in self._users
             if u.get("user_id") != self.user_id or self._host_trains
         ]
+        return present + sorted(self._away_members.difference(present))
 
     def _update_round_members(self) -> None:
         if self._round is not None and self.is_host:
