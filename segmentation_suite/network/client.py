@@ -1104,11 +1104,13 @@ class SyncClient:
         with self._lock:
             closing = self._closing
             was_in_room = self._in_room
+            # Lost while waiting for the host to re-open the room: keep trying all the same.
+            waiting_for_room = self._reconnecting
             self._in_room = False
             self._transfers.clear()
             self._announcements.clear()
             self._session_changed.notify_all()
-        if closing or not was_in_room:
+        if closing or not (was_in_room or waiting_for_room):
             if was_in_room:
                 self.disconnected.emit()
             return

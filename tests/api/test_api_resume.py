@@ -1,9 +1,22 @@
-"""Fault drill: the relay restarts mid-session. With the same --secret-file, the creator
-re-opens its room under the same code and the member resumes, without user_left churn."""
+"""Fault drills: the relay restarts mid-session. With the same secret the creator re-opens its
+room under the same code and the member resumes, without user_left churn. With another secret
+the member's resume is refused: it waits for the host in words, with bounded backed-off
+re-joins, and is back in the same code once the host re-opens it.
+
+The relay killed in the middle of a push is in test_api_restart_push.py."""
 
 from __future__ import annotations
 
+import json
+import socket
+
 from test_api_rooms import last_users, make_client
+from websockets.sync.client import connect
+
+from helpers.http_metrics import scrape
+from helpers.relay_process import SLOWDOWN
+
+WAIT = 30.0 * SLOWDOWN  # a safety net only: every wait ends on a state
 
 
 def test_relay_restart_everyone_back_in_the_same_room(relay, recorder, members, tmp_path):
@@ -33,3 +46,61 @@ def test_relay_restart_everyone_back_in_the_same_room(relay, recorder, members, 
     later = recorder.events[mark:]
     assert not [e for e in later if e[1] in ("user_left_room", "user_joined_room", "error")]
     assert not [e for e in later if e[1] in ("room_created", "room_joined")]
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on now, so both relay runs get one command line."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_member_refused_resume_rejoins_when_the_host_reopens_and_never_spins(
+    relay, recorder, tmp_path
+):
+    """A relay restarted with another secret refuses the member's resume; the member says it
+    waits for the host and re-joins with backoff, never into the join rate limit (the relay
+    runs with its default rate). When the relay runs on the first secret again and the host
+    (an independent `websockets` client) resumes, the member is back in the same code."""
+    port = str(free_port())
+    first_secret = ["--port", port, "--secret-file", str(tmp_path / "first.secret")]
+    first = relay(*first_secret, join_rate=None)
+    host_id = "hostws000000"
+    with connect(first.url + "/ws", open_timeout=WAIT) as ws:
+        create = {"user_id": host_id, "display_name": "host", "features": ["resume"]}
+        ws.send(json.dumps({"type": "create_room", "payload": create}))
+        created = json.loads(ws.recv(timeout=WAIT))["payload"]
+        code, token = created["room_code"], created["resume_token"]
+        mia = make_client(
+            recorder,
+            "mia",
+            reconnect_attempts=30,
+            reconnect_base_delay=0.2,
+            reconnect_max_delay=1.0,
+        )
+        mia.sync_status.connect(recorder.record("mia", "status"))
+        mia.connect_relay(code, "mia", first.url)
+        recorder.wait_for(lambda: last_users(recorder, "mia") == ["host", "mia"], WAIT, "joined")
+        first.kill()
+
+    def said(words):
+        return lambda: [text for (text,) in recorder.of("mia", "status") if words in text]
+
+    other = relay("--port", port, "--secret-file", str(tmp_path / "other.secret"), join_rate=None)
+    recorder.wait_for(said("waiting for the host to open it again"), WAIT, "mia waits, in words")
+    refused = scrape(other)
+    other.kill()
+    second = relay(*first_secret, join_rate=None)
+    with connect(second.url + "/ws", open_timeout=WAIT) as ws:
+        resume = {"room_code": code, "user_id": host_id, "display_name": "host"}
+        ws.send(json.dumps({"type": "resume", "payload": dict(resume, resume_token=token)}))
+        reopened = json.loads(ws.recv(timeout=WAIT))
+        assert reopened["type"] == "room_joined" and reopened["payload"]["resumed"]
+        recorder.wait_for(said("the host re-opened it"), WAIT, "mia back, in words")
+        assert mia.is_connected and mia.room_code == code and mia.host_id == host_id
+        assert sorted(u["user_id"] for u in mia.users) == sorted([host_id, mia.user_id])
+    # Bounded, backed-off re-joins: never refused for the rate, on either relay.
+    assert refused["relay_rejects_total{reason=invalid_resume_token}"] == 1
+    for metrics in (refused, scrape(second)):
+        assert metrics["relay_rejects_total{reason=rate_limited}"] == 0
+    assert not [e for e in recorder.of("mia", "error")]
