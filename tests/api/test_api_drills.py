@@ -14,12 +14,17 @@ from test_api_rounds import start_room
 
 def test_member_killed_mid_transfer_round_closes_by_timeout(relay, recorder, members, caplog):
     caplog.set_level(logging.INFO, logger="segmentation_suite.network.host")
-    url = relay().url
+    # 1 MB chunks and little buffering in the relay: a push is many messages, most of them
+    # still with the sender when the host holds the first.
+    url = relay("--max-message-size", "1M", "--receiver-buffer", "1M").url
     host = start_room(recorder, url, members, ["steady", "doomed"], timeout=4.0)
     layout = big_layout(128)  # 64 MB on the wire: long enough to be cut in the middle
-    start_at = time.time() + 3
-    members.send("doomed", "push", 7, 1, 7, layout, start_at)
-    time.sleep(max(0.0, start_at - time.time()) + 0.05)
+    members.send("doomed", "push", 7, 1, 7, layout, None)
+    # Killed once the host holds part of the push (a state, not a moment).
+    deadline = time.monotonic() + 60
+    while not host.is_receiving_chunks and time.monotonic() < deadline:
+        time.sleep(0.001)
+    assert host.is_receiving_chunks, "doomed's push never started"
     kill_member(members, "doomed")
     members.send("steady", "push", 5, 2, 5, big_layout(4), None)
     recorder.wait_for(lambda: recorder.of("host", "global"), 30, "the round to close")
