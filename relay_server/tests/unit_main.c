@@ -13,6 +13,7 @@
     GROUP(log)                                                                                     \
     GROUP(core)                                                                                    \
     GROUP(identity)                                                                                \
+    GROUP(quota)                                                                                   \
     GROUP(send_queue)                                                                              \
     GROUP(frame_header)                                                                            \
     GROUP(rate_limit)                                                                              \
