@@ -151,8 +151,18 @@ static const struct option_spec options[] = {
      GROUP_ACCESS,
      NULL,
      FIELD(secret_file),
-     .help = "key for resume tokens, created (mode 0600) if missing; without it rooms cannot "
-             "be re-opened after a restart"},
+     .help = "key for resume tokens, created (mode 0600) if missing; default resume.key in the "
+             "state directory"},
+    {"state-dir",
+     "DIR",
+     {"RELAY_STATE_DIR"},
+     OPTION_PATH,
+     GROUP_ACCESS,
+     NULL,
+     FIELD(state_dir),
+     .help = "where the relay keeps its resume key across restarts (created, mode 0700); "
+             "default $STATE_DIRECTORY under systemd, else $XDG_STATE_HOME/"
+             "segmentation-suite-relay, else ~/.local/state/segmentation-suite-relay"},
     {"lan-host-token-file",
      "FILE",
      {"RELAY_LAN_HOST_TOKEN_FILE"},

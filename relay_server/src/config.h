@@ -54,9 +54,13 @@ struct relay_config {
     char access_token[TOKEN_MAX_BYTES + 1];
     bool access_token_set;
     /* --secret-file FILE (RELAY_SECRET_FILE): key for resume tokens; created (mode 0600) if
-     * missing. Without it a random per-process secret is used and rooms cannot be re-opened
-     * after a restart. */
+     * missing. Without it the key is resume.key in the state directory (state_dir.h), so that
+     * a plain restart keeps every room; a LAN session uses a per-process key. */
     char secret_file[4096];
+    /* --state-dir DIR (RELAY_STATE_DIR): where the relay keeps its state (the resume key);
+     * default $STATE_DIRECTORY (systemd), else $XDG_STATE_HOME/segmentation-suite-relay, else
+     * ~/.local/state/segmentation-suite-relay */
+    char state_dir[4096];
     /* --ping-interval SECONDS (RELAY_PING_INTERVAL, default 30; 0 disables pings) */
     unsigned ping_interval_seconds;
     /* --idle-timeout SECONDS (RELAY_IDLE_TIMEOUT, default 90): close after silence this long */
