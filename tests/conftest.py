@@ -15,21 +15,34 @@ from helpers.relay_process import SANITIZED, RelayProcess, relay_binary
 # Join attempts per address per minute for tests that are not about the rate limit: every test
 # connects from 127.0.0.1, and the default (30) would make unrelated tests flaky.
 GENEROUS_JOIN_RATE = "100000"
+# Likewise the other per-address limits (rooms, room creations, concurrent handshakes), which
+# a test opening many connections or rooms at once from 127.0.0.1 would run into. A flag given
+# again later wins, so a test can still set any of them; per_address=False keeps the defaults.
+GENEROUS_PER_ADDRESS = (
+    "--max-rooms-per-address", "100000", "--create-rate", "100000",
+    "--max-handshakes-per-address", "1000",
+)  # fmt: skip
 
 
 @pytest.fixture
 def relay():
-    """Factory: relay(*args, env=None, tls=False, join_rate=GENEROUS_JOIN_RATE) -> RelayProcess.
+    """Factory: relay(*args, env=None, tls=False, join_rate=GENEROUS_JOIN_RATE,
+    per_address=True) -> RelayProcess.
 
-    Pass join_rate=None to run with the relay's default join rate.
+    Pass join_rate=None to run with the relay's default join rate, per_address=False for its
+    default per-address limits (GENEROUS_PER_ADDRESS).
     """
     binary = relay_binary()
     if not binary.exists():
         pytest.skip(f"relay binary {binary} not built (make -C relay_server; or RELAY_SERVER_BIN)")
     started: list[RelayProcess] = []
 
-    def start(*args: str, env=None, tls=False, join_rate=GENEROUS_JOIN_RATE) -> RelayProcess:
+    def start(
+        *args: str, env=None, tls=False, join_rate=GENEROUS_JOIN_RATE, per_address=True
+    ) -> RelayProcess:
         extra = ["--join-rate", join_rate] if join_rate is not None else []
+        if per_address:
+            extra += GENEROUS_PER_ADDRESS
         process = RelayProcess([*extra, *args], env=env, tls=tls)
         started.append(process)
         return process

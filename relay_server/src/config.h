@@ -32,21 +32,40 @@ struct relay_config {
     unsigned max_rooms;
     /* --max-connections N (RELAY_MAX_CONNECTIONS, default 10000) */
     unsigned max_connections;
-    /* --join-rate N (RELAY_JOIN_RATE, default 30): join/resume attempts per address per minute */
+    /* --join-rate N (RELAY_JOIN_RATE, default 30): failed join/resume attempts (unknown code, bad
+     * token) per address per minute; past it every attempt is refused unevaluated */
     unsigned join_attempts_per_minute;
+    /* --global-join-failure-rate N (RELAY_GLOBAL_JOIN_FAILURE_RATE, default 3000): failed joins
+     * per minute from all addresses together, so that many addresses cannot guess faster */
+    unsigned failed_joins_per_minute;
+    /* --max-rooms-per-address N (RELAY_MAX_ROOMS_PER_ADDRESS, default 64): rooms (live, in their
+     * resume grace, or reserved) created from one address (IPv6: one /64) */
+    unsigned max_rooms_per_address;
+    /* --create-rate N (RELAY_CREATE_RATE, default 60): rooms created per address per minute */
+    unsigned rooms_created_per_minute;
+    /* --max-connections-per-address N (RELAY_MAX_CONNECTIONS_PER_ADDRESS, default 256): open
+     * TCP connections from one address (IPv6: one /64), WebSocket or not */
+    unsigned max_connections_per_address;
+    /* --max-handshakes-per-address N (RELAY_MAX_HANDSHAKES_PER_ADDRESS, default 8): connections
+     * from one address still in their HTTP/WebSocket handshake */
+    unsigned max_handshakes_per_address;
     /* --token-file FILE (RELAY_TOKEN_FILE) or RELAY_TOKEN: optional shared access token.
      * Never on the command line (it would show in ps); never logged. */
     char access_token[TOKEN_MAX_BYTES + 1];
     bool access_token_set;
     /* --secret-file FILE (RELAY_SECRET_FILE): key for resume tokens; created (mode 0600) if
-     * missing. Without it a random per-process secret is used and rooms cannot be re-opened
-     * after a restart. */
+     * missing. Without it the key is resume.key in the state directory (state_dir.h), so that
+     * a plain restart keeps every room; a LAN session uses a per-process key. */
     char secret_file[4096];
+    /* --state-dir DIR (RELAY_STATE_DIR): where the relay keeps its state (the resume key);
+     * default $STATE_DIRECTORY (systemd), else $XDG_STATE_HOME/segmentation-suite-relay, else
+     * ~/.local/state/segmentation-suite-relay */
+    char state_dir[4096];
     /* --ping-interval SECONDS (RELAY_PING_INTERVAL, default 30; 0 disables pings) */
     unsigned ping_interval_seconds;
     /* --idle-timeout SECONDS (RELAY_IDLE_TIMEOUT, default 90): close after silence this long */
     unsigned idle_timeout_seconds;
-    /* --handshake-timeout SECONDS (RELAY_HANDSHAKE_TIMEOUT, default 10) */
+    /* --handshake-timeout SECONDS (RELAY_HANDSHAKE_TIMEOUT, default 5) */
     unsigned handshake_timeout_seconds;
     /* --resume-grace SECONDS (RELAY_RESUME_GRACE, default 30) */
     unsigned resume_grace_seconds;

@@ -8,6 +8,7 @@
 #include <openssl/sha.h>
 #include <signal.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
@@ -28,6 +29,10 @@ _Static_assert(LWS_PRE <= SEND_QUEUE_HEADROOM, "fragments need room for the lws 
 #define SHUTDOWN_DEADLINE_SECONDS 1.5
 #define CLOSE_GRACE_SECONDS 2
 #define MAX_IGNORED_BODY_BYTES (64 * 1024)
+/* Handshakes in progress at once, each holding a header buffer (about 5 KB) from the moment its
+ * socket is accepted: enough that --max-handshakes-per-address from a hundred addresses at once
+ * do not make anyone wait for a buffer. */
+#define HEADER_POOL_SIZE 1024
 
 /* Per-connection state lws allocates for us (HTTP requests and WebSocket sessions). */
 struct session {
@@ -51,6 +56,14 @@ struct server {
     lws_sorted_usec_list_t shutdown_timer; /* wakes the loop often while connections close */
     double shutdown_started;
     bool shutting_down;
+};
+
+/* An accepted socket's standing with the core's per-address limits. Kept with the wsi (lws's
+ * opaque user data, which every wsi has) because the peer's address cannot be read any more when
+ * lws reports the wsi destroyed: its socket is closed by then. */
+struct socket_record {
+    char address[64];
+    bool in_handshake;
 };
 
 static struct server server;
@@ -241,6 +254,10 @@ static int serve_create_room(struct lws *wsi)
         return respond(wsi, 404, "application/json", "{\"error\":\"This is a LAN session\"}", 33);
     if (error && !strcmp(error, "RATE_LIMITED"))
         return respond(wsi, 429, "application/json", "{\"error\":\"Rate limited\"}", 24);
+    if (error && !strcmp(error, "TOO_MANY_ROOMS_FOR_ADDRESS")) {
+        const char *refusal = "{\"error\":\"Too many rooms for this address\"}";
+        return respond(wsi, 429, "application/json", refusal, strlen(refusal));
+    }
     if (error)
         return respond(wsi, 503, "application/json", "{\"error\":\"Too many rooms\"}", 26);
     int length = snprintf(body, sizeof(body), "{\"room_code\":\"%s\"}", code);
@@ -307,6 +324,43 @@ static int confirm_upgrade(struct lws *wsi)
         relay_connection_count(server.relay) >= server.config->max_connections)
         return refuse_upgrade(wsi, 503, "Service Unavailable", REJECT_TOO_MANY_CONNECTIONS);
     return 0;
+}
+
+/* --- sockets ---------------------------------------------------------------------------- */
+
+/* A TCP connection was accepted: admitted under the per-address limits, or closed at once. */
+static int admit_socket(struct lws *wsi)
+{
+    struct socket_record *record = calloc(1, sizeof(*record));
+    if (!record)
+        return -1;
+    peer_address(wsi, record->address, sizeof(record->address));
+    if (!relay_socket_accepted(server.relay, record->address, now_seconds())) {
+        free(record);
+        return -1;
+    }
+    record->in_handshake = true;
+    lws_set_opaque_user_data(wsi, record);
+    return 0;
+}
+
+static void socket_upgraded(struct lws *wsi)
+{
+    struct socket_record *record = lws_get_opaque_user_data(wsi);
+    if (record && record->in_handshake) {
+        record->in_handshake = false;
+        relay_socket_upgraded(server.relay, record->address);
+    }
+}
+
+static void socket_destroyed(struct lws *wsi)
+{
+    struct socket_record *record = lws_get_opaque_user_data(wsi);
+    if (!record)
+        return;
+    lws_set_opaque_user_data(wsi, NULL);
+    relay_socket_closed(server.relay, record->address, record->in_handshake);
+    free(record);
 }
 
 /* --- WebSocket -------------------------------------------------------------------------- */
@@ -423,7 +477,13 @@ static int relay_callback(struct lws *wsi, enum lws_callback_reasons reason, voi
         return confirm_upgrade(wsi);
     case LWS_CALLBACK_CONFIRM_EXTENSION_OKAY:
         return accept_extension(wsi);
+    case LWS_CALLBACK_SERVER_NEW_CLIENT_INSTANTIATED:
+        return admit_socket(wsi);
+    case LWS_CALLBACK_WSI_DESTROY:
+        socket_destroyed(wsi);
+        return 0;
     case LWS_CALLBACK_ESTABLISHED:
+        socket_upgraded(wsi);
         return open_session(wsi, session);
     case LWS_CALLBACK_RECEIVE:
         return session->connection ? receive(wsi, session, in, len) : -1;
@@ -515,10 +575,10 @@ int lws_server_run(const struct relay_config *config, const unsigned char *secre
     /* One read buffer per service thread: large reads mean fewer syscalls per forwarded byte. */
     info.pt_serv_buf_size = 1024 * 1024;
     info.fd_limit_per_thread = 0;
-    /* Handshakes in progress at once. Each holds a 4 KiB header buffer; a small pool that is
-     * reused, instead of one buffer per arriving connection freed after its upgrade, keeps the
-     * heap from fragmenting (about 1.6 KB per idle connection instead of 3). */
-    info.max_http_header_pool = 32;
+    /* lws gives every accepted socket a header buffer from this pool at once and queues sockets
+     * when it is empty: silent sockets would make everyone else wait. The per-address handshake
+     * cap (relay_socket_accepted) keeps one address from taking many. */
+    info.max_http_header_pool = HEADER_POOL_SIZE;
     server.context = lws_create_context(&info);
     if (!server.context) {
         fprintf(stderr, "relay_server: cannot create the libwebsockets context\n");

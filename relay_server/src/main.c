@@ -7,6 +7,7 @@
 #include "log.h"
 #include "lws_server.h"
 #include "resume_token.h"
+#include "state_dir.h"
 
 int main(int argc, char **argv)
 {
@@ -27,8 +28,24 @@ int main(int argc, char **argv)
     mallopt(M_MMAP_THRESHOLD, 4 * 1024 * 1024);
     mallopt(M_TRIM_THRESHOLD, 64 * 1024 * 1024);
 
+    /* The resume key: --secret-file, else kept in the state directory so that a plain restart
+     * (same command line) still accepts every room's resume tokens. A LAN session lives as long
+     * as its process and refuses resume: it needs no key on disk. */
+    static char secret_path[sizeof(config.state_dir) + sizeof(STATE_SECRET_FILE_NAME) + 1];
+    if (config.secret_file[0]) {
+        snprintf(secret_path, sizeof(secret_path), "%s", config.secret_file);
+    } else if (!config.lan_mode) {
+        static char directory[sizeof(config.state_dir)];
+        if (!state_dir_resolve(config.state_dir, directory, sizeof(directory), error,
+                               sizeof(error)) ||
+            !state_dir_create(directory, error, sizeof(error))) {
+            fprintf(stderr, "relay_server: %s\n", error);
+            return 1;
+        }
+        snprintf(secret_path, sizeof(secret_path), "%s/%s", directory, STATE_SECRET_FILE_NAME);
+    }
     unsigned char secret[RELAY_SECRET_BYTES];
-    if (!relay_secret_load(config.secret_file, secret, error, sizeof(error))) {
+    if (!relay_secret_load(secret_path, secret, error, sizeof(error))) {
         fprintf(stderr, "relay_server: %s\n", error);
         return 1;
     }

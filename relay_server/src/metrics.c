@@ -25,6 +25,10 @@ static const char *const reject_names[REJECT_REASON_COUNT] = {
     [REJECT_SLOW_RECEIVER] = "slow_receiver",
     [REJECT_IDLE_TIMEOUT] = "idle_timeout",
     [REJECT_USER_ID_TAKEN] = "user_id_taken",
+    [REJECT_GLOBAL_JOIN_BUDGET] = "global_join_budget",
+    [REJECT_ROOMS_PER_ADDRESS] = "rooms_per_address",
+    [REJECT_CONNECTIONS_PER_ADDRESS] = "connections_per_address",
+    [REJECT_HANDSHAKES_PER_ADDRESS] = "handshakes_per_address",
 };
 
 struct writer {
@@ -68,6 +72,9 @@ size_t metrics_render(const struct relay_metrics *m, size_t connections, size_t 
     emit(&w, "relay_members_away %zu\n", members_away);
     family(&w, "relay_queued_bytes", "gauge", "Bytes waiting to be written to receivers.");
     emit(&w, "relay_queued_bytes %" PRIu64 "\n", queued_bytes);
+    family(&w, "relay_sockets_accepted_total", "counter",
+           "TCP connections let through to the HTTP/WebSocket handshake.");
+    emit(&w, "relay_sockets_accepted_total %" PRIu64 "\n", m->sockets_accepted_total);
     family(&w, "relay_connections_total", "counter", "WebSocket connections accepted.");
     emit(&w, "relay_connections_total %" PRIu64 "\n", m->connections_total);
     family(&w, "relay_rooms_created_total", "counter", "Rooms created.");

@@ -27,10 +27,15 @@ enum reject_reason {
     REJECT_SLOW_RECEIVER,
     REJECT_IDLE_TIMEOUT,
     REJECT_USER_ID_TAKEN,
+    REJECT_GLOBAL_JOIN_BUDGET,
+    REJECT_ROOMS_PER_ADDRESS,
+    REJECT_CONNECTIONS_PER_ADDRESS,
+    REJECT_HANDSHAKES_PER_ADDRESS,
     REJECT_REASON_COUNT
 };
 
 struct relay_metrics {
+    uint64_t sockets_accepted_total; /* TCP connections let through to the handshake */
     uint64_t connections_total;
     uint64_t rooms_created_total;
     uint64_t messages_received[2]; /* [0] text, [1] binary */

@@ -4,6 +4,7 @@
 #include "relay_core.h"
 
 #include <jansson.h>
+#include <limits.h>
 #include <openssl/crypto.h>
 #include <search.h>
 #include <stddef.h>
@@ -11,6 +12,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "address_count.h"
+#include "address_key.h"
 #include "frame_header.h"
 #include "log.h"
 #include "rate_limit.h"
@@ -22,6 +25,8 @@
 #define RECOMMENDED_CHUNK_SIZE (16u * 1024 * 1024)
 #define RESERVED_ROOM_SECONDS 120.0
 #define RATE_LIMITER_MAX_ADDRESSES 100000
+/* The one "address" of the relay-wide budget of failed joins. */
+#define EVERY_ADDRESS "*"
 #define RATE_LIMITER_SWEEP_SECONDS 10.0
 /* A receiver whose queue grows past this many buffers is not reading at all: close it at once. */
 #define HARD_QUEUE_LIMIT_FACTOR 4
@@ -52,6 +57,9 @@ struct room {
      * first join (`awaiting_creator`). */
     struct member *host;
     bool awaiting_creator;
+    /* The address that created (or re-opened, or reserved) the room: it counts against that
+     * address's --max-rooms-per-address until the room is deleted. */
+    char owner[ADDRESS_KEY_SIZE];
 };
 
 struct relay {
@@ -72,7 +80,14 @@ struct relay {
     uint64_t next_connection_id;
 
     size_t members_away;
-    struct rate_limiter *join_limiter;
+    /* Failed joins/resumes (unknown code, bad token) per address, and relay-wide: only
+     * failures spend them, so colleagues behind one address who know the code always get in. */
+    struct rate_limiter *failed_joins;
+    struct rate_limiter *failed_joins_everywhere;
+    struct rate_limiter *room_creations; /* per address */
+    struct address_count *rooms_by_address;
+    struct address_count *sockets_by_address;    /* open TCP connections, any state */
+    struct address_count *handshakes_by_address; /* of those, not yet WebSocket */
     double last_sweep;
     json_t *relay_info;    /* the "relay" object of room_created/room_joined */
     struct room *lan_room; /* LAN mode: the one session, while its host is connected */
@@ -330,13 +345,20 @@ static void tell_room(struct relay *relay, struct room *room, struct member *sub
         json_decref(message);
 }
 
-static struct room *create_room(struct relay *relay, const char *code)
+/* A new empty room, counted against `owner`'s quota (the caller checked it has room). */
+static struct room *create_room(struct relay *relay, const char *code, const char *owner)
 {
     struct room *room = calloc(1, sizeof(*room));
     if (!room)
         return NULL;
     memcpy(room->code, code, sizeof(room->code));
+    if (!address_count_take(relay->rooms_by_address, owner, UINT_MAX)) {
+        free(room);
+        return NULL;
+    }
+    address_key(owner, room->owner);
     if (!tsearch(room, &relay->rooms_by_code, compare_rooms)) {
+        address_count_release(relay->rooms_by_address, room->owner);
         free(room);
         return NULL;
     }
@@ -353,6 +375,7 @@ static void delete_room(struct relay *relay, struct room *room)
     tdelete(room, &relay->rooms_by_code, compare_rooms);
     LIST_REMOVE(room, link);
     relay->room_count--;
+    address_count_release(relay->rooms_by_address, room->owner);
     log_event(LOG_LEVEL_INFO, "room_deleted", "room", room->code, NULL);
     free(room);
 }
@@ -509,15 +532,51 @@ static void leave_current_room(struct relay *relay, struct connection *connectio
         remove_member(relay, connection->member);
 }
 
+static void rate_limited(struct relay *relay, struct connection *connection, const char *error,
+                         double retry_after)
+{
+    send_error(relay, connection, "RATE_LIMITED", error,
+               json_pack("{s:i}", "retry_after", (int)(retry_after + 0.999)));
+}
+
+/* LAN hello: every attempt counts (there is no code to guess, but a flood is still refused). */
 static bool allow_join_attempt(struct relay *relay, struct connection *connection)
 {
     double retry_after = 0;
-    if (rate_limiter_allow(relay->join_limiter, connection->peer_address, relay->now, &retry_after))
+    if (rate_limiter_allow(relay->failed_joins, connection->peer_address, relay->now, &retry_after))
         return true;
     relay->metrics.rejected[REJECT_RATE_LIMITED]++;
-    send_error(relay, connection, "RATE_LIMITED", "Too many join attempts; try again later",
-               json_pack("{s:i}", "retry_after", (int)(retry_after + 0.999)));
+    rate_limited(relay, connection, "Too many join attempts; try again later", retry_after);
     return false;
+}
+
+/* Before a join or resume is evaluated: refused, unevaluated, once this address or the relay
+ * as a whole has used its budget of failed attempts, so that a guesser learns nothing more. */
+static bool join_budget_left(struct relay *relay, struct connection *connection)
+{
+    double retry_after = 0;
+    if (!rate_limiter_check(relay->failed_joins, connection->peer_address, relay->now,
+                            &retry_after)) {
+        relay->metrics.rejected[REJECT_RATE_LIMITED]++;
+        rate_limited(relay, connection, "Too many failed join attempts; try again later",
+                     retry_after);
+        return false;
+    }
+    if (!rate_limiter_check(relay->failed_joins_everywhere, EVERY_ADDRESS, relay->now,
+                            &retry_after)) {
+        relay->metrics.rejected[REJECT_GLOBAL_JOIN_BUDGET]++;
+        rate_limited(relay, connection, "The relay is refusing joins for a moment; try again later",
+                     retry_after);
+        return false;
+    }
+    return true;
+}
+
+/* A join named no live room, or a resume carried a bad token: that is what guessing costs. */
+static void join_failed(struct relay *relay, struct connection *connection)
+{
+    rate_limiter_spend(relay->failed_joins, connection->peer_address, relay->now);
+    rate_limiter_spend(relay->failed_joins_everywhere, EVERY_ADDRESS, relay->now);
 }
 
 static bool room_has_space(struct relay *relay, struct connection *connection, struct room *room)
@@ -529,12 +588,42 @@ static bool room_has_space(struct relay *relay, struct connection *connection, s
     return false;
 }
 
+/* Whether `address` may have one more room: the relay's --max-rooms, and the address's share,
+ * so that one address cannot fill the room table (rooms in their resume grace and reserved
+ * rooms count too). NULL if so, else the error code, counted in the metrics. */
+static const char *room_quota_refusal(struct relay *relay, const char *address)
+{
+    if (relay->room_count >= relay->config.max_rooms) {
+        relay->metrics.rejected[REJECT_TOO_MANY_ROOMS]++;
+        return "TOO_MANY_ROOMS";
+    }
+    if (address_count_get(relay->rooms_by_address, address) >=
+        relay->config.max_rooms_per_address) {
+        relay->metrics.rejected[REJECT_ROOMS_PER_ADDRESS]++;
+        return "TOO_MANY_ROOMS_FOR_ADDRESS";
+    }
+    return NULL;
+}
+
 static bool can_create_room(struct relay *relay, struct connection *connection)
 {
-    if (relay->room_count < relay->config.max_rooms)
+    const char *refusal = room_quota_refusal(relay, connection->peer_address);
+    if (!refusal)
         return true;
-    relay->metrics.rejected[REJECT_TOO_MANY_ROOMS]++;
-    send_error(relay, connection, "TOO_MANY_ROOMS", "The relay has too many rooms", NULL);
+    send_error(relay, connection, "TOO_MANY_ROOMS",
+               strcmp(refusal, "TOO_MANY_ROOMS") == 0
+                   ? "The relay has too many rooms"
+                   : "This address has too many rooms open; close some first",
+               NULL);
+    return false;
+}
+
+/* create_room (WebSocket) and POST /api/create-room: a room per address per so often. */
+static bool creation_allowed(struct relay *relay, const char *address, double *retry_after)
+{
+    if (rate_limiter_allow(relay->room_creations, address, relay->now, retry_after))
+        return true;
+    relay->metrics.rejected[REJECT_RATE_LIMITED]++;
     return false;
 }
 
@@ -588,7 +677,8 @@ static void open_lan_session(struct relay *relay, struct connection *connection,
         return;
     leave_current_room(relay, connection);
     char code[ROOM_CODE_LENGTH + 1];
-    struct room *room = new_room_code(relay, code) ? create_room(relay, code) : NULL;
+    struct room *room =
+        new_room_code(relay, code) ? create_room(relay, code, connection->peer_address) : NULL;
     struct member *host =
         room ? add_member(room, connection, identity.user_id, identity.display_name, false) : NULL;
     if (!host) {
@@ -644,7 +734,13 @@ static void handle_create_room(struct relay *relay, struct connection *connectio
     char code[ROOM_CODE_LENGTH + 1];
     if (!can_create_room(relay, connection))
         return;
-    struct room *room = new_room_code(relay, code) ? create_room(relay, code) : NULL;
+    double retry_after = 0;
+    if (!creation_allowed(relay, connection->peer_address, &retry_after)) {
+        rate_limited(relay, connection, "Too many rooms created; try again later", retry_after);
+        return;
+    }
+    struct room *room =
+        new_room_code(relay, code) ? create_room(relay, code, connection->peer_address) : NULL;
     if (!room || !(room->host = add_member(room, connection, identity.user_id,
                                            identity.display_name, identity.wants_resume))) {
         if (room && room->member_count == 0)
@@ -684,7 +780,7 @@ static void room_not_found(struct relay *relay, struct connection *connection)
 static bool read_join_request(struct relay *relay, struct connection *connection, json_t *payload,
                               char code[ROOM_CODE_LENGTH + 1], struct identity *identity)
 {
-    return allow_join_attempt(relay, connection) &&
+    return join_budget_left(relay, connection) &&
            read_room_code(relay, connection, payload, code) &&
            read_identity(relay, connection, payload, identity);
 }
@@ -697,6 +793,7 @@ static void handle_join_room(struct relay *relay, struct connection *connection,
         return;
     struct room *room = code[0] ? find_room(relay, code) : NULL;
     if (!room) {
+        join_failed(relay, connection);
         room_not_found(relay, connection);
         return;
     }
@@ -735,6 +832,7 @@ static void handle_resume(struct relay *relay, struct connection *connection, js
     enum resume_role role = RESUME_MEMBER;
     if (!code[0] || !resume_token_verify(relay->secret, relay->secret_length, code,
                                          identity.user_id, token, &role)) {
+        join_failed(relay, connection);
         relay->metrics.rejected[REJECT_INVALID_RESUME_TOKEN]++;
         send_error(relay, connection, "INVALID_RESUME_TOKEN", "Invalid resume token", NULL);
         return;
@@ -769,7 +867,8 @@ static void handle_resume(struct relay *relay, struct connection *connection, js
         return;
     }
     if (!room) {
-        if (!can_create_room(relay, connection) || !(room = create_room(relay, code)))
+        if (!can_create_room(relay, connection) ||
+            !(room = create_room(relay, code, connection->peer_address)))
             return;
         log_event(LOG_LEVEL_INFO, "room_reopened", "room", code, "user", identity.user_id, NULL);
     } else if (!room_has_space(relay, connection, room)) {
@@ -1088,8 +1187,14 @@ struct relay *relay_create(const struct relay_config *config, const struct relay
     relay->secret_length =
         secret_length < sizeof(relay->secret) ? secret_length : sizeof(relay->secret);
     memcpy(relay->secret, secret, relay->secret_length);
-    relay->join_limiter =
+    relay->failed_joins =
         rate_limiter_create(config->join_attempts_per_minute, RATE_LIMITER_MAX_ADDRESSES);
+    relay->failed_joins_everywhere = rate_limiter_create(config->failed_joins_per_minute, 1);
+    relay->room_creations =
+        rate_limiter_create(config->rooms_created_per_minute, RATE_LIMITER_MAX_ADDRESSES);
+    relay->rooms_by_address = address_count_create();
+    relay->sockets_by_address = address_count_create();
+    relay->handshakes_by_address = address_count_create();
     relay->relay_info = json_pack(
         "{s:s, s:i, s:[s,s,s,s,s], s:{s:I, s:I, s:i, s:I, s:i}}", "version", RELAY_VERSION,
         "protocol", PROTOCOL_VERSION, "features", "frame_header", "directed", "resume",
@@ -1099,7 +1204,9 @@ struct relay *relay_create(const struct relay_config *config, const struct relay
         (json_int_t)(config->max_message_size < RECOMMENDED_CHUNK_SIZE ? config->max_message_size
                                                                        : RECOMMENDED_CHUNK_SIZE),
         "resume_grace_seconds", (int)config->resume_grace_seconds);
-    if (!relay->join_limiter || !relay->relay_info) {
+    if (!relay->failed_joins || !relay->failed_joins_everywhere || !relay->room_creations ||
+        !relay->rooms_by_address || !relay->sockets_by_address || !relay->handshakes_by_address ||
+        !relay->relay_info) {
         relay_destroy(relay);
         return NULL;
     }
@@ -1162,6 +1269,40 @@ struct connection *relay_connection_open(struct relay *relay, void *transport,
     log_event(LOG_LEVEL_INFO, "connected", "peer", peer_address, "endpoint",
               echo ? "echo" : "relay", NULL);
     return connection;
+}
+
+bool relay_socket_accepted(struct relay *relay, const char *peer_address, double now)
+{
+    relay->now = now;
+    const struct relay_config *config = &relay->config;
+    if (address_count_get(relay->sockets_by_address, peer_address) >=
+        config->max_connections_per_address) {
+        relay->metrics.rejected[REJECT_CONNECTIONS_PER_ADDRESS]++;
+        return false;
+    }
+    if (!address_count_take(relay->handshakes_by_address, peer_address,
+                            config->max_handshakes_per_address)) {
+        relay->metrics.rejected[REJECT_HANDSHAKES_PER_ADDRESS]++;
+        return false;
+    }
+    if (!address_count_take(relay->sockets_by_address, peer_address, UINT_MAX)) {
+        address_count_release(relay->handshakes_by_address, peer_address);
+        return false;
+    }
+    relay->metrics.sockets_accepted_total++;
+    return true;
+}
+
+void relay_socket_upgraded(struct relay *relay, const char *peer_address)
+{
+    address_count_release(relay->handshakes_by_address, peer_address);
+}
+
+void relay_socket_closed(struct relay *relay, const char *peer_address, bool in_handshake)
+{
+    if (in_handshake)
+        address_count_release(relay->handshakes_by_address, peer_address);
+    address_count_release(relay->sockets_by_address, peer_address);
 }
 
 static void message_too_big(struct relay *relay, struct connection *connection)
@@ -1389,7 +1530,9 @@ void relay_tick(struct relay *relay, double now)
     expire_rooms(relay, now);
     check_connections(relay, now);
     if (now - relay->last_sweep >= RATE_LIMITER_SWEEP_SECONDS) {
-        rate_limiter_sweep(relay->join_limiter, now);
+        rate_limiter_sweep(relay->failed_joins, now);
+        rate_limiter_sweep(relay->failed_joins_everywhere, now);
+        rate_limiter_sweep(relay->room_creations, now);
         relay->last_sweep = now;
     }
 }
@@ -1400,16 +1543,13 @@ const char *relay_reserve_room(struct relay *relay, const char *peer_address, do
     relay->now = now;
     if (relay->config.lan_mode)
         return "LAN_SESSION";
+    const char *refusal = room_quota_refusal(relay, peer_address);
+    if (refusal)
+        return refusal;
     double retry_after;
-    if (!rate_limiter_allow(relay->join_limiter, peer_address, now, &retry_after)) {
-        relay->metrics.rejected[REJECT_RATE_LIMITED]++;
+    if (!creation_allowed(relay, peer_address, &retry_after))
         return "RATE_LIMITED";
-    }
-    if (relay->room_count >= relay->config.max_rooms) {
-        relay->metrics.rejected[REJECT_TOO_MANY_ROOMS]++;
-        return "TOO_MANY_ROOMS";
-    }
-    struct room *room = new_room_code(relay, code) ? create_room(relay, code) : NULL;
+    struct room *room = new_room_code(relay, code) ? create_room(relay, code, peer_address) : NULL;
     if (!room)
         return "INTERNAL";
     room->reserved_until = now + RESERVED_ROOM_SECONDS;
@@ -1451,7 +1591,12 @@ void relay_destroy(struct relay *relay)
         free(room);
     }
     tdestroy(relay->rooms_by_code, free_room_tree_node);
-    rate_limiter_destroy(relay->join_limiter);
+    rate_limiter_destroy(relay->failed_joins);
+    rate_limiter_destroy(relay->failed_joins_everywhere);
+    rate_limiter_destroy(relay->room_creations);
+    address_count_destroy(relay->rooms_by_address);
+    address_count_destroy(relay->sockets_by_address);
+    address_count_destroy(relay->handshakes_by_address);
     json_decref(relay->relay_info);
     free(relay);
 }

@@ -86,6 +86,16 @@ size_t relay_room_count(const struct relay *relay);
 size_t relay_members_away(const struct relay *relay);
 uint64_t relay_queued_bytes(const struct relay *relay);
 
+/* A TCP connection was accepted, before any HTTP: false when its address already holds
+ * --max-connections-per-address sockets or --max-handshakes-per-address unfinished handshakes
+ * (the transport then closes it at once: an attacker's sockets are never queued in front of
+ * others). Every accepted socket is reported closed exactly once, and upgraded at most once. */
+bool relay_socket_accepted(struct relay *relay, const char *peer_address, double now);
+/* Its WebSocket handshake is done: it no longer counts as a handshake. */
+void relay_socket_upgraded(struct relay *relay, const char *peer_address);
+/* It closed; `in_handshake` if it was never upgraded. */
+void relay_socket_closed(struct relay *relay, const char *peer_address, bool in_handshake);
+
 /* A WebSocket connection was accepted; NULL when over --max-connections or out of memory. */
 struct connection *relay_connection_open(struct relay *relay, void *transport,
                                          const char *peer_address, bool echo, double now);
@@ -110,8 +120,9 @@ void relay_connection_closed(struct relay *relay, struct connection *connection,
 /* Timers: resume grace, reserved rooms, pings, idle and slow-receiver timeouts. Call ~1/s. */
 void relay_tick(struct relay *relay, double now);
 
-/* POST /api/create-room: reserves an empty room. Returns NULL and the code, or an error code
- * string ("RATE_LIMITED", "TOO_MANY_ROOMS", "LAN_SESSION"). */
+/* POST /api/create-room: reserves an empty room. Returns NULL and the code, or why not:
+ * "RATE_LIMITED" (--create-rate), "TOO_MANY_ROOMS" (--max-rooms), "TOO_MANY_ROOMS_FOR_ADDRESS"
+ * (--max-rooms-per-address), "LAN_SESSION" or "INTERNAL". */
 const char *relay_reserve_room(struct relay *relay, const char *peer_address, double now,
                                char code[ROOM_CODE_LENGTH + 1]);
 

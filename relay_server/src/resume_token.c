@@ -7,6 +7,7 @@
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
 #include <unistd.h>
@@ -92,25 +93,46 @@ bool relay_secret_load(const char *path, unsigned char secret[RELAY_SECRET_BYTES
         close(fd);
         if (n == RELAY_SECRET_BYTES)
             return true;
-        snprintf(error, error_size, "--secret-file %s: expected %d bytes, found %zd", path,
+        snprintf(error, error_size, "secret file %s: expected %d bytes, found %zd", path,
                  RELAY_SECRET_BYTES, n);
         return false;
     }
     if (errno != ENOENT) {
-        snprintf(error, error_size, "--secret-file %s: %s", path, strerror(errno));
+        snprintf(error, error_size, "secret file %s: %s", path, strerror(errno));
         return false;
     }
     if (!fill_random(secret, RELAY_SECRET_BYTES)) {
         snprintf(error, error_size, "cannot read the system's random source");
         return false;
     }
-    fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-    if (fd < 0 || write(fd, secret, RELAY_SECRET_BYTES) != RELAY_SECRET_BYTES) {
-        snprintf(error, error_size, "--secret-file %s: cannot create: %s", path, strerror(errno));
-        if (fd >= 0)
-            close(fd);
+    /* Written to a private temporary file and linked into place, so that a relay starting at
+     * the same moment either finds no file or a whole one, never a half-written key; if it won
+     * the race, its key is the one both use. */
+    char temporary[4096 + 16];
+    if (snprintf(temporary, sizeof(temporary), "%s.XXXXXX", path) >= (int)sizeof(temporary)) {
+        snprintf(error, error_size, "secret file %s: path too long", path);
         return false;
     }
-    close(fd);
-    return true;
+    fd = mkstemp(temporary); /* mode 0600 */
+    bool written =
+        fd >= 0 && write(fd, secret, RELAY_SECRET_BYTES) == RELAY_SECRET_BYTES && fsync(fd) == 0;
+    int saved_errno = errno;
+    if (fd >= 0)
+        close(fd);
+    if (!written) {
+        snprintf(error, error_size, "secret file %s: cannot create: %s", path,
+                 strerror(saved_errno));
+        if (fd >= 0)
+            unlink(temporary);
+        return false;
+    }
+    int linked = link(temporary, path);
+    saved_errno = errno;
+    unlink(temporary);
+    if (linked == 0)
+        return true;
+    if (saved_errno == EEXIST)
+        return relay_secret_load(path, secret, error, error_size);
+    snprintf(error, error_size, "secret file %s: cannot create: %s", path, strerror(saved_errno));
+    return false;
 }

@@ -118,12 +118,17 @@ static void assert_documented_defaults(const struct relay_config *config)
     assert_int_equal(config->max_rooms, 10000);
     assert_int_equal(config->max_connections, 10000);
     assert_int_equal(config->join_attempts_per_minute, 30);
+    assert_int_equal(config->failed_joins_per_minute, 3000);
+    assert_int_equal(config->max_rooms_per_address, 64);
+    assert_int_equal(config->rooms_created_per_minute, 60);
+    assert_int_equal(config->max_connections_per_address, 256);
+    assert_int_equal(config->max_handshakes_per_address, 8);
     assert_false(config->access_token_set);
     assert_string_equal(config->access_token, "");
     assert_string_equal(config->secret_file, "");
     assert_int_equal(config->ping_interval_seconds, 30);
     assert_int_equal(config->idle_timeout_seconds, 90);
-    assert_int_equal(config->handshake_timeout_seconds, 10);
+    assert_int_equal(config->handshake_timeout_seconds, 5);
     assert_int_equal(config->resume_grace_seconds, 30);
     assert_int_equal(config->receiver_buffer_bytes, 16 * MIB);
     assert_int_equal(config->flow_policy, FLOW_THROTTLE_SENDER);
@@ -403,7 +408,7 @@ static const struct bad_input bad_inputs[] = {
     {NULL, NULL, {"--bogus"}, "unknown option \"--bogus\"", "--help"},
     {NULL, NULL, {"-x"}, "unknown option \"-x\"", "--help"},
     {NULL, NULL, {"--max", "5"}, "unknown option \"--max\"", "--help"},
-    {NULL, NULL, {"--max-conn", "5"}, "unknown option \"--max-conn\"", "--max-connections?"},
+    {NULL, NULL, {"--join-r", "5"}, "unknown option \"--join-r\"", "--join-rate?"},
     {NULL, NULL, {"--port"}, "--port:", "expected a value"},
     {NULL, NULL, {"--enable-echo=yes"}, "--enable-echo:", "takes no value"},
     {NULL, NULL, {"8787"}, "unexpected argument \"8787\"", "--option"},
@@ -659,9 +664,14 @@ static void test_help_lists_every_option_with_variable_and_default(void **state)
         {"--max-rooms N", "RELAY_MAX_ROOMS", "10000"},
         {"--max-connections N", "RELAY_MAX_CONNECTIONS", "10000"},
         {"--join-rate N", "RELAY_JOIN_RATE", "30"},
+        {"--global-join-failure-rate N", "RELAY_GLOBAL_JOIN_FAILURE_RATE", "3000"},
+        {"--max-rooms-per-address N", "RELAY_MAX_ROOMS_PER_ADDRESS", "64"},
+        {"--create-rate N", "RELAY_CREATE_RATE", "60"},
+        {"--max-connections-per-address N", "RELAY_MAX_CONNECTIONS_PER_ADDRESS", "256"},
+        {"--max-handshakes-per-address N", "RELAY_MAX_HANDSHAKES_PER_ADDRESS", "8"},
         {"--ping-interval SECONDS", "RELAY_PING_INTERVAL", "30"},
         {"--idle-timeout SECONDS", "RELAY_IDLE_TIMEOUT", "90"},
-        {"--handshake-timeout SECONDS", "RELAY_HANDSHAKE_TIMEOUT", "10"},
+        {"--handshake-timeout SECONDS", "RELAY_HANDSHAKE_TIMEOUT", "5"},
         {"--resume-grace SECONDS", "RELAY_RESUME_GRACE", "30"},
         {"--receiver-buffer BYTES", "RELAY_RECEIVER_BUFFER", "16M"},
         {"--flow-control throttle|drop", "RELAY_FLOW_CONTROL", "throttle"},

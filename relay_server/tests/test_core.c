@@ -319,22 +319,89 @@ static void test_join_rate_limited_then_allowed(void **state)
              code);
     harness_text(h, 1, join);
     json_t *limited = harness_expect_error(h, 1, "RATE_LIMITED");
-    /* 3 per minute: one attempt comes back every 20 s. */
-    assert_int_equal(json_integer_value(json_object_get(limited, "retry_after")), 20);
+    /* 3 failures in this minute: they count in full until it ends (60 s), then fade; one more
+     * attempt fits once they count for 2, a third of the way into the next minute. */
+    assert_int_equal(json_integer_value(json_object_get(limited, "retry_after")), 80);
     harness_expect_nothing(h, 0);
     assert_int_equal(relay_metrics(h->relay)->rejected[REJECT_RATE_LIMITED], 1);
+    assert_int_equal(relay_metrics(h->relay)->rejected[REJECT_ROOM_NOT_FOUND], 3);
 
     /* Another address is not affected. */
     harness_open(h, 2, "192.0.2.8", false);
     harness_join(h, 2, code, "carol", "Carol", false);
     harness_drain_all_and_forget(h);
 
-    harness_tick(h, 10);
+    harness_tick(h, 79);
     harness_text(h, 1, join);
     harness_expect_error(h, 1, "RATE_LIMITED");
-    harness_tick(h, 10);
+    harness_tick(h, 1);
     harness_join(h, 1, code, "eve", "Eve", false);
     harness_expect(h, 0, "user_joined");
+}
+
+static void test_correct_codes_never_spend_the_join_budget(void **state)
+{
+    struct harness *h = harness_of(state);
+    struct relay_config config;
+    harness_config(&config);
+    config.join_attempts_per_minute = 3;
+    config.max_room_members = 100;
+    use_config(h, &config);
+    harness_open(h, 0, "10.0.0.1", false);
+    char code[ROOM_CODE_LENGTH + 1];
+    snprintf(code, sizeof code, "%s", harness_create_room(h, 0, "host", "", false));
+    /* A lab behind one address: 40 colleagues (on 7 connections, re-joining) all get in, and
+     * a typo in between costs one attempt of the budget, not a place. */
+    char user[16];
+    for (int i = 0; i < 40; i++) {
+        int index = 1 + i % 7;
+        if (i < 7)
+            harness_open(h, index, "192.0.2.50", false);
+        snprintf(user, sizeof user, "colleague%d", i);
+        harness_drain_all_and_forget(h);
+        harness_join(h, index, code, user, "", false);
+        if (i == 20) {
+            harness_text(h, index,
+                         "{\"type\":\"join_room\",\"payload\":{\"room_code\":\"ZZZZZZ\","
+                         "\"user_id\":\"typo\"}}");
+            harness_expect_error(h, index, "ROOM_NOT_FOUND");
+        }
+    }
+    assert_int_equal(relay_metrics(h->relay)->rejected[REJECT_RATE_LIMITED], 0);
+    assert_int_equal(relay_metrics(h->relay)->rejected[REJECT_ROOM_NOT_FOUND], 1);
+}
+
+static void test_relay_wide_budget_of_failed_joins(void **state)
+{
+    struct harness *h = harness_of(state);
+    struct relay_config config;
+    harness_config(&config);
+    config.join_attempts_per_minute = 100;
+    config.failed_joins_per_minute = 5;
+    use_config(h, &config);
+    harness_open(h, 0, "10.0.0.1", false);
+    const char *code = harness_create_room(h, 0, "host", "", false);
+    /* Five addresses guess once each: the relay's budget is used up... */
+    char address[32];
+    for (int i = 1; i <= 5; i++) {
+        snprintf(address, sizeof address, "198.51.100.%d", i);
+        harness_open(h, i, address, false);
+        harness_text(h, i,
+                     "{\"type\":\"join_room\",\"payload\":{\"room_code\":\"ZZZZZZ\","
+                     "\"user_id\":\"g\"}}");
+        harness_expect_error(h, i, "ROOM_NOT_FOUND");
+    }
+    /* ...so a sixth address's attempt is not evaluated either, right code or not. */
+    harness_open(h, 6, "198.51.100.6", false);
+    char join[256];
+    snprintf(join, sizeof join,
+             "{\"type\":\"join_room\",\"payload\":{\"room_code\":\"%s\",\"user_id\":\"x\"}}", code);
+    harness_text(h, 6, join);
+    json_t *limited = harness_expect_error(h, 6, "RATE_LIMITED");
+    assert_true(json_integer_value(json_object_get(limited, "retry_after")) > 0);
+    assert_int_equal(relay_metrics(h->relay)->rejected[REJECT_GLOBAL_JOIN_BUDGET], 1);
+    harness_tick(h, 120);
+    harness_join(h, 6, code, "x", "", false);
 }
 
 /* --- forwarding text ---------------------------------------------------------------------- */
@@ -1339,6 +1406,8 @@ int run_core_tests(size_t *test_count)
         CORE_TEST(test_too_many_rooms),
         CORE_TEST(test_max_connections),
         CORE_TEST(test_join_rate_limited_then_allowed),
+        CORE_TEST(test_correct_codes_never_spend_the_join_budget),
+        CORE_TEST(test_relay_wide_budget_of_failed_joins),
         CORE_TEST(test_text_forwarded_with_sender_spliced),
         CORE_TEST(test_sender_name_is_json_escaped),
         CORE_TEST(test_client_sender_fields_are_overridden),

@@ -1,5 +1,6 @@
-/* test_rate_limit.c — the join-attempt token buckets: the per-minute budget and its refill, the
- * retry_after hint, IPv6 clients grouped by /64, and the bounded address table with its sweep. */
+/* test_rate_limit.c — per-address event windows: the per-minute budget that no slowness refills,
+ * check without spending, the retry_after hint, IPv6 clients grouped by /64, and the bounded
+ * address table with its sweep. */
 #include <stdio.h>
 
 #include "rate_limit.h"
@@ -22,22 +23,42 @@ static double refused(struct rate_limiter *limiter, const char *address, double 
     return retry_after;
 }
 
-static void test_budget_and_refill(void **state)
+static void test_budget_per_minute_however_slow_the_attempts(void **state)
 {
     struct rate_limiter *limiter = rate_limiter_create(6, 100);
-    take(limiter, "192.0.2.1", 0, 6);
-    /* 6 per minute: one token every 10 s. */
-    double retry_after = refused(limiter, "192.0.2.1", 0);
-    assert_float_equal(retry_after, 10.0, 1e-9);
-    retry_after = refused(limiter, "192.0.2.1", 4);
-    assert_float_equal(retry_after, 6.0, 1e-9);
-    take(limiter, "192.0.2.1", 10, 1);
-    refused(limiter, "192.0.2.1", 10);
+    /* Six attempts spread over most of a minute use the budget up: no refill in between. */
+    for (int i = 0; i < 6; i++)
+        take(limiter, "192.0.2.1", 9.0 * i, 1);
+    double retry_after = refused(limiter, "192.0.2.1", 50);
+    /* The window ends at 60; its 6 events then fade over the next minute, and one more fits
+     * once they count for 5: at 60 + 60/6 = 70. */
+    assert_float_equal(retry_after, 20.0, 1e-9);
+    refused(limiter, "192.0.2.1", 69.9);
+    take(limiter, "192.0.2.1", 70, 1);
+    refused(limiter, "192.0.2.1", 70);
     /* Other addresses have their own budget. */
     take(limiter, "192.0.2.2", 10, 6);
-    /* A long pause refills to the budget, not beyond. */
+    /* After two quiet minutes the whole budget is back, not more. */
     take(limiter, "192.0.2.1", 1000, 6);
     refused(limiter, "192.0.2.1", 1000);
+    rate_limiter_destroy(limiter);
+}
+
+static void test_check_does_not_count_and_spend_counts_past_the_budget(void **state)
+{
+    struct rate_limiter *limiter = rate_limiter_create(2, 100);
+    double retry_after = -1;
+    for (int i = 0; i < 5; i++)
+        assert_true(rate_limiter_check(limiter, "192.0.2.1", 0, &retry_after));
+    assert_int_equal(rate_limiter_size(limiter), 0); /* checking leaves no trace */
+    rate_limiter_spend(limiter, "192.0.2.1", 0);
+    assert_true(rate_limiter_check(limiter, "192.0.2.1", 0, &retry_after));
+    rate_limiter_spend(limiter, "192.0.2.1", 0);
+    rate_limiter_spend(limiter, "192.0.2.1", 0); /* past the budget, still counted */
+    refused(limiter, "192.0.2.1", 0);
+    /* Three in the window: one more fits once they count for one, at 60 + 60 * 2/3. */
+    assert_float_equal(refused(limiter, "192.0.2.1", 60), 40.0, 1e-9);
+    take(limiter, "192.0.2.1", 100, 1);
     rate_limiter_destroy(limiter);
 }
 
@@ -58,19 +79,19 @@ static void test_ipv6_grouped_by_64(void **state)
     rate_limiter_destroy(limiter);
 }
 
-static void test_sweep_forgets_only_full_buckets(void **state)
+static void test_sweep_forgets_only_quiet_addresses(void **state)
 {
-    struct rate_limiter *limiter = rate_limiter_create(6, 100); /* a token every 10 s */
+    struct rate_limiter *limiter = rate_limiter_create(6, 100);
     take(limiter, "192.0.2.1", 0, 6);
-    take(limiter, "192.0.2.2", 55, 2);
-    rate_limiter_sweep(limiter, 56);
-    assert_int_equal(rate_limiter_size(limiter), 2); /* neither is full again yet */
-    rate_limiter_sweep(limiter, 61);
-    assert_int_equal(rate_limiter_size(limiter), 1); /* .1 refilled after 60 s, .2 not */
-    /* The kept bucket kept its state: 4.6 tokens left. */
-    take(limiter, "192.0.2.2", 61, 4);
-    refused(limiter, "192.0.2.2", 61);
-    rate_limiter_sweep(limiter, 200);
+    take(limiter, "192.0.2.2", 100, 2);
+    rate_limiter_sweep(limiter, 110);
+    assert_int_equal(rate_limiter_size(limiter), 2); /* both were heard within two minutes */
+    rate_limiter_sweep(limiter, 121);
+    assert_int_equal(rate_limiter_size(limiter), 1); /* .1 quiet for two windows, .2 not */
+    /* The kept address kept its count: 4 more fit. */
+    take(limiter, "192.0.2.2", 121, 4);
+    refused(limiter, "192.0.2.2", 121);
+    rate_limiter_sweep(limiter, 241);
     assert_int_equal(rate_limiter_size(limiter), 0);
     rate_limiter_sweep(limiter, 300); /* empty: nothing to do */
     take(limiter, "192.0.2.1", 300, 6);
@@ -89,9 +110,9 @@ static void test_address_table_is_bounded(void **state)
     /* A fourth address is refused until old entries are forgotten. */
     assert_float_equal(refused(limiter, "198.51.100.200", 0), 60.0, 1e-9);
     take(limiter, "198.51.100.1", 0, 1); /* known addresses still work */
-    rate_limiter_sweep(limiter, 60);
+    rate_limiter_sweep(limiter, 120);
     assert_int_equal(rate_limiter_size(limiter), 0);
-    take(limiter, "198.51.100.200", 60, 5);
+    take(limiter, "198.51.100.200", 120, 5);
     rate_limiter_destroy(limiter);
 }
 
@@ -106,9 +127,10 @@ static void test_zero_budget_refuses_everything(void **state)
 int run_rate_limit_tests(size_t *test_count)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_budget_and_refill),
+        cmocka_unit_test(test_budget_per_minute_however_slow_the_attempts),
+        cmocka_unit_test(test_check_does_not_count_and_spend_counts_past_the_budget),
         cmocka_unit_test(test_ipv6_grouped_by_64),
-        cmocka_unit_test(test_sweep_forgets_only_full_buckets),
+        cmocka_unit_test(test_sweep_forgets_only_quiet_addresses),
         cmocka_unit_test(test_address_table_is_bounded),
         cmocka_unit_test(test_zero_budget_refuses_everything),
     };

@@ -113,7 +113,7 @@ static void test_secret_file_of_wrong_size_is_an_error(void **state)
     close(fd);
     unsigned char secret[RELAY_SECRET_BYTES];
     assert_false(relay_secret_load(path, secret, error, sizeof error));
-    assert_non_null(strstr(error, "--secret-file"));
+    assert_non_null(strstr(error, "secret file"));
     assert_non_null(strstr(error, path));
     snprintf(path, sizeof path, "%s/no/such/dir/secret", scratch);
     error[0] = '\0';

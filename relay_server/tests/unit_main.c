@@ -13,10 +13,12 @@
     GROUP(log)                                                                                     \
     GROUP(core)                                                                                    \
     GROUP(identity)                                                                                \
+    GROUP(quota)                                                                                   \
     GROUP(send_queue)                                                                              \
     GROUP(frame_header)                                                                            \
     GROUP(rate_limit)                                                                              \
-    GROUP(resume_token)
+    GROUP(resume_token)                                                                            \
+    GROUP(state_dir)
 
 #define DECLARE_GROUP(name) int run_##name##_tests(size_t *test_count);
 UNIT_GROUPS(DECLARE_GROUP)

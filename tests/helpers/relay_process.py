@@ -11,6 +11,7 @@ import os
 import re
 import signal
 import subprocess
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -65,6 +66,17 @@ class RelayProcess:
         startup_timeout: float = 10.0,
     ):
         self.binary = relay_binary()
+        # Without --state-dir or --secret-file the relay keeps its resume key in the user's
+        # state directory: tests give each relay a private one instead, unless they name one
+        # (a restart test passes the same --state-dir to both relays).
+        self._state_dir = None
+        named = {"--state-dir", "--secret-file"} & set(args) or {
+            "RELAY_STATE_DIR",
+            "RELAY_SECRET_FILE",
+        } & set(env or {})
+        if not named:
+            self._state_dir = tempfile.TemporaryDirectory(prefix="relay-state-")
+            args = ["--state-dir", self._state_dir.name, *args]
         self.args = ["--port", "0", "--listen", "127.0.0.1", *args]
         self.tls = tls
         full_env = dict(os.environ)
@@ -196,6 +208,9 @@ class RelayProcess:
         self.exit_code = self.process.returncode
         self._stdout.join(2)
         self._stderr.join(2)
+        if self._state_dir is not None:
+            self._state_dir.cleanup()
+            self._state_dir = None
 
     def sanitizer_reports(self) -> list[str]:
         return [line for line in self.stderr if SANITIZER_REPORT.search(line)]

@@ -410,3 +410,35 @@ async def test_members_resuming_after_a_restart_are_announced_as_resumed(relay, 
     assert notice["payload"]["resumed"] is True
     assert notice["payload"]["users"] == [alice.entry, bob.entry]
     await asyncio.gather(alice_again.close(), bob_again.close())
+
+
+async def test_plain_restart_without_a_secret_option_keeps_every_room(relay, tmp_path):
+    # The same command line both times, with no secret option: the relay keeps its key in the
+    # state directory (here a temporary one, as $STATE_DIRECTORY would be under systemd).
+    state = tmp_path / "state"
+    first = relay("--state-dir", str(state))
+    host = await member(first, "host")
+    created = await host.create(features=["resume"])
+    bob = await member(first, "bob")
+    joined = await bob.join(created["room_code"], features=["resume"])
+    key = state / "resume.key"
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    assert stat.S_IMODE(state.stat().st_mode) == 0o700
+    first.kill()  # SIGKILL: nothing is saved at exit
+
+    second = relay("--state-dir", str(state))
+    again = await open_ws(second)
+    await send_resume(again, host, created["room_code"], created["resume_token"])
+    back = (await recv_type(again, "room_joined"))["payload"]
+    assert (back["room_code"], back["resumed"], back["host_id"]) == (
+        created["room_code"],
+        True,
+        "host",
+    )
+    bob_again = await open_ws(second)
+    await send_resume(bob_again, bob, created["room_code"], joined["resume_token"])
+    assert (await recv_type(bob_again, "room_joined"))["payload"]["host_id"] == "host"
+    assert (await recv_type(again, "user_joined"))["payload"]["user_id"] == "bob"
+    await bob_again.send(b"after a kill -9")
+    assert await recv_binary(again) == b"after a kill -9"
+    await asyncio.gather(again.close(), bob_again.close())

@@ -14,6 +14,7 @@ import time
 import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from helpers.http_metrics import scrape
 from helpers.relay_process import SLOWDOWN, TIMER_MARGIN
 from helpers.sansio_client import BlockingClient
 from helpers.vectors import ALPHABET, CLOSE
@@ -149,7 +150,8 @@ async def test_join_rate_limit(relay):
     # The sixth attempt is refused without being evaluated, even for a room that exists.
     await send_json(ws, "join_room", {"room_code": code, "user_id": "g", "display_name": ""})
     error = await recv_error(ws, "RATE_LIMITED")
-    assert isinstance(error["retry_after"], int | float) and 0 < error["retry_after"] <= 60
+    # Five failures this minute: back once they fade, at most two minutes from now.
+    assert isinstance(error["retry_after"], int | float) and 0 < error["retry_after"] <= 120
     # The limit is per address, not per connection.
     again = await open_ws(server)
     await send_json(again, "join_room", {"room_code": code, "user_id": "h", "display_name": ""})
@@ -184,18 +186,61 @@ async def test_10000_guessed_codes_find_nothing_and_are_mostly_refused_unevaluat
             answers.append(await recv_json(ws, timeout=30))
         return answers
 
-    started = time.monotonic()
-    _, answers = await asyncio.wait_for(asyncio.gather(send_all(), receive_all()), 120)
-    elapsed = time.monotonic() - started
+    # The budget is counted per minute-long window from the first failure, not refilled as
+    # time passes: however slowly the relay answers, 30 failures are all that is evaluated
+    # within that minute. The timeout (well inside the minute) is only a safety net.
+    _, answers = await asyncio.wait_for(asyncio.gather(send_all(), receive_all()), 55)
 
     kinds = [(a["type"], a.get("payload", {}).get("code")) for a in answers]
     assert set(kinds) <= {("error", "ROOM_NOT_FOUND"), ("error", "RATE_LIMITED")}, set(kinds)
     assert kinds[5000] == ("error", "RATE_LIMITED")
-    refused = kinds.count(("error", "RATE_LIMITED"))
-    assert refused >= 9_900, f"only {refused} of 10,000 guesses refused unevaluated"
     evaluated = kinds.count(("error", "ROOM_NOT_FOUND"))
-    assert evaluated <= 30, "the default --join-rate is 30 per minute"
-    assert elapsed < 60, f"10,000 answers took {elapsed:.1f} s"
+    refused = kinds.count(("error", "RATE_LIMITED"))
+    assert evaluated == 30, "the default --join-rate is 30 failed attempts per minute"
+    assert refused == 10_000 - 30
+    metrics = scrape(server)
+    assert metrics["relay_rejects_total{reason=room_not_found}"] == evaluated
+    assert metrics["relay_rejects_total{reason=rate_limited}"] == refused
+    await asyncio.gather(owner.close(), ws.close())
+
+
+async def test_40_colleagues_behind_one_address_all_get_in(relay):
+    server = relay(
+        join_rate=None, per_address=False
+    )  # the default: 30 failed attempts per address per minute
+    host = await member(server, "host")
+    code = (await host.create())["room_code"]
+    colleagues = []
+    for i in range(40):
+        colleague = await member(server, f"colleague{i}")
+        colleagues.append(colleague)
+        joined = await colleague.join(code)
+        assert len(joined["users"]) == i + 2
+    # Nobody was refused: correct codes do not spend the budget.
+    metrics = scrape(server)
+    assert metrics["relay_rejects_total{reason=rate_limited}"] == 0
+    assert metrics["relay_rejects_total{reason=room_not_found}"] == 0
+    await close_all([host, *colleagues])
+
+
+async def test_100_wrong_codes_at_most_30_evaluated(relay):
+    server = relay(join_rate=None)
+    owner = await member(server, "owner")
+    real_code = (await owner.create())["room_code"]
+    ws = await open_ws(server)
+    answers = []
+    for i in range(100):
+        code = "ZZZZZZ" if real_code != "ZZZZZZ" else "YYYYYY"
+        await send_json(ws, "join_room", {"room_code": code, "user_id": f"g{i}"})
+        answers.append((await recv_type(ws, "error"))["payload"]["code"])
+    assert answers.count("ROOM_NOT_FOUND") == 30
+    assert answers.count("RATE_LIMITED") == 70
+    assert answers[:30] == ["ROOM_NOT_FOUND"] * 30  # evaluated until the budget is spent
+    metrics = scrape(server)
+    assert metrics["relay_rejects_total{reason=room_not_found}"] == 30
+    # The same address, with the right code, now waits too: it would tell a guesser it won.
+    await send_json(ws, "join_room", {"room_code": real_code, "user_id": "late"})
+    assert (await recv_error(ws, "RATE_LIMITED"))["retry_after"] > 0
     await asyncio.gather(owner.close(), ws.close())
 
 
