@@ -104,3 +104,45 @@ def test_member_refused_resume_rejoins_when_the_host_reopens_and_never_spins(
     for metrics in (refused, scrape(second)):
         assert metrics["relay_rejects_total{reason=rate_limited}"] == 0
     assert not [e for e in recorder.of("mia", "error")]
+
+
+def test_relay_on_another_secret_host_opens_a_new_room_and_member_gives_up_in_bounds(
+    relay, recorder, tmp_path
+):
+    """Both resumes are refused: the host says it opens a new room under a new code; the
+    member waits for the old code exactly `reconnect_attempts` re-joins, then says why."""
+    port = str(free_port())
+    first = relay("--port", port, "--secret-file", str(tmp_path / "a.secret"), join_rate=None)
+    host = make_client(recorder, "host")
+    host.sync_status.connect(recorder.record("host", "status"))
+    host.create_relay_room("host", first.url)
+    (code,) = recorder.wait_for(lambda: recorder.of("host", "room_created"), WAIT, "room")[0]
+    attempts = 3
+    mia = make_client(
+        recorder,
+        "mia",
+        reconnect_attempts=attempts,
+        reconnect_base_delay=0.1,
+        reconnect_max_delay=0.5,
+    )
+    mia.sync_status.connect(recorder.record("mia", "status"))
+    mia.disconnected.connect(recorder.record("mia", "disconnected"))
+    mia.connect_relay(code, "mia", first.url)
+    recorder.wait_for(lambda: last_users(recorder, "host") == ["host", "mia"], WAIT, "mia in")
+    first.kill()
+    second = relay("--port", port, "--secret-file", str(tmp_path / "b.secret"), join_rate=None)
+
+    recorder.wait_for(lambda: len(recorder.of("host", "room_created")) == 2, WAIT, "new room")
+    (new_code,) = recorder.of("host", "room_created")[1]
+    assert new_code != code and host.room_code == new_code
+    assert [s for (s,) in recorder.of("host", "status") if "opening a new room" in s]
+
+    recorder.wait_for(lambda: recorder.of("mia", "disconnected"), WAIT, "mia gives up")
+    (gave_up,) = recorder.of("mia", "error")
+    assert f"Room {code} did not come back after {attempts} tries" in gave_up[0]
+    waits = [s for (s,) in recorder.of("mia", "status") if "waiting for the host" in s]
+    assert len(waits) == attempts
+    metrics = scrape(second)
+    assert metrics["relay_rejects_total{reason=invalid_resume_token}"] == 2  # host and mia
+    assert metrics["relay_rejects_total{reason=room_not_found}"] == attempts
+    assert metrics["relay_rejects_total{reason=rate_limited}"] == 0
