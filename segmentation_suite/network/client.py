@@ -1113,6 +1113,11 @@ class SyncClient:
         if closing or not (was_in_room or waiting_for_room):
             if was_in_room:
                 self.disconnected.emit()
+            elif not closing:  # before the relay answered the join: say so, never hang
+                self._report(
+                    f"The connection to {self._url} closed before the session began "
+                    f"({code} {reason or ''}); try again"
+                )
             return
         if self._mode == "direct" and reason == LAN_HOST_LEFT:
             self._report("The LAN host ended the session")
