@@ -231,8 +231,7 @@ static int reject(struct lws *wsi, unsigned status, const char *body, int reject
     relay_metrics(server.relay)->rejected[reject_reason]++;
     char address[64];
     peer_address(wsi, address, sizeof(address));
-    log_fields(LOG_LEVEL_INFO, "http_rejected", LOG_TEXT("peer", address),
-               LOG_INT("status", status));
+    relay_note_refusal(server.relay, address, "http_rejected", (int)status, now_seconds());
     return respond_text(wsi, status, body);
 }
 
@@ -303,8 +302,7 @@ static int refuse_upgrade_with(struct lws *wsi, unsigned status, const char *rea
         relay_metrics(server.relay)->rejected[reject_reason]++;
     char address[64];
     peer_address(wsi, address, sizeof(address));
-    log_fields(LOG_LEVEL_INFO, "upgrade_refused", LOG_TEXT("peer", address),
-               LOG_INT("status", status));
+    relay_note_refusal(server.relay, address, "upgrade_refused", (int)status, now_seconds());
     unsigned char response[LWS_PRE + 512];
     int length = snprintf((char *)response + LWS_PRE, sizeof(response) - LWS_PRE,
                           "HTTP/1.1 %u %s\r\nContent-Type: text/plain\r\nContent-Length: %zu\r\n"
