@@ -95,6 +95,10 @@ struct relay_config {
     char nats_ca[4096];
     char nats_cert[4096];
     char nats_key[4096];
+    /* --allowed-origin ORIGIN, repeatable (RELAY_ALLOWED_ORIGINS, comma-separated): WebSocket
+     * upgrades whose Origin header names another origin get 403. Empty: any origin. Stored as
+     * one comma-separated list. */
+    char allowed_origins[4096];
     /* --enable-echo (RELAY_ENABLE_ECHO=1): test-only /echo endpoint for RFC 6455 conformance */
     bool enable_echo;
 };
@@ -116,6 +120,11 @@ int config_load(struct relay_config *config, int argc, char **argv, char *error,
  * returns -1, leaving `bytes` alone, if malformed (sign, space, fraction, other suffix) or
  * overflowing 64 bits. */
 int config_parse_size(const char *text, uint64_t *bytes);
+
+/* Whether a WebSocket upgrade carrying `origin` (NULL: no Origin header, as from programs other
+ * than browsers, which are not what the check protects) is allowed by --allowed-origin. Origins
+ * compare exactly (scheme://host[:port], ASCII case-insensitive), as browsers send them. */
+bool config_origin_allowed(const struct relay_config *config, const char *origin);
 
 /* Writes the --help text (every option, its environment variable and default, by group) to
  * `out`, a FILE *. */

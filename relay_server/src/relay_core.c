@@ -16,7 +16,9 @@
 #include "address_key.h"
 #include "frame_header.h"
 #include "log.h"
+#include "log_tag.h"
 #include "rate_limit.h"
+#include "refusal_log.h"
 #include "resume_token.h"
 #include "room_code.h"
 #include "version.h"
@@ -61,6 +63,7 @@ struct inbound_stream {
 struct room {
     LIST_ENTRY(room) link; /* every live room, for the timers */
     char code[ROOM_CODE_LENGTH + 1];
+    char log_tag[LOG_TAG_HEX_LENGTH + 1]; /* what the log says instead of the code */
     struct member *members;
     size_t member_count;   /* including away members */
     double reserved_until; /* an empty room made by POST /api/create-room lives until then */
@@ -102,6 +105,7 @@ struct relay {
     struct address_count *rooms_by_address;
     struct address_count *sockets_by_address;    /* open TCP connections, any state */
     struct address_count *handshakes_by_address; /* of those, not yet WebSocket */
+    struct refusal_log *refusals;
     double last_sweep;
     json_t *relay_info;    /* the "relay" object of room_created/room_joined */
     struct room *lan_room; /* LAN mode: the one session, while its host is connected */
@@ -402,6 +406,7 @@ static struct room *create_room(struct relay *relay, const char *code, const cha
     if (!room)
         return NULL;
     memcpy(room->code, code, sizeof(room->code));
+    log_tag_make(relay->secret, relay->secret_length, code, room->log_tag);
     if (!address_count_take(relay->rooms_by_address, owner, UINT_MAX)) {
         free(room);
         return NULL;
@@ -426,7 +431,7 @@ static void delete_room(struct relay *relay, struct room *room)
     LIST_REMOVE(room, link);
     relay->room_count--;
     address_count_release(relay->rooms_by_address, room->owner);
-    log_event(LOG_LEVEL_INFO, "room_deleted", "room", room->code, NULL);
+    log_event(LOG_LEVEL_INFO, "room_deleted", "room", room->log_tag, NULL);
     free(room);
 }
 
@@ -501,7 +506,7 @@ static void remove_member(struct relay *relay, struct member *member)
         relay->members_away--;
     if (local)
         cluster_publish_member(relay, member, CLUSTER_LEAVE, false);
-    log_event(LOG_LEVEL_INFO, "user_left", "room", room->code, "user", member->user_id, NULL);
+    log_event(LOG_LEVEL_INFO, "user_left", "room", room->log_tag, "user", member->user_id, NULL);
     if (member == room->host)
         room->host = NULL; /* nobody inherits the creator's attestation */
     if (member == room->hub) {
@@ -763,8 +768,8 @@ static void open_lan_session(struct relay *relay, struct connection *connection,
     room->hub = host;
     room->host = host;
     relay->lan_room = room;
-    log_event(LOG_LEVEL_INFO, "lan_session_opened", "room", code, "user", identity.user_id, "peer",
-              connection->peer_address, NULL);
+    log_event(LOG_LEVEL_INFO, "lan_session_opened", "room", room->log_tag, "user", identity.user_id,
+              "peer", connection->peer_address, NULL);
     send_json(relay, &connection, 1,
               json_pack("{s:s, s:o}", "type", "room_created", "payload",
                         membership_payload(relay, host)));
@@ -793,8 +798,8 @@ static void handle_hello(struct relay *relay, struct connection *connection, jso
         add_member(room, connection, identity.user_id, identity.display_name, false);
     if (!member)
         return;
-    log_event(LOG_LEVEL_INFO, "user_joined", "room", room->code, "user", identity.user_id, "peer",
-              connection->peer_address, NULL);
+    log_event(LOG_LEVEL_INFO, "user_joined", "room", room->log_tag, "user", identity.user_id,
+              "peer", connection->peer_address, NULL);
     tell_room(relay, room, member, "user_joined", NULL);
 }
 
@@ -821,8 +826,8 @@ static void handle_create_room(struct relay *relay, struct connection *connectio
         send_error(relay, connection, "INTERNAL", "Could not create a room", NULL);
         return;
     }
-    log_event(LOG_LEVEL_INFO, "room_created", "room", code, "user", identity.user_id, "peer",
-              connection->peer_address, NULL);
+    log_event(LOG_LEVEL_INFO, "room_created", "room", room->log_tag, "user", identity.user_id,
+              "peer", connection->peer_address, NULL);
     cluster_sync_room(relay, room);
     send_json(relay, &connection, 1,
               json_pack("{s:s, s:o}", "type", "room_created", "payload",
@@ -891,8 +896,8 @@ static void handle_join_room(struct relay *relay, struct connection *connection,
         room->awaiting_creator = false;
         room->host = member;
     }
-    log_event(LOG_LEVEL_INFO, "user_joined", "room", code, "user", identity.user_id, "peer",
-              connection->peer_address, NULL);
+    log_event(LOG_LEVEL_INFO, "user_joined", "room", room->log_tag, "user", identity.user_id,
+              "peer", connection->peer_address, NULL);
     send_room_joined(relay, member, false);
     tell_room(relay, room, member, "user_joined", NULL);
     cluster_sync_room(relay, room);
@@ -946,8 +951,8 @@ static void handle_resume(struct relay *relay, struct connection *connection, js
         connection->member = member;
         if (role == RESUME_HOST && !member->room->host)
             member->room->host = member;
-        log_event(LOG_LEVEL_INFO, "user_resumed", "room", code, "user", member->user_id, "peer",
-                  connection->peer_address, NULL);
+        log_event(LOG_LEVEL_INFO, "user_resumed", "room", member->room->log_tag, "user",
+                  member->user_id, "peer", connection->peer_address, NULL);
         send_room_joined(relay, member, true);
         if (moved) {
             cluster_sync_room(relay, member->room);
@@ -961,7 +966,8 @@ static void handle_resume(struct relay *relay, struct connection *connection, js
             return;
         if (relay->cluster) /* the directory had no such room: hold its code again */
             relay->cluster->claim_code(relay->cluster->context, code);
-        log_event(LOG_LEVEL_INFO, "room_reopened", "room", code, "user", identity.user_id, NULL);
+        log_event(LOG_LEVEL_INFO, "room_reopened", "room", room->log_tag, "user", identity.user_id,
+                  NULL);
     } else if (!room_has_space(relay, connection, room)) {
         cluster_drop_unused(relay, room);
         return;
@@ -977,8 +983,8 @@ static void handle_resume(struct relay *relay, struct connection *connection, js
     /* The creator's token re-attests it as host after a restart or after it had left. */
     if (role == RESUME_HOST && !room->host)
         room->host = member;
-    log_event(LOG_LEVEL_INFO, "user_resumed", "room", code, "user", member->user_id, "peer",
-              connection->peer_address, NULL);
+    log_event(LOG_LEVEL_INFO, "user_resumed", "room", room->log_tag, "user", member->user_id,
+              "peer", connection->peer_address, NULL);
     send_room_joined(relay, member, true);
     tell_room(relay, room, member, "user_joined", json_pack("{s:b}", "resumed", 1));
     cluster_sync_room(relay, room);
@@ -1309,6 +1315,7 @@ struct relay *relay_create(const struct relay_config *config, const struct relay
     relay->rooms_by_address = address_count_create();
     relay->sockets_by_address = address_count_create();
     relay->handshakes_by_address = address_count_create();
+    relay->refusals = refusal_log_create(RATE_LIMITER_MAX_ADDRESSES);
     relay->relay_info = json_pack(
         "{s:s, s:i, s:[s,s,s,s,s], s:{s:I, s:I, s:i, s:I, s:i}}", "version", RELAY_VERSION,
         "protocol", PROTOCOL_VERSION, "features", "frame_header", "directed", "resume",
@@ -1320,7 +1327,7 @@ struct relay *relay_create(const struct relay_config *config, const struct relay
         "resume_grace_seconds", (int)config->resume_grace_seconds);
     if (!relay->failed_joins || !relay->failed_joins_everywhere || !relay->room_creations ||
         !relay->rooms_by_address || !relay->sockets_by_address || !relay->handshakes_by_address ||
-        !relay->relay_info) {
+        !relay->refusals || !relay->relay_info) {
         relay_destroy(relay);
         return NULL;
     }
@@ -1392,11 +1399,13 @@ bool relay_socket_accepted(struct relay *relay, const char *peer_address, double
     if (address_count_get(relay->sockets_by_address, peer_address) >=
         config->max_connections_per_address) {
         relay->metrics.rejected[REJECT_CONNECTIONS_PER_ADDRESS]++;
+        refusal_log_note(relay->refusals, peer_address, "connections_per_address", 0, now);
         return false;
     }
     if (!address_count_take(relay->handshakes_by_address, peer_address,
                             config->max_handshakes_per_address)) {
         relay->metrics.rejected[REJECT_HANDSHAKES_PER_ADDRESS]++;
+        refusal_log_note(relay->refusals, peer_address, "handshakes_per_address", 0, now);
         return false;
     }
     if (!address_count_take(relay->sockets_by_address, peer_address, UINT_MAX)) {
@@ -1405,6 +1414,13 @@ bool relay_socket_accepted(struct relay *relay, const char *peer_address, double
     }
     relay->metrics.sockets_accepted_total++;
     return true;
+}
+
+void relay_note_refusal(struct relay *relay, const char *peer_address, const char *what, int status,
+                        double now)
+{
+    relay->now = now;
+    refusal_log_note(relay->refusals, peer_address, what, status, now);
 }
 
 void relay_socket_upgraded(struct relay *relay, const char *peer_address)
@@ -1569,7 +1585,7 @@ void relay_connection_closed(struct relay *relay, struct connection *connection,
             member->connection = NULL;
             member->away_since = now;
             relay->members_away++;
-            log_event(LOG_LEVEL_INFO, "user_away", "room", member->room->code, "user",
+            log_event(LOG_LEVEL_INFO, "user_away", "room", member->room->log_tag, "user",
                       member->user_id, NULL);
         } else {
             remove_member(relay, member);
@@ -1646,6 +1662,7 @@ static void check_connections(struct relay *relay, double now)
 void relay_tick(struct relay *relay, double now)
 {
     relay->now = now;
+    refusal_log_flush(relay->refusals, now, 0);
     expire_rooms(relay, now);
     check_connections(relay, now);
     if (now - relay->last_sweep >= RATE_LIMITER_SWEEP_SECONDS) {
@@ -1674,7 +1691,7 @@ const char *relay_reserve_room(struct relay *relay, const char *peer_address, do
     room->reserved_until = now + RESERVED_ROOM_SECONDS;
     room->awaiting_creator = true; /* whoever reserved it joins first, with the code */
     cluster_sync_room(relay, room);
-    log_event(LOG_LEVEL_INFO, "room_reserved", "room", code, "peer", peer_address, NULL);
+    log_event(LOG_LEVEL_INFO, "room_reserved", "room", room->log_tag, "peer", peer_address, NULL);
     return NULL;
 }
 
@@ -1719,6 +1736,9 @@ void relay_destroy(struct relay *relay)
     address_count_destroy(relay->rooms_by_address);
     address_count_destroy(relay->sockets_by_address);
     address_count_destroy(relay->handshakes_by_address);
+    if (relay->refusals)
+        refusal_log_flush(relay->refusals, relay->now, 1);
+    refusal_log_destroy(relay->refusals);
     json_decref(relay->relay_info);
     free(relay);
 }
