@@ -17,7 +17,8 @@
 /* Fixed part of an envelope; the node id and user id follow, then the payload. */
 #define CLUSTER_ENVELOPE_FIXED_SIZE 24
 #define CLUSTER_ENVELOPE_MAX_HEADER                                                                \
-    (CLUSTER_ENVELOPE_FIXED_SIZE + CLUSTER_NODE_ID_LENGTH + CLUSTER_USER_ID_MAX)
+    (CLUSTER_ENVELOPE_FIXED_SIZE + CLUSTER_CODE_LENGTH + CLUSTER_NODE_ID_LENGTH +                  \
+     CLUSTER_USER_ID_MAX)
 
 /* The JetStream KV bucket of the room directory, and how long an entry that is not refreshed
  * lives: a dead node's rooms and members disappear within this (plus one liveness check). */
