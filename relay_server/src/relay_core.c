@@ -459,6 +459,21 @@ static bool new_room_code(struct relay *relay, char code[ROOM_CODE_LENGTH + 1])
     return false;
 }
 
+/* `,"sender_id":…,"sender_name":…}`, spliced over the closing brace of what it sends. */
+static bool make_sender_suffix(struct member *member)
+{
+    json_t *fields =
+        json_pack("{s:s, s:s}", "sender_id", member->user_id, "sender_name", member->display_name);
+    char *encoded = json_dumps(fields, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    json_decref(fields);
+    if (!encoded)
+        return false;
+    encoded[0] = ','; /* `{"sender_id":…}` becomes `,"sender_id":…}` */
+    member->sender_suffix = encoded;
+    member->sender_suffix_length = strlen(encoded);
+    return true;
+}
+
 static struct member *add_member(struct room *room, struct connection *connection,
                                  const char *user_id, const char *display_name, bool wants_resume)
 {
@@ -467,16 +482,10 @@ static struct member *add_member(struct room *room, struct connection *connectio
         return NULL;
     snprintf(member->user_id, sizeof(member->user_id), "%s", user_id);
     snprintf(member->display_name, sizeof(member->display_name), "%s", display_name);
-    json_t *fields = json_pack("{s:s, s:s}", "sender_id", user_id, "sender_name", display_name);
-    char *encoded = json_dumps(fields, JSON_COMPACT | JSON_PRESERVE_ORDER);
-    json_decref(fields);
-    if (!encoded) {
+    if (!make_sender_suffix(member)) {
         free(member);
         return NULL;
     }
-    encoded[0] = ','; /* `{"sender_id":…}` becomes `,"sender_id":…}` */
-    member->sender_suffix = encoded;
-    member->sender_suffix_length = strlen(encoded);
     member->room = room;
     member->connection = connection;
     member->wants_resume = wants_resume;
@@ -1855,6 +1864,10 @@ static struct member *add_remote_member(struct room *room, const char *node, jso
     snprintf(member->user_id, sizeof(member->user_id), "%s", user_id);
     snprintf(member->display_name, sizeof(member->display_name), "%s", display_name);
     snprintf(member->node, sizeof(member->node), "%s", node);
+    if (!make_sender_suffix(member)) { /* needed if it resumes here */
+        free(member);
+        return NULL;
+    }
     member->joined_at = joined_at;
     member->wants_resume = resume;
     member->room = room;
