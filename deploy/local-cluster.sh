@@ -3,7 +3,7 @@
 # nats-server with JetStream, N relay nodes joined to it, and HAProxy in front with
 # deploy/haproxy.cfg. Everything lives in a temporary directory and stops on Ctrl-C or exit.
 #   deploy/local-cluster.sh 3          then connect clients to ws://127.0.0.1:8080/ws
-# Ports: CLUSTER_PORT (HAProxy, 8080), RELAY_BASE_PORT (first relay, 8701), NATS_PORT (4222).
+# Ports: CLUSTER_PORT (HAProxy, 8080), FIRST_RELAY_PORT (first relay, 8701), NATS_PORT (4222).
 # The relay binary: RELAY_SERVER_BIN, else relay_server/build/relay_server (make -C relay_server).
 set -euo pipefail
 
@@ -12,7 +12,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 root=$(dirname "$here")
 binary=${RELAY_SERVER_BIN:-$root/relay_server/build/relay_server}
 front=${CLUSTER_PORT:-8080}
-base=${RELAY_BASE_PORT:-8701}
+base=${FIRST_RELAY_PORT:-8701}
 nats_port=${NATS_PORT:-4222}
 
 fail() { echo "local-cluster: $*" >&2; exit 1; }

@@ -67,7 +67,7 @@ class LocalCluster:
             RELAY_SERVER_BIN=str(relay_binary()),
             NATS_PORT=str(base),
             CLUSTER_PORT=str(base + 1),
-            RELAY_BASE_PORT=str(base + 2),
+            FIRST_RELAY_PORT=str(base + 2),
         )
         self.ports = [base + 2 + i for i in range(count)]
         self.nats_port = base
