@@ -275,6 +275,14 @@ static int serve_http(struct lws *wsi, struct session *session, const char *path
     if (is_get && (!strcmp(path, "/") || !strcmp(path, "/health"))) {
         const char *body = "{\"status\":\"ok\",\"service\":\"Segmentation Suite "
                            "Relay\",\"version\":\"" RELAY_VERSION "\"}";
+        char cluster_body[256];
+        if (server.backplane) { /* which node answered: behind HAProxy an operator asks */
+            snprintf(cluster_body, sizeof(cluster_body),
+                     "{\"status\":\"ok\",\"service\":\"Segmentation Suite Relay\",\"version\":"
+                     "\"" RELAY_VERSION "\",\"node\":\"%s\"}",
+                     nats_backplane_io(server.backplane)->node);
+            body = cluster_body;
+        }
         return respond(wsi, 200, "application/json", body, strlen(body));
     }
     if (!authorized(wsi))

@@ -6,11 +6,15 @@ Tests are skipped, with the reason, when nats-server is not installed (Debian: n
 
 from __future__ import annotations
 
+import json
+import re
 import shutil
 import socket
 import subprocess
 import tempfile
 import time
+import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -92,3 +96,94 @@ def cluster(nats_server, relay):
         return [relay("--nats", nats_server.url, *args) for _ in range(count)]
 
     return start
+
+
+ROOT = Path(__file__).resolve().parents[2]
+HAPROXY_CFG = ROOT / "deploy" / "haproxy.cfg"
+
+
+def haproxy_config(relay_ports: list[int], front_port: int) -> str:
+    """deploy/haproxy.cfg for these relays and front port, as deploy/local-cluster.sh makes it."""
+    servers = [f"    server relay{i + 1} 127.0.0.1:{p} check" for i, p in enumerate(relay_ports)]
+    out, skipping = [], False
+    for line in HAPROXY_CFG.read_text().splitlines():
+        if "# BEGIN relays" in line:
+            out += [line, *servers]
+            skipping = True
+        elif "# END relays" in line:
+            skipping = False
+            out.append(line)
+        elif not skipping:
+            out.append(f"    bind 127.0.0.1:{front_port}" if line.startswith("    bind ") else line)
+    return "\n".join(out) + "\n"
+
+
+class HAProxy:
+    def __init__(self, relay_ports: list[int]):
+        binary = shutil.which("haproxy")
+        if binary is None:
+            pytest.skip("haproxy not installed (apt-get install haproxy)")
+        self._directory = tempfile.TemporaryDirectory(prefix="haproxy-")
+        self.port = free_port()
+        config = Path(self._directory.name) / "haproxy.cfg"
+        config.write_text(haproxy_config(relay_ports, self.port))
+        self.process = subprocess.Popen(
+            [binary, "-db", "-f", str(config)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + NATS_STARTUP_SECONDS * SLOWDOWN
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                break
+            except OSError:
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    self.stop()
+                    raise AssertionError("haproxy did not start") from None
+                time.sleep(0.05)
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+    def node_for_room(self, code: str) -> str:
+        """The id of the relay node HAProxy sends /...?room=CODE to (its /health says)."""
+        with urllib.request.urlopen(
+            f"http://127.0.0.1:{self.port}/health?room={code}", timeout=10
+        ) as response:
+            return json.load(response)["node"]
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._directory.cleanup()
+
+
+@pytest.fixture
+def haproxy():
+    """Factory: haproxy(relays) -> HAProxy in front of these RelayProcesses (deploy/haproxy.cfg)."""
+    started = []
+
+    def start(relays) -> HAProxy:
+        started.append(HAProxy([r.port for r in relays]))
+        return started[-1]
+
+    yield start
+    for proxy in started:
+        proxy.stop()
+
+
+def node_id(relay) -> str:
+    """The cluster node id a relay process logged when it joined."""
+    for line in relay.log:
+        found = re.search(r"cluster_joined node=([0-9a-f]+)", line)
+        if found:
+            return found.group(1)
+    raise AssertionError("relay did not log cluster_joined")
