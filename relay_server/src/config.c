@@ -283,8 +283,8 @@ static const struct option_spec options[] = {
      FIELD(join_attempts_per_minute),
      1,
      1000000,
-     .help = "failed join/resume attempts (unknown code, bad token) per client address per "
-             "minute; past it every attempt is refused unevaluated (RATE_LIMITED)"},
+     .help = "failed joins (unknown code) per client address per minute; past it every join "
+             "is refused unevaluated (RATE_LIMITED); resume is not limited"},
     {"global-join-failure-rate",
      "N",
      {"RELAY_GLOBAL_JOIN_FAILURE_RATE"},
@@ -294,7 +294,7 @@ static const struct option_spec options[] = {
      FIELD(failed_joins_per_minute),
      1,
      10000000,
-     .help = "failed join/resume attempts per minute from all addresses together; past it "
+     .help = "failed joins per minute from all addresses together; past it "
              "every join is refused unevaluated for a moment (RATE_LIMITED)"},
     {"max-rooms-per-address",
      "N",

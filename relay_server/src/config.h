@@ -32,8 +32,8 @@ struct relay_config {
     unsigned max_rooms;
     /* --max-connections N (RELAY_MAX_CONNECTIONS, default 10000) */
     unsigned max_connections;
-    /* --join-rate N (RELAY_JOIN_RATE, default 30): failed join/resume attempts (unknown code, bad
-     * token) per address per minute; past it every attempt is refused unevaluated */
+    /* --join-rate N (RELAY_JOIN_RATE, default 30): failed joins (unknown code) per address per
+     * minute; past it every join is refused unevaluated (resume is not limited) */
     unsigned join_attempts_per_minute;
     /* --global-join-failure-rate N (RELAY_GLOBAL_JOIN_FAILURE_RATE, default 3000): failed joins
      * per minute from all addresses together, so that many addresses cannot guess faster */

@@ -97,8 +97,10 @@ struct relay {
     uint64_t next_connection_id;
 
     size_t members_away;
-    /* Failed joins/resumes (unknown code, bad token) per address, and relay-wide: only
-     * failures spend them, so colleagues behind one address who know the code always get in. */
+    /* Failed joins (unknown code) per address, and relay-wide: only failures spend them, so
+     * colleagues behind one address who know the code always get in. `resume` needs no budget:
+     * its token is checked before the room is looked up, so a bad one says nothing about
+     * which codes are live, and a 256-bit HMAC cannot be guessed. */
     struct rate_limiter *failed_joins;
     struct rate_limiter *failed_joins_everywhere;
     struct rate_limiter *room_creations; /* per address */
@@ -637,8 +639,8 @@ static bool allow_join_attempt(struct relay *relay, struct connection *connectio
     return false;
 }
 
-/* Before a join or resume is evaluated: refused, unevaluated, once this address or the relay
- * as a whole has used its budget of failed attempts, so that a guesser learns nothing more. */
+/* Before a join is evaluated: refused, unevaluated, once this address or the relay as a whole
+ * has used its budget of failed attempts, so that a guesser learns nothing more. */
 static bool join_budget_left(struct relay *relay, struct connection *connection)
 {
     double retry_after = 0;
@@ -659,7 +661,7 @@ static bool join_budget_left(struct relay *relay, struct connection *connection)
     return true;
 }
 
-/* A join named no live room, or a resume carried a bad token: that is what guessing costs. */
+/* A join named no live room: that is what guessing costs. */
 static void join_failed(struct relay *relay, struct connection *connection)
 {
     rate_limiter_spend(relay->failed_joins, connection->peer_address, relay->now);
@@ -863,13 +865,11 @@ static void room_not_found(struct relay *relay, struct connection *connection)
     send_error(relay, connection, "ROOM_NOT_FOUND", "Room not found", NULL);
 }
 
-/* What join_room and resume start with: the rate limit first, so that guesses beyond it are
- * refused without being evaluated, then the room code and the identity (answered if bad). */
+/* What join_room and resume start with: the room code and the identity (answered if bad). */
 static bool read_join_request(struct relay *relay, struct connection *connection, json_t *payload,
                               char code[ROOM_CODE_LENGTH + 1], struct identity *identity)
 {
-    return join_budget_left(relay, connection) &&
-           read_room_code(relay, connection, payload, code) &&
+    return read_room_code(relay, connection, payload, code) &&
            read_identity(relay, connection, payload, identity);
 }
 
@@ -877,7 +877,9 @@ static void handle_join_room(struct relay *relay, struct connection *connection,
 {
     char code[ROOM_CODE_LENGTH + 1];
     struct identity identity;
-    if (!read_join_request(relay, connection, payload, code, &identity))
+    /* The budget first, so that guesses beyond it are refused without being evaluated. */
+    if (!join_budget_left(relay, connection) ||
+        !read_join_request(relay, connection, payload, code, &identity))
         return;
     struct room *room = code[0] ? load_room(relay, code, connection->peer_address) : NULL;
     if (!room) {
@@ -926,7 +928,6 @@ static void handle_resume(struct relay *relay, struct connection *connection, js
     enum resume_role role = RESUME_MEMBER;
     if (!code[0] || !resume_token_verify(relay->secret, relay->secret_length, code,
                                          identity.user_id, token, &role)) {
-        join_failed(relay, connection);
         relay->metrics.rejected[REJECT_INVALID_RESUME_TOKEN]++;
         send_error(relay, connection, "INVALID_RESUME_TOKEN", "Invalid resume token", NULL);
         return;
