@@ -1616,6 +1616,8 @@ static void expire_rooms(struct relay *relay, double now)
     while (room) {
         struct room *next_room = LIST_NEXT(room, link);
         if (room->member_count == 0 && room->reserved_until && room->reserved_until < now) {
+            if (relay->cluster) /* the backplane stops keeping its code alive */
+                relay->cluster->room_changed(relay->cluster->context, room->code, NULL);
             delete_room(relay, room);
             room = next_room;
             continue;
