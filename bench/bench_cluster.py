@@ -326,6 +326,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--latency-samples", type=int, default=500)
     parser.add_argument("--rooms", type=int, default=300, help="rooms per creation-rate run")
     parser.add_argument("--idle-per-node", type=int, default=2000, help="0 skips the idle figure")
+    parser.add_argument("--only-idle", action="store_true", help="just the idle figure")
     args = parser.parse_args(argv)
     if shutil.which("nats-server") is None:
         say("nats-server is not installed (apt-get install nats-server)")
@@ -352,46 +353,50 @@ def main(argv: list[str] | None = None) -> int:
                 f"{v:.2f}" for v in idle["kb_per_connection"]
             )
             figures["  nats-server RSS, MB"] = idle["nats_rss_mb"]
-        single_runs, local_runs = [], []
-        for run in range(args.runs):
-            say(f"fan-out 1→4 16 MiB, run {run + 1}: single relay, then one cluster node")
-            single_runs.append(rb.measure_fanout(single, 16 * MIB, args.count, 4))
-            local_runs.append(rb.measure_fanout(nodes[0], 16 * MIB, args.count, 4))
-        figures["fan-out 1→4 one node: single relay MB/s"] = median(
-            [r["mbps"] for r in single_runs]
-        )
-        figures["fan-out 1→4 one node: cluster node MB/s"] = median([r["mbps"] for r in local_runs])
-        figures["  cluster/single (target ≥ 0.95)"] = (
-            figures["fan-out 1→4 one node: cluster node MB/s"]
-            / figures["fan-out 1→4 one node: single relay MB/s"]
-        )
-        figures["fan-out 1→4 one node: single relay CPU-s/GB"] = median(
-            [r["cpu_s_per_gb"] for r in single_runs]
-        )
-        figures["fan-out 1→4 one node: cluster node CPU-s/GB"] = median(
-            [r["cpu_s_per_gb"] for r in local_runs]
-        )
-        across = []
-        for run in range(args.runs):
-            say(f"fan-out 1→4 16 MiB over 4 nodes, run {run + 1}")
-            across.append(asyncio.run(fanout_across(nodes, nats, 16 * MIB, args.count // 2)))
-        figures["fan-out 1→4 over 4 nodes MB/s"] = median([r["mbps"] for r in across])
-        figures["  relays + NATS CPU-s/GB"] = median([r["cpu_s_per_gb"] for r in across])
-        say("round trips")
-        local = asyncio.run(round_trips(nodes[0].port, nodes[0].port, args.latency_samples))
-        cross = asyncio.run(round_trips(nodes[0].port, nodes[1].port, args.latency_samples))
-        alone = asyncio.run(round_trips(single.port, single.port, args.latency_samples))
-        for name, value in (("single relay", alone), ("one node", local), ("two nodes", cross)):
-            figures[f"round trip, {name}: p50 / p99 ms"] = (
-                f"{value['p50_ms']:.3f} / {value['p99_ms']:.3f}"
+        if args.only_idle:
+            args.runs = 0
+        if args.runs:
+            single_runs, local_runs = [], []
+            for run in range(args.runs):
+                say(f"fan-out 1→4 16 MiB, run {run + 1}: single relay, then one cluster node")
+                single_runs.append(rb.measure_fanout(single, 16 * MIB, args.count, 4))
+                local_runs.append(rb.measure_fanout(nodes[0], 16 * MIB, args.count, 4))
+            figures["fan-out 1→4 one node: single relay MB/s"] = median(
+                [r["mbps"] for r in single_runs]
             )
-        say("room creation")
-        figures["rooms created/s: single relay"] = asyncio.run(
-            creation_rate(single.port, args.rooms)
-        )
-        figures["rooms created/s: cluster node"] = asyncio.run(
-            creation_rate(nodes[0].port, args.rooms)
-        )
+            local_mbps = median([r["mbps"] for r in local_runs])
+            figures["fan-out 1→4 one node: cluster node MB/s"] = local_mbps
+            figures["  cluster/single (target ≥ 0.95)"] = (
+                figures["fan-out 1→4 one node: cluster node MB/s"]
+                / figures["fan-out 1→4 one node: single relay MB/s"]
+            )
+            figures["fan-out 1→4 one node: single relay CPU-s/GB"] = median(
+                [r["cpu_s_per_gb"] for r in single_runs]
+            )
+            figures["fan-out 1→4 one node: cluster node CPU-s/GB"] = median(
+                [r["cpu_s_per_gb"] for r in local_runs]
+            )
+            across = []
+            for run in range(args.runs):
+                say(f"fan-out 1→4 16 MiB over 4 nodes, run {run + 1}")
+                across.append(asyncio.run(fanout_across(nodes, nats, 16 * MIB, args.count // 2)))
+            figures["fan-out 1→4 over 4 nodes MB/s"] = median([r["mbps"] for r in across])
+            figures["  relays + NATS CPU-s/GB"] = median([r["cpu_s_per_gb"] for r in across])
+            say("round trips")
+            local = asyncio.run(round_trips(nodes[0].port, nodes[0].port, args.latency_samples))
+            cross = asyncio.run(round_trips(nodes[0].port, nodes[1].port, args.latency_samples))
+            alone = asyncio.run(round_trips(single.port, single.port, args.latency_samples))
+            for name, value in (("single relay", alone), ("one node", local), ("two nodes", cross)):
+                figures[f"round trip, {name}: p50 / p99 ms"] = (
+                    f"{value['p50_ms']:.3f} / {value['p99_ms']:.3f}"
+                )
+            say("room creation")
+            figures["rooms created/s: single relay"] = asyncio.run(
+                creation_rate(single.port, args.rooms)
+            )
+            figures["rooms created/s: cluster node"] = asyncio.run(
+                creation_rate(nodes[0].port, args.rooms)
+            )
     finally:
         for relay in [single, *nodes]:
             relay.stop()
