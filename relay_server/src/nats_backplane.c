@@ -68,6 +68,7 @@ struct nats_backplane {
     struct inbound_item *head, *tail;
     size_t queued_bytes;
     unsigned long long dropped;
+    unsigned long long dropped_reported; /* service thread only */
     struct kept_entry *entries;
     char (*known)[CLUSTER_NODE_ID_LENGTH + 1]; /* other nodes seen, watched for expiry */
     size_t known_count, known_capacity;
@@ -168,7 +169,13 @@ void nats_backplane_deliver(struct nats_backplane *backplane, struct relay *rela
     struct inbound_item *item = backplane->head;
     backplane->head = backplane->tail = NULL;
     backplane->queued_bytes = 0;
+    unsigned long long dropped = backplane->dropped;
     pthread_mutex_unlock(&backplane->lock);
+    if (dropped > backplane->dropped_reported) {
+        log_fields(LOG_LEVEL_WARN, "cluster_envelopes_dropped",
+                   LOG_INT("count", (int64_t)(dropped - backplane->dropped_reported)));
+        backplane->dropped_reported = dropped;
+    }
     while (item) {
         struct inbound_item *next = item->next;
         struct cluster_envelope envelope;
@@ -343,9 +350,9 @@ static bool subscribe_room(struct nats_backplane *backplane, const char *code)
     natsSubscription_SetPendingLimits(room->subscription, -1, -1);
     memcpy(room->code, probe.code, sizeof(room->code));
     tsearch(room, &backplane->subscriptions, compare_subscriptions);
-    /* The server has the subscription once the flush returns: a JOIN published after our
-     * directory read then reaches us (docs/architecture.md, "Cluster"). */
-    natsConnection_FlushTimeout(backplane->connection, DIRECTORY_TIMEOUT_MS);
+    /* No flush needed: the server handles a connection's messages in order, so by the time it
+     * answers the directory request that follows on this connection it has the subscription,
+     * and a JOIN published after our read reaches us (docs/architecture.md, "Cluster mode"). */
     return true;
 }
 
@@ -572,7 +579,7 @@ static natsStatus open_directory(struct nats_backplane *backplane)
     config.StorageType = js_MemoryStorage; /* soft state: every node writes its part again */
     status = js_CreateKeyValue(&backplane->kv, backplane->js, &config);
     if (status != NATS_OK) { /* another node made it meanwhile? */
-        log_event(LOG_LEVEL_WARN, "cluster_bucket", "error", nats_GetLastError(NULL), NULL);
+        log_event(LOG_LEVEL_INFO, "cluster_bucket", "error", nats_GetLastError(NULL), NULL);
         status = js_KeyValue(&backplane->kv, backplane->js, CLUSTER_BUCKET);
     }
     return status;
@@ -642,11 +649,6 @@ struct nats_backplane *nats_backplane_start(const struct relay_config *config,
 const struct relay_cluster_io *nats_backplane_io(struct nats_backplane *backplane)
 {
     return &backplane->io;
-}
-
-unsigned long long nats_backplane_dropped(const struct nats_backplane *backplane)
-{
-    return backplane->dropped;
 }
 
 static void free_subscription(void *node)

@@ -28,7 +28,4 @@ void nats_backplane_deliver(struct nats_backplane *backplane, struct relay *rela
 /* Stops the heartbeat, removes this node's directory entries, closes the connection. */
 void nats_backplane_stop(struct nats_backplane *backplane);
 
-/* For the metrics and tests: envelopes dropped because the hand-over queue was full. */
-unsigned long long nats_backplane_dropped(const struct nats_backplane *backplane);
-
 #endif
