@@ -55,6 +55,7 @@ struct member {
 struct inbound_stream {
     struct inbound_stream *next;
     char node[CLUSTER_NODE_ID_LENGTH + 1];
+    char user_id[USER_ID_MAX_BYTES + 1]; /* its sender */
     uint64_t stream;
     uint32_t next_piece;
     struct relay_message *message;
@@ -2084,6 +2085,14 @@ static void cluster_binary(struct relay *relay, struct room *room,
         return;
     }
     if (!stream) {
+        /* One sender's messages follow each other: an open one from it whose end was lost
+         * (the hand-over queue was full) ends here, so it cannot hold its receivers' queues. */
+        for (struct inbound_stream **open = &relay->inbound; *open;)
+            if (!strcmp((*open)->node, envelope->node) &&
+                !strcmp((*open)->user_id, envelope->user_id))
+                end_inbound(relay, open);
+            else
+                open = &(*open)->next;
         if (!room)
             return;
         struct frame_header header;
@@ -2116,6 +2125,7 @@ static void cluster_binary(struct relay *relay, struct room *room,
             return;
         }
         snprintf(stream->node, sizeof(stream->node), "%s", envelope->node);
+        snprintf(stream->user_id, sizeof(stream->user_id), "%s", envelope->user_id);
         stream->stream = envelope->stream;
         stream->next = relay->inbound;
         relay->inbound = stream;
