@@ -167,3 +167,28 @@ async def test_an_unknown_code_is_not_found_on_any_node(cluster):
     message = json.loads(await recv(stranger.ws))
     assert message["payload"]["code"] == "ROOM_NOT_FOUND"
     await close_all([alice, stranger])
+
+
+async def test_nats_down_local_rooms_keep_working(cluster, nats_server):
+    """docs/operations.md: while NATS is unreachable a node serves the rooms whose members it
+    has, refuses to create rooms it cannot register, and stops cleanly (the fixture checks)."""
+    nodes = cluster(2)
+    alice = await member(nodes[0], "alice")
+    bob = await member(nodes[0], "bob")
+    code = (await alice.create())["room_code"]
+    await bob.join(code)
+    await recv_type(alice.ws, "user_joined")
+    nats_server.stop()
+    nodes[0].wait_for_line("cluster_disconnected", timeout=10)
+
+    await send_json(alice.ws, "still", {"n": 1})
+    assert (await recv_type(bob.ws, "still"))["sender_id"] == "alice"
+    payload = os.urandom(MIB)
+    await bob.ws.send(payload)
+    assert await recv_binary(alice.ws) == payload
+
+    carol = await member(nodes[0], "carol")
+    await send_json(carol.ws, "create_room", {"user_id": "carol"})
+    refused = await recv_type(carol.ws, "error")
+    assert refused["payload"]["code"] == "INTERNAL"
+    await close_all([alice, bob, carol])
