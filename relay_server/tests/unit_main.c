@@ -21,7 +21,8 @@
     GROUP(state_dir)                                                                               \
     GROUP(rfc6455)                                                                                 \
     GROUP(refusal_log)                                                                             \
-    GROUP(cluster)
+    GROUP(cluster)                                                                                 \
+    GROUP(cluster_core)
 
 #define DECLARE_GROUP(name) int run_##name##_tests(size_t *test_count);
 UNIT_GROUPS(DECLARE_GROUP)
