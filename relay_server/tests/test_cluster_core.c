@@ -166,7 +166,8 @@ static void fake_publish(void *context, const char *node, const struct cluster_e
         unsigned char *bytes = malloc(CLUSTER_ENVELOPE_MAX_HEADER + envelope->payload_length);
         size_t header = cluster_envelope_encode(envelope, bytes, CLUSTER_ENVELOPE_MAX_HEADER);
         assert_true(header > 0);
-        memcpy(bytes + header, envelope->payload, envelope->payload_length);
+        if (envelope->payload_length) /* LEAVE has none (and no payload pointer) */
+            memcpy(bytes + header, envelope->payload, envelope->payload_length);
         fake.pending[fake.pending_count++] =
             (struct pending){n, bytes, header + envelope->payload_length};
     }
@@ -212,6 +213,9 @@ static void stop_cluster(void)
     pump();
     harness_stop(A);
     harness_stop(B);
+    for (size_t i = 0; i < fake.pending_count; i++) /* LEAVEs of the relays' own shutdown */
+        free(fake.pending[i].bytes);
+    fake.pending_count = 0;
 }
 
 static void expect_users(json_t *payload, const char *first, const char *second, const char *third)
