@@ -7,7 +7,6 @@ Tests are skipped, with the reason, when nats-server is not installed (Debian: n
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import socket
 import subprocess
@@ -178,12 +177,3 @@ def haproxy():
     yield start
     for proxy in started:
         proxy.stop()
-
-
-def node_id(relay) -> str:
-    """The cluster node id a relay process logged when it joined."""
-    for line in relay.log:
-        found = re.search(r"cluster_joined node=([0-9a-f]+)", line)
-        if found:
-            return found.group(1)
-    raise AssertionError("relay did not log cluster_joined")

@@ -11,13 +11,12 @@ m2's node.
 from __future__ import annotations
 
 import importlib.util
+import re
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-
-from tests.cluster.conftest import node_id
 
 API = Path(__file__).resolve().parents[1] / "api"
 sys.path.insert(0, str(API))  # members.py, spawned into the member processes, lives there
@@ -28,6 +27,16 @@ from members import layout_state  # noqa: E402
 from test_api_rooms import make_client  # noqa: E402
 
 pytestmark = pytest.mark.slow
+
+
+def node_id(relay) -> str:
+    """The cluster node id a relay process logged when it joined."""
+    for line in relay.log:
+        found = re.search(r"cluster_joined node=([0-9a-f]+)", line)
+        if found:
+            return found.group(1)
+    raise AssertionError("relay did not log cluster_joined")
+
 
 LAYOUT = [
     {"name": "conv.weight", "shape": [64, 32, 3, 3], "dtype": "float32"},
