@@ -68,8 +68,9 @@ struct nats_backplane {
     struct inbound_item *head, *tail;
     size_t queued_bytes;
     unsigned long long dropped;
-    unsigned long long dropped_reported; /* service thread only */
-    struct kept_entry *entries;
+    unsigned long long dropped_reported;       /* service thread only */
+    struct kept_entry *entries;                /* a list, to walk */
+    void *entry_index;                         /* the same entries by key (tsearch) */
     char (*known)[CLUSTER_NODE_ID_LENGTH + 1]; /* other nodes seen, watched for expiry */
     size_t known_count, known_capacity;
     bool stopping;
@@ -192,12 +193,17 @@ void nats_backplane_deliver(struct nats_backplane *backplane, struct relay *rela
 
 /* --- directory entries kept alive by the heartbeat --------------------------------------- */
 
+static int compare_entries(const void *a, const void *b)
+{
+    return strcmp(((const struct kept_entry *)a)->key, ((const struct kept_entry *)b)->key);
+}
+
 static struct kept_entry *find_entry(struct nats_backplane *backplane, const char *key)
 {
-    for (struct kept_entry *e = backplane->entries; e; e = e->next)
-        if (!strcmp(e->key, key))
-            return e;
-    return NULL;
+    struct kept_entry probe;
+    snprintf(probe.key, sizeof(probe.key), "%s", key);
+    void **found = tfind(&probe, &backplane->entry_index, compare_entries);
+    return found ? *found : NULL;
 }
 
 /* Sets (value non-NULL) or removes a kept entry; returns whether its value changed. */
@@ -207,6 +213,7 @@ static bool keep_entry(struct nats_backplane *backplane, const char *key, const 
     struct kept_entry *entry = find_entry(backplane, key);
     bool changed = true;
     if (!value && entry) {
+        tdelete(entry, &backplane->entry_index, compare_entries);
         if (entry->previous)
             entry->previous->next = entry->next;
         else
@@ -225,6 +232,12 @@ static bool keep_entry(struct nats_backplane *backplane, const char *key, const 
     } else if (value && (entry = calloc(1, sizeof(*entry)))) {
         snprintf(entry->key, sizeof(entry->key), "%s", key);
         entry->value = strdup(value);
+        if (!entry->value || !tsearch(entry, &backplane->entry_index, compare_entries)) {
+            free(entry->value);
+            free(entry);
+            pthread_mutex_unlock(&backplane->lock);
+            return false;
+        }
         entry->next = backplane->entries;
         if (entry->next)
             entry->next->previous = entry;
@@ -236,8 +249,9 @@ static bool keep_entry(struct nats_backplane *backplane, const char *key, const 
     return changed;
 }
 
-/* Writes every kept entry again (outside the lock: a write waits for JetStream), and the
- * node's own liveness entry. An entry removed meanwhile is deleted again. */
+/* Writes every kept entry again, and the node's own liveness entry: asynchronous JetStream
+ * publishes to the bucket's subjects, acknowledged together, so that thousands of rooms cost
+ * one round trip rather than one each. An entry removed meanwhile is deleted again. */
 static void refresh_entries(struct nats_backplane *backplane)
 {
     char key[KEY_SIZE];
@@ -256,8 +270,17 @@ static void refresh_entries(struct nats_backplane *backplane)
             copied++;
     }
     pthread_mutex_unlock(&backplane->lock);
+    char subject[KEY_SIZE + 32];
     for (size_t i = 0; i < copied; i++) {
-        kvStore_PutString(NULL, backplane->kv, copies[i].key, copies[i].value);
+        snprintf(subject, sizeof(subject), "$KV.%s.%s", CLUSTER_BUCKET, copies[i].key);
+        js_PublishAsync(backplane->js, subject, copies[i].value, (int)strlen(copies[i].value),
+                        NULL);
+    }
+    jsPubOptions wait;
+    jsPubOptions_Init(&wait);
+    wait.MaxWait = DIRECTORY_TIMEOUT_MS;
+    js_PublishAsyncComplete(backplane->js, &wait);
+    for (size_t i = 0; i < copied; i++) {
         pthread_mutex_lock(&backplane->lock);
         bool gone = !find_entry(backplane, copies[i].key);
         pthread_mutex_unlock(&backplane->lock);
@@ -651,6 +674,11 @@ const struct relay_cluster_io *nats_backplane_io(struct nats_backplane *backplan
     return &backplane->io;
 }
 
+static void free_nothing(void *node)
+{
+    (void)node; /* entries are freed through their list */
+}
+
 static void free_subscription(void *node)
 {
     struct room_subscription *room = node;
@@ -682,6 +710,7 @@ void nats_backplane_stop(struct nats_backplane *backplane)
     kvStore_Destroy(backplane->kv);
     jsCtx_Destroy(backplane->js);
     natsConnection_Destroy(backplane->connection);
+    tdestroy(backplane->entry_index, free_nothing);
     while (backplane->entries) {
         struct kept_entry *next = backplane->entries->next;
         free(backplane->entries->value);
