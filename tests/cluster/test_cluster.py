@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import urllib.request
 
 import pytest
 
@@ -192,3 +193,22 @@ async def test_nats_down_local_rooms_keep_working(cluster, nats_server):
     refused = await recv_type(carol.ws, "error")
     assert refused["payload"]["code"] == "INTERNAL"
     await close_all([alice, bob, carol])
+
+
+async def test_a_room_reserved_over_http_on_one_node_is_joined_on_others(cluster):
+    """POST /api/create-room (how the original clients make a room) on node A; the creator
+    joins on node B (as HAProxy may send it), a guest on node A: one room, B's joiner its host."""
+    nodes = cluster(2)
+    request = urllib.request.Request(f"{nodes[0].http_url}/api/create-room", method="POST")
+    with urllib.request.urlopen(request, timeout=10) as response:
+        code = json.load(response)["room_code"]
+    creator = await member(nodes[1], "creator")
+    joined = await creator.join(code)
+    assert joined["users"] == [creator.entry] and joined["host_id"] == "creator"
+    guest = await member(nodes[0], "guest")
+    joined = await guest.join(code)
+    assert joined["users"] == [creator.entry, guest.entry]
+    assert joined["host_id"] == "creator"
+    seen = (await recv_type(creator.ws, "user_joined"))["payload"]
+    assert seen["users"] == [creator.entry, guest.entry]
+    await close_all([creator, guest])
