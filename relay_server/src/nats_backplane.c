@@ -34,9 +34,9 @@ enum item_kind { ITEM_ENVELOPE, ITEM_NODE_LOST };
 struct inbound_item {
     struct inbound_item *next;
     enum item_kind kind;
-    char node[CLUSTER_NODE_ID_LENGTH + 1];
+    char node[CLUSTER_NODE_ID_LENGTH + 1]; /* ITEM_NODE_LOST */
+    natsMsg *message;                      /* ITEM_ENVELOPE: kept as nats.c made it, no copy */
     size_t length;
-    unsigned char bytes[];
 };
 
 /* A directory entry this node keeps alive by writing it again every CLUSTER_REFRESH_SECONDS. */
@@ -94,27 +94,25 @@ static bool connected(const struct nats_backplane *backplane)
 
 /* --- the hand-over queue (any thread in, service thread out) ----------------------------- */
 
+/* Queues a message (taking it over: it is destroyed here if it cannot be queued) or a lost
+ * node for the service thread. */
 static void enqueue(struct nats_backplane *backplane, enum item_kind kind, const char *node,
-                    const void *bytes, size_t length)
+                    natsMsg *message)
 {
+    size_t length = message ? (size_t)natsMsg_GetDataLength(message) : 0;
     pthread_mutex_lock(&backplane->lock);
-    if (backplane->queued_bytes + length > MAX_QUEUED_BYTES) {
-        backplane->dropped++;
-        pthread_mutex_unlock(&backplane->lock);
-        return;
-    }
-    struct inbound_item *item = malloc(sizeof(*item) + length);
+    struct inbound_item *item =
+        backplane->queued_bytes + length > MAX_QUEUED_BYTES ? NULL : calloc(1, sizeof(*item));
     if (!item) {
         backplane->dropped++;
         pthread_mutex_unlock(&backplane->lock);
+        natsMsg_Destroy(message);
         return;
     }
-    item->next = NULL;
     item->kind = kind;
     snprintf(item->node, sizeof(item->node), "%s", node ? node : "");
+    item->message = message;
     item->length = length;
-    if (length)
-        memcpy(item->bytes, bytes, length);
     if (backplane->tail)
         backplane->tail->next = item;
     else
@@ -156,12 +154,13 @@ static void on_message(natsConnection *connection, natsSubscription *subscriptio
     const unsigned char *bytes = (const unsigned char *)natsMsg_GetData(message);
     size_t length = (size_t)natsMsg_GetDataLength(message);
     struct cluster_envelope envelope;
-    if (cluster_envelope_decode(bytes, length, &envelope, NULL)) {
-        if (envelope.kind == CLUSTER_JOIN)
-            remember_node(backplane, envelope.node);
-        enqueue(backplane, ITEM_ENVELOPE, NULL, bytes, length);
+    if (!cluster_envelope_decode(bytes, length, &envelope, NULL)) {
+        natsMsg_Destroy(message);
+        return;
     }
-    natsMsg_Destroy(message);
+    if (envelope.kind == CLUSTER_JOIN)
+        remember_node(backplane, envelope.node);
+    enqueue(backplane, ITEM_ENVELOPE, NULL, message);
 }
 
 void nats_backplane_deliver(struct nats_backplane *backplane, struct relay *relay, double now)
@@ -183,9 +182,11 @@ void nats_backplane_deliver(struct nats_backplane *backplane, struct relay *rela
         if (item->kind == ITEM_NODE_LOST) {
             log_event(LOG_LEVEL_WARN, "cluster_node_lost", "node", item->node, NULL);
             relay_cluster_node_lost(relay, item->node, now);
-        } else if (cluster_envelope_decode(item->bytes, item->length, &envelope, NULL)) {
+        } else if (cluster_envelope_decode((const unsigned char *)natsMsg_GetData(item->message),
+                                           item->length, &envelope, NULL)) {
             relay_cluster_receive(relay, &envelope, now);
         }
+        natsMsg_Destroy(item->message);
         free(item);
         item = next;
     }
@@ -318,7 +319,7 @@ static void check_nodes(struct nats_backplane *backplane)
                 break;
             }
         pthread_mutex_unlock(&backplane->lock);
-        enqueue(backplane, ITEM_NODE_LOST, nodes[i], NULL, 0);
+        enqueue(backplane, ITEM_NODE_LOST, nodes[i], NULL);
     }
     free(nodes);
 }
@@ -500,13 +501,11 @@ static void room_changed(void *context, const char *code, const char *records)
         kvStore_PutString(NULL, backplane->kv, room_key, state);
 }
 
-static void publish(void *context, const char *node, const struct cluster_envelope *envelope)
+/* Encodes the envelope once and publishes the same bytes to every subject. */
+static void publish(void *context, const char *const *nodes, size_t node_count,
+                    const struct cluster_envelope *envelope)
 {
     struct nats_backplane *backplane = context;
-    char subject[64];
-    if (!(node ? cluster_node_subject(node, subject, sizeof(subject))
-               : cluster_room_subject(envelope->code, subject, sizeof(subject))))
-        return;
     size_t needed = CLUSTER_ENVELOPE_MAX_HEADER + envelope->payload_length;
     if (needed > backplane->buffer_capacity) {
         unsigned char *grown = realloc(backplane->buffer, needed);
@@ -521,10 +520,16 @@ static void publish(void *context, const char *node, const struct cluster_envelo
         return;
     if (envelope->payload_length)
         memcpy(backplane->buffer + header, envelope->payload, envelope->payload_length);
-    /* While NATS is unreachable nats.c buffers up to its reconnect buffer, then refuses:
-     * those envelopes are lost (docs/operations.md, "Running a cluster"). */
-    natsConnection_Publish(backplane->connection, subject, backplane->buffer,
-                           (int)(header + envelope->payload_length));
+    char subject[64];
+    for (size_t i = 0; i < (node_count ? node_count : 1); i++) {
+        if (!(node_count ? cluster_node_subject(nodes[i], subject, sizeof(subject))
+                         : cluster_room_subject(envelope->code, subject, sizeof(subject))))
+            continue;
+        /* While NATS is unreachable nats.c buffers up to its reconnect buffer, then refuses:
+         * those envelopes are lost (docs/operations.md, "Running a cluster"). */
+        natsConnection_Publish(backplane->connection, subject, backplane->buffer,
+                               (int)(header + envelope->payload_length));
+    }
 }
 
 /* --- setup -------------------------------------------------------------------------------- */
@@ -719,6 +724,7 @@ void nats_backplane_stop(struct nats_backplane *backplane)
     }
     while (backplane->head) {
         struct inbound_item *next = backplane->head->next;
+        natsMsg_Destroy(backplane->head->message);
         free(backplane->head);
         backplane->head = next;
     }

@@ -1847,7 +1847,7 @@ static void cluster_publish_member(struct relay *relay, struct member *member,
         envelope.payload = (const unsigned char *)text;
         envelope.payload_length = strlen(text);
     }
-    relay->cluster->publish(relay->cluster->context, NULL, &envelope);
+    relay->cluster->publish(relay->cluster->context, NULL, 0, &envelope);
     free(text);
 }
 
@@ -1933,8 +1933,7 @@ static void cluster_send_text(struct relay *relay, struct member *sender, const 
     memcpy(envelope.code, sender->room->code, sizeof(envelope.code));
     snprintf(envelope.node, sizeof(envelope.node), "%s", relay->cluster->node);
     snprintf(envelope.user_id, sizeof(envelope.user_id), "%s", sender->user_id);
-    for (size_t i = 0; i < node_count; i++)
-        relay->cluster->publish(relay->cluster->context, nodes[i], &envelope);
+    relay->cluster->publish(relay->cluster->context, nodes, node_count, &envelope);
 }
 
 static void cluster_start_stream(struct relay *relay, struct connection *connection,
@@ -1965,6 +1964,9 @@ static void cluster_send_piece(struct relay *relay, struct connection *connectio
     if (connection->member)
         snprintf(envelope.user_id, sizeof(envelope.user_id), "%s", connection->member->user_id);
     size_t max_piece = relay->cluster->max_piece;
+    const char *nodes[connection->cluster_node_count + 1];
+    for (size_t i = 0; i < connection->cluster_node_count; i++)
+        nodes[i] = connection->cluster_nodes[i];
     do {
         size_t piece = length < max_piece ? length : max_piece;
         envelope.piece = connection->cluster_piece++;
@@ -1972,9 +1974,8 @@ static void cluster_send_piece(struct relay *relay, struct connection *connectio
                          (final && piece == length ? CLUSTER_FLAG_FINAL : 0);
         envelope.payload = bytes;
         envelope.payload_length = piece;
-        for (size_t i = 0; i < connection->cluster_node_count; i++)
-            relay->cluster->publish(relay->cluster->context, connection->cluster_nodes[i],
-                                    &envelope);
+        relay->cluster->publish(relay->cluster->context, nodes, connection->cluster_node_count,
+                                &envelope);
         bytes += piece;
         length -= piece;
     } while (length > 0);

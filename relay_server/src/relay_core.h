@@ -156,9 +156,10 @@ struct relay_cluster_io {
     /* This node's members of a room changed: `records` is their JSON array ("[]" for a reserved
      * room), or NULL once this node no longer holds the room. */
     void (*room_changed)(void *context, const char *code, const char *records);
-    /* Sends an envelope to the room's subject (node NULL: every node holding the room) or to
-     * one node. */
-    void (*publish)(void *context, const char *node, const struct cluster_envelope *envelope);
+    /* Sends an envelope to these nodes, or (node_count 0) to the room's subject: every node
+     * holding the room. */
+    void (*publish)(void *context, const char *const *nodes, size_t node_count,
+                    const struct cluster_envelope *envelope);
 };
 
 /* Joins the relay to a cluster; `cluster` must outlive the relay. */

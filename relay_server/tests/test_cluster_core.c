@@ -148,13 +148,10 @@ static void fake_room_changed(void *context, const char *code, const char *recor
     directory_put(key, strcmp(records, "[]") ? "live" : "reserved");
 }
 
-static void fake_publish(void *context, const char *node, const struct cluster_envelope *envelope)
+static void fake_publish_one(void *context, const char *node,
+                             const struct cluster_envelope *envelope)
 {
     struct fake_node *self = context;
-    if (envelope->kind == CLUSTER_BINARY && (int)envelope->piece == fake.drop_piece) {
-        fake.drop_piece = -1;
-        return;
-    }
     if (node)
         self->data_published++;
     for (int n = 0; n < NODES; n++) {
@@ -171,6 +168,19 @@ static void fake_publish(void *context, const char *node, const struct cluster_e
         fake.pending[fake.pending_count++] =
             (struct pending){n, bytes, header + envelope->payload_length};
     }
+}
+
+static void fake_publish(void *context, const char *const *nodes, size_t node_count,
+                         const struct cluster_envelope *envelope)
+{
+    if (envelope->kind == CLUSTER_BINARY && (int)envelope->piece == fake.drop_piece) {
+        fake.drop_piece = -1;
+        return;
+    }
+    if (node_count == 0)
+        fake_publish_one(context, NULL, envelope);
+    for (size_t i = 0; i < node_count; i++)
+        fake_publish_one(context, nodes[i], envelope);
 }
 
 /* Delivers every queued envelope, in order (what NATS does between two nodes). */
