@@ -34,6 +34,9 @@ debian_packages() {
         xvfb xauth libx11-xcb1 libxkbcommon-x11-0 libxcb-cursor0 libxcb-icccm4 libxcb-image0 \
         libxcb-keysyms1 libxcb-randr0 libxcb-render-util0 libxcb-shape0 libxcb-shm0 \
         libxcb-sync1 libxcb-util1 libxcb-xfixes0 libxcb-xkb1 systemd
+    # The relay cluster: nats.c for relay_server --nats; tests/cluster start nats-server and
+    # haproxy themselves (deploy/local-cluster.sh too).
+    echo libnats-dev nats-server haproxy
     # Node.js runs the benchmark's peer relay; a machine may already have it from elsewhere.
     command -v npm >/dev/null 2>&1 || echo nodejs npm
 }

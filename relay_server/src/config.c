@@ -45,17 +45,19 @@ enum option_group {
     GROUP_FLOW_CONTROL,
     GROUP_LOGGING,
     GROUP_LAN,
+    GROUP_CLUSTER,
     GROUP_TESTING,
     GROUP_GENERAL,
     GROUP_COUNT,
 };
 
 static const char *const group_titles[GROUP_COUNT] = {
-    [GROUP_NETWORK] = "Network",   [GROUP_TLS] = "TLS (wss://)",
-    [GROUP_ACCESS] = "Access",     [GROUP_LIMITS] = "Limits",
-    [GROUP_TIMEOUTS] = "Timeouts", [GROUP_FLOW_CONTROL] = "Flow control",
-    [GROUP_LOGGING] = "Logging",   [GROUP_LAN] = "LAN session (AggregationServer)",
-    [GROUP_TESTING] = "Testing",   [GROUP_GENERAL] = "General",
+    [GROUP_NETWORK] = "Network",        [GROUP_TLS] = "TLS (wss://)",
+    [GROUP_ACCESS] = "Access",          [GROUP_LIMITS] = "Limits",
+    [GROUP_TIMEOUTS] = "Timeouts",      [GROUP_FLOW_CONTROL] = "Flow control",
+    [GROUP_LOGGING] = "Logging",        [GROUP_LAN] = "LAN session (AggregationServer)",
+    [GROUP_CLUSTER] = "Cluster (NATS)", [GROUP_TESTING] = "Testing",
+    [GROUP_GENERAL] = "General",
 };
 
 struct enum_choice {
@@ -182,6 +184,46 @@ static const struct option_spec options[] = {
      NULL,
      FIELD(lan_host_token),
      .help = "the LAN host token itself (there is no flag: it would show in ps)"},
+    {"nats",
+     "URL[,URL...]",
+     {"RELAY_NATS"},
+     OPTION_PATH,
+     GROUP_CLUSTER,
+     NULL,
+     FIELD(nats_urls),
+     .help = "join a cluster of relays through these NATS servers (with JetStream)"},
+    {"nats-creds",
+     "FILE",
+     {"RELAY_NATS_CREDS"},
+     OPTION_FILE,
+     GROUP_CLUSTER,
+     NULL,
+     FIELD(nats_creds),
+     .help = "NATS user credentials file (JWT and NKey seed)"},
+    {"nats-ca",
+     "FILE",
+     {"RELAY_NATS_CA"},
+     OPTION_FILE,
+     GROUP_CLUSTER,
+     NULL,
+     FIELD(nats_ca),
+     .help = "CA certificates to verify the NATS servers' TLS certificates (turns TLS on)"},
+    {"nats-cert",
+     "FILE",
+     {"RELAY_NATS_CERT"},
+     OPTION_FILE,
+     GROUP_CLUSTER,
+     NULL,
+     FIELD(nats_cert),
+     .help = "client certificate chain for NATS over TLS (needs --nats-key)"},
+    {"nats-key",
+     "FILE",
+     {"RELAY_NATS_KEY"},
+     OPTION_FILE,
+     GROUP_CLUSTER,
+     NULL,
+     FIELD(nats_key),
+     .help = "private key of --nats-cert"},
     {"max-message-size",
      "BYTES",
      {"RELAY_MAX_MESSAGE_SIZE"},
@@ -958,6 +1000,11 @@ int config_load(struct relay_config *config, int argc, char **argv, char *error_
     }
     config->access_token_set = config->access_token[0] != '\0';
     config->lan_mode = config->lan_host_token[0] != '\0';
+
+    if (config->lan_mode && config->nats_urls[0])
+        return fail(&error, "--nats: a LAN session is one process; it cannot join a cluster");
+    if (!config->nats_cert[0] != !config->nats_key[0])
+        return fail(&error, "--nats-cert and --nats-key go together: give both or neither");
 
     const struct option_spec *cert = find_option("tls-cert"), *key = find_option("tls-key");
     bool has_cert = present[cert - options], has_key = present[key - options];

@@ -86,6 +86,15 @@ struct relay_config {
      * `host_token` is the session's host; everyone else says `hello` and talks only to it. */
     char lan_host_token[TOKEN_MAX_BYTES + 1];
     bool lan_mode;
+    /* --nats URL[,URL...] (RELAY_NATS): join a cluster of relay nodes through these NATS
+     * servers (JetStream needed); empty: a single relay. --nats-creds FILE (RELAY_NATS_CREDS),
+     * --nats-ca FILE (RELAY_NATS_CA), --nats-cert FILE / --nats-key FILE (RELAY_NATS_CERT /
+     * RELAY_NATS_KEY): credentials and TLS towards NATS, as nats.c offers them. */
+    char nats_urls[4096];
+    char nats_creds[4096];
+    char nats_ca[4096];
+    char nats_cert[4096];
+    char nats_key[4096];
     /* --allowed-origin ORIGIN, repeatable (RELAY_ALLOWED_ORIGINS, comma-separated): WebSocket
      * upgrades whose Origin header names another origin get 403. Empty: any origin. Stored as
      * one comma-separated list. */

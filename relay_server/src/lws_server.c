@@ -14,6 +14,7 @@
 
 #include "buffer_arena.h"
 #include "log.h"
+#include "nats_backplane.h"
 #include "relay_core.h"
 #include "rfc6455.h"
 #include "room_code.h"
@@ -59,6 +60,7 @@ struct server {
     lws_sorted_usec_list_t shutdown_timer; /* wakes the loop often while connections close */
     double shutdown_started;
     bool shutting_down;
+    struct nats_backplane *backplane; /* --nats: this relay is a node of a cluster */
 };
 
 /* An accepted socket's standing with the core's per-address limits. Kept with the wsi (lws's
@@ -273,6 +275,14 @@ static int serve_http(struct lws *wsi, struct session *session, const char *path
     if (is_get && (!strcmp(path, "/") || !strcmp(path, "/health"))) {
         const char *body = "{\"status\":\"ok\",\"service\":\"Segmentation Suite "
                            "Relay\",\"version\":\"" RELAY_VERSION "\"}";
+        char cluster_body[256];
+        if (server.backplane) { /* which node answered: behind HAProxy an operator asks */
+            snprintf(cluster_body, sizeof(cluster_body),
+                     "{\"status\":\"ok\",\"service\":\"Segmentation Suite Relay\",\"version\":"
+                     "\"" RELAY_VERSION "\",\"node\":\"%s\"}",
+                     nats_backplane_io(server.backplane)->node);
+            body = cluster_body;
+        }
         return respond(wsi, 200, "application/json", body, strlen(body));
     }
     if (!authorized(wsi))
@@ -537,6 +547,8 @@ static int relay_callback(struct lws *wsi, enum lws_callback_reasons reason, voi
         }
         return 0;
     case LWS_CALLBACK_EVENT_WAIT_CANCELLED:
+        if (server.backplane)
+            nats_backplane_deliver(server.backplane, server.relay, now_seconds());
         if (stop_signal && !server.shutting_down) {
             server.shutting_down = true;
             server.shutdown_started = now_seconds();
@@ -572,6 +584,14 @@ static void on_shutdown_tick(lws_sorted_usec_list_t *timer)
     lws_sul_schedule(server.context, 0, timer, on_shutdown_tick, LWS_US_PER_SEC / 20);
 }
 
+/* The backplane's threads: envelopes are waiting for the service thread. */
+static void wake_service(void *context)
+{
+    struct lws_context *lws = __atomic_load_n(&server.context, __ATOMIC_ACQUIRE);
+    if (lws)
+        lws_cancel_service(lws);
+}
+
 static void on_stop_signal(int signal_number)
 {
     stop_signal = signal_number;
@@ -593,6 +613,16 @@ int lws_server_run(const struct relay_config *config, const unsigned char *secre
     if (!server.relay) {
         fprintf(stderr, "relay_server: out of memory\n");
         return 1;
+    }
+    if (config->nats_urls[0]) {
+        char error[512];
+        server.backplane = nats_backplane_start(config, wake_service, NULL, error, sizeof(error));
+        if (!server.backplane) {
+            fprintf(stderr, "relay_server: %s\n", error);
+            relay_destroy(server.relay);
+            return 1;
+        }
+        relay_attach_cluster(server.relay, nats_backplane_io(server.backplane));
     }
     lws_set_log_level(LLL_ERR, NULL);
     /* Room for lws's own header and zlib trailer next to each receive buffer. */
@@ -616,10 +646,12 @@ int lws_server_run(const struct relay_config *config, const unsigned char *secre
      * when it is empty: silent sockets would make everyone else wait. The per-address handshake
      * cap (relay_socket_accepted) keeps one address from taking many. */
     info.max_http_header_pool = HEADER_POOL_SIZE;
-    server.context = lws_create_context(&info);
+    struct lws_context *created = lws_create_context(&info);
+    __atomic_store_n(&server.context, created, __ATOMIC_RELEASE);
     if (!server.context) {
         fprintf(stderr, "relay_server: cannot create the libwebsockets context\n");
         relay_destroy(server.relay);
+        nats_backplane_stop(server.backplane);
         return 1;
     }
 
@@ -642,6 +674,7 @@ int lws_server_run(const struct relay_config *config, const unsigned char *secre
                 config->listen_address, config->port);
         lws_context_destroy(server.context);
         relay_destroy(server.relay);
+        nats_backplane_stop(server.backplane);
         return 1;
     }
 
@@ -668,8 +701,12 @@ int lws_server_run(const struct relay_config *config, const unsigned char *secre
             now_seconds() - server.shutdown_started > SHUTDOWN_DEADLINE_SECONDS)
             break;
     }
-    lws_context_destroy(server.context);
+    struct lws_context *context = server.context;
+    __atomic_store_n(&server.context, NULL, __ATOMIC_RELEASE);
+    lws_context_destroy(context);
+    /* The core tells the backplane of the members that leave: stop the backplane after it. */
     relay_destroy(server.relay);
+    nats_backplane_stop(server.backplane);
     buffer_arena_destroy(receive_buffers);
     receive_buffers = NULL;
     log_event(LOG_LEVEL_INFO, "stopped", NULL);

@@ -44,6 +44,21 @@ struct member {
     /* `,"sender_id":…,"sender_name":…}` — spliced over the closing brace of forwarded text */
     char *sender_suffix;
     size_t sender_suffix_length;
+    /* Cluster: the node the member is connected to ("" for this one), when it joined (orders
+     * the merged users list), and whether that node was lost (away until it resumes). */
+    char node[CLUSTER_NODE_ID_LENGTH + 1];
+    double joined_at;
+    bool node_lost;
+};
+
+/* Cluster: a binary message arriving from another node, piece by piece. */
+struct inbound_stream {
+    struct inbound_stream *next;
+    char node[CLUSTER_NODE_ID_LENGTH + 1];
+    char user_id[USER_ID_MAX_BYTES + 1]; /* its sender */
+    uint64_t stream;
+    uint32_t next_piece;
+    struct relay_message *message;
 };
 
 struct room {
@@ -98,7 +113,43 @@ struct relay {
     json_t *relay_info;    /* the "relay" object of room_created/room_joined */
     struct room *lan_room; /* LAN mode: the one session, while its host is connected */
     struct relay_metrics metrics;
+    const struct relay_cluster_io *cluster; /* NULL: a single relay, as without --nats */
+    uint64_t last_stream;
+    struct inbound_stream *inbound;
 };
+
+static bool is_remote(const struct member *member)
+{
+    return member->node[0] != '\0';
+}
+
+/* Away: disconnected within its resume grace, here or (its node lost) on another node. */
+static bool is_away(const struct member *member)
+{
+    return !member->connection && (!is_remote(member) || member->node_lost);
+}
+
+static void cluster_sync_room(struct relay *relay, struct room *room);
+static void cluster_publish_member(struct relay *relay, struct member *member,
+                                   enum cluster_kind kind, bool resumed);
+static void cluster_send_piece(struct relay *relay, struct connection *connection,
+                               const unsigned char *bytes, size_t length, bool final);
+static struct room *load_room(struct relay *relay, const char *code, const char *owner);
+static void cluster_start_stream(struct relay *relay, struct connection *connection,
+                                 const char **nodes, size_t node_count);
+static void cluster_drop_unused(struct relay *relay, struct room *room);
+static void end_inbound(struct relay *relay, struct inbound_stream **link);
+static void cluster_send_text(struct relay *relay, struct member *sender, const char **nodes,
+                              size_t node_count, const char *text, size_t length);
+
+/* Adds `node` to a set of distinct node ids (capacity: the room's member count). */
+static void add_node(const char **nodes, size_t *count, const char *node)
+{
+    for (size_t i = 0; i < *count; i++)
+        if (!strcmp(nodes[i], node))
+            return;
+    nodes[(*count)++] = node;
+}
 
 /* --- lookups ---------------------------------------------------------------------------- */
 
@@ -387,13 +438,43 @@ static void delete_room(struct relay *relay, struct room *room)
     free(room);
 }
 
+static size_t local_members(const struct room *room)
+{
+    size_t count = 0;
+    for (const struct member *m = room->members; m; m = m->next)
+        count += !is_remote(m);
+    return count;
+}
+
 static bool new_room_code(struct relay *relay, char code[ROOM_CODE_LENGTH + 1])
 {
     /* 2^30 codes: a collision is rare while the relay is far from full; retry a few times. */
-    for (int attempt = 0; attempt < 64; attempt++)
-        if (room_code_generate(code) && !find_room(relay, code))
+    for (int attempt = 0; attempt < 64; attempt++) {
+        if (!room_code_generate(code) || find_room(relay, code))
+            continue;
+        if (!relay->cluster)
             return true;
+        /* Unique cluster-wide: the directory's create fails for a code another node holds. */
+        int claimed = relay->cluster->claim_code(relay->cluster->context, code);
+        if (claimed != 0)
+            return claimed > 0;
+    }
     return false;
+}
+
+/* `,"sender_id":…,"sender_name":…}`, spliced over the closing brace of what it sends. */
+static bool make_sender_suffix(struct member *member)
+{
+    json_t *fields =
+        json_pack("{s:s, s:s}", "sender_id", member->user_id, "sender_name", member->display_name);
+    char *encoded = json_dumps(fields, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    json_decref(fields);
+    if (!encoded)
+        return false;
+    encoded[0] = ','; /* `{"sender_id":…}` becomes `,"sender_id":…}` */
+    member->sender_suffix = encoded;
+    member->sender_suffix_length = strlen(encoded);
+    return true;
 }
 
 static struct member *add_member(struct room *room, struct connection *connection,
@@ -404,16 +485,10 @@ static struct member *add_member(struct room *room, struct connection *connectio
         return NULL;
     snprintf(member->user_id, sizeof(member->user_id), "%s", user_id);
     snprintf(member->display_name, sizeof(member->display_name), "%s", display_name);
-    json_t *fields = json_pack("{s:s, s:s}", "sender_id", user_id, "sender_name", display_name);
-    char *encoded = json_dumps(fields, JSON_COMPACT | JSON_PRESERVE_ORDER);
-    json_decref(fields);
-    if (!encoded) {
+    if (!make_sender_suffix(member)) {
         free(member);
         return NULL;
     }
-    encoded[0] = ','; /* `{"sender_id":…}` becomes `,"sender_id":…}` */
-    member->sender_suffix = encoded;
-    member->sender_suffix_length = strlen(encoded);
     member->room = room;
     member->connection = connection;
     member->wants_resume = wants_resume;
@@ -436,10 +511,13 @@ static void remove_member(struct relay *relay, struct member *member)
         link = &(*link)->next;
     *link = member->next;
     room->member_count--;
+    bool local = !is_remote(member);
     if (member->connection)
         member->connection->member = NULL;
-    else
+    else if (local)
         relay->members_away--;
+    if (local)
+        cluster_publish_member(relay, member, CLUSTER_LEAVE, false);
     log_event(LOG_LEVEL_INFO, "user_left", "room", room->log_tag, "user", member->user_id, NULL);
     if (member == room->host)
         room->host = NULL; /* nobody inherits the creator's attestation */
@@ -455,8 +533,13 @@ static void remove_member(struct relay *relay, struct member *member)
     }
     free(member->sender_suffix);
     free(member);
-    if (room->member_count == 0)
+    if (room->member_count == 0) {
+        if (relay->cluster && local)
+            relay->cluster->room_changed(relay->cluster->context, room->code, NULL);
         delete_room(relay, room);
+    } else if (local) {
+        cluster_sync_room(relay, room);
+    }
 }
 
 static json_t *membership_payload(struct relay *relay, struct member *member)
@@ -757,6 +840,7 @@ static void handle_create_room(struct relay *relay, struct connection *connectio
     }
     log_event(LOG_LEVEL_INFO, "room_created", "room", room->log_tag, "user", identity.user_id,
               "peer", connection->peer_address, NULL);
+    cluster_sync_room(relay, room);
     send_json(relay, &connection, 1,
               json_pack("{s:s, s:o}", "type", "room_created", "payload",
                         membership_payload(relay, connection->member)));
@@ -798,7 +882,7 @@ static void handle_join_room(struct relay *relay, struct connection *connection,
     if (!join_budget_left(relay, connection) ||
         !read_join_request(relay, connection, payload, code, &identity))
         return;
-    struct room *room = code[0] ? find_room(relay, code) : NULL;
+    struct room *room = code[0] ? load_room(relay, code, connection->peer_address) : NULL;
     if (!room) {
         join_failed(relay, connection);
         room_not_found(relay, connection);
@@ -809,13 +893,17 @@ static void handle_join_room(struct relay *relay, struct connection *connection,
         return;
     }
     if (!user_id_free(relay, connection, room, identity.user_id) ||
-        !room_has_space(relay, connection, room))
+        !room_has_space(relay, connection, room)) {
+        cluster_drop_unused(relay, room);
         return;
+    }
     leave_current_room(relay, connection);
     struct member *member = add_member(room, connection, identity.user_id, identity.display_name,
                                        identity.wants_resume);
-    if (!member)
+    if (!member) {
+        cluster_drop_unused(relay, room);
         return;
+    }
     if (room->awaiting_creator) {
         room->awaiting_creator = false;
         room->host = member;
@@ -824,6 +912,8 @@ static void handle_join_room(struct relay *relay, struct connection *connection,
               "peer", connection->peer_address, NULL);
     send_room_joined(relay, member, false);
     tell_room(relay, room, member, "user_joined", NULL);
+    cluster_sync_room(relay, room);
+    cluster_publish_member(relay, member, CLUSTER_JOIN, false);
 }
 
 static void handle_resume(struct relay *relay, struct connection *connection, json_t *payload)
@@ -851,17 +941,22 @@ static void handle_resume(struct relay *relay, struct connection *connection, js
     }
     if (connection->member)
         leave_current_room(relay, connection);
-    room = find_room(relay, code); /* leaving may have emptied and deleted it */
+    /* Leaving may have emptied and deleted it; in a cluster it may live on other nodes. */
+    room = load_room(relay, code, connection->peer_address);
     member = room ? find_member(room, identity.user_id) : NULL;
     if (member) {
-        /* Back within the grace period (or before the old connection was found dead). */
+        /* Back within the grace period (or before the old connection was found dead), or, in
+         * a cluster, moved here from another node. */
         struct connection *old = member->connection;
+        bool moved = is_remote(member);
         if (old) {
             old->member = NULL;
             begin_close(relay, old, 1000, "resumed on another connection", -1);
-        } else {
+        } else if (!moved) {
             relay->members_away--;
         }
+        member->node[0] = '\0';
+        member->node_lost = false;
         member->connection = connection;
         member->wants_resume = true;
         connection->member = member;
@@ -870,21 +965,30 @@ static void handle_resume(struct relay *relay, struct connection *connection, js
         log_event(LOG_LEVEL_INFO, "user_resumed", "room", member->room->log_tag, "user",
                   member->user_id, "peer", connection->peer_address, NULL);
         send_room_joined(relay, member, true);
+        if (moved) {
+            cluster_sync_room(relay, member->room);
+            cluster_publish_member(relay, member, CLUSTER_JOIN, true);
+        }
         return;
     }
     if (!room) {
         if (!can_create_room(relay, connection) ||
             !(room = create_room(relay, code, connection->peer_address)))
             return;
+        if (relay->cluster) /* the directory had no such room: hold its code again */
+            relay->cluster->claim_code(relay->cluster->context, code);
         log_event(LOG_LEVEL_INFO, "room_reopened", "room", room->log_tag, "user", identity.user_id,
                   NULL);
     } else if (!room_has_space(relay, connection, room)) {
+        cluster_drop_unused(relay, room);
         return;
     }
     member = add_member(room, connection, identity.user_id, identity.display_name, true);
     if (!member) {
         if (room->member_count == 0)
             delete_room(relay, room);
+        else
+            cluster_drop_unused(relay, room);
         return;
     }
     /* The creator's token re-attests it as host after a restart or after it had left. */
@@ -894,6 +998,8 @@ static void handle_resume(struct relay *relay, struct connection *connection, js
               "peer", connection->peer_address, NULL);
     send_room_joined(relay, member, true);
     tell_room(relay, room, member, "user_joined", json_pack("{s:b}", "resumed", 1));
+    cluster_sync_room(relay, room);
+    cluster_publish_member(relay, member, CLUSTER_JOIN, true);
 }
 
 /* Whether `user_id` is named by a directed message's `to` list (NULL list: everyone). */
@@ -929,13 +1035,17 @@ static void forward_text(struct relay *relay, struct connection *connection, jso
     }
     struct room *room = sender->room;
     struct connection *receivers[room->member_count + 1];
-    size_t count = 0;
-    for (struct member *m = room->members; m; m = m->next)
+    const char *nodes[room->member_count + 1]; /* other nodes with receivers (cluster) */
+    size_t count = 0, node_count = 0;
+    for (struct member *m = room->members; m; m = m->next) {
+        if (is_remote(m) && !m->node_lost && addressed_to(to, m->user_id))
+            add_node(nodes, &node_count, m->node);
         if (m != sender && m->connection && !m->connection->closing && addressed_to(to, m->user_id))
             receivers[count++] = m->connection;
+    }
     if (room->hub)
         count = lan_hub_only(room, sender, receivers, count);
-    if (count == 0) {
+    if (count == 0 && node_count == 0) {
         relay->metrics.dropped[DROP_NO_RECIPIENT]++;
         return;
     }
@@ -946,7 +1056,9 @@ static void forward_text(struct relay *relay, struct connection *connection, jso
         json_object_set_new(root, "sender_name", json_string(sender->display_name));
         char *encoded = json_dumps(root, JSON_COMPACT | JSON_PRESERVE_ORDER);
         if (encoded) {
-            send_text_to(relay, receivers, count, encoded, strlen(encoded));
+            if (count)
+                send_text_to(relay, receivers, count, encoded, strlen(encoded));
+            cluster_send_text(relay, sender, nodes, node_count, encoded, strlen(encoded));
             free(encoded);
         }
         return;
@@ -961,7 +1073,9 @@ static void forward_text(struct relay *relay, struct connection *connection, jso
         return;
     memcpy(spliced, text, end - 1);
     memcpy(spliced + end - 1, sender->sender_suffix, sender->sender_suffix_length);
-    send_text_to(relay, receivers, count, spliced, spliced_length);
+    if (count)
+        send_text_to(relay, receivers, count, spliced, spliced_length);
+    cluster_send_text(relay, sender, nodes, node_count, spliced, spliced_length);
     free(spliced);
 }
 
@@ -1036,6 +1150,8 @@ static void stop_forwarding(struct relay *relay, struct connection *connection, 
         relay_message_finish_sending(connection->forwarding);
         connection->forwarding = NULL;
     }
+    if (connection->cluster_stream) /* ends the other nodes' copy early, as the local ones */
+        cluster_send_piece(relay, connection, NULL, 0, true);
     free(connection->sniff);
     connection->sniff = NULL;
     connection->sniff_length = 0;
@@ -1082,9 +1198,11 @@ static bool route_binary(struct relay *relay, struct connection *connection,
     }
     struct room *room = sender->room;
     struct connection *receivers[room->member_count + 1];
-    size_t count = 0;
+    const char *nodes[room->member_count + 1]; /* other nodes with receivers (cluster) */
+    size_t count = 0, node_count = 0;
     for (struct member *m = room->members; m; m = m->next) {
-        if (m == sender || !m->connection || m->connection->closing)
+        bool remote = is_remote(m) && !m->node_lost;
+        if (m == sender || (!remote && (!m->connection || m->connection->closing)))
             continue;
         bool wanted = parsed == FRAME_NOT_OURS || header.recipient_count == 0;
         size_t cursor = 0;
@@ -1092,18 +1210,22 @@ static bool route_binary(struct relay *relay, struct connection *connection,
         while (!wanted && frame_header_next_recipient(&header, &cursor, &recipient))
             wanted = recipient.length == strlen(m->user_id) &&
                      !memcmp(recipient.bytes, m->user_id, recipient.length);
-        if (wanted)
+        if (wanted && remote)
+            add_node(nodes, &node_count, m->node);
+        else if (wanted)
             receivers[count++] = m->connection;
     }
     if (room->hub)
         count = lan_hub_only(room, sender, receivers, count);
-    if (count == 0) {
+    if (count == 0 && node_count == 0) {
         relay->metrics.dropped[DROP_NO_RECIPIENT]++;
         *drop = true;
         return true;
     }
     start_forwarding(connection, receivers, count);
     *drop = connection->forwarding == NULL;
+    if (!*drop && node_count)
+        cluster_start_stream(relay, connection, nodes, node_count);
     return true;
 }
 
@@ -1116,6 +1238,8 @@ static void forward_bytes(struct relay *relay, struct connection *connection,
     for (size_t i = 0; i < message->delivery_count; i++)
         was_empty[i] = message->deliveries[i] && message->deliveries[i]->queue->queued_bytes == 0;
     relay_message_append(message, bytes, length, final);
+    if (connection->cluster_stream)
+        cluster_send_piece(relay, connection, bytes, length, final);
     for (size_t i = 0; i < message->delivery_count; i++) {
         struct delivery *delivery = message->deliveries[i];
         if (delivery)
@@ -1493,6 +1617,8 @@ static void expire_rooms(struct relay *relay, double now)
     while (room) {
         struct room *next_room = LIST_NEXT(room, link);
         if (room->member_count == 0 && room->reserved_until && room->reserved_until < now) {
+            if (relay->cluster) /* the backplane stops keeping its code alive */
+                relay->cluster->room_changed(relay->cluster->context, room->code, NULL);
             delete_room(relay, room);
             room = next_room;
             continue;
@@ -1503,8 +1629,10 @@ static void expire_rooms(struct relay *relay, double now)
         while (member && remaining > 0) {
             struct member *next_member = member->next;
             remaining--;
-            if (!member->connection && now - member->away_since >= grace) {
-                bool last = room->member_count == 1;
+            if (is_away(member) && now - member->away_since >= grace) {
+                /* In a cluster the room also goes when its last member on this node goes. */
+                bool last = room->member_count == 1 ||
+                            (relay->cluster && !is_remote(member) && local_members(room) == 1);
                 remove_member(relay, member);
                 if (last)
                     break;
@@ -1529,7 +1657,10 @@ static void check_connections(struct relay *relay, double now)
             begin_close(relay, c, 1001, "idle timeout", REJECT_IDLE_TIMEOUT);
             continue;
         }
-        if (c->waiter_count && config->slow_receiver_timeout_seconds &&
+        /* A receiver of other nodes' senders (cluster) has no waiters: its queue says it. */
+        bool behind = c->waiter_count ||
+                      (relay->cluster && c->queue.queued_bytes > config->receiver_buffer_bytes);
+        if (behind && config->slow_receiver_timeout_seconds &&
             now - c->last_progress > config->slow_receiver_timeout_seconds) {
             begin_close(relay, c, 4008, "receiver too slow", REJECT_SLOW_RECEIVER);
             continue;
@@ -1572,6 +1703,7 @@ const char *relay_reserve_room(struct relay *relay, const char *peer_address, do
         return "INTERNAL";
     room->reserved_until = now + RESERVED_ROOM_SECONDS;
     room->awaiting_creator = true; /* whoever reserved it joins first, with the code */
+    cluster_sync_room(relay, room);
     log_event(LOG_LEVEL_INFO, "room_reserved", "room", room->log_tag, "peer", peer_address, NULL);
     return NULL;
 }
@@ -1594,6 +1726,8 @@ void relay_destroy(struct relay *relay)
     if (!relay)
         return;
     relay->shutting_down = true;
+    while (relay->inbound)
+        end_inbound(relay, &relay->inbound);
     while (!LIST_EMPTY(&relay->connections))
         relay_connection_closed(relay, LIST_FIRST(&relay->connections), relay->now);
     /* What is left are away members and reserved rooms. */
@@ -1620,4 +1754,456 @@ void relay_destroy(struct relay *relay)
     refusal_log_destroy(relay->refusals);
     json_decref(relay->relay_info);
     free(relay);
+}
+
+/* --- cluster (--nats): rooms whose members are spread over several relay nodes ----------
+ * Each node holds, for every room it has members in, the whole member list: its own members
+ * (connected here) and the others' (`node` set), learnt from the directory when the room came
+ * here and from the JOIN/LEAVE envelopes on the room's subject since. Whatever a member sends
+ * goes to this node's receivers directly and, once, to each other node that has receivers. */
+
+void relay_attach_cluster(struct relay *relay, const struct relay_cluster_io *cluster)
+{
+    relay->cluster = cluster;
+}
+
+static json_t *member_record(const struct member *member)
+{
+    return json_pack("{s:s, s:s, s:f, s:b, s:b}", "user_id", member->user_id, "display_name",
+                     member->display_name, "joined_at", member->joined_at, "host",
+                     member == member->room->host, "resume", member->wants_resume);
+}
+
+/* Forgets a room that has no members on this node any more: the others' members go silently
+ * (their own nodes hold them), and the backplane stops listening to the room. */
+static void forget_room(struct relay *relay, struct room *room)
+{
+    relay->cluster->room_changed(relay->cluster->context, room->code, NULL);
+    while (room->members) {
+        struct member *member = room->members;
+        room->members = member->next;
+        free(member->sender_suffix);
+        free(member);
+    }
+    room->member_count = 0;
+    room->host = NULL;
+    delete_room(relay, room);
+}
+
+/* After this node's members of `room` changed: tells the directory. A room left with only
+ * other nodes' members is forgotten here (the caller must not use it afterwards). */
+static void cluster_sync_room(struct relay *relay, struct room *room)
+{
+    if (!relay->cluster)
+        return;
+    json_t *records = json_array();
+    size_t local = 0;
+    for (struct member *m = room->members; m; m = m->next) {
+        if (is_remote(m))
+            continue;
+        if (m->joined_at == 0)
+            m->joined_at = relay->cluster->wall_clock(relay->cluster->context);
+        json_array_append_new(records, member_record(m));
+        local++;
+    }
+    if (local == 0 && !(room->member_count == 0 && room->reserved_until)) {
+        json_decref(records);
+        forget_room(relay, room);
+        return;
+    }
+    char *text = json_dumps(records, JSON_COMPACT);
+    json_decref(records);
+    if (text)
+        relay->cluster->room_changed(relay->cluster->context, room->code, text);
+    free(text);
+}
+
+/* A room loaded from the directory whose join or resume then failed. */
+static void cluster_drop_unused(struct relay *relay, struct room *room)
+{
+    if (relay->cluster && local_members(room) == 0 && !room->reserved_until)
+        forget_room(relay, room);
+}
+
+/* Tells the other nodes holding the room that one of ours joined (or resumed here) or left. */
+static void cluster_publish_member(struct relay *relay, struct member *member,
+                                   enum cluster_kind kind, bool resumed)
+{
+    if (!relay->cluster)
+        return;
+    struct cluster_envelope envelope = {.kind = kind};
+    memcpy(envelope.code, member->room->code, sizeof(envelope.code));
+    snprintf(envelope.node, sizeof(envelope.node), "%s", relay->cluster->node);
+    snprintf(envelope.user_id, sizeof(envelope.user_id), "%s", member->user_id);
+    char *text = NULL;
+    if (kind == CLUSTER_JOIN) {
+        json_t *record = member_record(member);
+        if (resumed)
+            json_object_set_new(record, "resumed", json_true());
+        text = json_dumps(record, JSON_COMPACT);
+        json_decref(record);
+        if (!text)
+            return;
+        envelope.payload = (const unsigned char *)text;
+        envelope.payload_length = strlen(text);
+    }
+    relay->cluster->publish(relay->cluster->context, NULL, 0, &envelope);
+    free(text);
+}
+
+/* Another node's member, from a directory record or a JOIN envelope; NULL if malformed. */
+static struct member *add_remote_member(struct room *room, const char *node, json_t *record)
+{
+    const char *user_id = NULL, *display_name = NULL;
+    double joined_at = 0;
+    int host = 0, resume = 0;
+    if (json_unpack(record, "{s:s, s:s, s:F, s?b, s?b}", "user_id", &user_id, "display_name",
+                    &display_name, "joined_at", &joined_at, "host", &host, "resume", &resume) ||
+        strlen(user_id) == 0 || strlen(user_id) > USER_ID_MAX_BYTES ||
+        strlen(display_name) > DISPLAY_NAME_MAX_BYTES || strlen(node) != CLUSTER_NODE_ID_LENGTH)
+        return NULL;
+    struct member *member = calloc(1, sizeof(*member));
+    if (!member)
+        return NULL;
+    snprintf(member->user_id, sizeof(member->user_id), "%s", user_id);
+    snprintf(member->display_name, sizeof(member->display_name), "%s", display_name);
+    snprintf(member->node, sizeof(member->node), "%s", node);
+    if (!make_sender_suffix(member)) { /* needed if it resumes here */
+        free(member);
+        return NULL;
+    }
+    member->joined_at = joined_at;
+    member->wants_resume = resume;
+    member->room = room;
+    /* The merged users list is in joining order across nodes. */
+    struct member **link = &room->members;
+    while (*link && (*link)->joined_at <= joined_at)
+        link = &(*link)->next;
+    member->next = *link;
+    *link = member;
+    room->member_count++;
+    room->reserved_until = 0;
+    if (host)
+        room->host = member;
+    return member;
+}
+
+/* The room, from this node or else from the directory (with its members on other nodes). */
+static struct room *load_room(struct relay *relay, const char *code, const char *owner)
+{
+    struct room *room = find_room(relay, code);
+    if (room || !relay->cluster)
+        return room;
+    char *records = NULL;
+    int found = relay->cluster->lookup_room(relay->cluster->context, code, &records);
+    json_t *list = found == 1 && records ? json_loads(records, 0, NULL) : NULL;
+    free(records);
+    if (found == 2 || (found == 1 && json_array_size(list) > 0))
+        room = create_room(relay, code, owner);
+    if (room && found == 2) {
+        room->reserved_until = relay->now + RESERVED_ROOM_SECONDS;
+        room->awaiting_creator = true; /* reserved on another node: the first joiner creates it */
+    }
+    size_t i;
+    json_t *record;
+    json_array_foreach(list, i, record)
+    {
+        json_t *node = json_object_get(record, "node");
+        if (room && json_is_string(node) &&
+            strcmp(json_string_value(node), relay->cluster->node) != 0 &&
+            !find_member(room, json_string_value(json_object_get(record, "user_id"))))
+            add_remote_member(room, json_string_value(node), record);
+    }
+    json_decref(list);
+    if (room && room->member_count == 0 && found != 2) {
+        /* The directory's records were unusable: as good as no room. */
+        forget_room(relay, room);
+        return NULL;
+    }
+    return room;
+}
+
+static void cluster_send_text(struct relay *relay, struct member *sender, const char **nodes,
+                              size_t node_count, const char *text, size_t length)
+{
+    if (!relay->cluster || node_count == 0)
+        return;
+    struct cluster_envelope envelope = {
+        .kind = CLUSTER_TEXT, .payload = (const unsigned char *)text, .payload_length = length};
+    memcpy(envelope.code, sender->room->code, sizeof(envelope.code));
+    snprintf(envelope.node, sizeof(envelope.node), "%s", relay->cluster->node);
+    snprintf(envelope.user_id, sizeof(envelope.user_id), "%s", sender->user_id);
+    relay->cluster->publish(relay->cluster->context, nodes, node_count, &envelope);
+}
+
+static void cluster_start_stream(struct relay *relay, struct connection *connection,
+                                 const char **nodes, size_t node_count)
+{
+    connection->cluster_nodes = calloc(node_count, sizeof(*connection->cluster_nodes));
+    if (!connection->cluster_nodes)
+        return; /* the other nodes miss this message; this node's receivers still get it */
+    for (size_t i = 0; i < node_count; i++)
+        snprintf(connection->cluster_nodes[i], sizeof(connection->cluster_nodes[i]), "%s",
+                 nodes[i]);
+    connection->cluster_node_count = node_count;
+    connection->cluster_stream = ++relay->last_stream;
+    connection->cluster_piece = 0;
+    memcpy(connection->cluster_code, connection->member->room->code,
+           sizeof(connection->cluster_code));
+}
+
+/* Sends bytes of the connection's binary message to the other nodes, in pieces that fit the
+ * backplane's message size; `final` ends the message there (an empty final piece if need be). */
+static void cluster_send_piece(struct relay *relay, struct connection *connection,
+                               const unsigned char *bytes, size_t length, bool final)
+{
+    struct cluster_envelope envelope = {.kind = CLUSTER_BINARY,
+                                        .stream = connection->cluster_stream};
+    memcpy(envelope.code, connection->cluster_code, sizeof(envelope.code));
+    snprintf(envelope.node, sizeof(envelope.node), "%s", relay->cluster->node);
+    if (connection->member)
+        snprintf(envelope.user_id, sizeof(envelope.user_id), "%s", connection->member->user_id);
+    size_t max_piece = relay->cluster->max_piece;
+    const char *nodes[connection->cluster_node_count + 1];
+    for (size_t i = 0; i < connection->cluster_node_count; i++)
+        nodes[i] = connection->cluster_nodes[i];
+    do {
+        size_t piece = length < max_piece ? length : max_piece;
+        envelope.piece = connection->cluster_piece++;
+        envelope.flags = (envelope.piece == 0 ? CLUSTER_FLAG_FIRST : 0) |
+                         (final && piece == length ? CLUSTER_FLAG_FINAL : 0);
+        envelope.payload = bytes;
+        envelope.payload_length = piece;
+        relay->cluster->publish(relay->cluster->context, nodes, connection->cluster_node_count,
+                                &envelope);
+        bytes += piece;
+        length -= piece;
+    } while (length > 0);
+    if (final) {
+        free(connection->cluster_nodes);
+        connection->cluster_nodes = NULL;
+        connection->cluster_node_count = 0;
+        connection->cluster_stream = 0;
+    }
+}
+
+/* JOIN: a member of another node joined the room, or resumed there (it may have been ours). */
+static void cluster_member_joined(struct relay *relay, struct room *room,
+                                  const struct cluster_envelope *envelope)
+{
+    json_t *record = json_loadb((const char *)envelope->payload, envelope->payload_length, 0, NULL);
+    json_t *user_id = json_object_get(record, "user_id");
+    if (!json_is_string(user_id) || strcmp(json_string_value(user_id), envelope->user_id) != 0) {
+        json_decref(record);
+        return;
+    }
+    bool resumed = json_is_true(json_object_get(record, "resumed"));
+    if (local_members(room) == 0) {
+        /* A room reserved here was joined on another node first: that node holds it now. */
+        json_decref(record);
+        room->reserved_until = 0;
+        forget_room(relay, room);
+        return;
+    }
+    struct member *member = find_member(room, envelope->user_id);
+    if (member && !is_remote(member)) {
+        if (resumed) {
+            /* Our member resumed on another node: it moved, nobody left. */
+            struct connection *old = member->connection;
+            if (old) {
+                old->member = NULL;
+                member->connection = NULL;
+                begin_close(relay, old, 1000, "resumed on another connection", -1);
+            } else {
+                relay->members_away--;
+            }
+            snprintf(member->node, sizeof(member->node), "%s", envelope->node);
+            member->node_lost = false;
+            cluster_sync_room(relay, room); /* may forget the room */
+        }
+        /* else the same id joined on two nodes at once: each keeps its own (documented) */
+        json_decref(record);
+        return;
+    }
+    if (member) { /* known: it moved between other nodes, or was lost and is back */
+        snprintf(member->node, sizeof(member->node), "%s", envelope->node);
+        member->node_lost = false;
+        json_decref(record);
+        return;
+    }
+    member = add_remote_member(room, envelope->node, record);
+    json_decref(record);
+    if (member)
+        tell_room(relay, room, member, "user_joined",
+                  resumed ? json_pack("{s:b}", "resumed", 1) : NULL);
+}
+
+/* TEXT: a message from another node's member, for this node's members it names (or all). */
+static void cluster_text(struct relay *relay, struct room *room,
+                         const struct cluster_envelope *envelope)
+{
+    json_t *root = json_loadb((const char *)envelope->payload, envelope->payload_length, 0, NULL);
+    json_t *to = json_object_get(root, "to");
+    if (!root || (to && !json_is_array(to))) {
+        json_decref(root);
+        return;
+    }
+    struct connection *receivers[room->member_count + 1];
+    size_t count = 0;
+    for (struct member *m = room->members; m; m = m->next)
+        if (m->connection && !m->connection->closing && strcmp(m->user_id, envelope->user_id) &&
+            addressed_to(to, m->user_id))
+            receivers[count++] = m->connection;
+    json_decref(root);
+    if (count)
+        send_text_to(relay, receivers, count, (const char *)envelope->payload,
+                     envelope->payload_length);
+}
+
+static void end_inbound(struct relay *relay, struct inbound_stream **link)
+{
+    struct inbound_stream *stream = *link;
+    *link = stream->next;
+    relay_message_finish_sending(stream->message);
+    free(stream);
+}
+
+/* BINARY: a piece of another node's member's message. Pieces of one message arrive in order
+ * (one publisher, one subscriber); a gap ends this node's copy early, as a sender's
+ * disconnect does. The send queues keep messages to one receiver from interleaving. */
+static void cluster_binary(struct relay *relay, struct room *room,
+                           const struct cluster_envelope *envelope)
+{
+    struct inbound_stream **link = &relay->inbound;
+    while (*link && ((*link)->stream != envelope->stream || strcmp((*link)->node, envelope->node)))
+        link = &(*link)->next;
+    struct inbound_stream *stream = *link;
+    if (!stream && !(envelope->flags & CLUSTER_FLAG_FIRST))
+        return; /* its start was not for us, or was lost */
+    if (stream && (envelope->piece != stream->next_piece || envelope->flags & CLUSTER_FLAG_FIRST)) {
+        relay->metrics.dropped[DROP_TRUNCATED]++;
+        end_inbound(relay, link);
+        return;
+    }
+    if (!stream) {
+        /* One sender's messages follow each other: an open one from it whose end was lost
+         * (the hand-over queue was full) ends here, so it cannot hold its receivers' queues. */
+        for (struct inbound_stream **open = &relay->inbound; *open;)
+            if (!strcmp((*open)->node, envelope->node) &&
+                !strcmp((*open)->user_id, envelope->user_id))
+                end_inbound(relay, open);
+            else
+                open = &(*open)->next;
+        if (!room)
+            return;
+        struct frame_header header;
+        size_t needed = 0;
+        const char *why = NULL;
+        enum frame_parse_result parsed =
+            frame_header_parse(envelope->payload, envelope->payload_length, &header, &needed, &why);
+        struct send_queue *queues[room->member_count + 1];
+        size_t count = 0;
+        for (struct member *m = room->members; m; m = m->next) {
+            if (!m->connection || m->connection->closing || !strcmp(m->user_id, envelope->user_id))
+                continue;
+            bool wanted = parsed != FRAME_OK || header.recipient_count == 0;
+            size_t cursor = 0;
+            struct frame_id recipient;
+            while (!wanted && frame_header_next_recipient(&header, &cursor, &recipient))
+                wanted = recipient.length == strlen(m->user_id) &&
+                         !memcmp(recipient.bytes, m->user_id, recipient.length);
+            if (wanted)
+                queues[count++] = &m->connection->queue;
+        }
+        if (count == 0)
+            return;
+        stream = calloc(1, sizeof(*stream));
+        if (!stream)
+            return;
+        stream->message = relay_message_start(0, true, queues, count);
+        if (!stream->message) {
+            free(stream);
+            return;
+        }
+        snprintf(stream->node, sizeof(stream->node), "%s", envelope->node);
+        snprintf(stream->user_id, sizeof(stream->user_id), "%s", envelope->user_id);
+        stream->stream = envelope->stream;
+        stream->next = relay->inbound;
+        relay->inbound = stream;
+        link = &relay->inbound;
+    }
+    stream->next_piece++;
+    struct relay_message *message = stream->message;
+    bool final = envelope->flags & CLUSTER_FLAG_FINAL;
+    bool was_empty[message->delivery_count + 1];
+    for (size_t i = 0; i < message->delivery_count; i++)
+        was_empty[i] = message->deliveries[i] && message->deliveries[i]->queue->queued_bytes == 0;
+    relay_message_append(message, envelope->payload, envelope->payload_length, final);
+    /* The sender is on another node and cannot be slowed down from here: a receiver that falls
+     * behind is dropped (at once with --flow-control drop, else after
+     * --slow-receiver-timeout without progress, see check_connections). */
+    for (size_t i = 0; i < message->delivery_count; i++) {
+        struct delivery *delivery = message->deliveries[i];
+        if (!delivery)
+            continue;
+        struct connection *receiver = queue_owner(delivery->queue);
+        queued_for(relay, receiver, was_empty[i]);
+        if (relay->config.flow_policy == FLOW_DROP_RECEIVER &&
+            delivery->backlog_bytes > relay->config.receiver_buffer_bytes)
+            begin_close(relay, receiver, 4008, "receiver too slow", REJECT_SLOW_RECEIVER);
+    }
+    if (final)
+        end_inbound(relay, link);
+}
+
+void relay_cluster_receive(struct relay *relay, const struct cluster_envelope *envelope, double now)
+{
+    relay->now = now;
+    if (!relay->cluster || !strcmp(envelope->node, relay->cluster->node))
+        return; /* our own, echoed back */
+    struct room *room = find_room(relay, envelope->code);
+    if (envelope->kind == CLUSTER_BINARY) {
+        cluster_binary(relay, room, envelope);
+        return;
+    }
+    if (!room)
+        return;
+    if (envelope->kind == CLUSTER_JOIN) {
+        cluster_member_joined(relay, room, envelope);
+    } else if (envelope->kind == CLUSTER_LEAVE) {
+        struct member *member = find_member(room, envelope->user_id);
+        if (member && is_remote(member) && !strcmp(member->node, envelope->node))
+            remove_member(relay, member);
+    } else if (envelope->kind == CLUSTER_TEXT) {
+        cluster_text(relay, room, envelope);
+    }
+}
+
+void relay_cluster_node_lost(struct relay *relay, const char *node, double now)
+{
+    relay->now = now;
+    for (struct inbound_stream **link = &relay->inbound; *link;)
+        if (!strcmp((*link)->node, node))
+            end_inbound(relay, link);
+        else
+            link = &(*link)->next;
+    struct room *room = LIST_FIRST(&relay->rooms);
+    while (room) {
+        struct room *next_room = LIST_NEXT(room, link);
+        struct member *member = room->members;
+        while (member) {
+            struct member *next_member = member->next;
+            if (is_remote(member) && !member->node_lost && !strcmp(member->node, node)) {
+                log_event(LOG_LEVEL_INFO, "node_lost_member", "user", member->user_id, NULL);
+                if (member->wants_resume) {
+                    member->node_lost = true; /* away: it may resume on any node */
+                    member->away_since = now;
+                } else {
+                    remove_member(relay, member); /* the room keeps its local members */
+                }
+            }
+            member = next_member;
+        }
+        room = next_room;
+    }
 }

@@ -10,6 +10,7 @@
 #include <stdint.h>
 #include <sys/queue.h>
 
+#include "cluster.h"
 #include "config.h"
 #include "metrics.h"
 #include "send_queue.h"
@@ -68,6 +69,12 @@ struct connection {
     bool dropping_binary; /* the rest of this binary message goes nowhere */
     uint64_t binary_bytes;
     struct relay_message *forwarding;
+    /* Cluster: the same message on its way to other nodes (stream 0: none). */
+    uint64_t cluster_stream;
+    uint32_t cluster_piece;
+    char cluster_code[ROOM_CODE_LENGTH + 1];
+    char (*cluster_nodes)[CLUSTER_NODE_ID_LENGTH + 1];
+    size_t cluster_node_count;
 
     /* Flow control: how many receivers this connection waits on, and who waits on it. */
     unsigned blocked_on;
@@ -131,6 +138,40 @@ void relay_tick(struct relay *relay, double now);
  * (--max-rooms-per-address), "LAN_SESSION" or "INTERNAL". */
 const char *relay_reserve_room(struct relay *relay, const char *peer_address, double now,
                                char code[ROOM_CODE_LENGTH + 1]);
+
+/* --- cluster mode (--nats): rooms shared with other relay nodes (docs/architecture.md) ---- */
+
+/* What the core asks of the backplane (nats_backplane.c); every call is on the service thread. */
+struct relay_cluster_io {
+    void *context;
+    const char *node; /* this node's id */
+    size_t max_piece; /* largest binary piece that crosses in one backplane message */
+    double (*wall_clock)(void *context); /* seconds since the epoch: orders joins across nodes */
+    /* Claims a fresh code cluster-wide: 1 claimed, 0 another node holds it, -1 unreachable. */
+    int (*claim_code)(void *context, const char *code);
+    /* A room this node does not have: 0 no such room, 1 live, 2 reserved and still empty,
+     * -1 unreachable. For 1, *records is a malloc'd JSON array of its members on other nodes,
+     * each {node, user_id, display_name, joined_at, host, resume}. */
+    int (*lookup_room)(void *context, const char *code, char **records);
+    /* This node's members of a room changed: `records` is their JSON array ("[]" for a reserved
+     * room), or NULL once this node no longer holds the room. */
+    void (*room_changed)(void *context, const char *code, const char *records);
+    /* Sends an envelope to these nodes, or (node_count 0) to the room's subject: every node
+     * holding the room. */
+    void (*publish)(void *context, const char *const *nodes, size_t node_count,
+                    const struct cluster_envelope *envelope);
+};
+
+/* Joins the relay to a cluster; `cluster` must outlive the relay. */
+void relay_attach_cluster(struct relay *relay, const struct relay_cluster_io *cluster);
+
+/* An envelope from another node (decoded by cluster_envelope_decode). */
+void relay_cluster_receive(struct relay *relay, const struct cluster_envelope *envelope,
+                           double now);
+
+/* Another node's directory entry expired: its members leave (or, if they asked for resume, are
+ * away for the resume grace, to resume on any node). */
+void relay_cluster_node_lost(struct relay *relay, const char *node, double now);
 
 /* Starts a graceful shutdown: every connection is closed with 1001. */
 void relay_close_all(struct relay *relay, int code, const char *reason);

@@ -20,7 +20,9 @@
     GROUP(resume_token)                                                                            \
     GROUP(state_dir)                                                                               \
     GROUP(rfc6455)                                                                                 \
-    GROUP(refusal_log)
+    GROUP(refusal_log)                                                                             \
+    GROUP(cluster)                                                                                 \
+    GROUP(cluster_core)
 
 #define DECLARE_GROUP(name) int run_##name##_tests(size_t *test_count);
 UNIT_GROUPS(DECLARE_GROUP)

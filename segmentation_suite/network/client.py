@@ -442,8 +442,10 @@ class SyncClient:
 
     def _open_connection(self):
         """A new WebSocket to the relay with this client's settings (raises on failure)."""
+        # Naming the room lets a load balancer put its members on one relay node.
+        url = _with_room(self._url, self._room_code) if self._mode == "relay" else self._url
         return transport.connect(
-            self._url,
+            url,
             headers=self.headers,
             ca_file=self.ca_file,
             connect_timeout=self.connect_timeout,
@@ -1357,6 +1359,16 @@ def _websocket_url(url: str) -> str:
     if parts.path in ("", "/"):
         parts = parts._replace(path="/ws")
     return urllib.parse.urlunsplit(parts)
+
+
+def _with_room(url: str, room_code: str | None) -> str:
+    """The URL with `?room=CODE` (docs/operations.md, "Running a cluster"); relays ignore it."""
+    if not room_code:
+        return url
+    parts = urllib.parse.urlsplit(url)
+    query = [(k, v) for k, v in urllib.parse.parse_qsl(parts.query) if k != "room"]
+    query.append(("room", room_code))
+    return urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(query)))
 
 
 def _describe_connect_failure(url: str, exc: Exception) -> str:
