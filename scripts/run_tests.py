@@ -39,6 +39,9 @@ FUZZ_SECONDS = int(os.environ.get("FUZZ_SECONDS", "30"))
 # what ASan changes).
 ALLOWED_SKIPS: tuple[tuple[str, str], ...] = (
     ("*", "no CUDA device on this machine"),
+    # An expected failure (strict xfail), not a skip: the relay's libwebsockets (4.1) executes
+    # unmasked client frames and does not expose the mask bit (docs/protocol.md, Conformance).
+    ("*", "libwebsockets 4.1 runs unmasked client frames"),
     ("sanitize", "ASan's quarantine keeps freed memory resident"),
     ("sanitize", "pip builds a normal extension; the normal stage runs this test"),
     ("sanitize", "the reference echo runs none of our C code; normal stage"),
