@@ -1,0 +1,211 @@
+"""Sealed transfers, the group-key wrap and Ed25519 through the Python binding: published
+vectors (GCM specification, RFC 8439, RFC 8032 in tests/vectors/private_room_primitives.json)
+through the same AEAD code the segments use, and every kind of tampering refused with a clear
+error and no plaintext left behind."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from segmentation_suite.network import _relayclient as rc
+
+VECTORS = json.loads(
+    (Path(__file__).resolve().parents[1] / "vectors" / "private_room_primitives.json").read_text()
+)
+ALGORITHMS = {
+    "aes_256_gcm": rc.SEALED_AES_256_GCM,
+    "chacha20_poly1305": rc.SEALED_CHACHA20_POLY1305,
+}
+
+
+@pytest.mark.parametrize(
+    ("suite", "case"),
+    [(suite, case) for suite in ALGORITHMS for case in VECTORS[suite]["cases"]],
+    ids=lambda value: value if isinstance(value, str) else value["name"],
+)
+def test_published_aead_vectors(suite, case) -> None:
+    key, nonce, ad = (bytes.fromhex(case[name]) for name in ("key", "nonce", "ad"))
+    data = bytearray.fromhex(case["plaintext"])
+    tag = bytearray(16)
+    rc._aead_raw(ALGORITHMS[suite], True, key, nonce, ad, data, tag)
+    assert data.hex() == case["ciphertext"]
+    assert tag.hex() == case["tag"]
+    rc._aead_raw(ALGORITHMS[suite], False, key, nonce, ad, data, tag)
+    assert data.hex() == case["plaintext"]
+    data = bytearray.fromhex(case["ciphertext"])
+    tag[0] ^= 1
+    with pytest.raises(ValueError, match="authentication failed"):
+        rc._aead_raw(ALGORITHMS[suite], False, key, nonce, ad, data, tag)
+
+
+@pytest.mark.parametrize("case", VECTORS["ed25519"]["cases"], ids=lambda c: c["name"])
+def test_ed25519_rfc8032_vectors(case) -> None:
+    public, secret = rc.sign_keypair(bytes.fromhex(case["secret"]))
+    assert public.hex() == case["public"]
+    message = bytes.fromhex(case["message"])
+    signature = rc.sign_detached(secret, message)
+    assert signature.hex() == case["signature"]
+    rc.sign_verify(public, message, signature)
+    with pytest.raises(ValueError, match="not signed by the room's host"):
+        rc.sign_verify(public, message + b"x", signature)
+
+
+ROOM, SENDER, TRANSFER, KIND, EPOCH = "K7QX2M", "alice", 41, 1, 3
+
+
+def seal(payload: bytes, key: bytes, **options) -> bytearray:
+    data = bytearray(payload)
+    header, tags = rc.seal_in_place(key, ROOM, SENDER, TRANSFER, KIND, EPOCH, data, **options)
+    return bytearray(header) + data + tags
+
+
+def open_(sealed: bytearray, key: bytes, **context) -> bytes:
+    args = {"room": ROOM, "sender": SENDER, "transfer_id": TRANSFER, "kind": KIND, "epoch": EPOCH}
+    args.update(context)
+    offset, length = rc.open_in_place(key, sealed=sealed, **args)
+    return bytes(sealed[offset : offset + length])
+
+
+@pytest.fixture
+def model_bytes() -> bytes:
+    return np.random.default_rng(1).standard_normal(300_000).astype(np.float32).tobytes()
+
+
+@pytest.mark.parametrize("algorithm", list(ALGORITHMS.values()))
+def test_round_trip_in_place_and_ciphertext_hides_the_payload(model_bytes, algorithm) -> None:
+    key = rc.group_key_generate()
+    data = bytearray(model_bytes)
+    address = np.frombuffer(data, dtype=np.uint8).ctypes.data
+    header, tags = rc.seal_in_place(
+        key, ROOM, SENDER, TRANSFER, KIND, EPOCH, data, algorithm=algorithm, segment_size=65536
+    )
+    assert np.frombuffer(data, dtype=np.uint8).ctypes.data == address  # same memory
+    assert len(header) == rc.SEALED_HEADER_BYTES
+    assert len(tags) == 16 * -(-len(model_bytes) // 65536)
+    # no 256-byte window of the plaintext survives in the ciphertext
+    windows = {model_bytes[i : i + 256] for i in range(0, len(model_bytes) - 256, 4096)}
+    assert not any(window in data for window in windows)
+    sealed = bytearray(header) + data + tags
+    info = rc.sealed_header(sealed)
+    assert info["algorithm"] == algorithm
+    assert info["epoch"] == EPOCH
+    assert info["plaintext_len"] == len(model_bytes)
+    assert open_(sealed, key) == model_bytes
+
+
+def test_default_algorithm_follows_the_cpu(model_bytes) -> None:
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    sealed = seal(model_bytes, rc.group_key_generate())
+    if " aes " in flags and " pclmulqdq " in flags:
+        assert rc.sealed_header(sealed)["algorithm"] == rc.SEALED_AES_256_GCM
+    assert rc.sealed_header(sealed)["algorithm"] == rc.SEALED_PREFERRED_ALGORITHM
+
+
+def test_two_seals_of_the_same_payload_differ(model_bytes) -> None:
+    key = rc.group_key_generate()
+    assert seal(model_bytes, key) != seal(model_bytes, key)  # fresh salt, fresh transfer key
+
+
+TAMPERING = {
+    "flipped ciphertext bit": (lambda s: s.__setitem__(5000, s[5000] ^ 1), {}),
+    "flipped tag bit": (lambda s: s.__setitem__(len(s) - 3, s[len(s) - 3] ^ 0x10), {}),
+    "chunk from another room": (None, {"room": "ZZZZZZ"}),
+    "replayed as another transfer": (None, {"transfer_id": TRANSFER + 1}),
+    "claimed by another sender": (None, {"sender": "mallory"}),
+    "weights relabelled as a global model": (None, {"kind": 2}),
+}
+
+
+@pytest.mark.parametrize("name", list(TAMPERING))
+def test_tampering_is_refused_and_nothing_is_left(model_bytes, name) -> None:
+    key = rc.group_key_generate()
+    sealed = seal(model_bytes, key, segment_size=65536)
+    mangle, context = TAMPERING[name]
+    if mangle:
+        mangle(sealed)
+    with pytest.raises(ValueError, match="failed authentication"):
+        open_(sealed, key, **context)
+    body = sealed[rc.SEALED_HEADER_BYTES : rc.SEALED_HEADER_BYTES + len(model_bytes)]
+    assert body == bytes(len(model_bytes))  # wiped: no unauthenticated plaintext to use
+
+
+def test_reordered_segments_are_refused(model_bytes) -> None:
+    key = rc.group_key_generate()
+    sealed = seal(model_bytes, key, segment_size=65536)
+    first = slice(40, 40 + 65536)
+    second = slice(40 + 65536, 40 + 2 * 65536)
+    sealed[first], sealed[second] = sealed[second], sealed[first]
+    with pytest.raises(ValueError, match="failed authentication"):
+        open_(sealed, key)
+
+
+def test_truncation_and_extension_are_refused(model_bytes) -> None:
+    key = rc.group_key_generate()
+    sealed = seal(model_bytes, key, segment_size=65536)
+    for broken in (sealed[:-16], sealed[:-1], sealed + b"\0", sealed[:40]):
+        with pytest.raises(ValueError, match="truncated|does not match|shorter"):
+            open_(bytearray(broken), key)
+
+
+def test_other_epoch_and_other_key_are_refused(model_bytes) -> None:
+    key = rc.group_key_generate()
+    with pytest.raises(ValueError, match="epoch"):
+        open_(seal(model_bytes, key), key, epoch=EPOCH + 1)
+    with pytest.raises(ValueError, match="failed authentication"):
+        open_(seal(model_bytes, key), rc.group_key_generate())
+
+
+def test_plaintext_where_a_sealed_transfer_is_due(model_bytes) -> None:
+    with pytest.raises(ValueError, match="plaintext in a private room"):
+        rc.sealed_header(model_bytes)
+
+
+def test_digest_is_the_same_on_both_sides_and_signs(model_bytes) -> None:
+    key = rc.group_key_generate()
+    public, secret = rc.sign_keypair()
+    data = bytearray(model_bytes)
+    header, tags, digest = rc.seal_in_place(
+        key, ROOM, SENDER, TRANSFER, 2, EPOCH, data, digest=True
+    )
+    signature = rc.sign_detached(secret, digest)
+    sealed = bytearray(header) + data + tags
+    _, _, received_digest = rc.open_in_place(
+        key, ROOM, SENDER, TRANSFER, 2, EPOCH, sealed, digest=True
+    )
+    assert received_digest == digest
+    rc.sign_verify(public, received_digest, signature)
+    # a member that holds the group key re-seals a forged model: its digest does not verify
+    forged = bytearray(model_bytes[::-1])
+    _, _, forged_digest = rc.seal_in_place(
+        key, ROOM, SENDER, TRANSFER, 2, EPOCH, forged, digest=True
+    )
+    with pytest.raises(ValueError, match="not signed by the room's host"):
+        rc.sign_verify(public, forged_digest, signature)
+
+
+def test_group_key_wrap_binds_room_member_and_epoch() -> None:
+    wrap_key, key = rc.group_key_generate(), rc.group_key_generate()
+    public, _ = rc.sign_keypair()
+    wrapped = rc.group_key_wrap(wrap_key, ROOM, "host", "alice", 5, key, public)
+    assert len(wrapped) == 104
+    assert rc.group_key_unwrap(wrap_key, ROOM, "host", "alice", 5, wrapped) == (key, public)
+    for room, member, epoch in (("ZZZZZZ", "alice", 5), (ROOM, "bob", 5), (ROOM, "alice", 6)):
+        with pytest.raises(ValueError, match="failed authentication"):
+            rc.group_key_unwrap(wrap_key, room, "host", member, epoch, wrapped)
+    with pytest.raises(ValueError, match="104 bytes"):
+        rc.group_key_unwrap(wrap_key, ROOM, "host", "alice", 5, wrapped[:-1])
+
+
+def test_bad_arguments() -> None:
+    with pytest.raises(ValueError, match="key must be 32 bytes"):
+        rc.seal_in_place(bytes(31), ROOM, SENDER, 1, 1, 0, bytearray(10))
+    with pytest.raises(TypeError):
+        rc.seal_in_place(bytes(32), ROOM, SENDER, 1, 1, 0, b"read-only")
+    with pytest.raises(ValueError, match="algorithm"):
+        rc.seal_in_place(bytes(32), ROOM, SENDER, 1, 1, 0, bytearray(10), algorithm=9)
+    with pytest.raises(ValueError, match="segment_size"):
+        rc.seal_in_place(bytes(32), ROOM, SENDER, 1, 1, 0, bytearray(10), segment_size=0)
