@@ -1,0 +1,424 @@
+"""The private-room session layer (docs/security.md): sans-I/O objects for the host and for a
+member that turn received control messages into messages to send, and seal or open transfers.
+
+The host runs CPace (C, `_relayclient.CPaceSession`) with each member over directed control
+messages (`pake_init`, `pake_reply`, `pake_confirm`, `pake_failed`, `pake_refused`,
+`group_key`; docs/protocol.md, "Private rooms"), hands each confirmed member the group key
+wrapped under that member's CPace key, and draws a new key (next epoch) when a member leaves.
+After 3 failed attempts the room admits nobody new until the host calls `reopen()`.
+
+Nothing here touches a socket: the caller sends each `Outgoing` with `to` as the directed
+recipients, feeds received control messages (with the relay's `sender_id`) to `handle`, and
+passes whole received transfers to `open_transfer`. That keeps this layer apart from client.py.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from . import _relayclient as crypto
+from .private_code import RoomCode
+
+log = logging.getLogger(__name__)
+
+PROTOCOL_VERSION = 1
+MAX_FAILED_ATTEMPTS = 3
+FRAME_KIND_GLOBAL_MODEL = crypto.FRAME_KIND_GLOBAL_MODEL
+SIGNATURE_BYTES = 64
+MISMATCH = "the code's secret part does not match"
+CLOSED = (
+    f"the room is closed to new members after {MAX_FAILED_ATTEMPTS} failed attempts to join "
+    "with a wrong secret part; the host must reopen it"
+)
+CONTROL_TYPES = frozenset(
+    {"pake_init", "pake_reply", "pake_confirm", "pake_failed", "pake_refused", "group_key"}
+)
+
+# Labels of the keys derived from a member's CPace session (cpace_derive_key).
+WRAP_LABEL = "group key wrap"
+VERIFICATION_LABEL = "verification code"
+
+
+class PrivateRoomError(ValueError):
+    """A transfer or control message that must not be used; the message says why."""
+
+
+@dataclass
+class Outgoing:
+    """A control message to send, directed to `to` (user ids)."""
+
+    message: dict
+    to: list[str]
+
+
+def _control(message_type: str, to: str, **payload) -> Outgoing:
+    payload["v"] = PROTOCOL_VERSION
+    return Outgoing({"type": message_type, "payload": payload}, [to])
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _unb64(payload: dict, name: str) -> bytes:
+    value = payload.get(name)
+    if not isinstance(value, str):
+        raise PrivateRoomError(f"field {name!r} must be a base64 string")
+    try:
+        return base64.b64decode(value, validate=True)
+    except ValueError:
+        raise PrivateRoomError(f"field {name!r} is not valid base64") from None
+
+
+def verification_code(session: crypto.CPaceSession) -> str:
+    """Six digits both sides can compare by voice (optional check): equal only if both hold the
+    same session key, so a relay in the middle would show two different codes."""
+    number = int.from_bytes(session.derive_key(VERIFICATION_LABEL)[:4], "big") % 1_000_000
+    return f"{number // 1000:03d} {number % 1000:03d}"
+
+
+def _signed_message(room: str, epoch: int, transfer_id: int, digest: bytes) -> bytes:
+    # What the host signs for a global model: the sealed transfer's digest in its context.
+    return (
+        b"SegSuite global model v1\0"
+        + room.encode()
+        + b"\0"
+        + struct.pack("<IQ", epoch, transfer_id)
+        + digest
+    )
+
+
+@dataclass
+class _GroupKey:
+    epoch: int
+    key: bytes
+
+
+@dataclass
+class _Transfers:
+    """Seals and opens transfers under the current group key; refuses replays."""
+
+    room: str
+    user_id: str
+    group: _GroupKey | None = None
+    seen: set[tuple[str, int, int]] = field(default_factory=set)
+
+    def seal(self, payload, transfer_id: int, kind: int, sign_key: bytes | None) -> bytearray:
+        if self.group is None:
+            raise PrivateRoomError("no group key yet: the key exchange has not finished")
+        size = len(memoryview(payload).cast("B"))
+        overhead = crypto.sealed_overhead(size)
+        signature_room = SIGNATURE_BYTES if sign_key else 0
+        # The one copy of the payload: into the send buffer, where it is encrypted in place.
+        sealed = bytearray(overhead + size + signature_room)
+        body = memoryview(sealed)[crypto.SEALED_HEADER_BYTES : crypto.SEALED_HEADER_BYTES + size]
+        body[:] = memoryview(payload).cast("B")
+        result = crypto.seal_in_place(
+            self.group.key,
+            self.room,
+            self.user_id,
+            transfer_id,
+            kind,
+            self.group.epoch,
+            body,
+            digest=sign_key is not None,
+        )
+        header, tags = result[0], result[1]
+        sealed[: crypto.SEALED_HEADER_BYTES] = header
+        end = crypto.SEALED_HEADER_BYTES + size
+        sealed[end : end + len(tags)] = tags
+        if sign_key:
+            message = _signed_message(self.room, self.group.epoch, transfer_id, result[2])
+            sealed[end + len(tags) :] = crypto.sign_detached(sign_key, message)
+        return sealed
+
+    def open(
+        self, sender: str, transfer_id: int, kind: int, data, host_key: bytes | None
+    ) -> memoryview:
+        if self.group is None:
+            raise PrivateRoomError("no group key yet: the key exchange has not finished")
+        view = memoryview(data).cast("B")
+        if view.readonly:
+            raise PrivateRoomError("open_transfer decrypts in place: pass a writable buffer")
+        signature = None
+        if host_key is not None:
+            if len(view) < SIGNATURE_BYTES:
+                raise PrivateRoomError("global model too short to carry the host's signature")
+            signature = bytes(view[-SIGNATURE_BYTES:])
+            view = view[:-SIGNATURE_BYTES]
+        try:
+            epoch = crypto.sealed_header(view)["epoch"]
+        except ValueError as error:
+            raise PrivateRoomError(f"transfer {transfer_id} from {sender}: {error}") from None
+        if epoch != self.group.epoch:
+            raise PrivateRoomError(
+                f"transfer {transfer_id} from {sender} is sealed under key epoch {epoch}, "
+                f"not the current {self.group.epoch}: refused"
+            )
+        replay = (sender, epoch, transfer_id)
+        if replay in self.seen:
+            raise PrivateRoomError(f"transfer {transfer_id} from {sender} was replayed: refused")
+        try:
+            result = crypto.open_in_place(
+                self.group.key,
+                self.room,
+                sender,
+                transfer_id,
+                kind,
+                epoch,
+                view,
+                digest=signature is not None,
+            )
+        except ValueError as error:
+            raise PrivateRoomError(f"transfer {transfer_id} from {sender}: {error}") from None
+        offset, length = result[0], result[1]
+        if signature is not None:
+            try:
+                crypto.sign_verify(
+                    host_key, _signed_message(self.room, epoch, transfer_id, result[2]), signature
+                )
+            except ValueError as error:
+                view[offset : offset + length] = bytes(length)  # nothing of it may be applied
+                raise PrivateRoomError(f"global model from {sender}: {error}") from None
+        self.seen.add(replay)
+        return view[offset : offset + length]
+
+
+class PrivateRoomHost:
+    """The host's side: admits members by CPace, distributes and rotates the group key."""
+
+    def __init__(
+        self, code: RoomCode, host_id: str, on_alert: Callable[[str], None] | None = None
+    ) -> None:
+        if not code.private:
+            raise ValueError("a private room needs a code with a secret part")
+        self._code = code
+        self.host_id = host_id
+        self._on_alert = on_alert or (lambda text: None)
+        self._pending: dict[str, crypto.CPaceSession] = {}
+        self._wrap_keys: dict[str, bytes] = {}
+        self.verification: dict[str, str] = {}
+        self.failed_attempts = 0
+        self._sign_public, self._sign_secret = crypto.sign_keypair()
+        self._transfers = _Transfers(
+            code.routing, host_id, _GroupKey(0, crypto.group_key_generate())
+        )
+
+    @property
+    def epoch(self) -> int:
+        return self._transfers.group.epoch
+
+    @property
+    def members(self) -> list[str]:
+        """Members that confirmed the key exchange and hold the current group key."""
+        return list(self._wrap_keys)
+
+    @property
+    def closed(self) -> bool:
+        return self.failed_attempts >= MAX_FAILED_ATTEMPTS
+
+    def reopen(self) -> None:
+        """Admits new members again after the room closed on failed attempts."""
+        self.failed_attempts = 0
+
+    def _fail(self, member: str, reason: str) -> list[Outgoing]:
+        self._pending.pop(member, None)
+        self.failed_attempts += 1
+        log.warning(
+            "private room: key exchange with %s failed (%d of %d)",
+            member,
+            self.failed_attempts,
+            MAX_FAILED_ATTEMPTS,
+        )
+        if self.failed_attempts == MAX_FAILED_ATTEMPTS:
+            self._on_alert(
+                f"{MAX_FAILED_ATTEMPTS} attempts to join with a wrong secret part: the room is "
+                "closed to new members until you reopen it"
+            )
+        return [_control("pake_failed", member, reason=reason)]
+
+    def handle(self, message: dict) -> list[Outgoing]:
+        """One control message from a member (its `sender_id` set by the relay)."""
+        member = message.get("sender_id")
+        kind = message.get("type")
+        payload = message.get("payload")
+        if (
+            not isinstance(member, str)
+            or kind not in CONTROL_TYPES
+            or not isinstance(payload, dict)
+        ):
+            raise PrivateRoomError("not a private-room control message from a member")
+        if kind == "pake_init":
+            if member in self._pending:  # an abandoned attempt counts as a failed one
+                self._fail(member, "a new attempt replaced this one")
+            if self.failed_attempts + len(self._pending) >= MAX_FAILED_ATTEMPTS:
+                return [_control("pake_refused", member, reason=CLOSED)]
+            session = crypto.CPaceSession(
+                "responder",
+                self._code.secret_bytes(),
+                self._code.routing,
+                member,
+                self.host_id,
+                b"host",
+            )
+            try:
+                reply = session.receive(_unb64(payload, "cpace"))
+            except ValueError as error:
+                return self._fail(member, str(error))
+            self._pending[member] = session
+            return [_control("pake_reply", member, cpace=_b64(reply))]
+        if kind == "pake_confirm":
+            session = self._pending.pop(member, None)
+            if session is None:
+                return []
+            try:
+                session.receive(_unb64(payload, "cpace"))
+            except crypto.CPaceMismatch:
+                return self._fail(member, MISMATCH)
+            except ValueError as error:
+                return self._fail(member, str(error))
+            self._wrap_keys[member] = session.derive_key(WRAP_LABEL)
+            self.verification[member] = verification_code(session)
+            return [self._group_key_for(member)]
+        if kind == "pake_failed" and member in self._pending:
+            self._fail(member, MISMATCH)  # counted; the member knows already, so no answer
+        return []
+
+    def _group_key_for(self, member: str) -> Outgoing:
+        group = self._transfers.group
+        wrapped = crypto.group_key_wrap(
+            self._wrap_keys[member],
+            self._code.routing,
+            self.host_id,
+            member,
+            group.epoch,
+            group.key,
+            self._sign_public,
+        )
+        return _control("group_key", member, epoch=group.epoch, wrapped=_b64(wrapped))
+
+    def member_left(self, member: str) -> list[Outgoing]:
+        """A member left or was removed: if it held the key, every other member gets a new one
+        (next epoch), so nothing sent from now on is readable with what it kept."""
+        self._pending.pop(member, None)
+        self.verification.pop(member, None)
+        if self._wrap_keys.pop(member, None) is None:
+            return []
+        self._transfers.group = _GroupKey(self.epoch + 1, crypto.group_key_generate())
+        return [self._group_key_for(other) for other in self._wrap_keys]
+
+    def seal_transfer(self, payload, transfer_id: int, kind: int) -> bytearray:
+        """The wire form of a transfer; a global model is also signed with the host's key."""
+        sign = self._sign_secret if kind == FRAME_KIND_GLOBAL_MODEL else None
+        return self._transfers.seal(payload, transfer_id, kind, sign)
+
+    def open_transfer(self, sender: str, transfer_id: int, kind: int, data) -> memoryview:
+        """The plaintext of a member's transfer, decrypted in place in `data` (writable)."""
+        if sender not in self._wrap_keys:
+            raise PrivateRoomError(f"transfer from {sender}, who holds no key here: refused")
+        if kind == FRAME_KIND_GLOBAL_MODEL:
+            raise PrivateRoomError(f"global model from {sender}, who is not the host: refused")
+        return self._transfers.open(sender, transfer_id, kind, data, None)
+
+
+class PrivateRoomMember:
+    """A member's side: proves knowledge of the secret part to the host and receives the key."""
+
+    def __init__(self, code: RoomCode, user_id: str, host_id: str) -> None:
+        if not code.private:
+            raise ValueError("a private room needs a code with a secret part")
+        self._code = code
+        self.user_id = user_id
+        self.host_id = host_id
+        self._session: crypto.CPaceSession | None = None
+        self._wrap_key: bytes | None = None
+        self._host_sign_key: bytes | None = None
+        self.error: str | None = None
+        self.verification: str | None = None
+        self._transfers = _Transfers(code.routing, user_id)
+
+    @property
+    def ready(self) -> bool:
+        """Holds the group key: transfers can be sealed and opened."""
+        return self._transfers.group is not None
+
+    @property
+    def epoch(self) -> int | None:
+        return self._transfers.group.epoch if self._transfers.group else None
+
+    def start(self) -> Outgoing:
+        self.error = None
+        self._session = crypto.CPaceSession(
+            "initiator",
+            self._code.secret_bytes(),
+            self._code.routing,
+            self.user_id,
+            self.host_id,
+            b"member",
+        )
+        return _control("pake_init", self.host_id, cpace=_b64(self._session.start()))
+
+    def handle(self, message: dict) -> list[Outgoing]:
+        """One control message from the host. Failures set `error` to words for the user."""
+        kind = message.get("type")
+        payload = message.get("payload")
+        if message.get("sender_id") != self.host_id or not isinstance(payload, dict):
+            return []  # only the host speaks this protocol to us
+        if kind == "pake_reply" and self._session is not None:
+            try:
+                confirm = self._session.receive(_unb64(payload, "cpace"))
+            except crypto.CPaceMismatch:
+                self.error = MISMATCH
+                return [_control("pake_failed", self.host_id, reason=MISMATCH)]
+            except ValueError as error:
+                self.error = f"the host's answer is malformed: {error}"
+                return [_control("pake_failed", self.host_id, reason=self.error)]
+            self._wrap_key = self._session.derive_key(WRAP_LABEL)
+            self.verification = verification_code(self._session)
+            return [_control("pake_confirm", self.host_id, cpace=_b64(confirm))]
+        if kind in ("pake_failed", "pake_refused"):
+            reason = payload.get("reason")
+            self.error = reason if isinstance(reason, str) else MISMATCH
+            return []
+        if kind == "group_key" and self._wrap_key is not None:
+            epoch = payload.get("epoch")
+            if not isinstance(epoch, int) or not 0 <= epoch < 2**32:
+                raise PrivateRoomError("group_key: epoch must be an integer of 32 bits")
+            try:
+                key, sign_key = crypto.group_key_unwrap(
+                    self._wrap_key,
+                    self._code.routing,
+                    self.host_id,
+                    self.user_id,
+                    epoch,
+                    _unb64(payload, "wrapped"),
+                )
+            except ValueError as error:
+                raise PrivateRoomError(f"group_key: {error}") from None
+            if self._host_sign_key not in (None, sign_key):
+                raise PrivateRoomError("group_key: the host's signing key changed: refused")
+            current = self._transfers.group
+            if current is not None and epoch <= current.epoch:
+                raise PrivateRoomError(f"group_key: epoch {epoch} is not newer: refused")
+            self._host_sign_key = sign_key
+            self._transfers.group = _GroupKey(epoch, key)
+        return []
+
+    def seal_transfer(self, payload, transfer_id: int, kind: int) -> bytearray:
+        if kind == FRAME_KIND_GLOBAL_MODEL:
+            raise PrivateRoomError("only the host sends global models")
+        return self._transfers.seal(payload, transfer_id, kind, None)
+
+    def open_transfer(self, sender: str, transfer_id: int, kind: int, data) -> memoryview:
+        """The plaintext of a transfer, decrypted in place in `data` (writable). A global model
+        must come from the host and carry its signature."""
+        host_key = None
+        if kind == FRAME_KIND_GLOBAL_MODEL:
+            if sender != self.host_id:
+                raise PrivateRoomError(f"global model from {sender}, who is not the host: refused")
+            host_key = self._host_sign_key
+        return self._transfers.open(sender, transfer_id, kind, data, host_key)
