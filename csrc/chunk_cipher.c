@@ -1,6 +1,7 @@
-/* chunk_cipher.c — seals and opens a private room's transfer in place: a per-transfer key from
- * the group key and a random salt, one AEAD segment after another with the transfer's identity
- * as associated data, tags collected after the ciphertext. No allocation beyond an EVP context. */
+/* chunk_cipher.c — seals a private room's transfer (a per-transfer key from the group key and a
+ * random salt, one AEAD segment after another with the transfer's identity as associated data,
+ * the tags ahead of the ciphertext) and opens it in place while it arrives. No allocation beyond
+ * the OpenSSL contexts. */
 #include "chunk_cipher.h"
 
 #include <openssl/evp.h>
@@ -38,15 +39,22 @@ enum sealed_algorithm sealed_preferred_algorithm(void)
     return SEALED_CHACHA20_POLY1305;
 }
 
-static uint64_t segment_count_of(uint64_t length, uint32_t segment_size)
+uint64_t sealed_segment_count(uint64_t length, uint32_t segment_size)
 {
     /* An empty transfer is one empty segment, so it still carries a tag to check. */
     return length == 0 ? 1 : (length - 1) / segment_size + 1;
 }
 
-uint64_t sealed_overhead(uint64_t length, uint32_t segment_size)
+uint64_t sealed_data_offset(uint64_t length, uint32_t segment_size)
 {
-    return SEALED_HEADER_BYTES + segment_count_of(length, segment_size) * SEALED_TAG_BYTES;
+    uint64_t end =
+        SEALED_HEADER_BYTES + sealed_segment_count(length, segment_size) * SEALED_TAG_BYTES;
+    return (end + 63) & ~(uint64_t)63;
+}
+
+uint64_t sealed_size(uint64_t length, uint32_t segment_size)
+{
+    return sealed_data_offset(length, segment_size) + length;
 }
 
 static void put_le(uint8_t *out, uint64_t value, int bytes)
@@ -115,17 +123,18 @@ static const EVP_CIPHER *cipher_of(uint8_t algorithm)
  * associated data, transforms data in place and writes (sealing) or checks (opening) the tag.
  * Returns 0, AEAD_FORGED when the tag does not match, or -1 when OpenSSL fails. */
 static int aead_segment(EVP_CIPHER_CTX *evp, int encrypt, const uint8_t nonce[NONCE_BYTES],
-                        const uint8_t *ad, size_t ad_len, uint8_t *data, int size, uint8_t *tag)
+                        const uint8_t *ad, size_t ad_len, const uint8_t *in, uint8_t *out, int size,
+                        uint8_t *tag)
 {
     int out_len;
     if (!EVP_CipherInit_ex(evp, NULL, NULL, NULL, nonce, -1) ||
         (ad_len > 0 && !EVP_CipherUpdate(evp, NULL, &out_len, ad, (int)ad_len)))
         return -1;
-    if (size > 0 && !EVP_CipherUpdate(evp, data, &out_len, data, size))
+    if (size > 0 && !EVP_CipherUpdate(evp, out, &out_len, in, size))
         return -1;
     if (!encrypt && !EVP_CIPHER_CTX_ctrl(evp, EVP_CTRL_AEAD_SET_TAG, SEALED_TAG_BYTES, tag))
         return -1;
-    if (EVP_CipherFinal_ex(evp, data + size, &out_len) != 1)
+    if (EVP_CipherFinal_ex(evp, out + size, &out_len) != 1)
         return encrypt ? -1 : AEAD_FORGED;
     if (encrypt && !EVP_CIPHER_CTX_ctrl(evp, EVP_CTRL_AEAD_GET_TAG, SEALED_TAG_BYTES, tag))
         return -1;
@@ -142,7 +151,7 @@ int sealed_aead_raw(enum sealed_algorithm algorithm, int encrypt,
     EVP_CIPHER_CTX *evp = EVP_CIPHER_CTX_new();
     int rc = -1;
     if (evp && EVP_CipherInit_ex(evp, cipher, NULL, key, NULL, encrypt))
-        rc = aead_segment(evp, encrypt, nonce, ad, ad_len, data, (int)length, tag);
+        rc = aead_segment(evp, encrypt, nonce, ad, ad_len, data, data, (int)length, tag);
     EVP_CIPHER_CTX_free(evp);
     return rc;
 }
@@ -156,103 +165,79 @@ static int check_context(const struct sealed_context *ctx, const char **error)
     return 0;
 }
 
-/* One pass over the segments, sealing (encrypt = 1) or opening. The digest, when asked for,
- * covers each segment's ciphertext right after it is written or right before it is read. */
-static int run_segments(int encrypt, const uint8_t key[SEALED_KEY_BYTES],
-                        const struct sealed_context *ctx, const uint8_t *header, uint8_t *data,
-                        uint64_t length, uint32_t segment_size, uint8_t *tags, uint8_t *digest,
-                        const char **error)
+static int seal_failed(EVP_CIPHER_CTX *evp, EVP_MD_CTX *md, uint8_t *key, const char **error,
+                       const char *why)
 {
-    uint8_t algorithm = header[4];
-    uint8_t salt_key[SEALED_KEY_BYTES];
-    uint8_t ad[AD_MAX];
-    uint64_t segment_count = segment_count_of(length, segment_size);
-    size_t ad_len = build_ad(ad, header, ctx, segment_count);
-    const EVP_CIPHER *cipher = cipher_of(algorithm);
-    EVP_CIPHER_CTX *evp = EVP_CIPHER_CTX_new();
-    EVP_MD_CTX *md = digest ? EVP_MD_CTX_new() : NULL;
-    int rc = -1;
-    if (cipher == NULL) {
-        fail(error, "unknown sealed-transfer algorithm");
-        goto done;
-    }
-    if (evp == NULL || (digest && (md == NULL || !EVP_DigestInit_ex(md, EVP_sha256(), NULL) ||
-                                   !EVP_DigestUpdate(md, header, SEALED_HEADER_BYTES)))) {
-        fail(error, "out of memory for the cipher context");
-        goto done;
-    }
-    transfer_key(salt_key, key, algorithm, header + 24);
-    if (!EVP_CipherInit_ex(evp, cipher, NULL, salt_key, NULL, encrypt)) {
-        fail(error, "the cipher rejected its key");
-        goto done;
-    }
-    for (uint64_t index = 0; index < segment_count; index++) {
-        uint8_t nonce[NONCE_BYTES] = {0};
-        uint64_t start = index * segment_size;
-        int size = (int)(length - start < segment_size ? length - start : segment_size);
-        uint8_t *segment = data + start;
-        uint8_t *tag = tags + index * SEALED_TAG_BYTES;
-        /* nonce = segment index: unique within the transfer, and the key is the transfer's */
-        put_le(nonce, index, 8);
-        put_le(ad + ad_len, index, 8);
-        if (!encrypt && digest && size > 0 && !EVP_DigestUpdate(md, segment, (size_t)size))
-            goto cipher_failed;
-        int rc_segment = aead_segment(evp, encrypt, nonce, ad, ad_len + 8, segment, size, tag);
-        if (rc_segment == AEAD_FORGED) {
-            /* EVP decrypts before it checks: wipe everything this call touched. */
-            sodium_memzero(data, length);
-            fail(error, "a segment failed authentication: the transfer was altered, truncated, "
-                        "reordered, replayed from another transfer or room, or sealed under "
-                        "another key");
-            goto done;
-        }
-        if (rc_segment != 0)
-            goto cipher_failed;
-        if (encrypt && digest && size > 0 && !EVP_DigestUpdate(md, segment, (size_t)size))
-            goto cipher_failed;
-    }
-    if (digest && !EVP_DigestFinal_ex(md, digest, NULL))
-        goto cipher_failed;
-    rc = 0;
-    goto done;
-cipher_failed:
-    if (!encrypt)
-        sodium_memzero(data, length);
-    fail(error, "the cipher failed");
-done:
-    sodium_memzero(salt_key, sizeof salt_key);
+    sodium_memzero(key, SEALED_KEY_BYTES);
     EVP_CIPHER_CTX_free(evp);
     EVP_MD_CTX_free(md);
-    return rc;
+    return fail(error, why);
 }
 
 int sealed_seal(const uint8_t key[SEALED_KEY_BYTES], const struct sealed_context *ctx,
-                enum sealed_algorithm algorithm, uint32_t segment_size, uint8_t *data,
-                uint64_t length, uint8_t header[SEALED_HEADER_BYTES], uint8_t *tags,
-                uint8_t digest[SEALED_DIGEST_BYTES], const char **error)
+                enum sealed_algorithm algorithm, uint32_t segment_size, const uint8_t *plaintext,
+                uint64_t length, uint8_t *sealed, uint8_t digest[SEALED_DIGEST_BYTES],
+                const char **error)
 {
     if (check_context(ctx, error) != 0)
         return -1;
-    if (cipher_of((uint8_t)algorithm) == NULL)
+    const EVP_CIPHER *cipher = cipher_of((uint8_t)algorithm);
+    if (cipher == NULL)
         return fail(error, "algorithm must be 1 (AES-256-GCM) or 2 (ChaCha20-Poly1305)");
     if (segment_size == 0 || segment_size > SEALED_MAX_SEGMENT_SIZE)
         return fail(error, "segment size must be 1 byte to 1 GiB");
-    memcpy(header, SEALED_MAGIC, 4);
-    header[4] = (uint8_t)algorithm;
-    header[5] = header[6] = header[7] = 0;
-    put_le(header + 8, ctx->epoch, 4);
-    put_le(header + 12, segment_size, 4);
-    put_le(header + 16, length, 8);
-    randombytes_buf(header + 24, SEALED_SALT_BYTES);
-    return run_segments(1, key, ctx, header, data, length, segment_size, tags, digest, error);
+    uint64_t offset = sealed_data_offset(length, segment_size);
+    uint8_t *out = sealed + offset;
+    if (plaintext != out && plaintext < out + length && out < plaintext + length)
+        return fail(error, "plaintext overlaps the sealed buffer other than exactly in place");
+    uint64_t count = sealed_segment_count(length, segment_size);
+    memcpy(sealed, SEALED_MAGIC, 4);
+    sealed[4] = (uint8_t)algorithm;
+    sealed[5] = sealed[6] = sealed[7] = 0;
+    put_le(sealed + 8, ctx->epoch, 4);
+    put_le(sealed + 12, segment_size, 4);
+    put_le(sealed + 16, length, 8);
+    randombytes_buf(sealed + 24, SEALED_SALT_BYTES);
+    memset(sealed + SEALED_HEADER_BYTES + count * SEALED_TAG_BYTES, 0,
+           offset - SEALED_HEADER_BYTES - count * SEALED_TAG_BYTES);
+
+    uint8_t subkey[SEALED_KEY_BYTES], ad[AD_MAX];
+    size_t ad_len = build_ad(ad, sealed, ctx, count);
+    EVP_CIPHER_CTX *evp = EVP_CIPHER_CTX_new();
+    EVP_MD_CTX *md = digest ? EVP_MD_CTX_new() : NULL;
+    transfer_key(subkey, key, (uint8_t)algorithm, sealed + 24);
+    if (evp == NULL || (digest && md == NULL))
+        return seal_failed(evp, md, subkey, error, "out of memory for the cipher context");
+    if (!EVP_CipherInit_ex(evp, cipher, NULL, subkey, NULL, 1) ||
+        (digest && (!EVP_DigestInit_ex(md, EVP_sha256(), NULL) ||
+                    !EVP_DigestUpdate(md, sealed, SEALED_HEADER_BYTES))))
+        return seal_failed(evp, md, subkey, error, "the cipher failed");
+    for (uint64_t index = 0; index < count; index++) {
+        uint8_t nonce[NONCE_BYTES] = {0};
+        uint64_t start = index * segment_size;
+        int size = (int)(length - start < segment_size ? length - start : segment_size);
+        /* nonce = segment index: unique within the transfer, and the key is the transfer's */
+        put_le(nonce, index, 8);
+        put_le(ad + ad_len, index, 8);
+        if (aead_segment(evp, 1, nonce, ad, ad_len + 8, plaintext + start, out + start, size,
+                         sealed + SEALED_HEADER_BYTES + index * SEALED_TAG_BYTES) != 0 ||
+            (digest && size > 0 && !EVP_DigestUpdate(md, out + start, (size_t)size)))
+            return seal_failed(evp, md, subkey, error, "the cipher failed");
+    }
+    if (digest && !EVP_DigestFinal_ex(md, digest, NULL))
+        return seal_failed(evp, md, subkey, error, "the digest failed");
+    sodium_memzero(subkey, sizeof subkey);
+    EVP_CIPHER_CTX_free(evp);
+    EVP_MD_CTX_free(md);
+    return 0;
 }
 
 int sealed_parse_header(struct sealed_header *header, const uint8_t *sealed, uint64_t sealed_len,
                         const char **error)
 {
     memset(header, 0, sizeof *header);
-    if (sealed_len < SEALED_HEADER_BYTES + SEALED_TAG_BYTES)
-        return fail(error, "sealed transfer shorter than its header and one tag");
+    if (sealed_len < SEALED_HEADER_BYTES)
+        return fail(error, "sealed transfer shorter than its 40-byte header");
     if (memcmp(sealed, SEALED_MAGIC, 4) != 0)
         return fail(error, "not a sealed transfer (no SSE1 magic): plaintext in a private room");
     if (cipher_of(sealed[4]) == NULL)
@@ -268,26 +253,157 @@ int sealed_parse_header(struct sealed_header *header, const uint8_t *sealed, uin
         return fail(error, "sealed transfer has a segment size out of range");
     if (header->plaintext_len > sealed_len)
         return fail(error, "sealed transfer is shorter than its announced length (truncated?)");
-    header->segment_count = segment_count_of(header->plaintext_len, header->segment_size);
-    /* plaintext_len <= sealed_len bounds segment_count, so this cannot overflow */
-    if (sealed_len !=
-        header->plaintext_len + sealed_overhead(header->plaintext_len, header->segment_size))
+    /* plaintext_len <= sealed_len bounds the segment count, so nothing below overflows */
+    header->segment_count = sealed_segment_count(header->plaintext_len, header->segment_size);
+    if (sealed_len != sealed_size(header->plaintext_len, header->segment_size))
         return fail(error, "sealed transfer size does not match its header (truncated or "
                            "extended)");
     return 0;
+}
+
+int sealed_opener_init(struct sealed_opener *opener, const uint8_t key[SEALED_KEY_BYTES],
+                       const struct sealed_context *ctx, uint64_t sealed_len, int want_digest,
+                       const char **error)
+{
+    memset(opener, 0, sizeof *opener);
+    opener->state = -1;
+    if (check_context(ctx, error) != 0)
+        return -1;
+    memcpy(opener->group_key, key, SEALED_KEY_BYTES);
+    memcpy(opener->room, ctx->room, ctx->room_len);
+    memcpy(opener->sender, ctx->sender, ctx->sender_len);
+    opener->ctx = *ctx;
+    opener->ctx.room = opener->room;
+    opener->ctx.sender = opener->sender;
+    opener->sealed_len = sealed_len;
+    opener->evp = EVP_CIPHER_CTX_new();
+    opener->md = want_digest ? EVP_MD_CTX_new() : NULL;
+    if (opener->evp == NULL || (want_digest && opener->md == NULL)) {
+        sealed_opener_free(opener);
+        return fail(error, "out of memory for the cipher context");
+    }
+    opener->state = 0;
+    return 0;
+}
+
+static int opener_failed(struct sealed_opener *opener, uint8_t *sealed, const char **error,
+                         const char *why)
+{
+    if (opener->keyed && sealed != NULL)
+        sodium_memzero(sealed + opener->data_offset, opener->header.plaintext_len);
+    opener->state = -1;
+    sodium_memzero(opener->group_key, SEALED_KEY_BYTES);
+    return fail(error, why);
+}
+
+/* Reads header and tags once they are in: checks them and keys the cipher. */
+static int opener_start(struct sealed_opener *opener, const uint8_t *sealed, uint64_t available,
+                        const char **error)
+{
+    if (available < SEALED_HEADER_BYTES)
+        return 0;
+    const char *why = NULL;
+    if (sealed_parse_header(&opener->header, sealed, opener->sealed_len, &why) != 0)
+        return opener_failed(opener, NULL, error, why);
+    if (opener->header.epoch != opener->ctx.epoch)
+        return opener_failed(opener, NULL, error, "sealed under another key epoch");
+    uint64_t count = opener->header.segment_count;
+    opener->data_offset =
+        sealed_data_offset(opener->header.plaintext_len, opener->header.segment_size);
+    if (available < opener->data_offset)
+        return 0;
+    uint64_t tags_end = SEALED_HEADER_BYTES + count * SEALED_TAG_BYTES;
+    for (uint64_t i = tags_end; i < opener->data_offset; i++)
+        if (sealed[i] != 0)
+            return opener_failed(opener, NULL, error, "sealed transfer has non-zero padding");
+    uint8_t subkey[SEALED_KEY_BYTES];
+    transfer_key(subkey, opener->group_key, sealed[4], sealed + 24);
+    int ok = EVP_CipherInit_ex(opener->evp, cipher_of(sealed[4]), NULL, subkey, NULL, 0);
+    sodium_memzero(subkey, sizeof subkey);
+    if (!ok || (opener->md && (!EVP_DigestInit_ex(opener->md, EVP_sha256(), NULL) ||
+                               !EVP_DigestUpdate(opener->md, sealed, SEALED_HEADER_BYTES))))
+        return opener_failed(opener, NULL, error, "the cipher failed");
+    opener->ad_len = build_ad(opener->ad, sealed, &opener->ctx, count);
+    opener->state = 1;
+    opener->keyed = 1;
+    return 0;
+}
+
+int sealed_opener_feed(struct sealed_opener *opener, uint8_t *sealed, uint64_t available,
+                       const char **error)
+{
+    if (opener->state < 0)
+        return fail(error, "this transfer already failed to open");
+    if (available > opener->sealed_len)
+        return opener_failed(opener, NULL, error, "more bytes than the transfer's size");
+    if (opener->state == 0 && opener_start(opener, sealed, available, error) != 0)
+        return -1;
+    if (opener->state == 0 && available == opener->sealed_len)
+        return opener_failed(opener, NULL, error,
+                             "sealed transfer shorter than its header and tags (truncated?)");
+    if (opener->state != 1)
+        return 0;
+    const struct sealed_header *h = &opener->header;
+    while (opener->next_segment < h->segment_count) {
+        uint64_t index = opener->next_segment;
+        uint64_t start = index * h->segment_size;
+        uint64_t size =
+            h->plaintext_len - start < h->segment_size ? h->plaintext_len - start : h->segment_size;
+        if (opener->data_offset + start + size > available)
+            break;
+        uint8_t nonce[NONCE_BYTES] = {0};
+        uint8_t *segment = sealed + opener->data_offset + start;
+        put_le(nonce, index, 8);
+        put_le(opener->ad + opener->ad_len, index, 8);
+        if (opener->md && size > 0 && !EVP_DigestUpdate(opener->md, segment, (size_t)size))
+            return opener_failed(opener, sealed, error, "the digest failed");
+        int rc =
+            aead_segment(opener->evp, 0, nonce, opener->ad, opener->ad_len + 8, segment, segment,
+                         (int)size, sealed + SEALED_HEADER_BYTES + index * SEALED_TAG_BYTES);
+        if (rc == AEAD_FORGED)
+            return opener_failed(opener, sealed, error,
+                                 "a segment failed authentication: the transfer was altered, "
+                                 "truncated, reordered, replayed from another transfer or room, "
+                                 "or sealed under another key");
+        if (rc != 0)
+            return opener_failed(opener, sealed, error, "the cipher failed");
+        opener->next_segment++;
+    }
+    if (opener->next_segment == h->segment_count)
+        opener->state = 2;
+    return 0;
+}
+
+int sealed_opener_finish(struct sealed_opener *opener, uint8_t digest[SEALED_DIGEST_BYTES],
+                         const char **error)
+{
+    if (opener->state != 2)
+        return fail(error, opener->state < 0 ? "this transfer failed to open"
+                                             : "the transfer ended before its last segment");
+    if (digest && (opener->md == NULL || !EVP_DigestFinal_ex(opener->md, digest, NULL)))
+        return fail(error, "no digest was asked for");
+    return 0;
+}
+
+void sealed_opener_free(struct sealed_opener *opener)
+{
+    EVP_CIPHER_CTX_free(opener->evp);
+    EVP_MD_CTX_free(opener->md);
+    opener->evp = opener->md = NULL;
+    sodium_memzero(opener->group_key, SEALED_KEY_BYTES);
 }
 
 int sealed_open(const uint8_t key[SEALED_KEY_BYTES], const struct sealed_context *ctx,
                 uint8_t *sealed, uint64_t sealed_len, struct sealed_header *header,
                 uint8_t digest[SEALED_DIGEST_BYTES], const char **error)
 {
-    if (check_context(ctx, error) != 0)
+    struct sealed_opener opener;
+    if (sealed_opener_init(&opener, key, ctx, sealed_len, digest != NULL, error) != 0)
         return -1;
-    if (sealed_parse_header(header, sealed, sealed_len, error) != 0)
-        return -1;
-    if (header->epoch != ctx->epoch)
-        return fail(error, "sealed under another key epoch");
-    uint8_t *data = sealed + SEALED_HEADER_BYTES;
-    return run_segments(0, key, ctx, sealed, data, header->plaintext_len, header->segment_size,
-                        data + header->plaintext_len, digest, error);
+    int rc = sealed_opener_feed(&opener, sealed, sealed_len, error);
+    if (rc == 0)
+        rc = sealed_opener_finish(&opener, digest, error);
+    *header = opener.header;
+    sealed_opener_free(&opener);
+    return rc;
 }

@@ -46,26 +46,65 @@ struct sealed_header {
  * each is the faster of the two where it is chosen, and a receiver opens either. */
 enum sealed_algorithm sealed_preferred_algorithm(void);
 
-/* Bytes the sealed form adds to a plaintext of `length` bytes: header plus one tag a segment. */
-uint64_t sealed_overhead(uint64_t length, uint32_t segment_size);
+/* Layout of a sealed transfer of `length` plaintext bytes in segments of `segment_size`:
+ *   header (40) | one 16-byte tag per segment | zeros up to a multiple of 64 | ciphertext
+ * Tags come first so that a receiver can check and decrypt each segment as soon as its bytes
+ * arrive; the ciphertext starts 64-byte aligned so that a decoder can view it in place. */
+uint64_t sealed_segment_count(uint64_t length, uint32_t segment_size);
+uint64_t sealed_data_offset(uint64_t length, uint32_t segment_size);
+uint64_t sealed_size(uint64_t length, uint32_t segment_size);
 
-/* Encrypts data[0..length) in place. Writes the 40-byte header to `header` and one 16-byte tag
- * per segment to `tags` (sealed_overhead - 40 bytes). If `digest` is not NULL it receives
- * SHA-256(header || ciphertext), computed while each segment is still in cache (what the host
- * signs for a global model). Returns 0, or -1 with `error`. */
+/* Encrypts plaintext[0..length) into sealed (sealed_size bytes): header, tags and ciphertext.
+ * `plaintext` may be sealed + sealed_data_offset (in place) or a separate buffer, in which case
+ * the encryption is the one copy of the payload; partial overlap is refused. If `digest` is not
+ * NULL it receives SHA-256(header || ciphertext), computed while each segment is still in cache
+ * (what the host signs for a global model). Returns 0, or -1 with `error`. */
 int sealed_seal(const uint8_t key[SEALED_KEY_BYTES], const struct sealed_context *ctx,
-                enum sealed_algorithm algorithm, uint32_t segment_size, uint8_t *data,
-                uint64_t length, uint8_t header[SEALED_HEADER_BYTES], uint8_t *tags,
-                uint8_t digest[SEALED_DIGEST_BYTES], const char **error);
+                enum sealed_algorithm algorithm, uint32_t segment_size, const uint8_t *plaintext,
+                uint64_t length, uint8_t *sealed, uint8_t digest[SEALED_DIGEST_BYTES],
+                const char **error);
 
 /* Parses and checks a sealed transfer's header against its total size. Returns 0 or -1. */
 int sealed_parse_header(struct sealed_header *header, const uint8_t *sealed, uint64_t sealed_len,
                         const char **error);
 
-/* Decrypts a whole sealed transfer (header || ciphertext || tags) in place: on success the
- * plaintext is at sealed + SEALED_HEADER_BYTES, header->plaintext_len bytes long. On any
- * failure the ciphertext region is wiped, so no unauthenticated byte is left to use.
- * `ctx->epoch` must equal the header's epoch. `digest` as for sealed_seal. */
+/* Opens a sealed transfer in place while it arrives: feed it the receive buffer each time more
+ * bytes are in, and it checks and decrypts every segment that is complete. */
+struct sealed_opener {
+    int state; /* 0 waiting for header and tags, 1 opening, 2 done, -1 failed */
+    int keyed; /* header and tags checked, decryption may have begun: a failure wipes */
+    uint8_t group_key[SEALED_KEY_BYTES];
+    uint8_t room[255], sender[255];
+    struct sealed_context ctx;
+    uint64_t sealed_len;
+    struct sealed_header header;
+    uint64_t data_offset, next_segment;
+    size_t ad_len;
+    uint8_t ad[SEALED_HEADER_BYTES + 8 + 1 + 1 + 255 + 1 + 255 + 8 + 8];
+    void *evp, *md; /* OpenSSL cipher and digest contexts */
+};
+
+/* `ctx` is copied; `sealed_len` is the whole transfer's size (the frame header's total size).
+ * With `want_digest`, the digest is available in sealed_opener_finish. Returns 0 or -1. */
+int sealed_opener_init(struct sealed_opener *opener, const uint8_t key[SEALED_KEY_BYTES],
+                       const struct sealed_context *ctx, uint64_t sealed_len, int want_digest,
+                       const char **error);
+
+/* `sealed` holds the transfer's first `available` bytes (the same buffer every call). Decrypts
+ * every segment now complete, in place. On any failure the whole ciphertext region is wiped
+ * (EVP decrypts before it checks), the opener fails for good, and -1 is returned. */
+int sealed_opener_feed(struct sealed_opener *opener, uint8_t *sealed, uint64_t available,
+                       const char **error);
+
+/* After the last feed: 0 if every segment was opened (digest written if asked for), else -1. */
+int sealed_opener_finish(struct sealed_opener *opener, uint8_t digest[SEALED_DIGEST_BYTES],
+                         const char **error);
+
+/* Frees the OpenSSL contexts and wipes the key; safe to call twice. */
+void sealed_opener_free(struct sealed_opener *opener);
+
+/* A whole sealed transfer at once: init, one feed, finish, free. On success the plaintext is at
+ * sealed + sealed_data_offset, header->plaintext_len bytes long. */
 int sealed_open(const uint8_t key[SEALED_KEY_BYTES], const struct sealed_context *ctx,
                 uint8_t *sealed, uint64_t sealed_len, struct sealed_header *header,
                 uint8_t digest[SEALED_DIGEST_BYTES], const char **error);

@@ -331,24 +331,25 @@ static int parse_context(struct sealed_context *ctx, const char *room, Py_ssize_
     return 0;
 }
 
-static PyObject *py_seal_in_place(PyObject *module, PyObject *args, PyObject *kwargs)
+static PyObject *py_seal(PyObject *module, PyObject *args, PyObject *kwargs)
 {
     (void)module;
-    static char *keywords[] = {"key",  "room",      "sender",       "transfer_id", "kind", "epoch",
-                               "data", "algorithm", "segment_size", "digest",      NULL};
-    Py_buffer key, data;
+    static char *keywords[] = {"key",       "room",         "sender",    "transfer_id",
+                               "kind",      "epoch",        "plaintext", "sealed",
+                               "algorithm", "segment_size", "digest",    NULL};
+    Py_buffer key, plaintext, sealed;
     const char *room, *sender;
     Py_ssize_t room_len, sender_len;
     unsigned long long transfer_id;
     int kind, algorithm = 0, want_digest = 0;
     unsigned int epoch, segment_size = SEALED_DEFAULT_SEGMENT_SIZE;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "y*s#s#KiIw*|$iIp:seal_in_place", keywords, &key,
-                                     &room, &room_len, &sender, &sender_len, &transfer_id, &kind,
-                                     &epoch, &data, &algorithm, &segment_size, &want_digest))
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "y*s#s#KiIy*w*|$iIp:seal", keywords, &key, &room,
+                                     &room_len, &sender, &sender_len, &transfer_id, &kind, &epoch,
+                                     &plaintext, &sealed, &algorithm, &segment_size, &want_digest))
         return NULL;
-    PyObject *result = NULL, *tags = NULL;
+    PyObject *result = NULL;
     struct sealed_context ctx;
-    uint8_t header[SEALED_HEADER_BYTES], digest[SEALED_DIGEST_BYTES];
+    uint8_t digest[SEALED_DIGEST_BYTES];
     const char *error = NULL;
     if (exact_bytes(&key, SEALED_KEY_BYTES, "key") != 0 ||
         parse_context(&ctx, room, room_len, sender, sender_len, transfer_id, kind, epoch) != 0)
@@ -357,33 +358,165 @@ static PyObject *py_seal_in_place(PyObject *module, PyObject *args, PyObject *kw
         value_error("segment_size must be 1 byte to 1 GiB");
         goto done;
     }
-    tags = PyBytes_FromStringAndSize(
-        NULL,
-        (Py_ssize_t)(sealed_overhead((uint64_t)data.len, segment_size) - SEALED_HEADER_BYTES));
-    if (tags == NULL)
+    uint64_t need = sealed_size((uint64_t)plaintext.len, segment_size);
+    if ((uint64_t)sealed.len != need) {
+        PyErr_Format(PyExc_ValueError,
+                     "sealed must be sealed_size(len(plaintext)) = %llu bytes, "
+                     "not %zd",
+                     (unsigned long long)need, sealed.len);
         goto done;
+    }
     if (algorithm == 0)
         algorithm = sealed_preferred_algorithm();
     int rc;
-    Py_BEGIN_ALLOW_THREADS rc = sealed_seal(
-        key.buf, &ctx, (enum sealed_algorithm)algorithm, segment_size, data.buf, (uint64_t)data.len,
-        header, (uint8_t *)PyBytes_AS_STRING(tags), want_digest ? digest : NULL, &error);
+    Py_BEGIN_ALLOW_THREADS rc =
+        sealed_seal(key.buf, &ctx, (enum sealed_algorithm)algorithm, segment_size, plaintext.buf,
+                    (uint64_t)plaintext.len, sealed.buf, want_digest ? digest : NULL, &error);
     Py_END_ALLOW_THREADS if (rc != 0)
     {
         value_error(error);
         goto done;
     }
     if (want_digest)
-        result = Py_BuildValue("(y#Oy#)", header, (Py_ssize_t)sizeof header, tags, digest,
-                               (Py_ssize_t)sizeof digest);
+        result = PyBytes_FromStringAndSize((const char *)digest, sizeof digest);
     else
-        result = Py_BuildValue("(y#O)", header, (Py_ssize_t)sizeof header, tags);
+        result = Py_NewRef(Py_None);
 done:
-    Py_XDECREF(tags);
     PyBuffer_Release(&key);
-    PyBuffer_Release(&data);
+    PyBuffer_Release(&plaintext);
+    PyBuffer_Release(&sealed);
     return result;
 }
+
+/* ---- SealedOpener: opens a transfer while its chunks arrive ---------------------------- */
+
+typedef struct {
+    PyObject_HEAD struct sealed_opener opener;
+    int ready;
+} SealedOpenerObject;
+
+static void sealed_opener_dealloc(SealedOpenerObject *self)
+{
+    if (self->ready)
+        sealed_opener_free(&self->opener);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static int sealed_opener_object_init(SealedOpenerObject *self, PyObject *args, PyObject *kwargs)
+{
+    static char *keywords[] = {"key",   "room",       "sender", "transfer_id", "kind",
+                               "epoch", "sealed_len", "digest", NULL};
+    Py_buffer key;
+    const char *room, *sender;
+    Py_ssize_t room_len, sender_len;
+    unsigned long long transfer_id, sealed_len;
+    int kind, want_digest = 0;
+    unsigned int epoch;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "y*s#s#KiIK|$p:SealedOpener", keywords, &key,
+                                     &room, &room_len, &sender, &sender_len, &transfer_id, &kind,
+                                     &epoch, &sealed_len, &want_digest))
+        return -1;
+    int rc = -1;
+    struct sealed_context ctx;
+    const char *error = NULL;
+    if (self->ready) {
+        sealed_opener_free(&self->opener);
+        self->ready = 0;
+    }
+    if (exact_bytes(&key, SEALED_KEY_BYTES, "key") == 0 &&
+        parse_context(&ctx, room, room_len, sender, sender_len, transfer_id, kind, epoch) == 0) {
+        if (sealed_opener_init(&self->opener, key.buf, &ctx, sealed_len, want_digest, &error) != 0)
+            value_error(error);
+        else
+            rc = 0, self->ready = 1;
+    }
+    PyBuffer_Release(&key);
+    return rc;
+}
+
+static PyObject *sealed_opener_feed_py(SealedOpenerObject *self, PyObject *args)
+{
+    Py_buffer sealed;
+    unsigned long long available;
+    if (!PyArg_ParseTuple(args, "w*K:feed", &sealed, &available))
+        return NULL;
+    PyObject *result = NULL;
+    const char *error = NULL;
+    if (!self->ready)
+        value_error("SealedOpener was not initialised");
+    else if ((uint64_t)sealed.len != self->opener.sealed_len || available > (uint64_t)sealed.len)
+        value_error("feed() needs the whole receive buffer, of the transfer's size, and "
+                    "available <= its length");
+    else {
+        int rc;
+        Py_BEGIN_ALLOW_THREADS rc =
+            sealed_opener_feed(&self->opener, sealed.buf, (uint64_t)available, &error);
+        Py_END_ALLOW_THREADS if (rc != 0) value_error(error);
+        else result = PyBool_FromLong(self->opener.state == 2);
+    }
+    PyBuffer_Release(&sealed);
+    return result;
+}
+
+static PyObject *sealed_opener_finish_py(SealedOpenerObject *self, PyObject *unused)
+{
+    (void)unused;
+    uint8_t digest[SEALED_DIGEST_BYTES];
+    const char *error = NULL;
+    if (!self->ready)
+        return value_error("SealedOpener was not initialised");
+    int with_digest = self->opener.md != NULL;
+    if (sealed_opener_finish(&self->opener, with_digest ? digest : NULL, &error) != 0)
+        return value_error(error);
+    if (with_digest)
+        return PyBytes_FromStringAndSize((const char *)digest, sizeof digest);
+    Py_RETURN_NONE;
+}
+
+static PyObject *sealed_opener_get_offset(SealedOpenerObject *self, void *closure)
+{
+    (void)closure;
+    if (!self->ready || self->opener.state < 1)
+        Py_RETURN_NONE;
+    return PyLong_FromUnsignedLongLong(self->opener.data_offset);
+}
+
+static PyObject *sealed_opener_get_length(SealedOpenerObject *self, void *closure)
+{
+    (void)closure;
+    if (!self->ready || self->opener.state < 1)
+        Py_RETURN_NONE;
+    return PyLong_FromUnsignedLongLong(self->opener.header.plaintext_len);
+}
+
+static PyMethodDef sealed_opener_methods[] = {
+    {"feed", (PyCFunction)sealed_opener_feed_py, METH_VARARGS,
+     "feed(sealed, available) -> bool: checks and decrypts in place every segment now complete "
+     "in the first `available` bytes of the receive buffer; True once all are. ValueError (and "
+     "the ciphertext region wiped) on anything that does not authenticate."},
+    {"finish", (PyCFunction)sealed_opener_finish_py, METH_NOARGS,
+     "finish() -> digest or None: ValueError unless every segment was opened."},
+    {NULL, NULL, 0, NULL}};
+
+static PyGetSetDef sealed_opener_getset[] = {
+    {"offset", (getter)sealed_opener_get_offset, NULL,
+     "Where the plaintext starts in the buffer (None before the header and tags arrived).", NULL},
+    {"length", (getter)sealed_opener_get_length, NULL, "Plaintext bytes (None before the header).",
+     NULL},
+    {NULL, NULL, NULL, NULL, NULL}};
+
+static PyTypeObject SealedOpenerType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "segmentation_suite.network._relayclient.SealedOpener",
+    .tp_basicsize = sizeof(SealedOpenerObject),
+    .tp_dealloc = (destructor)sealed_opener_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "SealedOpener(key, room, sender, transfer_id, kind, epoch, sealed_len, *, "
+              "digest=False)\n\nOpens one sealed transfer in place while its chunks arrive.",
+    .tp_methods = sealed_opener_methods,
+    .tp_getset = sealed_opener_getset,
+    .tp_init = (initproc)sealed_opener_object_init,
+    .tp_new = PyType_GenericNew,
+};
 
 static PyObject *py_open_in_place(PyObject *module, PyObject *args, PyObject *kwargs)
 {
@@ -416,13 +549,12 @@ static PyObject *py_open_in_place(PyObject *module, PyObject *args, PyObject *kw
         value_error(error);
         goto done;
     }
+    unsigned long long offset = sealed_data_offset(header.plaintext_len, header.segment_size);
     if (want_digest)
-        result = Py_BuildValue("(nKy#)", (Py_ssize_t)SEALED_HEADER_BYTES,
-                               (unsigned long long)header.plaintext_len, digest,
+        result = Py_BuildValue("(KKy#)", offset, (unsigned long long)header.plaintext_len, digest,
                                (Py_ssize_t)sizeof digest);
     else
-        result = Py_BuildValue("(nK)", (Py_ssize_t)SEALED_HEADER_BYTES,
-                               (unsigned long long)header.plaintext_len);
+        result = Py_BuildValue("(KK)", offset, (unsigned long long)header.plaintext_len);
 done:
     PyBuffer_Release(&key);
     PyBuffer_Release(&sealed);
@@ -449,16 +581,16 @@ static PyObject *py_sealed_header(PyObject *module, PyObject *arg)
     return result;
 }
 
-static PyObject *py_sealed_overhead(PyObject *module, PyObject *args)
+static PyObject *py_sealed_size(PyObject *module, PyObject *args)
 {
     (void)module;
     unsigned long long length;
     unsigned int segment_size = SEALED_DEFAULT_SEGMENT_SIZE;
-    if (!PyArg_ParseTuple(args, "K|I:sealed_overhead", &length, &segment_size))
+    if (!PyArg_ParseTuple(args, "K|I:sealed_size", &length, &segment_size))
         return NULL;
     if (segment_size == 0)
         return value_error("segment_size must be at least 1");
-    return PyLong_FromUnsignedLongLong(sealed_overhead(length, segment_size));
+    return PyLong_FromUnsignedLongLong(sealed_size(length, segment_size));
 }
 
 static PyObject *py_aead_raw(PyObject *module, PyObject *args)
@@ -564,10 +696,11 @@ static PyMethodDef crypto_methods[] = {
      "group_key_wrap(wrap_key, room, host_id, member_id, epoch, key, sign_pk) -> 104 bytes."},
     {"group_key_unwrap", py_group_key_unwrap, METH_VARARGS,
      "group_key_unwrap(wrap_key, room, host_id, member_id, epoch, wrapped) -> (key, sign_pk)."},
-    {"seal_in_place", (PyCFunction)(void (*)(void))py_seal_in_place, METH_VARARGS | METH_KEYWORDS,
-     "seal_in_place(key, room, sender, transfer_id, kind, epoch, data, *, algorithm=0, "
-     "segment_size=1 MiB, digest=False) -> (header, tags[, digest]): encrypts the writable "
-     "buffer data in place; the sealed transfer is header + data + tags."},
+    {"seal", (PyCFunction)(void (*)(void))py_seal, METH_VARARGS | METH_KEYWORDS,
+     "seal(key, room, sender, transfer_id, kind, epoch, plaintext, sealed, *, algorithm=0, "
+     "segment_size=1 MiB, digest=False) -> digest or None: writes the sealed transfer into the "
+     "writable buffer `sealed` (sealed_size(len(plaintext)) bytes). plaintext may be the "
+     "sealed buffer's data region (in place) or another buffer (the encryption is the copy)."},
     {"open_in_place", (PyCFunction)(void (*)(void))py_open_in_place, METH_VARARGS | METH_KEYWORDS,
      "open_in_place(key, room, sender, transfer_id, kind, epoch, sealed, *, digest=False) -> "
      "(offset, length[, digest]): decrypts the writable sealed transfer in place; ValueError "
@@ -575,8 +708,8 @@ static PyMethodDef crypto_methods[] = {
     {"sealed_header", py_sealed_header, METH_O,
      "sealed_header(sealed) -> dict of algorithm, epoch, segment_size, plaintext_len, "
      "segment_count; ValueError if malformed."},
-    {"sealed_overhead", py_sealed_overhead, METH_VARARGS,
-     "sealed_overhead(length, segment_size=1 MiB) -> bytes sealing adds."},
+    {"sealed_size", py_sealed_size, METH_VARARGS,
+     "sealed_size(length, segment_size=1 MiB) -> size of the sealed transfer of length bytes."},
     {"_aead_raw", py_aead_raw, METH_VARARGS,
      "_aead_raw(algorithm, encrypt, key, nonce, ad, data, tag): one AEAD call in place, for "
      "published test vectors."},
@@ -598,6 +731,13 @@ int crypto_module_init(PyObject *module)
         return -1;
     if (PyModule_AddFunctions(module, crypto_methods) != 0)
         return -1;
+    if (PyType_Ready(&SealedOpenerType) != 0)
+        return -1;
+    Py_INCREF(&SealedOpenerType);
+    if (PyModule_AddObject(module, "SealedOpener", (PyObject *)&SealedOpenerType) != 0) {
+        Py_DECREF(&SealedOpenerType);
+        return -1;
+    }
     Py_INCREF(&CPaceSessionType);
     if (PyModule_AddObject(module, "CPaceSession", (PyObject *)&CPaceSessionType) != 0) {
         Py_DECREF(&CPaceSessionType);
@@ -614,6 +754,8 @@ int crypto_module_init(PyObject *module)
         PyModule_AddIntConstant(module, "SEALED_CHACHA20_POLY1305", SEALED_CHACHA20_POLY1305) ||
         PyModule_AddIntConstant(module, "SEALED_HEADER_BYTES", SEALED_HEADER_BYTES) != 0 ||
         PyModule_AddIntConstant(module, "SEALED_TAG_BYTES", SEALED_TAG_BYTES) != 0 ||
+        PyModule_AddIntConstant(module, "SEALED_DEFAULT_SEGMENT_SIZE",
+                                SEALED_DEFAULT_SEGMENT_SIZE) != 0 ||
         PyModule_AddIntConstant(module, "SEALED_PREFERRED_ALGORITHM",
                                 sealed_preferred_algorithm()) != 0)
         return -1;

@@ -23,18 +23,18 @@ def seeds() -> dict[str, bytes]:
     share_a = member.start()
     share_b = host.receive(share_a)
     confirm = member.receive(share_b)
-    small = bytearray(b"weights" * 40)
-    header, tags = rc.seal_in_place(FUZZ_KEY, "K7QX2M", "alice", 7, 1, 0, small, segment_size=64)
-    empty = bytearray()
-    empty_header, empty_tags = rc.seal_in_place(FUZZ_KEY, "K7QX2M", "alice", 7, 1, 0, empty)
+    small = bytearray(rc.sealed_size(280, 64))
+    rc.seal(FUZZ_KEY, "K7QX2M", "alice", 7, 1, 0, b"weights" * 40, small, segment_size=64)
+    empty = bytearray(rc.sealed_size(0))
+    rc.seal(FUZZ_KEY, "K7QX2M", "alice", 7, 1, 0, b"", empty)
     public, _ = rc.sign_keypair(bytes(32))
     wrapped = rc.group_key_wrap(FUZZ_KEY, "K7QX2M", "host", "alice", 0, bytes(32), public)
     return {
         "share_a.bin": b"\0" + share_a,
         "share_b.bin": b"\0" + share_b,
         "confirm_a.bin": b"\0" + confirm,
-        "sealed_small.bin": b"\1" + header + small + tags,
-        "sealed_empty.bin": b"\1" + empty_header + empty_tags,
+        "sealed_small.bin": b"\1" + small,
+        "sealed_empty.bin": b"\1" + empty,
         "group_key.bin": b"\2" + wrapped,
     }
 

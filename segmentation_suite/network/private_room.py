@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import logging
 import struct
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -93,99 +94,154 @@ def _signed_message(room: str, epoch: int, transfer_id: int, digest: bytes) -> b
 
 
 @dataclass
-class _GroupKey:
+class GroupKey:
+    """A room's group key and its epoch (rotated when a member leaves)."""
+
     epoch: int
     key: bytes
 
 
+class TransferOpener:
+    """Opens one sealed transfer in place while its chunks arrive (a global model's last 64
+    bytes are the host's signature, checked at the end). Feed it the receive buffer after each
+    chunk; `finish()` returns the plaintext, a view into that buffer."""
+
+    def __init__(
+        self,
+        transfers: SealedTransfers,
+        sender: str,
+        transfer_id: int,
+        kind: int,
+        total_size: int,
+        host_key: bytes | None,
+    ) -> None:
+        group = transfers.group
+        if group is None:
+            raise PrivateRoomError("no group key yet: the key exchange has not finished")
+        self._replay = (sender, group.epoch, transfer_id)
+        if self._replay in transfers.seen:
+            raise PrivateRoomError(f"transfer {transfer_id} from {sender} was replayed: refused")
+        self._transfers, self._host_key = transfers, host_key
+        self._what = f"transfer {transfer_id} from {sender}"
+        self._context = (transfers.room, transfers.user_id, transfer_id, kind, group.epoch)
+        self._sealed_len = total_size - (SIGNATURE_BYTES if host_key is not None else 0)
+        if self._sealed_len < 0:
+            raise PrivateRoomError(f"{self._what} is too short to carry the host's signature")
+        try:
+            self._opener = crypto.SealedOpener(
+                group.key,
+                transfers.room,
+                sender,
+                transfer_id,
+                kind,
+                group.epoch,
+                self._sealed_len,
+                digest=host_key is not None,
+            )
+        except ValueError as error:
+            raise PrivateRoomError(f"{self._what}: {error}") from None
+
+    def feed(self, buffer, available: int) -> None:
+        """`buffer` is the whole receive buffer (writable); its first `available` bytes are in."""
+        view = memoryview(buffer).cast("B")
+        try:
+            self._opener.feed(view[: self._sealed_len], min(available, self._sealed_len))
+        except ValueError as error:
+            raise PrivateRoomError(f"{self._what}: {error}") from None
+
+    def finish(self, buffer) -> memoryview:
+        view = memoryview(buffer).cast("B")
+        try:
+            digest = self._opener.finish()
+        except ValueError as error:
+            raise PrivateRoomError(f"{self._what}: {error}") from None
+        offset, length = self._opener.offset, self._opener.length
+        plaintext = view[offset : offset + length]
+        if self._host_key is not None:
+            room, _, transfer_id, _, epoch = self._context
+            signature = bytes(view[self._sealed_len : self._sealed_len + SIGNATURE_BYTES])
+            try:
+                crypto.sign_verify(
+                    self._host_key, _signed_message(room, epoch, transfer_id, digest), signature
+                )
+            except ValueError as error:
+                plaintext[:] = bytes(length)  # nothing of it may be applied
+                raise PrivateRoomError(f"global model from the host: {error}") from None
+        self._transfers.seen.add(self._replay)
+        return plaintext
+
+
 @dataclass
-class _Transfers:
-    """Seals and opens transfers under the current group key; refuses replays."""
+class SealedTransfers:
+    """Seals and opens one party's transfers under the current group key; refuses replays.
+    Used by the host and member objects below, and by bench/bench_end_to_end.py's `private`
+    method, which measures the per-transfer cost with a key set up out of band."""
 
     room: str
     user_id: str
-    group: _GroupKey | None = None
+    group: GroupKey | None = None
     seen: set[tuple[str, int, int]] = field(default_factory=set)
+    _spare: bytearray | None = None
 
-    def seal(self, payload, transfer_id: int, kind: int, sign_key: bytes | None) -> bytearray:
+    def _send_buffer(self, size: int) -> memoryview:
+        # Fresh memory costs a page fault per page, more than the encryption itself: reuse the
+        # last send buffer once nobody else holds it (its send finished and was dropped).
+        # (2 references: the attribute and getrefcount's argument; a live view adds one.)
+        if self._spare is None or len(self._spare) < size or sys.getrefcount(self._spare) > 2:
+            self._spare = bytearray(size)
+        return memoryview(self._spare)[:size]
+
+    def seal(self, payload, transfer_id: int, kind: int, sign_key: bytes | None) -> memoryview:
+        """The wire form of `payload`: encrypted straight from `payload` into the send buffer
+        (the encryption is the one copy). Valid until the caller drops it."""
         if self.group is None:
             raise PrivateRoomError("no group key yet: the key exchange has not finished")
-        size = len(memoryview(payload).cast("B"))
-        overhead = crypto.sealed_overhead(size)
-        signature_room = SIGNATURE_BYTES if sign_key else 0
-        # The one copy of the payload: into the send buffer, where it is encrypted in place.
-        sealed = bytearray(overhead + size + signature_room)
-        body = memoryview(sealed)[crypto.SEALED_HEADER_BYTES : crypto.SEALED_HEADER_BYTES + size]
-        body[:] = memoryview(payload).cast("B")
-        result = crypto.seal_in_place(
+        plaintext = memoryview(payload).cast("B")
+        sealed_len = crypto.sealed_size(len(plaintext))
+        sealed = self._send_buffer(sealed_len + (SIGNATURE_BYTES if sign_key else 0))
+        digest = crypto.seal(
             self.group.key,
             self.room,
             self.user_id,
             transfer_id,
             kind,
             self.group.epoch,
-            body,
+            plaintext,
+            sealed[:sealed_len],
             digest=sign_key is not None,
         )
-        header, tags = result[0], result[1]
-        sealed[: crypto.SEALED_HEADER_BYTES] = header
-        end = crypto.SEALED_HEADER_BYTES + size
-        sealed[end : end + len(tags)] = tags
         if sign_key:
-            message = _signed_message(self.room, self.group.epoch, transfer_id, result[2])
-            sealed[end + len(tags) :] = crypto.sign_detached(sign_key, message)
+            message = _signed_message(self.room, self.group.epoch, transfer_id, digest)
+            sealed[sealed_len:] = crypto.sign_detached(sign_key, message)
         return sealed
+
+    def opener(
+        self, sender: str, transfer_id: int, kind: int, total_size: int, host_key: bytes | None
+    ) -> TransferOpener:
+        return TransferOpener(self, sender, transfer_id, kind, total_size, host_key)
 
     def open(
         self, sender: str, transfer_id: int, kind: int, data, host_key: bytes | None
     ) -> memoryview:
+        """A whole received transfer at once, decrypted in place in `data` (writable)."""
         if self.group is None:
             raise PrivateRoomError("no group key yet: the key exchange has not finished")
         view = memoryview(data).cast("B")
         if view.readonly:
             raise PrivateRoomError("open_transfer decrypts in place: pass a writable buffer")
-        signature = None
-        if host_key is not None:
-            if len(view) < SIGNATURE_BYTES:
-                raise PrivateRoomError("global model too short to carry the host's signature")
-            signature = bytes(view[-SIGNATURE_BYTES:])
-            view = view[:-SIGNATURE_BYTES]
+        sealed_len = len(view) - (SIGNATURE_BYTES if host_key is not None else 0)
         try:
-            epoch = crypto.sealed_header(view)["epoch"]
+            epoch = crypto.sealed_header(view[: max(sealed_len, 0)])["epoch"]
         except ValueError as error:
             raise PrivateRoomError(f"transfer {transfer_id} from {sender}: {error}") from None
-        if epoch != self.group.epoch:
+        if self.group is not None and epoch != self.group.epoch:
             raise PrivateRoomError(
                 f"transfer {transfer_id} from {sender} is sealed under key epoch {epoch}, "
                 f"not the current {self.group.epoch}: refused"
             )
-        replay = (sender, epoch, transfer_id)
-        if replay in self.seen:
-            raise PrivateRoomError(f"transfer {transfer_id} from {sender} was replayed: refused")
-        try:
-            result = crypto.open_in_place(
-                self.group.key,
-                self.room,
-                sender,
-                transfer_id,
-                kind,
-                epoch,
-                view,
-                digest=signature is not None,
-            )
-        except ValueError as error:
-            raise PrivateRoomError(f"transfer {transfer_id} from {sender}: {error}") from None
-        offset, length = result[0], result[1]
-        if signature is not None:
-            try:
-                crypto.sign_verify(
-                    host_key, _signed_message(self.room, epoch, transfer_id, result[2]), signature
-                )
-            except ValueError as error:
-                view[offset : offset + length] = bytes(length)  # nothing of it may be applied
-                raise PrivateRoomError(f"global model from {sender}: {error}") from None
-        self.seen.add(replay)
-        return view[offset : offset + length]
+        opener = self.opener(sender, transfer_id, kind, len(view), host_key)
+        opener.feed(view, len(view))
+        return opener.finish(view)
 
 
 class PrivateRoomHost:
@@ -204,8 +260,8 @@ class PrivateRoomHost:
         self.verification: dict[str, str] = {}
         self.failed_attempts = 0
         self._sign_public, self._sign_secret = crypto.sign_keypair()
-        self._transfers = _Transfers(
-            code.routing, host_id, _GroupKey(0, crypto.group_key_generate())
+        self._transfers = SealedTransfers(
+            code.routing, host_id, GroupKey(0, crypto.group_key_generate())
         )
 
     @property
@@ -308,21 +364,32 @@ class PrivateRoomHost:
         self.verification.pop(member, None)
         if self._wrap_keys.pop(member, None) is None:
             return []
-        self._transfers.group = _GroupKey(self.epoch + 1, crypto.group_key_generate())
+        self._transfers.group = GroupKey(self.epoch + 1, crypto.group_key_generate())
         return [self._group_key_for(other) for other in self._wrap_keys]
 
-    def seal_transfer(self, payload, transfer_id: int, kind: int) -> bytearray:
+    def seal_transfer(self, payload, transfer_id: int, kind: int) -> memoryview:
         """The wire form of a transfer; a global model is also signed with the host's key."""
         sign = self._sign_secret if kind == FRAME_KIND_GLOBAL_MODEL else None
         return self._transfers.seal(payload, transfer_id, kind, sign)
 
-    def open_transfer(self, sender: str, transfer_id: int, kind: int, data) -> memoryview:
-        """The plaintext of a member's transfer, decrypted in place in `data` (writable)."""
+    def _check_sender(self, sender: str, kind: int) -> None:
         if sender not in self._wrap_keys:
             raise PrivateRoomError(f"transfer from {sender}, who holds no key here: refused")
         if kind == FRAME_KIND_GLOBAL_MODEL:
             raise PrivateRoomError(f"global model from {sender}, who is not the host: refused")
+
+    def open_transfer(self, sender: str, transfer_id: int, kind: int, data) -> memoryview:
+        """The plaintext of a member's transfer, decrypted in place in `data` (writable)."""
+        self._check_sender(sender, kind)
         return self._transfers.open(sender, transfer_id, kind, data, None)
+
+    def transfer_opener(
+        self, sender: str, transfer_id: int, kind: int, total_size: int
+    ) -> TransferOpener:
+        """For a transfer whose first chunk just arrived (frame header fields): feed it the
+        receive buffer after each chunk, so segments are decrypted while the rest arrives."""
+        self._check_sender(sender, kind)
+        return self._transfers.opener(sender, transfer_id, kind, total_size, None)
 
 
 class PrivateRoomMember:
@@ -339,7 +406,7 @@ class PrivateRoomMember:
         self._host_sign_key: bytes | None = None
         self.error: str | None = None
         self.verification: str | None = None
-        self._transfers = _Transfers(code.routing, user_id)
+        self._transfers = SealedTransfers(code.routing, user_id)
 
     @property
     def ready(self) -> bool:
@@ -405,10 +472,10 @@ class PrivateRoomMember:
             if current is not None and epoch <= current.epoch:
                 raise PrivateRoomError(f"group_key: epoch {epoch} is not newer: refused")
             self._host_sign_key = sign_key
-            self._transfers.group = _GroupKey(epoch, key)
+            self._transfers.group = GroupKey(epoch, key)
         return []
 
-    def seal_transfer(self, payload, transfer_id: int, kind: int) -> bytearray:
+    def seal_transfer(self, payload, transfer_id: int, kind: int) -> memoryview:
         if kind == FRAME_KIND_GLOBAL_MODEL:
             raise PrivateRoomError("only the host sends global models")
         return self._transfers.seal(payload, transfer_id, kind, None)
@@ -416,9 +483,23 @@ class PrivateRoomMember:
     def open_transfer(self, sender: str, transfer_id: int, kind: int, data) -> memoryview:
         """The plaintext of a transfer, decrypted in place in `data` (writable). A global model
         must come from the host and carry its signature."""
-        host_key = None
-        if kind == FRAME_KIND_GLOBAL_MODEL:
-            if sender != self.host_id:
-                raise PrivateRoomError(f"global model from {sender}, who is not the host: refused")
-            host_key = self._host_sign_key
-        return self._transfers.open(sender, transfer_id, kind, data, host_key)
+        return self._transfers.open(
+            sender, transfer_id, kind, data, self._host_key_for(sender, kind)
+        )
+
+    def transfer_opener(
+        self, sender: str, transfer_id: int, kind: int, total_size: int
+    ) -> TransferOpener:
+        """As PrivateRoomHost.transfer_opener; a global model's signature is checked at
+        finish()."""
+        host_key = self._host_key_for(sender, kind)
+        return self._transfers.opener(sender, transfer_id, kind, total_size, host_key)
+
+    def _host_key_for(self, sender: str, kind: int) -> bytes | None:
+        if kind != FRAME_KIND_GLOBAL_MODEL:
+            return None
+        if sender != self.host_id:
+            raise PrivateRoomError(f"global model from {sender}, who is not the host: refused")
+        if self._host_sign_key is None:
+            raise PrivateRoomError("no group key yet: the key exchange has not finished")
+        return self._host_sign_key

@@ -145,9 +145,10 @@ def next_control(conn, types) -> dict:
                 return message
 
 
-def next_transfer(conn) -> tuple[transport.FrameHeader, bytearray]:
-    """The next whole chunked transfer (text messages in between are skipped)."""
-    buffer, received, header = None, 0, None
+def next_transfer(conn, open_as=None) -> tuple[transport.FrameHeader, bytearray, object]:
+    """The next whole chunked transfer (text messages in between are skipped). With `open_as`
+    (a private-room party), the transfer is opened while it arrives, chunk by chunk."""
+    buffer, received, header, opener = None, 0, None, None
     deadline = time.monotonic() + TIMEOUT
     while True:
         is_binary, data = conn.recv(timeout=max(0.1, deadline - time.monotonic()))
@@ -156,12 +157,18 @@ def next_transfer(conn) -> tuple[transport.FrameHeader, bytearray]:
         header = transport.parse_frame_header(data)
         if buffer is None:
             buffer = bytearray(header.total_size)
+            if open_as is not None:
+                opener = open_as.transfer_opener(
+                    header.sender, header.transfer_id, header.kind, header.total_size
+                )
         body = data[header.header_size :]
         buffer[received : received + len(body)] = body
         received += len(body)
+        if opener is not None:
+            opener.feed(buffer, received)
         if header.chunk_index + 1 == header.chunk_count:
             assert received == header.total_size
-            return header, buffer
+            return header, buffer, opener.finish(buffer) if opener else None
 
 
 def pump(private, conn, sender_conns: dict, messages_expected: int = 1) -> None:
@@ -271,8 +278,7 @@ def test_private_room_fedavg_probe_sees_only_ciphertext(private_room) -> None:
             transport.FRAME_KIND_WEIGHTS, 100 + round_number, "alice", [], sealed, CHUNK
         )
         broadcast_bytes += len(sealed)
-        header, data = next_transfer(host_conn)
-        plain = host.open_transfer(header.sender, header.transfer_id, header.kind, data)
+        _, _, plain = next_transfer(host_conn, open_as=host)  # opened chunk by chunk
         received, _ = decode_weights(plain, as_torch=False)
         for name in alice_weights:
             np.testing.assert_array_equal(received[name], alice_weights[name])
@@ -284,7 +290,7 @@ def test_private_room_fedavg_probe_sees_only_ciphertext(private_room) -> None:
             transport.FRAME_KIND_GLOBAL_MODEL, 200 + round_number, "host", [], sealed, CHUNK
         )
         broadcast_bytes += len(sealed)
-        header, data = next_transfer(alice_conn)
+        header, data, _ = next_transfer(alice_conn)
         plain = alice.open_transfer(header.sender, header.transfer_id, header.kind, data)
         global_model, _ = decode_weights(plain, as_torch=False)
         for name in average:
@@ -352,7 +358,7 @@ def test_wrong_secret_refused_in_words_and_three_failures_close_the_room(private
         host_conn.send_chunked(
             transport.FRAME_KIND_GLOBAL_MODEL, 10 + attempt, "host", [guess.user_id], sealed, CHUNK
         )
-        header, data = next_transfer(conn)
+        header, data, _ = next_transfer(conn)
         with pytest.raises(ValueError, match="no group key"):
             guess.open_transfer("host", header.transfer_id, header.kind, data)
     assert host.closed and host.failed_attempts == 3 and len(alerts) == 1

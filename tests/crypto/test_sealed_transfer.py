@@ -55,12 +55,14 @@ def test_ed25519_rfc8032_vectors(case) -> None:
 
 
 ROOM, SENDER, TRANSFER, KIND, EPOCH = "K7QX2M", "alice", 41, 1, 3
+SEGMENT = 65536
 
 
 def seal(payload: bytes, key: bytes, **options) -> bytearray:
-    data = bytearray(payload)
-    header, tags = rc.seal_in_place(key, ROOM, SENDER, TRANSFER, KIND, EPOCH, data, **options)
-    return bytearray(header) + data + tags
+    segment = options.get("segment_size", rc.SEALED_DEFAULT_SEGMENT_SIZE)
+    sealed = bytearray(rc.sealed_size(len(payload), segment))
+    rc.seal(key, ROOM, SENDER, TRANSFER, KIND, EPOCH, payload, sealed, **options)
+    return sealed
 
 
 def open_(sealed: bytearray, key: bytes, **context) -> bytes:
@@ -70,31 +72,83 @@ def open_(sealed: bytearray, key: bytes, **context) -> bytes:
     return bytes(sealed[offset : offset + length])
 
 
+def data_region(sealed: bytearray, length: int) -> bytes:
+    offset = len(sealed) - length
+    return bytes(sealed[offset:])
+
+
 @pytest.fixture
 def model_bytes() -> bytes:
     return np.random.default_rng(1).standard_normal(300_000).astype(np.float32).tobytes()
 
 
 @pytest.mark.parametrize("algorithm", list(ALGORITHMS.values()))
-def test_round_trip_in_place_and_ciphertext_hides_the_payload(model_bytes, algorithm) -> None:
+def test_round_trip_and_ciphertext_hides_the_payload(model_bytes, algorithm) -> None:
     key = rc.group_key_generate()
-    data = bytearray(model_bytes)
-    address = np.frombuffer(data, dtype=np.uint8).ctypes.data
-    header, tags = rc.seal_in_place(
-        key, ROOM, SENDER, TRANSFER, KIND, EPOCH, data, algorithm=algorithm, segment_size=65536
-    )
-    assert np.frombuffer(data, dtype=np.uint8).ctypes.data == address  # same memory
-    assert len(header) == rc.SEALED_HEADER_BYTES
-    assert len(tags) == 16 * -(-len(model_bytes) // 65536)
+    sealed = seal(model_bytes, key, algorithm=algorithm, segment_size=SEGMENT)
+    segments = -(-len(model_bytes) // SEGMENT)
+    offset = len(sealed) - len(model_bytes)
+    assert offset == -(-(rc.SEALED_HEADER_BYTES + 16 * segments) // 64) * 64  # 64-byte aligned
     # no 256-byte window of the plaintext survives in the ciphertext
     windows = {model_bytes[i : i + 256] for i in range(0, len(model_bytes) - 256, 4096)}
-    assert not any(window in data for window in windows)
-    sealed = bytearray(header) + data + tags
+    assert not any(window in sealed for window in windows)
     info = rc.sealed_header(sealed)
     assert info["algorithm"] == algorithm
     assert info["epoch"] == EPOCH
     assert info["plaintext_len"] == len(model_bytes)
+    assert info["segment_count"] == segments
     assert open_(sealed, key) == model_bytes
+
+
+def test_sealing_in_place_in_the_send_buffer(model_bytes) -> None:
+    key = rc.group_key_generate()
+    sealed = bytearray(rc.sealed_size(len(model_bytes)))
+    offset = len(sealed) - len(model_bytes)
+    sealed[offset:] = model_bytes
+    region = memoryview(sealed)[offset:]
+    rc.seal(key, ROOM, SENDER, TRANSFER, KIND, EPOCH, region, sealed)
+    assert bytes(region) != model_bytes
+    assert open_(sealed, key) == model_bytes
+    with pytest.raises(ValueError, match="overlaps"):
+        rc.seal(
+            key,
+            ROOM,
+            SENDER,
+            TRANSFER,
+            KIND,
+            EPOCH,
+            memoryview(sealed)[8:][: len(model_bytes)],
+            sealed,
+        )
+
+
+def test_streamed_opening_checks_segments_as_they_arrive(model_bytes) -> None:
+    key = rc.group_key_generate()
+    sealed = seal(model_bytes, key, segment_size=SEGMENT)
+    opener = rc.SealedOpener(key, ROOM, SENDER, TRANSFER, KIND, EPOCH, len(sealed))
+    received = bytearray(len(sealed))
+    assert opener.offset is None
+    done, position, piece = False, 0, 100_003
+    while position < len(sealed):
+        end = min(position + piece, len(sealed))
+        received[position:end] = sealed[position:end]
+        position = end
+        done = opener.feed(received, position)
+        if position < len(sealed) // 2:
+            assert not done
+    assert done and opener.finish() is None
+    start = opener.offset
+    assert bytes(received[start : start + opener.length]) == model_bytes
+    # a flipped bit in the middle is found when its segment completes, and wipes everything
+    broken = bytearray(sealed)
+    broken[len(broken) // 2] ^= 1
+    opener = rc.SealedOpener(key, ROOM, SENDER, TRANSFER, KIND, EPOCH, len(sealed))
+    opener.feed(broken, len(broken) // 3)
+    with pytest.raises(ValueError, match="failed authentication"):
+        opener.feed(broken, len(broken))
+    assert not any(broken[start:])
+    with pytest.raises(ValueError, match="already failed"):
+        opener.feed(broken, len(broken))
 
 
 def test_default_algorithm_follows_the_cpu(model_bytes) -> None:
@@ -111,8 +165,8 @@ def test_two_seals_of_the_same_payload_differ(model_bytes) -> None:
 
 
 TAMPERING = {
-    "flipped ciphertext bit": (lambda s: s.__setitem__(5000, s[5000] ^ 1), {}),
-    "flipped tag bit": (lambda s: s.__setitem__(len(s) - 3, s[len(s) - 3] ^ 0x10), {}),
+    "flipped ciphertext bit": (lambda s: s.__setitem__(len(s) - 5000, s[len(s) - 5000] ^ 1), {}),
+    "flipped tag bit": (lambda s: s.__setitem__(40 + 16 * 2, s[40 + 16 * 2] ^ 0x10), {}),
     "chunk from another room": (None, {"room": "ZZZZZZ"}),
     "replayed as another transfer": (None, {"transfer_id": TRANSFER + 1}),
     "claimed by another sender": (None, {"sender": "mallory"}),
@@ -123,21 +177,22 @@ TAMPERING = {
 @pytest.mark.parametrize("name", list(TAMPERING))
 def test_tampering_is_refused_and_nothing_is_left(model_bytes, name) -> None:
     key = rc.group_key_generate()
-    sealed = seal(model_bytes, key, segment_size=65536)
+    sealed = seal(model_bytes, key, segment_size=SEGMENT)
     mangle, context = TAMPERING[name]
     if mangle:
         mangle(sealed)
     with pytest.raises(ValueError, match="failed authentication"):
         open_(sealed, key, **context)
-    body = sealed[rc.SEALED_HEADER_BYTES : rc.SEALED_HEADER_BYTES + len(model_bytes)]
-    assert body == bytes(len(model_bytes))  # wiped: no unauthenticated plaintext to use
+    # wiped: no unauthenticated plaintext to use
+    assert data_region(sealed, len(model_bytes)) == bytes(len(model_bytes))
 
 
 def test_reordered_segments_are_refused(model_bytes) -> None:
     key = rc.group_key_generate()
-    sealed = seal(model_bytes, key, segment_size=65536)
-    first = slice(40, 40 + 65536)
-    second = slice(40 + 65536, 40 + 2 * 65536)
+    sealed = seal(model_bytes, key, segment_size=SEGMENT)
+    offset = len(sealed) - len(model_bytes)
+    first = slice(offset, offset + SEGMENT)
+    second = slice(offset + SEGMENT, offset + 2 * SEGMENT)
     sealed[first], sealed[second] = sealed[second], sealed[first]
     with pytest.raises(ValueError, match="failed authentication"):
         open_(sealed, key)
@@ -145,8 +200,8 @@ def test_reordered_segments_are_refused(model_bytes) -> None:
 
 def test_truncation_and_extension_are_refused(model_bytes) -> None:
     key = rc.group_key_generate()
-    sealed = seal(model_bytes, key, segment_size=65536)
-    for broken in (sealed[:-16], sealed[:-1], sealed + b"\0", sealed[:40]):
+    sealed = seal(model_bytes, key, segment_size=SEGMENT)
+    for broken in (sealed[:-16], sealed[:-1], sealed + b"\0", sealed[:40], sealed[:39]):
         with pytest.raises(ValueError, match="truncated|does not match|shorter"):
             open_(bytearray(broken), key)
 
@@ -167,21 +222,18 @@ def test_plaintext_where_a_sealed_transfer_is_due(model_bytes) -> None:
 def test_digest_is_the_same_on_both_sides_and_signs(model_bytes) -> None:
     key = rc.group_key_generate()
     public, secret = rc.sign_keypair()
-    data = bytearray(model_bytes)
-    header, tags, digest = rc.seal_in_place(
-        key, ROOM, SENDER, TRANSFER, 2, EPOCH, data, digest=True
-    )
+    sealed = bytearray(rc.sealed_size(len(model_bytes)))
+    digest = rc.seal(key, ROOM, SENDER, TRANSFER, 2, EPOCH, model_bytes, sealed, digest=True)
     signature = rc.sign_detached(secret, digest)
-    sealed = bytearray(header) + data + tags
     _, _, received_digest = rc.open_in_place(
         key, ROOM, SENDER, TRANSFER, 2, EPOCH, sealed, digest=True
     )
     assert received_digest == digest
     rc.sign_verify(public, received_digest, signature)
     # a member that holds the group key re-seals a forged model: its digest does not verify
-    forged = bytearray(model_bytes[::-1])
-    _, _, forged_digest = rc.seal_in_place(
-        key, ROOM, SENDER, TRANSFER, 2, EPOCH, forged, digest=True
+    forged = bytearray(len(sealed))
+    forged_digest = rc.seal(
+        key, ROOM, SENDER, TRANSFER, 2, EPOCH, model_bytes[::-1], forged, digest=True
     )
     with pytest.raises(ValueError, match="not signed by the room's host"):
         rc.sign_verify(public, forged_digest, signature)
@@ -201,11 +253,16 @@ def test_group_key_wrap_binds_room_member_and_epoch() -> None:
 
 
 def test_bad_arguments() -> None:
+    out = bytearray(rc.sealed_size(10))
     with pytest.raises(ValueError, match="key must be 32 bytes"):
-        rc.seal_in_place(bytes(31), ROOM, SENDER, 1, 1, 0, bytearray(10))
+        rc.seal(bytes(31), ROOM, SENDER, 1, 1, 0, bytes(10), out)
     with pytest.raises(TypeError):
-        rc.seal_in_place(bytes(32), ROOM, SENDER, 1, 1, 0, b"read-only")
+        rc.seal(bytes(32), ROOM, SENDER, 1, 1, 0, bytes(10), bytes(len(out)))
     with pytest.raises(ValueError, match="algorithm"):
-        rc.seal_in_place(bytes(32), ROOM, SENDER, 1, 1, 0, bytearray(10), algorithm=9)
+        rc.seal(bytes(32), ROOM, SENDER, 1, 1, 0, bytes(10), out, algorithm=9)
     with pytest.raises(ValueError, match="segment_size"):
-        rc.seal_in_place(bytes(32), ROOM, SENDER, 1, 1, 0, bytearray(10), segment_size=0)
+        rc.seal(bytes(32), ROOM, SENDER, 1, 1, 0, bytes(10), out, segment_size=0)
+    with pytest.raises(ValueError, match="sealed_size"):
+        rc.seal(bytes(32), ROOM, SENDER, 1, 1, 0, bytes(10), out[:-1])
+    with pytest.raises(ValueError, match="whole receive buffer"):
+        rc.SealedOpener(bytes(32), ROOM, SENDER, 1, 1, 0, len(out)).feed(bytearray(5), 5)

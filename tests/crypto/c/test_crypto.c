@@ -208,88 +208,124 @@ static void test_sealed(enum sealed_algorithm algorithm)
     randombytes_buf(key, sizeof key);
     randombytes_buf(other_key, sizeof other_key);
     const size_t length = 100000, segment = 4096;
-    uint64_t overhead = sealed_overhead(length, segment);
-    CHECK(overhead == 40 + 25 * 16);
-    uint8_t *plain = malloc(length), *sealed = malloc(length + overhead), *copy = NULL;
+    const uint64_t offset = sealed_data_offset(length, segment),
+                   total = sealed_size(length, segment);
+    CHECK(sealed_segment_count(length, segment) == 25);
+    CHECK(offset == 448 && offset % 64 == 0 && total == offset + length); /* 40 + 25 * 16 -> 448 */
+    uint8_t *plain = malloc(length), *sealed = malloc(total), *copy = malloc(total);
     for (size_t i = 0; i < length; i++)
         plain[i] = (uint8_t)(i * 7);
     struct sealed_context ctx = {
         (const uint8_t *)"K7QX2M", 6, (const uint8_t *)"alice", 5, 42, 1, 3};
     const char *error = NULL;
     uint8_t digest_seal[32], digest_open[32];
-    memcpy(sealed + 40, plain, length);
-    CHECK(sealed_seal(key, &ctx, algorithm, segment, sealed + 40, length, sealed,
-                      sealed + 40 + length, digest_seal, &error) == 0);
-    CHECK(memcmp(sealed + 40, plain, length) != 0);
-    copy = malloc(length + overhead);
-    memcpy(copy, sealed, length + overhead);
+    /* out of place: the encryption is the copy */
+    CHECK(sealed_seal(key, &ctx, algorithm, segment, plain, length, sealed, digest_seal, &error) ==
+          0);
+    CHECK(memcmp(sealed + offset, plain, length) != 0);
+    memcpy(copy, sealed, total);
 
     struct sealed_header header;
-    CHECK(sealed_open(key, &ctx, copy, length + overhead, &header, digest_open, &error) == 0);
-    CHECK(header.plaintext_len == length && memcmp(copy + 40, plain, length) == 0);
+    CHECK(sealed_open(key, &ctx, copy, total, &header, digest_open, &error) == 0);
+    CHECK(header.plaintext_len == length && memcmp(copy + offset, plain, length) == 0);
     CHECK(memcmp(digest_seal, digest_open, 32) == 0);
+
+    /* in place gives a transfer that opens the same way */
+    memcpy(copy + offset, plain, length);
+    CHECK(sealed_seal(key, &ctx, algorithm, segment, copy + offset, length, copy, NULL, &error) ==
+          0);
+    CHECK(sealed_open(key, &ctx, copy, total, &header, NULL, &error) == 0);
+    CHECK(memcmp(copy + offset, plain, length) == 0);
+    /* partial overlap is refused */
+    CHECK(sealed_seal(key, &ctx, algorithm, segment, copy + offset - 8, length - 8, copy, NULL,
+                      &error) == -1);
+
+    /* streamed: fed in uneven pieces as chunks would arrive, segments open as they complete */
+    struct sealed_opener opener;
+    memcpy(copy, sealed, total);
+    CHECK(sealed_opener_init(&opener, key, &ctx, total, 1, &error) == 0);
+    uint64_t fed = 0;
+    int opened_early = 0;
+    while (fed < total) {
+        fed = fed + 7777 < total ? fed + 7777 : total;
+        CHECK(sealed_opener_feed(&opener, copy, fed, &error) == 0);
+        opened_early |= opener.next_segment > 0 && fed < total;
+    }
+    CHECK(opened_early);
+    CHECK(sealed_opener_finish(&opener, digest_open, &error) == 0);
+    CHECK(memcmp(digest_seal, digest_open, 32) == 0 && memcmp(copy + offset, plain, length) == 0);
+    sealed_opener_free(&opener);
+    /* a transfer cut short never finishes */
+    memcpy(copy, sealed, total);
+    CHECK(sealed_opener_init(&opener, key, &ctx, total, 0, &error) == 0);
+    CHECK(sealed_opener_feed(&opener, copy, total - 1, &error) == 0);
+    CHECK(sealed_opener_finish(&opener, NULL, &error) == -1);
+    sealed_opener_free(&opener);
 
     /* Each alteration must fail, and leave no plaintext behind. */
     struct sealed_context wrong;
-    for (int variant = 0; variant < 10; variant++) {
-        memcpy(copy, sealed, length + overhead);
-        uint64_t size = length + overhead;
+    for (int variant = 0; variant < 11; variant++) {
+        memcpy(copy, sealed, total);
+        uint64_t size = total;
         const uint8_t *use_key = key;
         wrong = ctx;
         switch (variant) {
         case 0:
-            copy[40 + 5000] ^= 1;
+            copy[offset + 5000] ^= 1;
             break; /* flipped ciphertext bit */
         case 1:
-            copy[40 + length + 3 * 16] ^= 0x80;
+            copy[40 + 3 * 16] ^= 0x80;
             break; /* flipped tag bit */
         case 2:
             copy[30] ^= 1;
-            break; /* salt: another transfer key */
+            break; /* salt: another key */
         case 3:
             wrong.room = (const uint8_t *)"ZZZZZZ";
-            break; /* spliced from another room */
+            break; /* from another room */
         case 4:
             wrong.sender = (const uint8_t *)"mallo";
-            break; /* claimed by another sender */
+            break; /* another sender */
         case 5:
             wrong.transfer_id = 43;
-            break; /* replayed as another transfer */
+            break; /* another transfer */
         case 6:
             wrong.kind = 2;
-            break; /* weights relabelled global model */
+            break; /* relabelled kind */
         case 7:
             use_key = other_key;
             break; /* an old epoch's key */
         case 8:    /* swap two segments: reordering */
-            memcpy(copy + 40, sealed + 40 + segment, segment);
-            memcpy(copy + 40 + segment, sealed + 40, segment);
+            memcpy(copy + offset, sealed + offset + segment, segment);
+            memcpy(copy + offset + segment, sealed + offset, segment);
             break;
         case 9:
-            size -= 16;
-            break; /* truncated: last tag missing */
+            size -= 1;
+            break; /* truncated */
+        case 10:
+            copy[40 + 25 * 16 + 1] = 1;
+            break; /* padding not zero */
         }
         int rc = sealed_open(use_key, &wrong, copy, size, &header, NULL, &error);
         CHECK(rc == -1);
-        if (variant != 9)
-            CHECK(sodium_is_zero(copy + 40, length));
+        if (variant <= 8)
+            CHECK(sodium_is_zero(copy + offset, length));
     }
     /* wrong epoch is refused before any decryption */
-    memcpy(copy, sealed, length + overhead);
+    memcpy(copy, sealed, total);
     wrong = ctx;
     wrong.epoch = 4;
-    CHECK(sealed_open(key, &wrong, copy, length + overhead, &header, NULL, &error) == -1);
+    CHECK(sealed_open(key, &wrong, copy, total, &header, NULL, &error) == -1);
     CHECK(strstr(error, "epoch") != NULL);
-    /* a segment count that lies: header says fewer bytes than carried */
-    memcpy(copy, sealed, length + overhead);
+    /* a length field that lies */
+    memcpy(copy, sealed, total);
     copy[16] ^= 1;
-    CHECK(sealed_parse_header(&header, copy, length + overhead, &error) == -1);
+    CHECK(sealed_parse_header(&header, copy, total, &error) == -1);
     /* plaintext where a sealed transfer is due */
     CHECK(sealed_parse_header(&header, plain, length, &error) == -1);
     /* empty transfer still authenticates */
-    uint8_t empty[40 + 16];
-    CHECK(sealed_seal(key, &ctx, algorithm, segment, empty + 40, 0, empty, empty + 40, NULL,
-                      &error) == 0);
+    uint8_t empty[64];
+    CHECK(sealed_size(0, segment) == sizeof empty);
+    CHECK(sealed_seal(key, &ctx, algorithm, segment, plain, 0, empty, NULL, &error) == 0);
     CHECK(sealed_open(key, &ctx, empty, sizeof empty, &header, NULL, &error) == 0 &&
           header.plaintext_len == 0);
     free(plain);
