@@ -8,8 +8,10 @@ wrapped under that member's CPace key, and draws a new key (next epoch) when a m
 After 3 failed attempts the room admits nobody new until the host calls `reopen()`.
 
 Nothing here touches a socket: the caller sends each `Outgoing` with `to` as the directed
-recipients, feeds received control messages (with the relay's `sender_id`) to `handle`, and
-passes whole received transfers to `open_transfer`. That keeps this layer apart from client.py.
+recipients, feeds received control messages (with the relay's `sender_id`) to `handle`, sends
+what `seal_transfer` returns as a chunked transfer, and opens what arrives with a
+`transfer_opener` fed after each chunk (or `open_transfer` on a whole buffer). That keeps this
+layer apart from client.py, which can wire it in without knowing the cryptography.
 """
 
 from __future__ import annotations
@@ -77,7 +79,7 @@ def _unb64(payload: dict, name: str) -> bytes:
 
 def verification_code(session: crypto.CPaceSession) -> str:
     """Six digits both sides can compare by voice (optional check): equal only if both hold the
-    same session key, so a relay in the middle would show two different codes."""
+    same session key, so someone in the middle who knows the code shows two different ones."""
     number = int.from_bytes(session.derive_key(VERIFICATION_LABEL)[:4], "big") % 1_000_000
     return f"{number // 1000:03d} {number % 1000:03d}"
 
