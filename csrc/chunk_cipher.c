@@ -5,6 +5,7 @@
 #include "chunk_cipher.h"
 
 #include <openssl/evp.h>
+#include <pthread.h>
 #include <sodium.h>
 #include <string.h>
 
@@ -165,14 +166,56 @@ static int check_context(const struct sealed_context *ctx, const char **error)
     return 0;
 }
 
-static int seal_failed(EVP_CIPHER_CTX *evp, EVP_MD_CTX *md, uint8_t *key, const char **error,
-                       const char *why)
+/* One thread's share of a seal: segments [first, last). Each share has its own cipher context
+ * and associated-data buffer; the tags and ciphertext it writes are disjoint from the others'. */
+struct seal_job {
+    const EVP_CIPHER *cipher;
+    const uint8_t *subkey;
+    const uint8_t *ad; /* associated data without the segment index */
+    size_t ad_len;
+    const uint8_t *plaintext;
+    uint8_t *out, *tags;
+    uint64_t length, first, last;
+    uint32_t segment_size;
+    EVP_MD_CTX *md; /* digest of the ciphertext, only when one thread does every segment */
+    int rc;
+};
+
+static int seal_range(struct seal_job *job)
 {
-    sodium_memzero(key, SEALED_KEY_BYTES);
+    uint8_t ad[AD_MAX];
+    memcpy(ad, job->ad, job->ad_len);
+    EVP_CIPHER_CTX *evp = EVP_CIPHER_CTX_new();
+    int rc = evp && EVP_CipherInit_ex(evp, job->cipher, NULL, job->subkey, NULL, 1) ? 0 : -1;
+    for (uint64_t index = job->first; rc == 0 && index < job->last; index++) {
+        uint8_t nonce[NONCE_BYTES] = {0};
+        uint64_t start = index * job->segment_size;
+        uint64_t left = job->length - start;
+        int size = (int)(left < job->segment_size ? left : job->segment_size);
+        /* nonce = segment index: unique within the transfer, and the key is the transfer's */
+        put_le(nonce, index, 8);
+        put_le(ad + job->ad_len, index, 8);
+        if (aead_segment(evp, 1, nonce, ad, job->ad_len + 8, job->plaintext + start,
+                         job->out + start, size, job->tags + index * SEALED_TAG_BYTES) != 0 ||
+            (job->md && size > 0 && !EVP_DigestUpdate(job->md, job->out + start, (size_t)size)))
+            rc = -1;
+    }
     EVP_CIPHER_CTX_free(evp);
-    EVP_MD_CTX_free(md);
-    return fail(error, why);
+    return rc;
 }
+
+static void *seal_thread(void *arg)
+{
+    struct seal_job *job = arg;
+    job->rc = seal_range(job);
+    return NULL;
+}
+
+/* Large transfers without a digest are sealed by two threads, each half of the segments: the
+ * sender seals before its first byte leaves, so this time is on the critical path, and while it
+ * runs the receiver and the relay have nothing to do (the machines this runs on have 2 or more
+ * cores). A digest (global models) is one sequential hash, so those stay on one thread. */
+#define SEAL_PARALLEL_SMALLEST ((uint64_t)8 << 20)
 
 int sealed_seal(const uint8_t key[SEALED_KEY_BYTES], const struct sealed_context *ctx,
                 enum sealed_algorithm algorithm, uint32_t segment_size, const uint8_t *plaintext,
@@ -203,33 +246,39 @@ int sealed_seal(const uint8_t key[SEALED_KEY_BYTES], const struct sealed_context
 
     uint8_t subkey[SEALED_KEY_BYTES], ad[AD_MAX];
     size_t ad_len = build_ad(ad, sealed, ctx, count);
-    EVP_CIPHER_CTX *evp = EVP_CIPHER_CTX_new();
-    EVP_MD_CTX *md = digest ? EVP_MD_CTX_new() : NULL;
     transfer_key(subkey, key, (uint8_t)algorithm, sealed + 24);
-    if (evp == NULL || (digest && md == NULL))
-        return seal_failed(evp, md, subkey, error, "out of memory for the cipher context");
-    if (!EVP_CipherInit_ex(evp, cipher, NULL, subkey, NULL, 1) ||
-        (digest && (!EVP_DigestInit_ex(md, EVP_sha256(), NULL) ||
-                    !EVP_DigestUpdate(md, sealed, SEALED_HEADER_BYTES))))
-        return seal_failed(evp, md, subkey, error, "the cipher failed");
-    for (uint64_t index = 0; index < count; index++) {
-        uint8_t nonce[NONCE_BYTES] = {0};
-        uint64_t start = index * segment_size;
-        int size = (int)(length - start < segment_size ? length - start : segment_size);
-        /* nonce = segment index: unique within the transfer, and the key is the transfer's */
-        put_le(nonce, index, 8);
-        put_le(ad + ad_len, index, 8);
-        if (aead_segment(evp, 1, nonce, ad, ad_len + 8, plaintext + start, out + start, size,
-                         sealed + SEALED_HEADER_BYTES + index * SEALED_TAG_BYTES) != 0 ||
-            (digest && size > 0 && !EVP_DigestUpdate(md, out + start, (size_t)size)))
-            return seal_failed(evp, md, subkey, error, "the cipher failed");
+    struct seal_job jobs[2];
+    for (int i = 0; i < 2; i++)
+        jobs[i] = (struct seal_job){
+            cipher, subkey, ad,    ad_len,       plaintext, out, sealed + SEALED_HEADER_BYTES,
+            length, 0,      count, segment_size, NULL,      0};
+    if (digest) {
+        jobs[0].md = EVP_MD_CTX_new();
+        if (jobs[0].md == NULL || !EVP_DigestInit_ex(jobs[0].md, EVP_sha256(), NULL) ||
+            !EVP_DigestUpdate(jobs[0].md, sealed, SEALED_HEADER_BYTES)) {
+            EVP_MD_CTX_free(jobs[0].md);
+            sodium_memzero(subkey, sizeof subkey);
+            return fail(error, "out of memory for the digest");
+        }
     }
-    if (digest && !EVP_DigestFinal_ex(md, digest, NULL))
-        return seal_failed(evp, md, subkey, error, "the digest failed");
+    pthread_t helper;
+    int helped = 0;
+    if (!digest && length >= SEAL_PARALLEL_SMALLEST) {
+        jobs[0].last = jobs[1].first = count / 2;
+        helped = pthread_create(&helper, NULL, seal_thread, &jobs[1]) == 0;
+        if (!helped)
+            jobs[0].last = count; /* no thread: this one does it all */
+    }
+    int rc = seal_range(&jobs[0]);
+    if (helped) {
+        pthread_join(helper, NULL);
+        rc |= jobs[1].rc;
+    }
+    if (rc == 0 && digest && !EVP_DigestFinal_ex(jobs[0].md, digest, NULL))
+        rc = -1;
+    EVP_MD_CTX_free(jobs[0].md);
     sodium_memzero(subkey, sizeof subkey);
-    EVP_CIPHER_CTX_free(evp);
-    EVP_MD_CTX_free(md);
-    return 0;
+    return rc == 0 ? 0 : fail(error, "the cipher failed");
 }
 
 int sealed_parse_header(struct sealed_header *header, const uint8_t *sealed, uint64_t sealed_len,

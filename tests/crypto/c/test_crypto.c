@@ -333,6 +333,35 @@ static void test_sealed(enum sealed_algorithm algorithm)
     free(copy);
 }
 
+/* Above 8 MiB without a digest, two threads seal half the segments each: the result must open
+ * like a one-thread seal (which a digest forces), and every segment must have been sealed. */
+static void test_sealed_large(void)
+{
+    uint8_t key[32];
+    randombytes_buf(key, sizeof key);
+    const size_t length = 9u << 20; /* 9 segments of 1 MiB: the halves are 4 and 5 */
+    const uint64_t offset = sealed_data_offset(length, SEALED_DEFAULT_SEGMENT_SIZE);
+    const uint64_t total = sealed_size(length, SEALED_DEFAULT_SEGMENT_SIZE);
+    uint8_t *plain = malloc(length), *sealed = malloc(total), digest[32];
+    for (size_t i = 0; i < length; i++)
+        plain[i] = (uint8_t)(i ^ (i >> 11));
+    struct sealed_context ctx = {
+        (const uint8_t *)"K7QX2M", 6, (const uint8_t *)"alice", 5, 1, 1, 0};
+    struct sealed_header header;
+    const char *error = NULL;
+    for (int with_digest = 0; with_digest < 2; with_digest++) {
+        CHECK(sealed_seal(key, &ctx, SEALED_AES_256_GCM, SEALED_DEFAULT_SEGMENT_SIZE, plain, length,
+                          sealed, with_digest ? digest : NULL, &error) == 0);
+        for (int segment = 0; segment < 9; segment++) /* every segment was encrypted */
+            CHECK(memcmp(sealed + offset + ((size_t)segment << 20), plain + ((size_t)segment << 20),
+                         64) != 0);
+        CHECK(sealed_open(key, &ctx, sealed, total, &header, NULL, &error) == 0);
+        CHECK(memcmp(sealed + offset, plain, length) == 0);
+    }
+    free(plain);
+    free(sealed);
+}
+
 static void test_group_key(void)
 {
     uint8_t wrap_key[32], key[32], pk[32], out[GROUP_WRAPPED_BYTES], got_key[32], got_pk[32];
@@ -373,6 +402,7 @@ int main(int argc, char **argv)
     test_hostile_messages();
     test_sealed(SEALED_AES_256_GCM);
     test_sealed(SEALED_CHACHA20_POLY1305);
+    test_sealed_large();
     test_group_key();
     json_decref(vectors);
     printf("%d checks, %d failed\n", checks, failures);
