@@ -367,6 +367,7 @@ class PrivateRoomHost:
         if self._wrap_keys.pop(member, None) is None:
             return []
         self._transfers.group = GroupKey(self.epoch + 1, crypto.group_key_generate())
+        self._transfers.seen.clear()  # old-epoch transfers are refused by their epoch now
         return [self._group_key_for(other) for other in self._wrap_keys]
 
     def seal_transfer(self, payload, transfer_id: int, kind: int) -> memoryview:
@@ -475,6 +476,7 @@ class PrivateRoomMember:
                 raise PrivateRoomError(f"group_key: epoch {epoch} is not newer: refused")
             self._host_sign_key = sign_key
             self._transfers.group = GroupKey(epoch, key)
+            self._transfers.seen.clear()  # old-epoch transfers are refused by their epoch now
         return []
 
     def seal_transfer(self, payload, transfer_id: int, kind: int) -> memoryview:
