@@ -13,8 +13,9 @@ room per client kind) that stay open for the whole run. Methods:
 * ours-f32: the same with wire_dtype="float32" (lossless).
 * private: ours-f16 in a private room (docs/security.md): the encoded message is encrypted
   straight into the send buffer (AES-256-GCM or ChaCha20-Poly1305, per transfer key; the
-  encryption is the one copy), the receiver checks and decrypts each segment in place in the
-  reassembly buffer as soon as its chunk is in, before decoding. The group key is set up out
+  encryption is the one copy), the receiver checks and decrypts each chunk's segments straight
+  from the received message into the reassembly buffer (the decryption is the reassembly
+  copy), before decoding. The group key is set up out
   of band (the key exchange happens once per member, not per transfer). Not in the default
   --methods; compare it with ours-f16 in the same run: --methods ours-f16,private.
 * moss: the original client's way on the `websockets` library (sync client): a weights_push
@@ -143,10 +144,11 @@ def ours_receive(conn: Any, deadline: float, transfers=None) -> tuple[dict, dict
         payload = data[header.header_size :]
         if position + len(payload) > len(buffer):
             raise ValueError(f"chunks exceed the announced total size {header.total_size}")
-        buffer[position : position + len(payload)] = payload
-        position += len(payload)
         if transfers is not None:
-            opening.feed(buffer, position)  # decrypts the segments now complete, in place
+            opening.feed_piece(buffer, payload)  # decrypted straight into its place
+        else:
+            buffer[position : position + len(payload)] = payload
+        position += len(payload)
         expected_index += 1
         del payload, data  # frees the message block now
         if expected_index == header.chunk_count:
@@ -471,7 +473,7 @@ def print_table(summary: dict[str, dict], model: str, runs: int) -> None:
         "ours-f32": "ours: codec float32 wire (lossless)",
         "codec-ws": "(diagnostic) our codec over websockets library",
         "moss": "MOSS-style: fp16 torch.save gzip-1, websockets",
-        "private": "private room: ours-f16, sealed (docs/security.md)",
+        "private": "private room: ours-f16, sealed end to end",
     }
     base = summary["ours-f16"]["total_ms"] if "ours-f16" in summary else None
     print(f"{model}; median of {runs} runs each, interleaved; loopback relay_server\n")

@@ -378,48 +378,119 @@ static int opener_start(struct sealed_opener *opener, const uint8_t *sealed, uin
     return 0;
 }
 
-int sealed_opener_feed(struct sealed_opener *opener, uint8_t *sealed, uint64_t available,
-                       const char **error)
+static uint64_t segment_bytes(const struct sealed_header *h, uint64_t index)
 {
-    if (opener->state < 0)
-        return fail(error, "this transfer already failed to open");
-    if (available > opener->sealed_len)
-        return opener_failed(opener, NULL, error, "more bytes than the transfer's size");
+    uint64_t start = index * h->segment_size;
+    return h->plaintext_len - start < h->segment_size ? h->plaintext_len - start : h->segment_size;
+}
+
+/* Checks and decrypts the next segment from `src` (its ciphertext, in the receive buffer or in
+ * a received message) into its place in `sealed`. */
+static int open_next_segment(struct sealed_opener *opener, uint8_t *sealed, const uint8_t *src,
+                             const char **error)
+{
+    const struct sealed_header *h = &opener->header;
+    uint64_t index = opener->next_segment;
+    uint64_t size = segment_bytes(h, index);
+    uint8_t nonce[NONCE_BYTES] = {0};
+    put_le(nonce, index, 8);
+    put_le(opener->ad + opener->ad_len, index, 8);
+    if (opener->md && size > 0 && !EVP_DigestUpdate(opener->md, src, (size_t)size))
+        return opener_failed(opener, sealed, error, "the digest failed");
+    uint8_t *dst = sealed + opener->data_offset + index * h->segment_size;
+    int rc = aead_segment(opener->evp, 0, nonce, opener->ad, opener->ad_len + 8, src, dst,
+                          (int)size, sealed + SEALED_HEADER_BYTES + index * SEALED_TAG_BYTES);
+    if (rc == AEAD_FORGED)
+        return opener_failed(opener, sealed, error,
+                             "a segment failed authentication: the transfer was altered, "
+                             "truncated, reordered, replayed from another transfer or room, "
+                             "or sealed under another key");
+    if (rc != 0)
+        return opener_failed(opener, sealed, error, "the cipher failed");
+    if (++opener->next_segment == h->segment_count)
+        opener->state = 2;
+    return 0;
+}
+
+/* Reads header and tags once `available` bytes are in; fails for good on a transfer that ends
+ * before them. */
+static int opener_begin(struct sealed_opener *opener, const uint8_t *sealed, uint64_t available,
+                        const char **error)
+{
     if (opener->state == 0 && opener_start(opener, sealed, available, error) != 0)
         return -1;
     if (opener->state == 0 && available == opener->sealed_len)
         return opener_failed(opener, NULL, error,
                              "sealed transfer shorter than its header and tags (truncated?)");
-    if (opener->state != 1)
-        return 0;
+    return 0;
+}
+
+int sealed_opener_feed(struct sealed_opener *opener, uint8_t *sealed, uint64_t available,
+                       const char **error)
+{
+    if (opener->state < 0)
+        return fail(error, "this transfer already failed to open");
+    if (available > opener->sealed_len || available < opener->received)
+        return opener_failed(opener, NULL, error, "fed bytes out of order or past the end");
+    opener->received = available;
+    if (opener_begin(opener, sealed, available, error) != 0)
+        return -1;
     const struct sealed_header *h = &opener->header;
-    while (opener->next_segment < h->segment_count) {
-        uint64_t index = opener->next_segment;
-        uint64_t start = index * h->segment_size;
-        uint64_t size =
-            h->plaintext_len - start < h->segment_size ? h->plaintext_len - start : h->segment_size;
-        if (opener->data_offset + start + size > available)
+    while (opener->state == 1) {
+        uint64_t start = opener->data_offset + opener->next_segment * h->segment_size;
+        if (start + segment_bytes(h, opener->next_segment) > available)
             break;
-        uint8_t nonce[NONCE_BYTES] = {0};
-        uint8_t *segment = sealed + opener->data_offset + start;
-        put_le(nonce, index, 8);
-        put_le(opener->ad + opener->ad_len, index, 8);
-        if (opener->md && size > 0 && !EVP_DigestUpdate(opener->md, segment, (size_t)size))
-            return opener_failed(opener, sealed, error, "the digest failed");
-        int rc =
-            aead_segment(opener->evp, 0, nonce, opener->ad, opener->ad_len + 8, segment, segment,
-                         (int)size, sealed + SEALED_HEADER_BYTES + index * SEALED_TAG_BYTES);
-        if (rc == AEAD_FORGED)
-            return opener_failed(opener, sealed, error,
-                                 "a segment failed authentication: the transfer was altered, "
-                                 "truncated, reordered, replayed from another transfer or room, "
-                                 "or sealed under another key");
-        if (rc != 0)
-            return opener_failed(opener, sealed, error, "the cipher failed");
-        opener->next_segment++;
+        if (open_next_segment(opener, sealed, sealed + start, error) != 0)
+            return -1;
     }
-    if (opener->next_segment == h->segment_count)
-        opener->state = 2;
+    return 0;
+}
+
+int sealed_opener_feed_from(struct sealed_opener *opener, uint8_t *sealed, const uint8_t *piece,
+                            uint64_t piece_len, const char **error)
+{
+    if (opener->state < 0)
+        return fail(error, "this transfer already failed to open");
+    uint64_t cursor = opener->received, end = cursor + piece_len;
+    if (piece_len > opener->sealed_len - cursor)
+        return opener_failed(opener, NULL, error, "more bytes than the transfer's size");
+    const struct sealed_header *h = &opener->header;
+    while (cursor < end) {
+        if (opener->state == 0) {
+            /* header, then tags and padding: copied, as they are needed from the buffer */
+            uint64_t want =
+                cursor < SEALED_HEADER_BYTES ? SEALED_HEADER_BYTES : opener->data_offset;
+            uint64_t stop = want < end ? want : end;
+            memcpy(sealed + cursor, piece + (cursor - opener->received), stop - cursor);
+            cursor = stop;
+            if (opener_begin(opener, sealed, cursor, error) != 0)
+                return -1;
+            continue;
+        }
+        if (opener->state != 1)
+            break;
+        uint64_t seg_start = opener->data_offset + opener->next_segment * h->segment_size;
+        uint64_t seg_end = seg_start + segment_bytes(h, opener->next_segment);
+        const uint8_t *here = piece + (cursor - opener->received);
+        if (cursor == seg_start && seg_end <= end) {
+            /* the whole segment is in this piece: decrypting it is the copy */
+            if (open_next_segment(opener, sealed, here, error) != 0)
+                return -1;
+            cursor = seg_end;
+            continue;
+        }
+        /* a segment cut by the piece's edge: gather it in the buffer, open it in place */
+        uint64_t stop = seg_end < end ? seg_end : end;
+        memcpy(sealed + cursor, here, stop - cursor);
+        cursor = stop;
+        if (cursor == seg_end && open_next_segment(opener, sealed, sealed + seg_start, error) != 0)
+            return -1;
+    }
+    /* An empty transfer's one segment has no bytes: it is complete once the tags are in. */
+    if (opener->state == 1 && h->plaintext_len == 0 &&
+        open_next_segment(opener, sealed, sealed + opener->data_offset, error) != 0)
+        return -1;
+    opener->received = end;
     return 0;
 }
 

@@ -79,6 +79,7 @@ struct sealed_opener {
     uint64_t sealed_len;
     struct sealed_header header;
     uint64_t data_offset, next_segment;
+    uint64_t received; /* bytes of the transfer fed so far */
     size_t ad_len;
     uint8_t ad[SEALED_HEADER_BYTES + 8 + 1 + 1 + 255 + 1 + 255 + 8 + 8];
     void *evp, *md; /* OpenSSL cipher and digest contexts */
@@ -95,6 +96,12 @@ int sealed_opener_init(struct sealed_opener *opener, const uint8_t key[SEALED_KE
  * (EVP decrypts before it checks), the opener fails for good, and -1 is returned. */
 int sealed_opener_feed(struct sealed_opener *opener, uint8_t *sealed, uint64_t available,
                        const char **error);
+
+/* The same for a transfer that arrives as pieces (the payloads of its chunks, in order): each
+ * piece's bytes end up at their place in `sealed`, segments wholly inside the piece decrypted
+ * straight from it (the decryption is the reassembly copy), the others gathered first. */
+int sealed_opener_feed_from(struct sealed_opener *opener, uint8_t *sealed, const uint8_t *piece,
+                            uint64_t piece_len, const char **error);
 
 /* After the last feed: 0 if every segment was opened (digest written if asked for), else -1. */
 int sealed_opener_finish(struct sealed_opener *opener, uint8_t digest[SEALED_DIGEST_BYTES],

@@ -458,6 +458,29 @@ static PyObject *sealed_opener_feed_py(SealedOpenerObject *self, PyObject *args)
     return result;
 }
 
+static PyObject *sealed_opener_feed_from_py(SealedOpenerObject *self, PyObject *args)
+{
+    Py_buffer sealed, piece;
+    if (!PyArg_ParseTuple(args, "w*y*:feed_from", &sealed, &piece))
+        return NULL;
+    PyObject *result = NULL;
+    const char *error = NULL;
+    if (!self->ready)
+        value_error("SealedOpener was not initialised");
+    else if ((uint64_t)sealed.len != self->opener.sealed_len)
+        value_error("feed_from() needs the whole receive buffer, of the transfer's size");
+    else {
+        int rc;
+        Py_BEGIN_ALLOW_THREADS rc = sealed_opener_feed_from(&self->opener, sealed.buf, piece.buf,
+                                                            (uint64_t)piece.len, &error);
+        Py_END_ALLOW_THREADS if (rc != 0) value_error(error);
+        else result = PyBool_FromLong(self->opener.state == 2);
+    }
+    PyBuffer_Release(&sealed);
+    PyBuffer_Release(&piece);
+    return result;
+}
+
 static PyObject *sealed_opener_finish_py(SealedOpenerObject *self, PyObject *unused)
 {
     (void)unused;
@@ -494,6 +517,10 @@ static PyMethodDef sealed_opener_methods[] = {
      "feed(sealed, available) -> bool: checks and decrypts in place every segment now complete "
      "in the first `available` bytes of the receive buffer; True once all are. ValueError (and "
      "the ciphertext region wiped) on anything that does not authenticate."},
+    {"feed_from", (PyCFunction)sealed_opener_feed_from_py, METH_VARARGS,
+     "feed_from(sealed, piece) -> bool: the next piece of the transfer (a chunk's payload): "
+     "its bytes land at their place in the receive buffer `sealed`, segments wholly inside it "
+     "decrypted straight from it (no separate copy). True once all segments are open."},
     {"finish", (PyCFunction)sealed_opener_finish_py, METH_NOARGS,
      "finish() -> digest or None: ValueError unless every segment was opened."},
     {NULL, NULL, 0, NULL}};

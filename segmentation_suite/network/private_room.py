@@ -105,8 +105,9 @@ class GroupKey:
 
 class TransferOpener:
     """Opens one sealed transfer in place while its chunks arrive (a global model's last 64
-    bytes are the host's signature, checked at the end). Feed it the receive buffer after each
-    chunk; `finish()` returns the plaintext, a view into that buffer."""
+    bytes are the host's signature, checked at the end). Give it each chunk's payload with
+    `feed_piece` (it lands decrypted in the receive buffer), or copy chunks into the buffer
+    yourself and call `feed`; `finish()` returns the plaintext, a view into that buffer."""
 
     def __init__(
         self,
@@ -127,6 +128,7 @@ class TransferOpener:
         self._what = f"transfer {transfer_id} from {sender}"
         self._context = (transfers.room, transfers.user_id, transfer_id, kind, group.epoch)
         self._sealed_len = total_size - (SIGNATURE_BYTES if host_key is not None else 0)
+        self._fed = 0  # bytes given to feed_piece
         if self._sealed_len < 0:
             raise PrivateRoomError(f"{self._what} is too short to carry the host's signature")
         try:
@@ -150,6 +152,23 @@ class TransferOpener:
             self._opener.feed(view[: self._sealed_len], min(available, self._sealed_len))
         except ValueError as error:
             raise PrivateRoomError(f"{self._what}: {error}") from None
+
+    def feed_piece(self, buffer, piece) -> None:
+        """The next chunk's payload, in order: decrypted straight into its place in `buffer`
+        (the whole receive buffer), so the caller does not copy it there first."""
+        view = memoryview(buffer).cast("B")
+        data = memoryview(piece).cast("B")
+        start, end = self._fed, self._fed + len(data)
+        sealed_end = min(end, self._sealed_len)  # a global model's signature comes after it
+        try:
+            if sealed_end > start:
+                self._opener.feed_from(view[: self._sealed_len], data[: sealed_end - start])
+            if end > sealed_end:
+                tail = max(start, self._sealed_len)
+                view[tail:end] = data[tail - start :]
+        except ValueError as error:
+            raise PrivateRoomError(f"{self._what}: {error}") from None
+        self._fed = end
 
     def finish(self, buffer) -> memoryview:
         view = memoryview(buffer).cast("B")

@@ -173,3 +173,26 @@ def test_the_reused_send_buffer_is_never_overwritten_while_held() -> None:
     second = host.seal_transfer(payload(9), 51, GLOBAL)  # `first` is still held
     assert bytes(first) == kept
     assert bytes(second) != kept
+
+
+@pytest.mark.parametrize("piece", [1000, 4096 + 37, 10**9])
+def test_global_model_opened_piece_by_piece_with_its_signature(room, piece) -> None:
+    host, parties, _ = room
+    alice = PrivateRoomMember(CODE, "alice", "host")
+    join(host, alice, parties)
+    model = payload(10)
+    sealed = bytes(host.seal_transfer(model, 60, GLOBAL))
+    opener = alice.transfer_opener("host", 60, GLOBAL, len(sealed))
+    buffer = bytearray(len(sealed))
+    for start in range(0, len(sealed), piece):  # pieces that cut through the signature too
+        opener.feed_piece(buffer, sealed[start : start + piece])
+    assert bytes(opener.finish(buffer)) == model
+    forged = bytearray(host.seal_transfer(model, 61, GLOBAL))
+    forged[-1] ^= 1  # the signature's last byte
+    opener = alice.transfer_opener("host", 61, GLOBAL, len(forged))
+    buffer = bytearray(len(forged))
+    for start in range(0, len(forged), piece):
+        opener.feed_piece(buffer, forged[start : start + piece])
+    with pytest.raises(PrivateRoomError, match="not signed by the room's host"):
+        opener.finish(buffer)
+    assert not any(buffer[len(buffer) - 64 - len(model) : len(buffer) - 64])  # wiped

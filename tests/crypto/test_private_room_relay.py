@@ -162,10 +162,11 @@ def next_transfer(conn, open_as=None) -> tuple[transport.FrameHeader, bytearray,
                     header.sender, header.transfer_id, header.kind, header.total_size
                 )
         body = data[header.header_size :]
-        buffer[received : received + len(body)] = body
-        received += len(body)
         if opener is not None:
-            opener.feed(buffer, received)
+            opener.feed_piece(buffer, body)  # decrypted straight into its place
+        else:
+            buffer[received : received + len(body)] = body
+        received += len(body)
         if header.chunk_index + 1 == header.chunk_count:
             assert received == header.total_size
             return header, buffer, opener.finish(buffer) if opener else None

@@ -266,3 +266,19 @@ def test_bad_arguments() -> None:
         rc.seal(bytes(32), ROOM, SENDER, 1, 1, 0, bytes(10), out[:-1])
     with pytest.raises(ValueError, match="whole receive buffer"):
         rc.SealedOpener(bytes(32), ROOM, SENDER, 1, 1, 0, len(out)).feed(bytearray(5), 5)
+
+
+def test_pieces_are_decrypted_straight_into_the_buffer(model_bytes) -> None:
+    key = rc.group_key_generate()
+    sealed = seal(model_bytes, key, segment_size=SEGMENT)
+    for piece in (1000, SEGMENT, 3 * SEGMENT + 17, len(sealed)):
+        opener = rc.SealedOpener(key, ROOM, SENDER, TRANSFER, KIND, EPOCH, len(sealed))
+        received = bytearray(len(sealed))
+        done = False
+        for start in range(0, len(sealed), piece):
+            done = opener.feed_from(received, sealed[start : start + piece])
+        assert done and opener.finish() is None
+        assert bytes(received[opener.offset :]) == model_bytes
+    opener = rc.SealedOpener(key, ROOM, SENDER, TRANSFER, KIND, EPOCH, len(sealed))
+    with pytest.raises(ValueError, match="more bytes"):
+        opener.feed_from(bytearray(len(sealed)), sealed + b"x")
