@@ -1,9 +1,9 @@
 """Throughput of a private room's transfer encryption (csrc/chunk_cipher.c) against a memcpy of
 the same buffer, on a 124.5 MB buffer (the U-Net model as float32; half that as float16 on the
 wire): sealing straight into a send buffer (the encryption is the copy), with and without the
-SHA-256 digest a signed global model needs, and opening in place. Medians of --runs rounds,
-single thread, buffers touched before timing (as the reused send buffer and the receive buffer
-are). Usage:
+SHA-256 digest a signed global model needs, and opening in place. Medians of --runs rounds;
+sealing without a digest runs on two threads as in the send path, the rest on one; buffers are
+touched before timing (as the reused send buffer and the receive buffer are). Usage:
 
     .venv/bin/python bench/bench_sealed_transfer.py [--runs 7] [--size BYTES]
 """
