@@ -18,7 +18,8 @@ from setuptools.command.build_ext import build_ext
 # (pkg-config names to try, Debian package, Homebrew formula)
 REQUIRED_LIBRARIES = [
     (["libwebsockets"], "libwebsockets-dev", "libwebsockets"),
-    # SHA-1 and base64 of the WebSocket handshake, random masks (lws links it anyway).
+    # SHA-1 and base64 of the WebSocket handshake, random masks (lws links it anyway); the
+    # private rooms' AES-256-GCM and ChaCha20-Poly1305 (EVP).
     (["libcrypto"], "libssl-dev", "openssl"),
     # Private rooms: CPace on ristretto255, Ed25519, the group-key wrap (docs/security.md).
     (["libsodium"], "libsodium-dev", "libsodium"),
