@@ -100,6 +100,7 @@ static PyObject *py_cpace_isk(PyObject *module, PyObject *args)
 
 typedef struct {
     PyObject_HEAD struct cpace_session session;
+    int ready; /* __init__ succeeded: a bare __new__ must not run with an empty secret */
 } CPaceSessionObject;
 
 static void cpace_session_dealloc(CPaceSessionObject *self)
@@ -120,6 +121,7 @@ static int cpace_session_object_init(CPaceSessionObject *self, PyObject *args, P
                                      &responder, &responder_len, &ad))
         return -1;
     int rc = -1;
+    self->ready = 0;
     enum cpace_role which;
     if (strcmp(role, "initiator") == 0)
         which = CPACE_INITIATOR;
@@ -138,11 +140,19 @@ static int cpace_session_object_init(CPaceSessionObject *self, PyObject *args, P
         goto done;
     }
     rc = 0;
+    self->ready = 1;
 done:
     PyBuffer_Release(&secret);
     if (ad.buf)
         PyBuffer_Release(&ad);
     return rc;
+}
+
+static int session_ready(CPaceSessionObject *self)
+{
+    if (!self->ready)
+        PyErr_SetString(PyExc_ValueError, "CPaceSession was not initialised");
+    return self->ready;
 }
 
 static PyObject *session_error(int code, const char *error)
@@ -155,6 +165,8 @@ static PyObject *session_error(int code, const char *error)
 static PyObject *cpace_session_start_py(CPaceSessionObject *self, PyObject *unused)
 {
     (void)unused;
+    if (!session_ready(self))
+        return NULL;
     uint8_t out[CPACE_MSG_MAX];
     size_t out_len;
     const char *error = NULL;
@@ -167,6 +179,8 @@ static PyObject *cpace_session_start_py(CPaceSessionObject *self, PyObject *unus
 static PyObject *cpace_session_receive_py(CPaceSessionObject *self, PyObject *arg)
 {
     Py_buffer message;
+    if (!session_ready(self))
+        return NULL;
     if (PyObject_GetBuffer(arg, &message, PyBUF_SIMPLE) != 0)
         return NULL;
     uint8_t out[CPACE_MSG_MAX];

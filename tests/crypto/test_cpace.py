@@ -134,3 +134,11 @@ def test_bad_arguments_are_value_errors() -> None:
         rc.CPaceSession("initiator", b"4HRT", "K7QX2M", "", "b")
     with pytest.raises(ValueError, match="32 bytes"):
         rc._cpace_scalar_mult_vfy(bytes(31), bytes(32))
+
+
+def test_a_session_without_init_refuses_to_run() -> None:
+    bare = rc.CPaceSession.__new__(rc.CPaceSession)  # no secret, no ids
+    with pytest.raises(ValueError, match="not initialised"):
+        bare.start()
+    with pytest.raises(ValueError, match="not initialised"):
+        bare.receive(b"\x01\x03" + bytes(64))
