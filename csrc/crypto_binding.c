@@ -551,8 +551,10 @@ static PyTypeObject SealedOpenerType = {
     .tp_basicsize = sizeof(SealedOpenerObject),
     .tp_dealloc = (destructor)sealed_opener_dealloc,
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "SealedOpener(key, room, sender, transfer_id, kind, epoch, sealed_len, *, "
-              "digest=False)\n\nOpens one sealed transfer in place while its chunks arrive.",
+    .tp_doc =
+        "SealedOpener(key, room, sender, transfer_id, kind, epoch, sealed_len, *, "
+        "digest=False)\n\nOpens one sealed transfer in place while its chunks arrive. Feed it from "
+        "one thread at a time (the reassembly loop).",
     .tp_methods = sealed_opener_methods,
     .tp_getset = sealed_opener_getset,
     .tp_init = (initproc)sealed_opener_object_init,
