@@ -109,8 +109,23 @@ def add_training_options(parser: argparse.ArgumentParser) -> None:
     training.add_argument(
         "--seed", type=int, default=0, help="model initialisation and shuffling (default 0)"
     )
-    training.add_argument(
-        "--save", metavar="FILE", help="save the final model's weights here (torch.save)"
+    model = parser.add_argument_group("model files")
+    model.add_argument(
+        "--save",
+        metavar="FILE",
+        help="save the final model here (.safetensors, with its architecture and training plan)",
+    )
+    model.add_argument(
+        "--init", metavar="FILE", help="start from a saved model (.safetensors) instead of anew"
+    )
+    model.add_argument(
+        "--checkpoints",
+        metavar="DIR",
+        help="keep each round's model in a new session folder under DIR (default: the user's "
+        "data folder, e.g. ~/.local/share/segmentation-suite/sessions)",
+    )
+    model.add_argument(
+        "--no-checkpoints", action="store_true", help="keep no checkpoint of the rounds"
     )
 
 

@@ -16,7 +16,7 @@ EPOCH_LINE = re.compile(
 
 
 def test_synthetic_training_reports_each_epoch_and_saves_the_model(cli, tmp_path):
-    saved = tmp_path / "model.pt"
+    saved = tmp_path / "model.safetensors"
     process = cli("train", "--synthetic", "--samples", "8", "--epochs", "2", "--save", str(saved))
     assert process.wait(120) == 0, process.stdout + process.stderr
     epochs = [EPOCH_LINE.match(line) for line in process.stdout.splitlines()]
@@ -25,9 +25,15 @@ def test_synthetic_training_reports_each_epoch_and_saves_the_model(cli, tmp_path
     final = re.search(r"^Held-out Dice after 2 epochs: ([0-9.]+)$", process.stdout, re.M)
     assert final and final.group(1) == epochs[-1].group(5), process.stdout
 
-    from segmentation_suite.training.unet import build_unet
+    assert f"Saved the model to {saved}" in process.stdout
+    from segmentation_suite.training.model_file import load_model
+    from segmentation_suite.training.unet import ARCHITECTURE, build_unet
 
-    weights = torch.load(saved, weights_only=True)
+    model = load_model(saved)
+    assert model.architecture == ARCHITECTURE
+    assert model.training["epochs"] == 2 and model.training["data"] == "synthetic"
+    assert model.training["samples"] == 8 and model.training["images"] == 8
+    weights = model.weights
     expected = build_unet().state_dict()
     assert sorted(weights) == sorted(expected)
     assert all(weights[k].shape == expected[k].shape for k in expected)
