@@ -92,6 +92,12 @@ def add_data_options(parser: argparse.ArgumentParser, *, default_member: int) ->
         "--samples", type=positive_int, default=32, help="images (default %(default)s)"
     )
     parser.add_argument(
+        "--strict-data",
+        action="store_true",
+        help="with --data: refuse a folder with an unreadable or unusable file (default: "
+        "leave such files out, each named in a warning)",
+    )
+    parser.add_argument(
         "--validation",
         type=fraction,
         default=0.2,
