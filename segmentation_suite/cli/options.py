@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import getpass
 
-from ..training.settings import DEMO_SETTINGS
+from ..training.settings import DEMO_SETTINGS, PREDICTION_OVERLAP, PREDICTION_TILE
 
 
 class CommandError(Exception):
@@ -199,3 +199,48 @@ def add_demo_options(parser: argparse.ArgumentParser) -> None:
         "--timeout", type=positive_float, default=300, help="give up after this many seconds"
     )
     parser.add_argument("--quiet", action="store_true", help="print only the final table")
+
+
+def add_predict_options(parser: argparse.ArgumentParser) -> None:
+    from ..training.model_file import SUFFIX
+
+    parser.add_argument("model", metavar="MODEL", help=f"a saved model ({SUFFIX}, from --save)")
+    source = parser.add_argument_group("images (one of)").add_mutually_exclusive_group(
+        required=True
+    )
+    source.add_argument(
+        "--data",
+        metavar="FOLDER",
+        help="a folder of images (PNG or TIFF, any size, multi-page TIFF stacks); masks beside "
+        "them (NAME_mask.png, or a masks/ subfolder) give each image its Dice",
+    )
+    source.add_argument("--synthetic", action="store_true", help="simulated microscopy images")
+    parser.add_argument(
+        "--out", metavar="DIR", required=True, help="where the masks go (made if missing)"
+    )
+    synthetic = parser.add_argument_group("synthetic images")
+    synthetic.add_argument(
+        "--member", type=count, default=0, help="which simulated microscope (default 0)"
+    )
+    synthetic.add_argument(
+        "--samples", type=positive_int, default=8, help="images (default %(default)s)"
+    )
+    synthetic.add_argument("--seed", type=int, default=0, help="which draw (default 0)")
+    tiling = parser.add_argument_group("tiling of large images")
+    tiling.add_argument(
+        "--tile",
+        type=positive_int,
+        default=PREDICTION_TILE,
+        help="tile side in pixels (default %(default)s)",
+    )
+    tiling.add_argument(
+        "--overlap",
+        type=count,
+        default=PREDICTION_OVERLAP,
+        help="pixels neighbouring tiles share, blended (default %(default)s)",
+    )
+    parser.add_argument(
+        "--strict-data",
+        action="store_true",
+        help="refuse a folder with an unreadable file (default: leave it out with a warning)",
+    )

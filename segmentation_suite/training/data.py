@@ -7,6 +7,7 @@ images in [0, 1] and masks 0.0 / 1.0, ready for torch.
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -313,7 +314,7 @@ def _read_pair(name: str, image_path: Path, mask_path: Path, folder: Path):
                 f"{_size(mask)}: they must be the same size",
                 mask_path,
             )
-        binary = _named(_binary_mask, mask_path, mask, mask_name + where)
+        binary = _named(binary_mask, mask_path, mask, mask_name + where)
         label = f"{name}[page {page}]" if stacked else name
         # Normalized whole, before any crop: as prediction sees the image.
         result.append((label, name, normalize_image(image), binary))
@@ -369,9 +370,7 @@ def normalize_image(image: np.ndarray) -> np.ndarray:
     return ((values - low) / (high - low)).astype(np.float32)
 
 
-def find_images(
-    folder: Path, *, masks_required: bool
-) -> list[tuple[str, Path, Path | None]]:
+def find_images(folder: Path, *, masks_required: bool) -> list[tuple[str, Path, Path | None]]:
     """(name, image, mask or None) for every image, sorted by name; DatasetError for a
     folder without images, a mask without its image, or (with `masks_required`) an image
     without its mask."""
@@ -433,12 +432,15 @@ def read_pages(path: Path) -> list[np.ndarray]:
     path = Path(path)
     pages = []
     try:
-        with Image.open(path) as picture:
-            for frame in ImageSequence.Iterator(picture):
-                frame.load()
-                if frame.mode in ("RGB", "RGBA", "P", "LA", "CMYK", "YCbCr"):
-                    frame = frame.convert("L")
-                pages.append(np.array(frame))
+        # Pillow warns about damage it can read past; what it cannot read raises below.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(path) as picture:
+                for frame in ImageSequence.Iterator(picture):
+                    frame.load()
+                    if frame.mode in ("RGB", "RGBA", "P", "LA", "CMYK", "YCbCr"):
+                        frame = frame.convert("L")
+                    pages.append(np.array(frame))
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as exc:
         raise DatasetError(f"Cannot read {path.name}: {exc}") from exc
     for number, values in enumerate(pages, start=1):
@@ -448,7 +450,7 @@ def read_pages(path: Path) -> list[np.ndarray]:
     return [v.astype(np.uint8) if v.dtype == np.bool_ else v for v in pages]
 
 
-def _binary_mask(mask: np.ndarray, name: str) -> np.ndarray:
+def binary_mask(mask: np.ndarray, name: str) -> np.ndarray:
     """0/1 from a mask whose pixels (at least 99% of them) sit at its minimum or maximum:
     a few anti-aliased edge pixels are tolerated, gray images and label images are not."""
     low, high = mask.min(), mask.max()

@@ -1,5 +1,5 @@
-"""The demo's training settings: plain values, importable without torch (the CLI reads them
-for its --help)."""
+"""The demo's training settings and prediction's tiling: plain values, importable without
+torch (the CLI reads them for its --help)."""
 
 from __future__ import annotations
 
@@ -21,3 +21,9 @@ class DemoSettings:
 
 
 DEMO_SETTINGS = DemoSettings()
+
+
+#: Side of the square tiles prediction cuts a large image into, and how many pixels
+#: neighbouring tiles share (blended, so that no seam shows).
+PREDICTION_TILE = 256
+PREDICTION_OVERLAP = 32
