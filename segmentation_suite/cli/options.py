@@ -244,3 +244,31 @@ def add_predict_options(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="refuse a folder with an unreadable file (default: leave it out with a warning)",
     )
+
+
+def add_export_options(parser: argparse.ArgumentParser) -> None:
+    from ..training.model_file import SUFFIX
+
+    parser.add_argument("model", metavar="MODEL", help=f"a saved model ({SUFFIX}, from --save)")
+    parser.add_argument(
+        "--bioimageio",
+        metavar="OUT.zip",
+        required=True,
+        help="write a bioimage.io model package (for Fiji/deepImageJ, ilastik, napari)",
+    )
+    parser.add_argument("--name", help="the model's name in the package")
+    parser.add_argument(
+        "--author",
+        action="append",
+        metavar="NAME",
+        help="an author (repeat for several; default: a placeholder to edit)",
+    )
+    parser.add_argument(
+        "--license", default="CC-BY-4.0", help="SPDX license of the model (default %(default)s)"
+    )
+    parser.add_argument(
+        "--test",
+        action="store_true",
+        help="also run bioimage.io's test of the package (the test input through each "
+        "weights format)",
+    )
