@@ -11,6 +11,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from .options import CommandError
 
 HELD_OUT_IMAGES = 24
+#: Added to --seed for synthetic images that measure a model: a draw no training run with the
+#: same --seed has seen (training draws member_shard(seed=--seed)).
+HELD_OUT_SEED = 10_000
 
 
 def load_training_data(args: argparse.Namespace, console: Console):
@@ -19,7 +22,7 @@ def load_training_data(args: argparse.Namespace, console: Console):
 
     if args.synthetic:
         data = member_shard(args.member, args.samples, seed=args.seed)
-        evaluation = held_out_set(HELD_OUT_IMAGES, seed=10_000 + args.seed)
+        evaluation = held_out_set(HELD_OUT_IMAGES, seed=HELD_OUT_SEED + args.seed)
         console.print(
             f"{len(data)} synthetic images from microscope {args.member}; Dice is measured on "
             f"{len(evaluation)} held-out images from every microscope"
@@ -37,11 +40,13 @@ def load_training_data(args: argparse.Namespace, console: Console):
             "of images of different sizes)"
         )
     training, validation = split(data, args.validation, args.seed)
+    # Pages and crops are samples, not images: say which is counted.
+    unit = "images" if len(set(data.sources)) == len(data) else "samples"
     if validation is None:
-        console.print(f"{len(training)} images from {args.data}; no validation images kept aside")
+        console.print(f"{len(training)} {unit} from {args.data}; no validation {unit} kept aside")
     else:
         console.print(
-            f"{len(training)} images from {args.data} for training, "
+            f"{len(training)} {unit} from {args.data} for training, "
             f"{len(validation)} kept aside to measure Dice"
         )
     return training, validation, "validation"

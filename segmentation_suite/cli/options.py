@@ -225,7 +225,12 @@ def add_predict_options(parser: argparse.ArgumentParser) -> None:
     synthetic.add_argument(
         "--samples", type=positive_int, default=8, help="images (default %(default)s)"
     )
-    synthetic.add_argument("--seed", type=int, default=0, help="which draw (default 0)")
+    synthetic.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="which draw (default 0); never the images `train --seed` trained on",
+    )
     tiling = parser.add_argument_group("tiling of large images")
     tiling.add_argument(
         "--tile",

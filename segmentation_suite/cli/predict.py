@@ -8,7 +8,7 @@ import argparse
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from .data import warn_skipped
+from .data import HELD_OUT_SEED, warn_skipped
 from .model import read_model
 from .options import CommandError
 from .progress import format_dice
@@ -29,7 +29,8 @@ def run_predict(args: argparse.Namespace, console: Console) -> int:
     console.print(f"Predicting with {args.model} ({saved.architecture})", markup=False)
     with _PredictionView(console) as view:
         if args.synthetic:
-            data = member_shard(args.member, args.samples, seed=args.seed)
+            # Images the model did not train on (training draws seed=--seed).
+            data = member_shard(args.member, args.samples, seed=HELD_OUT_SEED + args.seed)
             run = predict_data(predictor, data, progress=view.on_prediction)
         else:
             try:

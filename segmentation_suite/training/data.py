@@ -249,10 +249,10 @@ def load_folder(
     sample's `sources` entry names the image it came from.
 
     A pair that cannot be used (a file Pillow cannot read, a mask of another size or page
-    count, a mask that is not binary) is left out and listed in `skipped` with a warning in the
-    log, or, with `strict`, raises DatasetError. Layout mistakes (an image without its mask, no
-    images at all) always raise DatasetError naming the file. `progress(done, total)` is called
-    after each pair.
+    count, a mask that is not binary) is left out and listed in `skipped` (for the caller to
+    show: never silently) or, with `strict`, raises DatasetError. Layout mistakes (an image
+    without its mask, no images at all) always raise DatasetError naming the file.
+    `progress(done, total)` is called after each pair.
     """
     folder = Path(path)
     if not folder.exists():
@@ -271,7 +271,8 @@ def load_folder(
                 raise
             culprit = getattr(exc, "path", None) or image_path
             skipped.append(SkippedFile(_rel(culprit, folder), str(exc)))
-            log.warning("skipped %s: %s", _rel(culprit, folder), exc)
+            # INFO: the caller shows `skipped` as it sees fit (the CLI, as warnings).
+            log.info("skipped %s: %s", _rel(culprit, folder), exc)
         if progress is not None:
             progress(done, len(pairs))
     if not samples:

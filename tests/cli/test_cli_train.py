@@ -101,7 +101,7 @@ def test_stacks_and_images_of_different_sizes_train_split_by_image(cli, tmp_path
     assert "11 samples from 5 images" in process.stdout, process.stdout
     # One whole image kept aside: all its crops with it.
     match = re.search(
-        rf"^(\d+) images from {re.escape(str(tmp_path))} for training, (\d+) kept",
+        rf"^(\d+) samples from {re.escape(str(tmp_path))} for training, (\d+) kept",
         process.stdout,
         re.M,
     )

@@ -264,7 +264,7 @@ def test_unusable_pairs_are_skipped_and_listed_by_default(tmp_path, caplog):
     (tmp_path / "c_mask.png").write_bytes(whole[: len(whole) // 2])
     save(tmp_path / "e.png", np.zeros((16, 16), dtype=np.uint8))
     save(tmp_path / "e_mask.png", np.tile(np.arange(16, dtype=np.uint8) * 16, (16, 1)))
-    with caplog.at_level("WARNING"):
+    with caplog.at_level("INFO"):
         data = load_folder(tmp_path)
     assert data.names == ["a", "d"]
     assert [s.path for s in data.skipped] == ["b.png", "c_mask.png", "e_mask.png"]
