@@ -46,6 +46,8 @@ def run_predict(args: argparse.Namespace, console: Console) -> int:
         written = write_masks(run.predictions, args.out)
     except OSError as exc:
         raise CommandError(f"Cannot write the masks to {args.out}: {exc.strerror or exc}") from None
+    except ValueError as exc:  # the input folder itself
+        raise CommandError(str(exc)) from None
     scored = [p for p in run.predictions if p.dice is not None]
     if scored:
         console.print(

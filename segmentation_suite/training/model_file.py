@@ -212,12 +212,24 @@ def _check_framing(data: bytes, name: str) -> None:
         raise ModelFileError(f"{name} is not a safetensors file (its header is not JSON)") from None
     if not isinstance(header, dict):
         raise ModelFileError(f"{name} is not a safetensors file (its header is not an object)")
-    ends = [
-        entry.get("data_offsets", [0, 0])[1]
-        for key, entry in header.items()
-        if key != "__metadata__" and isinstance(entry, dict)
-    ]
-    needed = 8 + header_length + max((int(e) for e in ends), default=0)
+    metadata = header.get("__metadata__", {})
+    if not isinstance(metadata, dict) or not all(
+        isinstance(value, str) for value in metadata.values()
+    ):
+        raise ModelFileError(f"{name} is not a safetensors file (its metadata is not strings)")
+    end = 0
+    for key, entry in header.items():
+        if key == "__metadata__":
+            continue
+        offsets = entry.get("data_offsets") if isinstance(entry, dict) else None
+        if (
+            not isinstance(offsets, list)
+            or len(offsets) != 2
+            or not all(isinstance(o, int) and o >= 0 for o in offsets)
+        ):
+            raise ModelFileError(f"{name} is not a safetensors file (tensor {key!r} is malformed)")
+        end = max(end, offsets[1])
+    needed = 8 + header_length + end
     if needed > len(data):
         raise ModelFileError(
             f"{name} is truncated: {len(data)} bytes, its header describes {needed}"

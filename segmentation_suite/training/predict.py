@@ -307,10 +307,20 @@ def _references(mask_path: Path | None, pages: list[np.ndarray], folder: Path):
 def write_masks(predictions: Iterable[Prediction], out_dir: str | Path) -> list[Path]:
     """Writes the masks (MASK_FILES) and returns the paths written, one per input file (or
     per synthetic image, whose input image is written beside its mask as <name>.png, since
-    it exists nowhere else). OSError if the folder cannot be written."""
+    it exists nowhere else). OSError if the folder cannot be written; ValueError, before
+    writing anything, if `out_dir` is where the inputs or their reference masks are (the
+    predicted masks would overwrite the reference masks)."""
     from PIL import Image
 
+    predictions = list(predictions)
     out = Path(out_dir)
+    inputs = {p.path.parent.resolve() for p in predictions if p.path is not None}
+    protected = inputs | {folder.parent / "masks" for folder in inputs}
+    if out.resolve() in protected:
+        raise ValueError(
+            f"{out} holds the input images or their masks: predicted masks there would "
+            "overwrite the reference masks; choose another folder"
+        )
     out.mkdir(parents=True, exist_ok=True)
     groups: dict[str, list[Prediction]] = {}
     for prediction in predictions:

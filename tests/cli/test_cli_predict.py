@@ -104,13 +104,16 @@ def test_predict_refuses_bad_input_in_words(cli, tmp_path):
         assert message in process.stderr and "Traceback" not in process.stderr
 
     model = train_tiny_model(cli, tmp_path / "m.safetensors")
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
     for args, message in [
         (("--data", str(tmp_path / "nowhere"), "--out", "o"), "nowhere does not exist"),
         (("--synthetic", "--out", "o", "--tile", "64", "--overlap", "32"), "overlap"),
+        (("--data", str(folder), "--out", str(folder)), "would overwrite the reference masks"),
     ]:
         process = cli("predict", str(model), *args)
         assert process.wait(60) == 1, process.stdout + process.stderr
         assert message in process.stderr and "Traceback" not in process.stderr
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
     # argparse's own errors: exit 2.
     for args in (("--synthetic",), ("--out", "o"), ("--data", "x", "--synthetic", "--out", "o")):
         process = cli("predict", str(model), *args)

@@ -192,3 +192,80 @@ def test_a_model_whose_header_length_starts_like_a_pickle_still_loads(tmp_path):
     else:
         pytest.fail("no padding gave a header length starting with 0x80")
     assert load_model(path).training["note"] == "x" * padding
+
+
+# --- hostile input: whatever the bytes, a ModelFileError or a model, nothing else ------------
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_VALID = None
+
+
+def _valid_bytes() -> bytes:
+    global _VALID
+    if _VALID is None:
+        from safetensors.torch import save
+
+        from segmentation_suite.training.model_file import FORMAT, FORMAT_VERSION
+
+        _VALID = save(
+            {"a": torch.arange(6, dtype=torch.float32), "b": torch.ones(2, 2)},
+            metadata={
+                "format": FORMAT,
+                "format_version": FORMAT_VERSION,
+                "architecture": ARCHITECTURE,
+                "training": "{}",
+            },
+        )
+    return _VALID
+
+
+def _load_bytes(data: bytes):
+    from segmentation_suite.training.model_file import parse_model
+
+    try:
+        return parse_model(data)
+    except ModelFileError:
+        return None
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_mutated_or_truncated_files_raise_model_file_error_only(data):
+    original = bytearray(_valid_bytes())
+    kind = data.draw(st.sampled_from(["truncate", "flip", "splice"]))
+    if kind == "truncate":
+        mutated = bytes(original[: data.draw(st.integers(0, len(original) - 1))])
+    elif kind == "flip":
+        for _ in range(data.draw(st.integers(1, 8))):
+            index = data.draw(st.integers(0, len(original) - 1))
+            original[index] = data.draw(st.integers(0, 255))
+        mutated = bytes(original)
+    else:
+        start = data.draw(st.integers(8, len(original)))
+        mutated = bytes(original[:start]) + data.draw(st.binary(max_size=64))
+    _load_bytes(mutated)  # anything but ModelFileError propagates and fails the test
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.dictionaries(
+        st.text(max_size=8),
+        st.one_of(
+            st.none(),
+            st.integers(),
+            st.text(max_size=8),
+            st.lists(st.integers(-5, 10**12), max_size=3),
+            st.dictionaries(
+                st.sampled_from(["dtype", "shape", "data_offsets"]),
+                st.one_of(st.text(max_size=4), st.lists(st.integers(-5, 99), max_size=3)),
+            ),
+        ),
+        max_size=4,
+    ),
+    st.binary(max_size=64),
+)
+def test_hostile_headers_raise_model_file_error_only(header, payload):
+    encoded = json.dumps(header).encode()
+    _load_bytes(struct.pack("<Q", len(encoded)) + encoded + payload)

@@ -195,3 +195,21 @@ def test_a_saved_model_predicts_synthetic_data_as_it_was_trained(tmp_path):
         [f"synthetic-{i}.png" for i in range(3)] + [f"synthetic-{i}_mask.png" for i in range(3)]
     )
     assert len(written) == 3
+
+
+def test_masks_are_never_written_over_the_input_folder_or_its_masks(tmp_path):
+    folder = _folder(tmp_path / "in")
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    run = predict_folder(Predictor(Threshold()), folder)
+    for target in (folder, tmp_path / "in" / "." / ""):
+        with pytest.raises(ValueError, match="would overwrite the reference masks"):
+            write_masks(run.predictions, target)
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+
+    layout = tmp_path / "layout"
+    for sub in ("images", "masks"):
+        (layout / sub).mkdir(parents=True)
+        Image.fromarray(_cells(20, 20, 1).astype(np.uint8) * 255).save(layout / sub / "x.png")
+    run = predict_folder(Predictor(Threshold()), layout)
+    with pytest.raises(ValueError, match="would overwrite"):
+        write_masks(run.predictions, layout / "masks")
