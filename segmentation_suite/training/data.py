@@ -442,8 +442,10 @@ def read_pages(path: Path) -> list[np.ndarray]:
                     if frame.mode in ("RGB", "RGBA", "P", "LA", "CMYK", "YCbCr"):
                         frame = frame.convert("L")
                     pages.append(np.array(frame))
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as exc:
+    except UnidentifiedImageError as exc:
         raise DatasetError(f"Cannot read {path.name}: {exc}") from exc
+    except Exception as exc:  # Pillow's decoders fail on damaged files with any error type
+        raise DatasetError(f"Cannot read {path.name}: {type(exc).__name__}: {exc}") from exc
     for number, values in enumerate(pages, start=1):
         if values.ndim != 2 or values.size == 0:
             where = f" (page {number})" if len(pages) > 1 else ""

@@ -271,8 +271,11 @@ def _page_count(path: Path, folder: Path, run: PredictionRun, strict: bool) -> i
             warnings.simplefilter("ignore")  # damage Pillow reads past; see read_pages
             with Image.open(path) as picture:
                 return int(getattr(picture, "n_frames", 1))
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-        error = DatasetError(f"Cannot read {path.name}: {exc}")
+    except Exception as exc:  # Pillow fails on damaged files with any error type
+        detail = (
+            str(exc) if isinstance(exc, UnidentifiedImageError) else f"{type(exc).__name__}: {exc}"
+        )
+        error = DatasetError(f"Cannot read {path.name}: {detail}")
         if strict:
             raise error from exc
         run.skipped.append(SkippedFile(_relative(path, folder), str(error)))

@@ -351,3 +351,55 @@ def test_crop_size_caps_the_crops_and_too_small_images_are_refused(tmp_path):
     good_pair(tmp_path, "tiny", (6, 40))
     with pytest.raises(DatasetError, match="6 pixels wide or high"):
         load_folder(tmp_path)
+
+
+def test_truncated_stacks_are_skipped_by_name_never_crash(tmp_path):
+    good_pair(tmp_path, "ok")
+    pages = [microscope_image(cells(), np.uint16, 100, 30000, seed=s) for s in range(3)]
+    save_stack(tmp_path / "whole.tif", pages)
+    whole = (tmp_path / "whole.tif").read_bytes()
+    (tmp_path / "whole.tif").unlink()
+    for cut in (10, len(whole) // 3, len(whole) // 2, len(whole) - 10):
+        folder = tmp_path / f"cut{cut}"
+        folder.mkdir()
+        good_pair(folder, "ok")
+        (folder / "stack.tif").write_bytes(whole[:cut])
+        save_stack(folder / "stack_mask.tif", [cells().astype(np.uint8) * 255] * 3)
+        data = load_folder(folder)
+        # A damaged stack is never half-used: either all 3 pages, or skipped with its name.
+        if len(data) == 1:
+            assert data.names == ["ok"]
+            assert [s.path for s in data.skipped] == ["stack.tif"], data.skipped
+        else:
+            assert data.names == ["ok", "stack[page 1]", "stack[page 2]", "stack[page 3]"]
+
+
+def test_damaged_images_of_every_kind_are_skipped_or_read_never_crash(tmp_path):
+    """Byte flips and cuts in PNG, 16-bit TIFF and stack files: load_folder either reads the
+    pair or skips it by name; any other exception fails the test."""
+    sources = {}
+    good_pair(tmp_path / "src", "p")
+    sources["p.png"] = (tmp_path / "src" / "p.png").read_bytes()
+    save(tmp_path / "src" / "t.tif", microscope_image(cells(), np.uint16, 100, 30000))
+    sources["t.tif"] = (tmp_path / "src" / "t.tif").read_bytes()
+    save_stack(tmp_path / "src" / "s.tif", [microscope_image(cells(), np.uint8, 5, 200)] * 2)
+    sources["s.tif"] = (tmp_path / "src" / "s.tif").read_bytes()
+    rng = np.random.default_rng(0)
+    for trial in range(60):
+        name, original = list(sources.items())[trial % 3]
+        damaged = bytearray(original)
+        if trial % 2:
+            damaged = damaged[: int(rng.integers(1, len(damaged)))]
+        else:
+            for index in rng.integers(0, len(damaged), size=int(rng.integers(1, 6))):
+                damaged[index] = int(rng.integers(0, 256))
+        folder = tmp_path / f"trial{trial}"
+        folder.mkdir()
+        good_pair(folder, "ok")
+        stem, suffix = name.split(".")
+        (folder / name).write_bytes(bytes(damaged))
+        pages = 2 if stem == "s" else 1
+        save_stack(folder / f"{stem}_mask.{suffix}", [cells().astype(np.uint8) * 255] * pages)
+        data = load_folder(folder)
+        assert "ok" in data.names
+        assert len(data) == 1 + pages or [s.path for s in data.skipped] != [], trial
