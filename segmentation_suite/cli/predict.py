@@ -17,7 +17,7 @@ from .progress import format_dice
 def run_predict(args: argparse.Namespace, console: Console) -> int:
     from ..training.data import DatasetError, member_shard
     from ..training.model_file import ModelFileError
-    from ..training.predict import Predictor, predict_data, predict_folder, write_masks
+    from ..training.predict import Predictor, iter_predictions, write_masks
 
     saved = read_model(args.model)
     try:
@@ -27,42 +27,63 @@ def run_predict(args: argparse.Namespace, console: Console) -> int:
     except ValueError as exc:  # tile and overlap that do not go together
         raise CommandError(str(exc)) from None
     console.print(f"Predicting with {args.model} ({saved.architecture})", markup=False)
+    skipped: list = []
+    dice: list[float | None] = []
+    files = 0
     with _PredictionView(console) as view:
         if args.synthetic:
             # Images the model did not train on (training draws seed=--seed).
             data = member_shard(args.member, args.samples, seed=HELD_OUT_SEED + args.seed)
-            run = predict_data(predictor, data, progress=view.on_prediction)
+            batches = _synthetic(predictor, data, view.on_prediction)
         else:
-            try:
-                run = predict_folder(
-                    predictor, args.data, progress=view.on_prediction, strict=args.strict_data
-                )
-            except DatasetError as exc:
-                raise CommandError(str(exc)) from None
-    warn_skipped(run.skipped)
-    if not run.predictions:
+            batches = iter_predictions(
+                predictor,
+                args.data,
+                progress=view.on_prediction,
+                strict=args.strict_data,
+                skipped=skipped,
+            )
+        try:
+            # Each file's masks are written as soon as it is done, then let go: a folder of
+            # large images never has to fit in memory.
+            for predictions in batches:
+                files += len(write_masks(predictions, args.out))
+                dice.extend(p.dice for p in predictions)
+        except DatasetError as exc:
+            raise CommandError(str(exc)) from None
+        except OSError as exc:
+            raise CommandError(
+                f"Cannot write the masks to {args.out}: {exc.strerror or exc}"
+            ) from None
+        except ValueError as exc:  # --out is the input folder
+            raise CommandError(str(exc)) from None
+    warn_skipped(skipped)
+    if not dice:
         raise CommandError(f"No image in {args.data} could be read")
-    try:
-        written = write_masks(run.predictions, args.out)
-    except OSError as exc:
-        raise CommandError(f"Cannot write the masks to {args.out}: {exc.strerror or exc}") from None
-    except ValueError as exc:  # the input folder itself
-        raise CommandError(str(exc)) from None
-    scored = [p for p in run.predictions if p.dice is not None]
+    scored = [d for d in dice if d is not None]
     if scored:
         console.print(
             f"Mean Dice over {len(scored)} image{'s' if len(scored) != 1 else ''} with masks: "
-            f"{run.mean_dice:.3f}"
+            f"{sum(scored) / len(scored):.3f}"
         )
     else:
         console.print("No reference masks: no Dice")
     console.print(
-        f"Wrote {len(written)} mask file{'s' if len(written) != 1 else ''} "
-        f"({len(run.predictions)} images) to {args.out}",
+        f"Wrote {files} mask file{'s' if files != 1 else ''} ({len(dice)} images) to {args.out}",
         markup=False,
         highlight=False,
     )
     return 0
+
+
+def _synthetic(predictor, data, progress):
+    """Synthetic images one at a time, like iter_predictions does files."""
+    from ..training.predict import predict_data
+
+    for index in range(len(data)):
+        run = predict_data(predictor, data.subset([index]))
+        progress(index + 1, len(data), run.predictions[0])
+        yield run.predictions
 
 
 class _PredictionView:

@@ -10,7 +10,8 @@ The library API (used by the command line and the app's Predict page):
 - `Predictor(model)`: `probabilities(image)` for one 2-D image of raw values;
 - `predict_folder(predictor, folder, progress=..., stop=...)` and `predict_data(...)`:
   one `Prediction` (mask, Dice or None) per image or stack page, in order, with a progress
-  callback after each;
+  callback after each; `iter_predictions` yields them file by file, for folders too large to
+  hold in memory;
 - `write_masks(predictions, out_dir)`: one mask file per input file (see MASK_FILES).
 """
 
@@ -19,7 +20,7 @@ from __future__ import annotations
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -196,22 +197,43 @@ def predict_folder(
     masks are optional and, where present, give each prediction its Dice). Unreadable files
     are left out and listed in `skipped` (DatasetError with `strict`); DatasetError for a
     folder without images. `progress(done, total, prediction)` after each image or page;
-    `stop` is checked before each."""
+    `stop` is checked before each. Holds every image's arrays: for large folders, write as
+    you go with iter_predictions."""
+    run = PredictionRun()
+    for predictions in iter_predictions(
+        predictor, folder, progress=progress, stop=stop, strict=strict, skipped=run.skipped
+    ):
+        run.predictions.extend(predictions)
+    return run
+
+
+def iter_predictions(
+    predictor: Predictor,
+    folder: str | Path,
+    *,
+    progress: Progress | None = None,
+    stop: threading.Event | None = None,
+    strict: bool = False,
+    skipped: list[SkippedFile] | None = None,
+) -> Iterator[list[Prediction]]:
+    """predict_folder one input file at a time: yields the Predictions of each file (one, or
+    one per page of a stack), so that a caller can write them and let them go; files left
+    out are appended to `skipped`."""
     folder = Path(folder)
     if not folder.is_dir():
         raise DatasetError(
             f"{folder} is not a folder" if folder.exists() else f"{folder} does not exist"
         )
-    run = PredictionRun()
+    skipped = skipped if skipped is not None else []
     files = find_images(folder, masks_required=False)
-    counted = [(entry, _page_count(entry[1], folder, run, strict)) for entry in files]
+    counted = [(entry, _page_count(entry[1], folder, skipped, strict)) for entry in files]
     total = sum(count for _, count in counted)
     done = 0
     for (name, image_path, mask_path), count in counted:
         if not count:
             continue
         if stop is not None and stop.is_set():
-            break
+            return
         try:
             pages = read_pages(image_path)
             references = _references(mask_path, pages, folder)
@@ -219,13 +241,14 @@ def predict_folder(
             if strict:
                 raise
             culprit = getattr(exc, "path", None) or image_path
-            run.skipped.append(SkippedFile(_relative(culprit, folder), str(exc)))
+            skipped.append(SkippedFile(_relative(culprit, folder), str(exc)))
             done += count
             continue
         stacked = len(pages) > 1
+        predictions = []
         for number, (page, reference) in enumerate(zip(pages, references, strict=True), 1):
             if stop is not None and stop.is_set():
-                return run
+                break  # a stack's pages so far are still the caller's
             prediction = predictor.predict(
                 page,
                 name=f"{name}[page {number}]" if stacked else name,
@@ -234,11 +257,12 @@ def predict_folder(
                 path=image_path,
                 page=number if stacked else None,
             )
-            run.predictions.append(prediction)
+            predictions.append(prediction)
             done += 1
             if progress is not None:
-                progress(done, total, prediction)
-    return run
+                progress(done, max(total, done), prediction)
+        if predictions:
+            yield predictions
 
 
 def predict_data(
@@ -262,7 +286,7 @@ def predict_data(
     return run
 
 
-def _page_count(path: Path, folder: Path, run: PredictionRun, strict: bool) -> int:
+def _page_count(path: Path, folder: Path, skipped: list[SkippedFile], strict: bool) -> int:
     """How many pages the file has (0 if it cannot be opened: it is then skipped)."""
     from PIL import Image, UnidentifiedImageError
 
@@ -278,7 +302,7 @@ def _page_count(path: Path, folder: Path, run: PredictionRun, strict: bool) -> i
         error = DatasetError(f"Cannot read {path.name}: {detail}")
         if strict:
             raise error from exc
-        run.skipped.append(SkippedFile(_relative(path, folder), str(error)))
+        skipped.append(SkippedFile(_relative(path, folder), str(error)))
         return 0
 
 

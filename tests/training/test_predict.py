@@ -213,3 +213,18 @@ def test_masks_are_never_written_over_the_input_folder_or_its_masks(tmp_path):
     run = predict_folder(Predictor(Threshold()), layout)
     with pytest.raises(ValueError, match="would overwrite"):
         write_masks(run.predictions, layout / "masks")
+
+
+def test_iter_predictions_yields_file_by_file_a_stack_as_one(tmp_path):
+    from segmentation_suite.training.predict import iter_predictions
+
+    skipped = []
+    batches = list(iter_predictions(Predictor(Threshold()), _folder(tmp_path), skipped=skipped))
+    assert [[p.name for p in batch] for batch in batches] == [
+        ["a_small"],
+        ["b_wide"],
+        ["c_large"],
+        ["d_stack[page 1]", "d_stack[page 2]", "d_stack[page 3]"],
+        ["e_nomask"],
+    ]
+    assert [s.path for s in skipped] == ["f_broken.tif"]
