@@ -65,7 +65,7 @@ def _take(app, args) -> dict:
 
         for member, window in enumerate((alice, bob), start=1):
             panel = window.training_page.data_panel
-            panel.member_spin.setValue(member)
+            panel.microscope_spin.setValue(member)
             panel.count_spin.setValue(16 * member)
             panel.synthetic_size = 48
             window.training_page.rounds_spin.setValue(args.rounds)

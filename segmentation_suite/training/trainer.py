@@ -18,6 +18,7 @@ import torch
 from torch.nn import functional as F
 
 from .data import SegmentationData
+from .settings import TRAINING_DEFAULTS
 from .unet import DEFAULT_BASE_CHANNELS, DEFAULT_DEPTH, architecture_name, build_unet
 
 log = logging.getLogger(__name__)
@@ -74,8 +75,8 @@ class Trainer:
         data: SegmentationData,
         *,
         seed: int = 0,
-        learning_rate: float = 1e-2,
-        batch_size: int = 8,
+        learning_rate: float = TRAINING_DEFAULTS.learning_rate,
+        batch_size: int = TRAINING_DEFAULTS.batch_size,
         base_channels: int = DEFAULT_BASE_CHANNELS,
         depth: int = DEFAULT_DEPTH,
         init_seed: int = DEFAULT_INIT_SEED,
