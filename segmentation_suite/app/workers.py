@@ -167,6 +167,9 @@ class TrainingWorker(QObject):
                 )
             if self.initial_weights is not None:
                 self.trainer.load_state_dict(self.initial_weights)
+            if getattr(self.client, "is_host", False):
+                # Which model the room trains: members of the command line start on it.
+                self.client.send_architecture(self.trainer.architecture)
             _emit(self.trainer_ready, self.trainer)
             federated = training.FederatedTraining(
                 self.client,

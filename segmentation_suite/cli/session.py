@@ -17,11 +17,11 @@ from rich.console import Console
 from rich.panel import Panel
 from rich.text import Text
 
+from ..training.settings import TRAINING_DEFAULTS, microscope_for_position
 from .data import load_training_data
 from .model import build_trainer, save_model
 from .options import CommandError
 from .progress import TrainingView
-from ..training.settings import TRAINING_DEFAULTS, microscope_for_position
 from .room import RoomMember, find_relay_url, parse_lan_session, parse_room_code
 
 INTERRUPTED = 130

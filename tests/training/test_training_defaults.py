@@ -80,7 +80,7 @@ def test_the_shared_defaults_reach_a_dice_of_075_within_5_rounds(members):
 
 
 def test_each_place_in_the_room_gets_another_microscope_counted_from_1():
-    assert MICROSCOPE_COUNT == len(MICROSCOPES)
+    assert len(MICROSCOPES) == MICROSCOPE_COUNT
     assert [microscope_for_position(p) for p in range(1, 6)] == [1, 2, 3, 1, 2]
     with pytest.raises(ValueError):
         microscope_for_position(0)
