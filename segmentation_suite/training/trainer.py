@@ -26,6 +26,11 @@ log = logging.getLogger(__name__)
 #: Seed of the initial weights shared by all members of a room.
 DEFAULT_INIT_SEED = 1234
 
+# The initial weights come from torch's process-wide generator: two Trainers built at once on
+# two threads (several app windows in one process) would interleave its draws and start from
+# different models, which FedAvg then averages into a poor first round.
+_INIT_LOCK = threading.Lock()
+
 
 def dice_score(logits_or_probs: Any, masks: Any, threshold: float = 0.5) -> float:
     """Mean per-image Dice of the thresholded prediction against binary masks, in [0, 1].
@@ -92,7 +97,7 @@ class Trainer:
         self.learning_rate = learning_rate
         self.augment = augment
         self.architecture = architecture_name(base_channels=base_channels, depth=depth)
-        with torch.random.fork_rng(devices=[]):
+        with _INIT_LOCK, torch.random.fork_rng(devices=[]):
             torch.manual_seed(init_seed)
             self.model = build_unet(base_channels=base_channels, depth=depth)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=learning_rate)
