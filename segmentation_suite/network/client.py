@@ -597,7 +597,10 @@ class SyncClient:
         users = [u for u in payload.get("users", []) if isinstance(u, dict)]
         self._enter_room(payload, users)
         ids = [u.get("user_id") for u in users]
-        if self._host_id not in ids:
+        # After a relay restart a member may resume before the host and re-open the room
+        # alone: the host is then only late, not gone (making ourselves host would split the
+        # room in two aggregators). A host that really left is told by user_left.
+        if self._host_id not in ids and not (resumed and self._host_id):
             self._host_id = ids[0] if ids else None
         if resumed:
             self.sync_status.emit(f"Back in room {self._room_code}")
