@@ -58,7 +58,7 @@ class MainWindow(QMainWindow):
         self.session.state_changed.connect(self._show_connection)
         self.session.session_ready.connect(lambda _: self._show_connection(self.session.state))
         self._show_connection(self.session.state)
-        self.resize(1000, 760)
+        self.resize(1000, 840)
 
     def show_page(self, index: int) -> None:
         self.pages.setCurrentIndex(index)

@@ -46,18 +46,18 @@ class ParticipantTable(QTableWidget):
                 notes.append("opted out")
             label = f"{name} ({', '.join(notes)})" if notes else name
             self.setItem(row, 0, QTableWidgetItem(label))
-            text = self.contributions.get(user_id) or self._unknown(client)
+            text = self.contributions.get(user_id) or "—"
             if user_id in self.rounds:
                 text = f"in round {self.rounds[user_id]}: {text}"
             item = QTableWidgetItem(text)
-            item.setToolTip(text)
+            item.setToolTip(text if text != "—" else self._unknown(client))
             self.setItem(row, 1, item)
         self.resizeRowsToContents()
 
     def _unknown(self, client) -> str:
         if client is not None and not client.is_host:
-            return "— (the host sees every member's pushes)"
-        return "—"
+            return "Only the host sees every member's pushes"
+        return "No push yet"
 
     def note_own(self, text: str) -> None:
         """This member's own upload, as the training events report it."""

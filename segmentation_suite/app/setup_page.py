@@ -160,6 +160,7 @@ class SetupPage(QWidget):
         layout.addWidget(self.code_hint)
         layout.addWidget(QLabel("In the room:"))
         self.participant_list = QListWidget()
+        self.participant_list.setMinimumHeight(80)  # four names without scrolling
         self.participant_list.setMaximumHeight(140)
         layout.addWidget(self.participant_list)
         buttons = QHBoxLayout()

@@ -42,10 +42,7 @@ class DataChoice:
     def describe(self) -> str:
         if self.folder is not None:
             return f"folder {self.folder}"
-        return (
-            f"synthetic: microscope {self.microscope}, {self.count} images of "
-            f"{self.size}×{self.size}, seed {self.seed}"
-        )
+        return f"synthetic microscope {self.microscope}, seed {self.seed}"
 
 
 class DataLoader(QObject):
