@@ -366,6 +366,7 @@ class SessionController(QObject):
                 out = kind == OPT_OUT
                 (self.opted_out.add if out else self.opted_out.discard)(sender)
                 client.exclude_member(sender, out)
+                self.participants_changed.emit(self.participants)  # "(opted out)" shows
                 self.log_event(
                     f"{self.name_of(sender)} "
                     + ("opted out of the plan" if out else "follows the plan again")
