@@ -16,6 +16,7 @@ import os
 import sys
 
 from ..network.protocol import DEFAULT_PORT
+from ..training.settings import TRAINING_DEFAULTS
 from .options import (
     CommandError,
     add_data_options,
@@ -67,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"host a LAN session on this machine's PORT (default {DEFAULT_PORT}) instead of a "
         "relay room; colleagues join with: join --lan HOST:PORT",
     )
-    add_data_options(create, default_member=0)
+    add_data_options(create, in_a_room=True)
     add_training_options(create)
 
     join = commands.add_parser("join", help="join a room by its code and train with the host")
@@ -80,12 +81,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--lan", action="store_true", help="join a LAN session at CODE = HOST:PORT (no relay)"
     )
     add_room_options(join)
-    add_data_options(join, default_member=1)
+    add_data_options(join, in_a_room=True)
     add_training_options(join)
 
     train = commands.add_parser("train", help="train on this machine only (no relay)")
-    train.add_argument("--epochs", type=positive_int, default=5, help="default %(default)s")
-    add_data_options(train, default_member=0)
+    train.add_argument(
+        "--epochs",
+        type=positive_int,
+        default=TRAINING_DEFAULTS.local_epochs,
+        help="default %(default)s",
+    )
+    add_data_options(train, in_a_room=False)
     add_training_options(train)
 
     add_predict_options(

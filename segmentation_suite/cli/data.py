@@ -8,21 +8,22 @@ import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
+from ..training.settings import TRAINING_DEFAULTS
 from .options import CommandError
 
-HELD_OUT_IMAGES = 24
 #: Added to --seed for synthetic images that measure a model: a draw no training run with the
 #: same --seed has seen (training draws member_shard(seed=--seed)).
 HELD_OUT_SEED = 10_000
 
 
 def load_training_data(args: argparse.Namespace, console: Console):
-    """(training data, evaluation data or None, a phrase naming the evaluation data)."""
+    """(training data, evaluation data or None, a phrase naming the evaluation data).
+    With --synthetic, `args.member` (1-based) must be known by now."""
     from ..training.data import DatasetError, held_out_set, load_folder, member_shard
 
     if args.synthetic:
-        data = member_shard(args.member, args.samples, seed=args.seed)
-        evaluation = held_out_set(HELD_OUT_IMAGES, seed=HELD_OUT_SEED + args.seed)
+        data = member_shard(args.member - 1, args.samples, seed=args.seed)
+        evaluation = held_out_set(TRAINING_DEFAULTS.held_out_images, seed=HELD_OUT_SEED + args.seed)
         console.print(
             f"{len(data)} synthetic images from microscope {args.member}; Dice is measured on "
             f"{len(evaluation)} held-out images from every microscope"

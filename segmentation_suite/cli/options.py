@@ -5,7 +5,13 @@ from __future__ import annotations
 import argparse
 import getpass
 
-from ..training.settings import DEMO_SETTINGS, PREDICTION_OVERLAP, PREDICTION_TILE
+from ..training.settings import (
+    DEMO_SETTINGS,
+    MICROSCOPE_COUNT,
+    PREDICTION_OVERLAP,
+    PREDICTION_TILE,
+    TRAINING_DEFAULTS,
+)
 
 
 class CommandError(Exception):
@@ -53,6 +59,15 @@ def fraction(text: str) -> float:
     return value
 
 
+def microscope_number(text: str) -> int:
+    value = _int(text)
+    if not 1 <= value <= MICROSCOPE_COUNT:
+        raise argparse.ArgumentTypeError(
+            f"expected a microscope number from 1 to {MICROSCOPE_COUNT}, got {text!r}"
+        )
+    return value
+
+
 def _int(text: str) -> int:
     try:
         return int(text)
@@ -67,7 +82,7 @@ def default_name() -> str:
         return "member"
 
 
-def add_data_options(parser: argparse.ArgumentParser, *, default_member: int) -> None:
+def add_data_options(parser: argparse.ArgumentParser, *, in_a_room: bool) -> None:
     source = parser.add_argument_group("data (one of)").add_mutually_exclusive_group(required=True)
     source.add_argument(
         "--data",
@@ -83,13 +98,22 @@ def add_data_options(parser: argparse.ArgumentParser, *, default_member: int) ->
     synthetic = parser.add_argument_group("synthetic data")
     synthetic.add_argument(
         "--member",
-        type=count,
-        default=default_member,
-        help="which simulated microscope (0, 1, 2, ...; default %(default)s): give each "
-        "member its own to see sharing help",
+        type=microscope_number,
+        default=None if in_a_room else 1,
+        metavar="N",
+        help=f"which simulated microscope, 1 to {MICROSCOPE_COUNT} (default: "
+        + (
+            "from your place in the room: the host 1, the first to join 2, ...; each member "
+            "gets its own, as labs have different microscopes)"
+            if in_a_room
+            else "1)"
+        ),
     )
     synthetic.add_argument(
-        "--samples", type=positive_int, default=32, help="images (default %(default)s)"
+        "--samples",
+        type=positive_int,
+        default=TRAINING_DEFAULTS.images_per_member,
+        help="images (default %(default)s)",
     )
     parser.add_argument(
         "--strict-data",
@@ -108,9 +132,17 @@ def add_data_options(parser: argparse.ArgumentParser, *, default_member: int) ->
 
 def add_training_options(parser: argparse.ArgumentParser) -> None:
     training = parser.add_argument_group("training")
-    training.add_argument("--batch-size", type=positive_int, default=8, help="default %(default)s")
     training.add_argument(
-        "--learning-rate", type=positive_float, default=1e-2, help="default %(default)s"
+        "--batch-size",
+        type=positive_int,
+        default=TRAINING_DEFAULTS.batch_size,
+        help="default %(default)s",
+    )
+    training.add_argument(
+        "--learning-rate",
+        type=positive_float,
+        default=TRAINING_DEFAULTS.learning_rate,
+        help="default %(default)s",
     )
     training.add_argument(
         "--seed", type=int, default=0, help="model initialisation and shuffling (default 0)"
@@ -149,19 +181,22 @@ def add_room_options(parser: argparse.ArgumentParser) -> None:
         "then the user's relay_config.txt)",
     )
     room.add_argument(
-        "--rounds", type=positive_int, default=5, help="rounds of sharing (default %(default)s)"
+        "--rounds",
+        type=positive_int,
+        default=TRAINING_DEFAULTS.rounds,
+        help="rounds of sharing (default %(default)s)",
     )
     room.add_argument(
         "--epochs-per-round",
         type=positive_int,
-        default=1,
+        default=TRAINING_DEFAULTS.epochs_per_round,
         metavar="N",
         help="local epochs before each exchange (default %(default)s)",
     )
     room.add_argument(
         "--round-timeout",
         type=positive_float,
-        default=300.0,
+        default=TRAINING_DEFAULTS.round_timeout,
         metavar="SECONDS",
         help="how long to wait for a round's global model (default %(default)s)",
     )
@@ -220,7 +255,11 @@ def add_predict_options(parser: argparse.ArgumentParser) -> None:
     )
     synthetic = parser.add_argument_group("synthetic images")
     synthetic.add_argument(
-        "--member", type=count, default=0, help="which simulated microscope (default 0)"
+        "--member",
+        type=microscope_number,
+        default=1,
+        metavar="N",
+        help=f"which simulated microscope, 1 to {MICROSCOPE_COUNT} (default 1)",
     )
     synthetic.add_argument(
         "--samples", type=positive_int, default=8, help="images (default %(default)s)"

@@ -33,7 +33,7 @@ def run_predict(args: argparse.Namespace, console: Console) -> int:
     with _PredictionView(console) as view:
         if args.synthetic:
             # Images the model did not train on (training draws seed=--seed).
-            data = member_shard(args.member, args.samples, seed=HELD_OUT_SEED + args.seed)
+            data = member_shard(args.member - 1, args.samples, seed=HELD_OUT_SEED + args.seed)
             batches = _synthetic(predictor, data, view.on_prediction)
         else:
             batches = iter_predictions(

@@ -78,7 +78,7 @@ def test_malformed_relay_url_names_the_option(cli):
 def test_room_full(relay, cli):
     server = relay("--max-room-members", "1")
     host = cli("create", "--relay-url", server.url, "--synthetic", "--wait-for", "1")
-    room = host.wait_for(r"join ([A-Z2-9]{6})$", 60).group(1)
+    room = host.wait_for(r"join ([A-Z2-9]{6}) ", 60).group(1)
     code, _, stderr = finish(cli("join", room, "--relay-url", server.url, "--synthetic"))
     assert code == 1
     assert f"Room {room} is full" in stderr
