@@ -18,7 +18,11 @@ from qtpy.QtWidgets import (
     QSpinBox,
 )
 
+from ..training.settings import MICROSCOPE_COUNT, TRAINING_DEFAULTS, microscope_for_position
 from .workers import DataChoice
+
+#: The microscope field's value meaning "from my place in the room".
+AUTO_MICROSCOPE = 0
 
 
 class DataPanel(QGroupBox):
@@ -37,11 +41,18 @@ class DataPanel(QGroupBox):
 
         form.addRow(self.synthetic_radio)
         synthetic = QHBoxLayout()
-        self.member_spin = _spin(1, 3, 1, "simulated microscope: each makes different images")
-        self.count_spin = _spin(4, 512, 24, "number of images")
+        self.microscope_spin = _spin(
+            AUTO_MICROSCOPE,
+            MICROSCOPE_COUNT,
+            AUTO_MICROSCOPE,
+            "simulated microscope, 1 to 3: each makes different images. “by place”: the "
+            "host gets 1, the first to join 2, and so on, so every lab's images differ",
+        )
+        self.microscope_spin.setSpecialValueText("by place in room")
+        self.count_spin = _spin(4, 512, TRAINING_DEFAULTS.images_per_member, "number of images")
         self.seed_spin = _spin(0, 1_000_000, 0, "random seed of the images")
         for label, spin in (
-            ("microscope", self.member_spin),
+            ("microscope", self.microscope_spin),
             ("images", self.count_spin),
             ("seed", self.seed_spin),
         ):
@@ -68,15 +79,20 @@ class DataPanel(QGroupBox):
         self.summary_label = QLabel("No data loaded yet")
         self.summary_label.setWordWrap(True)
         form.addRow(self.summary_label)
-        self.synthetic_size = 64  # pixels; tests make it smaller
+        self.synthetic_size = TRAINING_DEFAULTS.image_size  # pixels; tests make it smaller
         self._changed()
 
-    def choice(self) -> DataChoice:
+    def choice(self, position: int = 1) -> DataChoice:
+        """What to load; `position` (1 = the host) picks the microscope when the field says
+        "by place in room"."""
         if self.folder_radio.isChecked():
             text = self.folder_edit.text().strip()
             return DataChoice(folder=Path(text).expanduser() if text else None, size=0)
+        microscope = self.microscope_spin.value()
         return DataChoice(
-            member=self.member_spin.value() - 1,
+            microscope=microscope_for_position(position)
+            if microscope == AUTO_MICROSCOPE
+            else microscope,
             count=self.count_spin.value(),
             seed=self.seed_spin.value(),
             size=self.synthetic_size,
@@ -97,7 +113,7 @@ class DataPanel(QGroupBox):
 
     def _changed(self, *_) -> None:
         folder = self.folder_radio.isChecked()
-        for widget in (self.member_spin, self.count_spin, self.seed_spin):
+        for widget in (self.microscope_spin, self.count_spin, self.seed_spin):
             widget.setEnabled(not folder)
         self.folder_edit.setEnabled(folder)
         self.choice_changed.emit()

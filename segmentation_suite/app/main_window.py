@@ -12,7 +12,6 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from . import session_controller as states
 from .session_controller import SessionController
 from .setup_page import SetupPage
 from .training_page import TrainingPage
@@ -54,24 +53,19 @@ class MainWindow(QMainWindow):
         layout.addLayout(navigation)
         layout.addWidget(self.pages, 1)
         self.setCentralWidget(central)
+        # The status bar, the Session page and the Training page all show the controller's
+        # state_text: one source of truth for the connection.
         self.session.state_changed.connect(self._show_connection)
         self.session.session_ready.connect(lambda _: self._show_connection(self.session.state))
         self._show_connection(self.session.state)
-        self.resize(1000, 760)
+        self.resize(1000, 840)
 
     def show_page(self, index: int) -> None:
         self.pages.setCurrentIndex(index)
         self._tabs.button(index).setChecked(True)
 
     def _show_connection(self, state: str) -> None:
-        client = self.session.client
-        if state == states.CONNECTED and client is not None:
-            role = "host" if client.is_host else "member"
-            self.statusBar().showMessage(f"Connected: {client.connection_info} ({role})")
-        elif state == states.CONNECTING:
-            self.statusBar().showMessage("Connecting…")
-        else:
-            self.statusBar().showMessage("Not connected")
+        self.statusBar().showMessage(self.session.state_text)
 
     def closeEvent(self, event) -> None:  # noqa: N802 (Qt's name)
         """Closing the window stops training and says goodbye to the room."""

@@ -15,6 +15,8 @@ from pathlib import Path
 
 from qtpy.QtCore import QObject, Signal
 
+from ..training.settings import TRAINING_DEFAULTS
+
 log = logging.getLogger(__name__)
 
 
@@ -32,18 +34,15 @@ class DataChoice:
     """What the user picked: a folder, or the built-in synthetic images of one member."""
 
     folder: Path | None = None
-    member: int = 0  # synthetic: which simulated microscope (style)
-    count: int = 24
+    microscope: int = 1  # synthetic: which simulated microscope, counted from 1
+    count: int = TRAINING_DEFAULTS.images_per_member
     seed: int = 0
-    size: int = 64
+    size: int = TRAINING_DEFAULTS.image_size
 
     def describe(self) -> str:
         if self.folder is not None:
             return f"folder {self.folder}"
-        return (
-            f"synthetic: microscope {self.member + 1}, {self.count} images of "
-            f"{self.size}×{self.size}, seed {self.seed}"
-        )
+        return f"synthetic microscope {self.microscope}, seed {self.seed}"
 
 
 class DataLoader(QObject):
@@ -78,11 +77,13 @@ class DataLoader(QObject):
                 evaluation = None
             else:
                 data = training.member_shard(
-                    choice.member, choice.count, seed=choice.seed, size=choice.size
+                    choice.microscope - 1, choice.count, seed=choice.seed, size=choice.size
                 )
                 # Every microscope's images: where the shared model beats a local one.
                 evaluation = training.held_out_set(
-                    max(4, choice.count // 2), seed=choice.seed + 10_000, size=choice.size
+                    TRAINING_DEFAULTS.held_out_images,
+                    seed=choice.seed + 10_000,
+                    size=choice.size,
                 )
         except training.DatasetError as exc:
             _emit(self.failed, str(exc))
@@ -112,11 +113,14 @@ class TrainingWorker(QObject):
         data,
         *,
         trainer=None,
-        rounds: int = 3,
-        epochs_per_round: int = 1,
+        rounds: int = TRAINING_DEFAULTS.rounds,
+        epochs_per_round: int = TRAINING_DEFAULTS.epochs_per_round,
+        learning_rate: float = TRAINING_DEFAULTS.learning_rate,
         evaluation=None,
-        round_timeout: float = 120.0,
+        round_timeout: float = TRAINING_DEFAULTS.round_timeout,
         seed: int = 0,
+        first_round: int = 1,
+        initial_weights=None,
         parent=None,
     ):
         super().__init__(parent)
@@ -127,7 +131,10 @@ class TrainingWorker(QObject):
         self.epochs_per_round = epochs_per_round
         self.evaluation = evaluation
         self.round_timeout = round_timeout
+        self.learning_rate = learning_rate
         self.seed = seed
+        self.first_round = first_round
+        self.initial_weights = initial_weights  # a global model to start from (joining late)
         self.stop_event = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -152,7 +159,14 @@ class TrainingWorker(QObject):
             from .. import training
 
             if self.trainer is None:
-                self.trainer = training.Trainer(self.data, seed=self.seed)
+                self.trainer = training.Trainer(
+                    self.data, seed=self.seed, learning_rate=self.learning_rate
+                )
+            if self.initial_weights is not None:
+                self.trainer.load_state_dict(self.initial_weights)
+            if getattr(self.client, "is_host", False):
+                # Which model the room trains: members of the command line start on it.
+                self.client.send_architecture(self.trainer.architecture)
             _emit(self.trainer_ready, self.trainer)
             federated = training.FederatedTraining(
                 self.client,
@@ -161,6 +175,7 @@ class TrainingWorker(QObject):
                 epochs_per_round=self.epochs_per_round,
                 round_timeout=self.round_timeout,
                 evaluation=self.evaluation,
+                first_round=self.first_round,
             )
             results = federated.run(lambda event: _emit(self.event, event), self.stop_event)
         except Exception as exc:
