@@ -13,7 +13,8 @@
 #include <unistd.h>
 
 #include "transport.h"
-#include "transport_internal.h"
+#include "transport_engine.h"
+#include "transport_service.h"
 
 #define DEFAULT_MAX_MESSAGE_SIZE (256ull * 1024 * 1024)
 #define DEFAULT_RECEIVE_QUEUE_SIZE (64ull * 1024 * 1024)
@@ -22,7 +23,7 @@
 static PyObject *ConnectionClosed; /* ConnectionError subclass with .code and .reason */
 
 typedef struct {
-    PyObject_HEAD struct connection *conn;
+    PyObject_HEAD struct client_connection *conn;
     PyObject *url;
 } ConnectionObject;
 
@@ -74,8 +75,9 @@ static struct timespec monotonic_timespec(double seconds)
 /* Waits until `done` holds (checked under conn->lock) or the monotonic `deadline` passes
  * (deadline < 0: no limit). Wakes every 100 ms so that Ctrl-C reaches a waiting main thread.
  * Returns 1 when done, 0 on timeout, -1 with a Python exception set by a signal handler. */
-static int wait_until(struct connection *conn, int (*done)(struct connection *, void *),
-                      void *argument, double deadline)
+static int wait_until(struct client_connection *conn,
+                      int (*done)(struct client_connection *, void *), void *argument,
+                      double deadline)
 {
     for (;;) {
         int satisfied = 0;
@@ -101,25 +103,25 @@ static int wait_until(struct connection *conn, int (*done)(struct connection *, 
     }
 }
 
-static int is_not_connecting(struct connection *conn, void *unused)
+static int is_not_connecting(struct client_connection *conn, void *unused)
 {
     (void)unused;
     return conn->state != CONNECTION_CONNECTING;
 }
 
-static int is_closed(struct connection *conn, void *unused)
+static int is_closed(struct client_connection *conn, void *unused)
 {
     (void)unused;
     return conn->state == CONNECTION_CLOSED;
 }
 
-static int request_finished(struct connection *conn, void *request)
+static int request_finished(struct client_connection *conn, void *request)
 {
     (void)conn;
     return ((struct send_request *)request)->finished;
 }
 
-static int message_or_closed(struct connection *conn, void *unused)
+static int message_or_closed(struct client_connection *conn, void *unused)
 {
     (void)unused;
     return conn->received_head != NULL || conn->state == CONNECTION_CLOSED;
@@ -146,7 +148,7 @@ static double deadline_after(PyObject *timeout, const char *name, int *error)
 /* ---- errors ------------------------------------------------------------------------------- */
 
 /* Raises ConnectionClosed with `code` and `reason` attributes (None while still closing). */
-static PyObject *raise_closed(struct connection *conn, const char *doing)
+static PyObject *raise_closed(struct client_connection *conn, const char *doing)
 {
     int closed, code;
     char reason[sizeof conn->close_reason];
@@ -184,7 +186,7 @@ static PyObject *raise_closed(struct connection *conn, const char *doing)
 /* ---- the Connection type ------------------------------------------------------------------ */
 
 /* Asks for a close without waiting: from close() before it waits, and from dealloc. */
-static void request_close(struct connection *conn, int code, const char *reason)
+static void request_close(struct client_connection *conn, int code, const char *reason)
 {
     pthread_mutex_lock(&conn->lock);
     if (conn->state == CONNECTION_CONNECTING) {
@@ -214,7 +216,7 @@ static void connection_dealloc(ConnectionObject *self)
  * cleanly if a signal (Ctrl-C) interrupts the wait. */
 static PyObject *run_send(ConnectionObject *self, struct send_request *request)
 {
-    struct connection *conn = self->conn;
+    struct client_connection *conn = self->conn;
     int accepted;
     {
         PyThreadState *released = PyEval_SaveThread();
@@ -402,7 +404,7 @@ static PyObject *connection_recv(ConnectionObject *self, PyObject *args, PyObjec
     double deadline = deadline_after(timeout, "timeout", &bad);
     if (bad)
         return NULL;
-    struct connection *conn = self->conn;
+    struct client_connection *conn = self->conn;
     int waited = wait_until(conn, message_or_closed, NULL, deadline);
     if (waited < 0)
         return NULL;
@@ -498,7 +500,7 @@ static PyObject *connection_close(ConnectionObject *self, PyObject *args, PyObje
     if (bad)
         return NULL;
 
-    struct connection *conn = self->conn;
+    struct client_connection *conn = self->conn;
     {
         PyThreadState *released = PyEval_SaveThread();
         request_close(conn, code, reason);
@@ -676,7 +678,7 @@ static int is_token_char(unsigned char c)
 }
 
 /* Copies extra handshake headers (a mapping or pairs of str) into `conn`. */
-static int parse_headers(struct connection *conn, PyObject *headers)
+static int parse_headers(struct client_connection *conn, PyObject *headers)
 {
     if (headers == Py_None)
         return 0;
@@ -734,7 +736,7 @@ fail:
 }
 
 /* Splits a ws:// or wss:// URL into the connection's address, port, path and Host header. */
-static int parse_url(struct connection *conn, PyObject *url, PyObject *server_hostname)
+static int parse_url(struct client_connection *conn, PyObject *url, PyObject *server_hostname)
 {
     char *copy = utf8_copy(url, "url");
     if (!copy)
@@ -811,7 +813,7 @@ static int size_argument(PyObject *value, const char *name, size_t *out)
 
 /* ping_interval=None turns keepalive off; otherwise a ping goes out after `ping_interval`
  * seconds without a pong, and the connection is dropped `ping_timeout` seconds later. */
-static int keepalive_arguments(struct connection *conn, PyObject *interval, double timeout)
+static int keepalive_arguments(struct client_connection *conn, PyObject *interval, double timeout)
 {
     if (interval == Py_None)
         return 0;
@@ -830,31 +832,11 @@ static int keepalive_arguments(struct connection *conn, PyObject *interval, doub
     return 0;
 }
 
-static struct connection *connection_new(void)
-{
-    struct connection *conn = calloc(1, sizeof *conn);
-    if (!conn)
-        return NULL;
-    conn->staging = malloc(LWS_PRE + TRANSPORT_STAGING_SIZE);
-    pthread_condattr_t attributes;
-    pthread_condattr_init(&attributes);
-    pthread_condattr_setclock(&attributes, CLOCK_MONOTONIC);
-    pthread_cond_init(&conn->changed, &attributes);
-    pthread_condattr_destroy(&attributes);
-    pthread_mutex_init(&conn->lock, NULL);
-    atomic_init(&conn->refcount, 1);
-    conn->state = CONNECTION_CONNECTING;
-    if (!conn->staging) {
-        connection_release(conn);
-        return NULL;
-    }
-    return conn;
-}
-
 static PyObject *transport_connect(PyObject *module, PyObject *args, PyObject *kwargs)
 {
     (void)module;
     static char *keywords[] = {"url",
+                               "engine",
                                "headers",
                                "proxy",
                                "ca_file",
@@ -865,19 +847,27 @@ static PyObject *transport_connect(PyObject *module, PyObject *args, PyObject *k
                                "max_message_size",
                                "receive_queue_size",
                                NULL};
+    const char *engine_name = NULL;
     PyObject *url, *headers = Py_None, *proxy = Py_None, *ca_file = Py_None;
     PyObject *server_hostname = Py_None, *connect_timeout = NULL, *ping_interval = NULL;
     double ping_timeout = 30.0;
     PyObject *max_message_size = NULL, *receive_queue_size = NULL;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "U|$OOOOOOdOO:connect", keywords, &url, &headers,
-                                     &proxy, &ca_file, &server_hostname, &connect_timeout,
-                                     &ping_interval, &ping_timeout, &max_message_size,
-                                     &receive_queue_size))
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "U|$sOOOOOOdOO:connect", keywords, &url,
+                                     &engine_name, &headers, &proxy, &ca_file, &server_hostname,
+                                     &connect_timeout, &ping_interval, &ping_timeout,
+                                     &max_message_size, &receive_queue_size))
         return NULL;
 
-    struct connection *conn = connection_new();
+    if (!engine_name) /* the default is Python's to choose: transport.default_engine() */
+        return PyErr_Format(PyExc_TypeError, "connect() needs engine='raw' or engine='lws'");
+    const struct transport_engine *engine = service_engine_named(engine_name);
+    if (!engine)
+        return PyErr_Format(PyExc_ValueError, "engine must be 'raw' or 'lws', got '%s'",
+                            engine_name);
+    struct client_connection *conn = connection_new();
     if (!conn)
         return PyErr_NoMemory();
+    conn->engine = engine;
     conn->max_message_size = DEFAULT_MAX_MESSAGE_SIZE;
     conn->receive_queue_limit = DEFAULT_RECEIVE_QUEUE_SIZE;
     PyObject *default_interval = NULL, *default_timeout = NULL;
@@ -902,6 +892,12 @@ static PyObject *transport_connect(PyObject *module, PyObject *args, PyObject *k
     Py_XDECREF(default_interval);
     Py_XDECREF(default_timeout);
     if (bad) {
+        connection_release(conn);
+        return NULL;
+    }
+    if ((conn->use_tls && !engine->does_tls) || (conn->proxy && !engine->does_proxy)) {
+        PyErr_Format(PyExc_ValueError, "the %s engine cannot run %s", engine->name,
+                     conn->use_tls ? "wss:// (TLS)" : "through an HTTP proxy");
         connection_release(conn);
         return NULL;
     }
@@ -1064,11 +1060,12 @@ static PyObject *transport_shutdown(PyObject *module, PyObject *args)
 
 static PyMethodDef transport_functions[] = {
     {"connect", (PyCFunction)(void (*)(void))transport_connect, METH_VARARGS | METH_KEYWORDS,
-     "connect(url, *, headers=None, proxy=None, ca_file=None, server_hostname=None, "
+     "connect(url, *, engine, headers=None, proxy=None, ca_file=None, server_hostname=None, "
      "connect_timeout=10.0, ping_interval=30.0, ping_timeout=30.0, max_message_size=256 MiB, "
      "receive_queue_size=64 MiB) -> Connection\n--\n\n"
-     "Opens a ws:// or wss:// connection and waits for the handshake (GIL released). `proxy` is "
-     "an HTTP CONNECT proxy as host:port (no environment lookup here: see transport.py)."},
+     "Opens a ws:// or wss:// connection and waits for the handshake (GIL released). `engine` "
+     "is 'raw' (our own WebSocket client) or 'lws' (libwebsockets'); transport.py chooses it. "
+     "`proxy` is an HTTP CONNECT proxy as host:port (no environment lookup here)."},
     {"parse_frame_header", (PyCFunction)transport_parse_frame_header, METH_O,
      "parse_frame_header(data) -> FrameHeader | None\n--\n\n"
      "Reads the frame header at the start of a binary message; None when the message has none "

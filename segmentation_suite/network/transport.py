@@ -5,6 +5,7 @@ process, zero-copy sends with the GIL released, received messages queued for `re
 module adds what is policy rather than mechanism:
 
 * which proxy a URL goes through (`http_proxy` / `https_proxy` / `no_proxy`, like urllib);
+* which WebSocket engine runs a connection (`default_engine`, the one place it is chosen);
 * delivering received messages to callbacks on a dispatcher thread, for callers that prefer
   callbacks to a blocking `recv()`.
 """
@@ -41,8 +42,10 @@ __all__ = [
     "Connection",
     "ConnectionClosed",
     "FrameHeader",
+    "ENGINES",
     "MessageDispatcher",
     "connect",
+    "default_engine",
     "parse_frame_header",
     "proxy_for",
 ]
@@ -88,9 +91,27 @@ def proxy_for(url: str) -> str | None:
     return f"{credentials}{host}:{proxy_parts.port or 80}"
 
 
+# The WebSocket engines of the C extension (docs/transport.md): "raw" is our own RFC 6455 client
+# over a raw socket, "lws" is libwebsockets' ws client.
+ENGINES = ("raw", "lws")
+
+
+def default_engine(url: str, proxy: str | None) -> str:
+    """The engine a connection to `url` (through `proxy`, or directly) uses unless told.
+
+    "raw" is many times faster than lws 4.1's ws client, which parses and masks byte by byte.
+    lws keeps what raw cannot do yet: HTTP CONNECT proxies (lws does CONNECT for its http/ws
+    roles only) and wss:// (the raw engine has no TLS of its own yet).
+    """
+    if proxy or urllib.parse.urlsplit(url).scheme == "wss":
+        return "lws"
+    return "raw"
+
+
 def connect(
     url: str,
     *,
+    engine: str | None = None,
     headers: Headers = None,
     proxy: str | bool | None = None,
     ca_file: str | None = None,
@@ -104,7 +125,8 @@ def connect(
     """Opens a WebSocket connection; see `_relayclient.connect` for the options.
 
     `proxy`: None (the default) takes it from the environment (`proxy_for`), False connects
-    directly, a string ``host:port`` names the proxy.
+    directly, a string ``host:port`` names the proxy. `engine`: one of `ENGINES`, or None for
+    `default_engine`.
     """
     if proxy is None:
         proxy = proxy_for(url)
@@ -114,6 +136,7 @@ def connect(
         proxy = None
     return _connect(
         url,
+        engine=engine or default_engine(url, proxy),
         headers=headers,
         proxy=proxy,
         ca_file=ca_file,

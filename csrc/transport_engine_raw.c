@@ -1,5 +1,5 @@
-/* transport_rawws.c — the fast WebSocket engine for ws:// (docs/transport.md): lws opens a raw
- * TCP socket and runs the event loop; this file does the RFC 6455 handshake, keepalive and close
+/* transport_engine_raw.c — the fast WebSocket engine (docs/transport.md): lws opens a raw TCP
+ * socket and runs the event loop; this file does the RFC 6455 handshake, keepalive and close
  * handshake, wslay parses the frames and put_frame() writes them, block-wise, not per byte. */
 #define _GNU_SOURCE /* memmem */
 #include <stdbool.h>
@@ -12,7 +12,7 @@
 #include <openssl/rand.h>
 #include <wslay/wslay.h>
 
-#include "transport_internal.h"
+#include "transport_engine.h"
 
 #define WEBSOCKET_GUID "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 #define CONTROL_PAYLOAD_MAX 125
@@ -88,8 +88,9 @@ static int on_wslay_mask(uint8_t *key, size_t length, void *user)
     return -1;
 }
 
-int rawws_attach(struct connection *conn)
+static int attach(struct client_connection *conn, struct lws_client_connect_info *info)
 {
+    info->method = "RAW"; /* keepalive: on_timer() pings by itself */
     struct raw_websocket *raw = calloc(1, sizeof *raw);
     if (!raw)
         return -1;
@@ -105,12 +106,14 @@ int rawws_attach(struct connection *conn)
         free(raw);
         return -1;
     }
-    conn->raw = raw;
+    conn->engine_state = raw;
     return 0;
 }
 
-void rawws_free(struct raw_websocket *raw)
+static void free_state(struct client_connection *conn)
 {
+    struct raw_websocket *raw = conn->engine_state;
+    conn->engine_state = NULL;
     if (!raw)
         return;
     if (raw->frames)
@@ -199,7 +202,7 @@ static int base64(const unsigned char *data, size_t size, char *out, size_t capa
     return 0;
 }
 
-static int build_request(struct connection *conn, struct raw_websocket *raw)
+static int build_request(struct client_connection *conn, struct raw_websocket *raw)
 {
     unsigned char nonce[16];
     char key[32];
@@ -262,8 +265,8 @@ static int has_token(const char *list, size_t list_size, const char *token)
 
 /* Checks the server's response (up to its blank line) per RFC 6455 4.1; 0, or -1 with
  * conn->error saying why. */
-static int check_response(struct connection *conn, struct raw_websocket *raw, const char *text,
-                          size_t size)
+static int check_response(struct client_connection *conn, struct raw_websocket *raw,
+                          const char *text, size_t size)
 {
     const char *line_end = memmem(text, size, "\r\n", 2);
     int status = 0;
@@ -320,7 +323,7 @@ static int check_response(struct connection *conn, struct raw_websocket *raw, co
     return 0;
 }
 
-static void start_keepalive_timer(struct connection *conn, struct lws *wsi)
+static void start_keepalive_timer(struct client_connection *conn, struct lws *wsi)
 {
     if (conn->keepalive_enabled)
         lws_set_timer_usecs(wsi, LWS_US_PER_SEC);
@@ -328,8 +331,8 @@ static void start_keepalive_timer(struct connection *conn, struct lws *wsi)
 
 /* Takes handshake response bytes; once the blank line is there, checks the response and opens
  * the connection. Returns the number of bytes that belong to the handshake, or -1. */
-static long take_response(struct connection *conn, struct raw_websocket *raw, struct lws *wsi,
-                          const unsigned char *data, size_t size)
+static long take_response(struct client_connection *conn, struct raw_websocket *raw,
+                          struct lws *wsi, const unsigned char *data, size_t size)
 {
     size_t room = TRANSPORT_RX_BUFFER_SIZE - raw->response_size;
     size_t take = size < room ? size : room;
@@ -359,13 +362,7 @@ static long take_response(struct connection *conn, struct raw_websocket *raw, st
     raw->response = NULL;
     raw->upgraded = 1;
 
-    conn->last_proof_of_life = transport_monotonic_seconds();
-    pthread_mutex_lock(&conn->lock);
-    conn->state = CONNECTION_OPEN;
-    int wants_write = conn->send_head || conn->close_requested;
-    pthread_cond_broadcast(&conn->changed);
-    pthread_mutex_unlock(&conn->lock);
-    if (wants_write)
+    if (connection_mark_open(conn))
         lws_callback_on_writable(wsi);
     start_keepalive_timer(conn, wsi);
     return (long)(header_size - before);
@@ -373,14 +370,24 @@ static long take_response(struct connection *conn, struct raw_websocket *raw, st
 
 /* ---- receiving ---------------------------------------------------------------------------- */
 
-static int protocol_error(struct connection *conn, struct raw_websocket *raw, struct lws *wsi,
-                          const char *reason)
+static int after_receive(struct lws *wsi, enum receive_outcome outcome)
 {
-    raw->input_closed = 1; /* the stream can no longer be parsed */
-    return close_soon(conn, wsi, LWS_CLOSE_STATUS_PROTOCOL_ERR, reason);
+    if (outcome == RECEIVE_PAUSE_READING)
+        lws_rx_flow_control(wsi, 0);
+    else if (outcome == RECEIVE_SEND_CLOSE)
+        lws_callback_on_writable(wsi);
+    return 0;
 }
 
-static void on_control_frame(struct connection *conn, struct raw_websocket *raw, struct lws *wsi)
+static int protocol_error(struct client_connection *conn, struct raw_websocket *raw,
+                          struct lws *wsi, const char *reason)
+{
+    raw->input_closed = 1; /* the stream can no longer be parsed */
+    return after_receive(wsi, connection_close_soon(conn, LWS_CLOSE_STATUS_PROTOCOL_ERR, reason));
+}
+
+static void on_control_frame(struct client_connection *conn, struct raw_websocket *raw,
+                             struct lws *wsi)
 {
     switch (raw->frame_opcode) {
     case OPCODE_PING:
@@ -398,16 +405,7 @@ static void on_control_frame(struct connection *conn, struct raw_websocket *raw,
             protocol_error(conn, raw, wsi, "a Close frame with a 1-byte payload");
             break;
         }
-        if (raw->control_size >= 2) {
-            conn->peer_close_code = raw->control[0] << 8 | raw->control[1];
-            size_t length = raw->control_size - 2;
-            if (length >= sizeof conn->peer_close_reason)
-                length = sizeof conn->peer_close_reason - 1;
-            memcpy(conn->peer_close_reason, raw->control + 2, length);
-            conn->peer_close_reason[length] = '\0';
-        } else {
-            conn->peer_close_code = LWS_CLOSE_STATUS_NO_STATUS;
-        }
+        connection_record_peer_close(conn, raw->control, raw->control_size);
         if (conn->close_sent)
             raw->hang_up = 1; /* the closing handshake is complete */
         else
@@ -418,7 +416,7 @@ static void on_control_frame(struct connection *conn, struct raw_websocket *raw,
 }
 
 /* One piece of a frame's payload that wslay parsed. */
-static int on_frame_data(struct connection *conn, struct raw_websocket *raw, struct lws *wsi,
+static int on_frame_data(struct client_connection *conn, struct raw_websocket *raw, struct lws *wsi,
                          const struct wslay_frame_iocb *piece)
 {
     int frame_start = raw->frame_offset == 0;
@@ -458,16 +456,16 @@ static int on_frame_data(struct connection *conn, struct raw_websocket *raw, str
         .binary = raw->message_binary,
         .rest_of_frame = piece->payload_length - seen,
     };
-    return receive_payload(conn, wsi, piece->data, piece->data_length, &at);
+    return after_receive(wsi, connection_receive(conn, piece->data, piece->data_length, &at));
 }
 
-static int on_input(struct connection *conn, struct raw_websocket *raw, struct lws *wsi,
+static int on_input(struct client_connection *conn, struct raw_websocket *raw, struct lws *wsi,
                     const unsigned char *data, size_t size)
 {
     if (!raw->upgraded) {
         long used = take_response(conn, raw, wsi, data, size);
         if (used < 0)
-            return -1; /* closes: finish_connection() reports conn->error */
+            return -1; /* closes: the service thread reports conn->error */
         if (!raw->upgraded)
             return 0; /* the response's blank line has not come yet */
         data += used;
@@ -510,7 +508,7 @@ static int put_close(struct raw_websocket *raw, int code, const char *reason)
     return put_frame(raw, OPCODE_CLOSE, 1, payload, size, NULL, 0);
 }
 
-static int on_writeable(struct connection *conn, struct raw_websocket *raw, struct lws *wsi)
+static int on_writeable(struct client_connection *conn, struct raw_websocket *raw, struct lws *wsi)
 {
     if (!raw->upgraded) {
         if (raw->request_written)
@@ -530,7 +528,7 @@ static int on_writeable(struct connection *conn, struct raw_websocket *raw, stru
         raw->echo_close_due = 0;
         raw->hang_up = 1;
         pthread_mutex_lock(&conn->lock);
-        fail_pending_sends(conn);
+        connection_fail_pending_sends(conn);
         pthread_cond_broadcast(&conn->changed);
         pthread_mutex_unlock(&conn->lock);
         /* Echo the peer's code and reason, as lws does (RFC 6455 5.5.1). */
@@ -541,17 +539,12 @@ static int on_writeable(struct connection *conn, struct raw_websocket *raw, stru
         return 0;
     }
 
-    int more = 0;
+    int more = 0, close_code;
+    char close_reason[TRANSPORT_CLOSE_REASON_SIZE];
     pthread_mutex_lock(&conn->lock);
-    if (conn->close_requested && !conn->close_sent) {
-        conn->close_sent = 1;
-        conn->sent_close_code = conn->close_requested_code;
-        memcpy(conn->sent_close_reason, conn->close_requested_reason,
-               sizeof conn->sent_close_reason);
-        fail_pending_sends(conn);
-        pthread_cond_broadcast(&conn->changed);
+    if (connection_take_close_request(conn, &close_code, close_reason)) {
         pthread_mutex_unlock(&conn->lock);
-        if (put_close(raw, conn->sent_close_code, conn->sent_close_reason) < 0)
+        if (put_close(raw, close_code, close_reason) < 0)
             return -1;
         if (raw->input_closed) {
             raw->hang_up = 1; /* no Close can be read back from a broken stream */
@@ -561,9 +554,10 @@ static int on_writeable(struct connection *conn, struct raw_websocket *raw, stru
         }
         return flush_output(raw, wsi);
     }
-    struct fragment fragment;
+    struct outgoing_fragment fragment;
     unsigned char *header = conn->staging; /* a chunk's frame header is written there */
-    if (!conn->close_sent && next_fragment(conn, header, TRANSPORT_STAGING_SIZE, &fragment)) {
+    if (!conn->close_sent &&
+        connection_next_fragment(conn, header, TRANSPORT_STAGING_SIZE, &fragment)) {
         int opcode = !fragment.is_start ? OPCODE_CONTINUATION
                      : fragment.is_text ? OPCODE_TEXT
                                         : OPCODE_BINARY;
@@ -574,7 +568,7 @@ static int on_writeable(struct connection *conn, struct raw_websocket *raw, stru
             pthread_mutex_unlock(&conn->lock);
             return -1;
         }
-        more = fragment_sent(conn, &fragment);
+        more = connection_fragment_sent(conn, &fragment);
     }
     pthread_mutex_unlock(&conn->lock);
     if (flush_output(raw, wsi) < 0)
@@ -587,10 +581,10 @@ static int on_writeable(struct connection *conn, struct raw_websocket *raw, stru
 /* ---- keepalive ---------------------------------------------------------------------------- */
 
 /* Once a second: a ping after `secs_since_valid_ping` of silence, and the socket dropped when
- * that ping stays unanswered for the rest of `secs_since_valid_hangup` (finish_connection()
+ * that ping stays unanswered for the rest of `secs_since_valid_hangup` (connection_record_end()
  * then names the silence). Hanging up only on an unanswered ping keeps a one-second timer from
  * dropping a live peer whose pong was simply not due yet. */
-static void on_timer(struct connection *conn, struct raw_websocket *raw, struct lws *wsi)
+static void on_timer(struct client_connection *conn, struct raw_websocket *raw, struct lws *wsi)
 {
     double now = transport_monotonic_seconds();
     double silent = now - conn->last_proof_of_life;
@@ -609,10 +603,10 @@ static void on_timer(struct connection *conn, struct raw_websocket *raw, struct 
     start_keepalive_timer(conn, wsi);
 }
 
-int rawws_on_event(struct connection *conn, struct lws *wsi, enum lws_callback_reasons reason,
-                   void *in, size_t len)
+static int on_event(struct client_connection *conn, struct lws *wsi,
+                    enum lws_callback_reasons reason, void *in, size_t len)
 {
-    struct raw_websocket *raw = conn->raw;
+    struct raw_websocket *raw = conn->engine_state;
     switch (reason) {
     case LWS_CALLBACK_RAW_CONNECTED:
         if (build_request(conn, raw) < 0)
@@ -627,10 +621,16 @@ int rawws_on_event(struct connection *conn, struct lws *wsi, enum lws_callback_r
         if (raw->upgraded)
             on_timer(conn, raw, wsi);
         return 0;
-    case LWS_CALLBACK_RAW_CLOSE:
-        finish_connection(conn, wsi, NULL);
-        return 0;
     default:
         return 0;
     }
 }
+
+const struct transport_engine transport_engine_raw = {
+    .name = "raw",
+    .does_tls = 0,
+    .does_proxy = 0,
+    .attach = attach,
+    .free = free_state,
+    .on_event = on_event,
+};
