@@ -1,7 +1,9 @@
 /* transport_core.c — the engine-neutral half of a client connection: its lifetime, the send
  * queue cut into fragments, received payload assembled into one message block per message, and
  * the opening/closing bookkeeping every engine shares. No sockets, no lws calls, no Python. */
+#ifndef _GNU_SOURCE
 #define _GNU_SOURCE
+#endif
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>

@@ -13,6 +13,7 @@
 #include <libwebsockets.h>
 
 #include "framing.h"
+#include "ws_client.h" /* struct header_pair */
 
 /* Bytes of the caller's buffer copied per WebSocket fragment. lws masks client frames in place,
  * so payloads are streamed through this bounded per-connection buffer instead of being copied
@@ -58,11 +59,6 @@ struct received_message {
     size_t size;
     size_t capacity; /* of the block, for message_block_release() */
     int is_binary;
-};
-
-struct header_pair {
-    char *name; /* with the trailing ':' that lws expects */
-    char *value;
 };
 
 struct transport_engine; /* transport_engine.h */
