@@ -19,6 +19,8 @@ REQUIRED_LIBRARIES = [
     (["libwebsockets"], "libwebsockets-dev", "libwebsockets"),
     # SHA-1 and base64 of the WebSocket handshake, random masks (lws links it anyway).
     (["libcrypto"], "libssl-dev", "openssl"),
+    # TLS of the raw engine's wss:// connections (OpenSSL memory BIOs, tls_client.c).
+    (["libssl"], "libssl-dev", "openssl"),
     # The relay's JSON (the relay binary ships in the package).
     (["jansson"], "libjansson-dev", "jansson"),
     # msgpack-c is "msgpack-c" from version 6 (Debian 13) and "msgpack" before (Debian 12).

@@ -776,6 +776,7 @@ static int parse_url(struct client_connection *conn, PyObject *url, PyObject *se
         }
     }
     const char *name = host ? host : address;
+    conn->server_name = strdup(name); /* what the certificate must name (and SNI) */
     int default_port = port == (conn->use_tls ? 443 : 80);
     size_t host_size = strlen(name) + 8;
     conn->host_header = malloc(host_size);
@@ -789,7 +790,7 @@ static int parse_url(struct client_connection *conn, PyObject *url, PyObject *se
     }
     free(host);
     free(copy);
-    if (!conn->address || !conn->path || !conn->host_header) {
+    if (!conn->address || !conn->path || !conn->host_header || !conn->server_name) {
         PyErr_NoMemory();
         return -1;
     }

@@ -62,6 +62,7 @@ void connection_release(struct client_connection *conn)
     free(conn->address);
     free(conn->path);
     free(conn->host_header);
+    free(conn->server_name);
     free(conn->ca_file);
     free(conn->proxy);
     free(conn->staging);

@@ -73,7 +73,8 @@ struct client_connection {
     char *address;
     int port;
     char *path;
-    char *host_header; /* also the TLS server name (SNI) and the name checked on the cert */
+    char *host_header; /* lws's engine also takes the TLS server name from it */
+    char *server_name; /* the name (or IP) the certificate must carry, and the SNI */
     int use_tls;
     char *ca_file;
     char *proxy; /* "host:port" or "user:pass@host:port"; NULL connects directly */

@@ -1,6 +1,7 @@
 /* transport_engine_raw.c — the fast WebSocket engine (docs/transport.md): lws opens a raw TCP
- * socket and runs the event loop; ws_client.c speaks RFC 6455 on it (bytes in, events out);
- * this file feeds it, turns its events into the connection core's calls and runs keepalive. */
+ * socket and runs the event loop; tls_client.c (wss://) and ws_client.c speak TLS and RFC 6455
+ * on it as bytes in, bytes/events out; this file feeds them, turns the events into the
+ * connection core's calls and runs keepalive. */
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -8,14 +9,22 @@
 
 #include <openssl/rand.h>
 
+#include "tls_client.h"
 #include "transport_engine.h"
 #include "ws_client.h"
 
 /* Room for the control frames and the header of one data frame written in one callback. */
 #define OUTPUT_SLACK 1024
+/* Room for TLS records' headers and tags around one callback's output, and handshake messages. */
+#define TLS_SLACK (64u * 1024)
 
 struct raw_engine_state {
     struct ws_client protocol;
+    /* wss:// only (NULL otherwise): TLS, the plaintext of one read, the ciphertext to send. */
+    struct tls_client *tls;
+    unsigned char *plaintext;
+    unsigned char *ciphertext; /* LWS_PRE headroom first */
+    size_t ciphertext_capacity;
     int request_written;
     int input_closed; /* a Close arrived or the stream is broken: ignore what follows */
 
@@ -38,17 +47,28 @@ struct raw_engine_state {
 
 static int attach(struct client_connection *conn, struct lws_client_connect_info *info)
 {
-    info->method = "RAW"; /* keepalive: on_timer() pings by itself */
+    info->method = "RAW";     /* keepalive: on_timer() pings by itself */
+    info->ssl_connection = 0; /* TLS is ours: tls_client.c */
     struct raw_engine_state *raw = calloc(1, sizeof *raw);
     if (!raw)
         return -1;
     raw->output_capacity = TRANSPORT_STAGING_SIZE + OUTPUT_SLACK;
     raw->output = malloc(LWS_PRE + raw->output_capacity);
-    if (!raw->output) {
-        free(raw);
+    conn->engine_state = raw; /* free_state() undoes a partial set-up */
+    if (!raw->output)
         return -1;
+    if (conn->use_tls) {
+        raw->ciphertext_capacity = raw->output_capacity + TLS_SLACK;
+        raw->tls = malloc(sizeof *raw->tls);
+        raw->plaintext = malloc(TRANSPORT_RAW_READ_SIZE);
+        raw->ciphertext = malloc(LWS_PRE + raw->ciphertext_capacity);
+        if (!raw->tls || !raw->plaintext || !raw->ciphertext)
+            return -1;
+        if (tls_client_init(raw->tls, conn->server_name, conn->ca_file) < 0) {
+            snprintf(conn->error, sizeof conn->error, "%s", raw->tls->error);
+            return -1;
+        }
     }
-    conn->engine_state = raw;
     return 0;
 }
 
@@ -59,6 +79,11 @@ static void free_state(struct client_connection *conn)
     if (!raw)
         return;
     ws_client_free(&raw->protocol);
+    if (raw->tls)
+        tls_client_free(raw->tls);
+    free(raw->tls);
+    free(raw->plaintext);
+    free(raw->ciphertext);
     free(raw->output);
     free(raw);
 }
@@ -91,10 +116,32 @@ static int put_close(struct raw_engine_state *raw, int code, const char *reason)
     return put_frame(raw, WS_OPCODE_CLOSE, 1, payload, size, NULL, 0);
 }
 
-static int flush_output(struct raw_engine_state *raw, struct lws *wsi)
+/* Sends the TLS records waiting in the output BIO: one lws_write() per callback, as lws wants. */
+static int flush_ciphertext(struct client_connection *conn, struct raw_engine_state *raw,
+                            struct lws *wsi)
+{
+    size_t size = tls_client_pending(raw->tls);
+    if (!size)
+        return 0;
+    if (size > raw->ciphertext_capacity) {
+        snprintf(conn->error, sizeof conn->error, "TLS output larger than expected");
+        return -1;
+    }
+    size = tls_client_take(raw->tls, raw->ciphertext + LWS_PRE, size);
+    return lws_write(wsi, raw->ciphertext + LWS_PRE, size, LWS_WRITE_RAW) < (int)size ? -1 : 0;
+}
+
+/* Sends what put_frame() collected: as it is, or encrypted first for wss://. */
+static int flush_output(struct client_connection *conn, struct raw_engine_state *raw,
+                        struct lws *wsi)
 {
     size_t size = raw->output_size;
     raw->output_size = 0;
+    if (raw->tls) {
+        if (size && tls_client_write(raw->tls, raw->output + LWS_PRE, size) < 0)
+            return -1;
+        return flush_ciphertext(conn, raw, wsi);
+    }
     if (!size)
         return 0;
     /* lws keeps whatever the socket did not take and sends it before the next writeable. */
@@ -187,8 +234,8 @@ static int on_protocol_event(struct client_connection *conn, struct raw_engine_s
     return 0;
 }
 
-static int on_input(struct client_connection *conn, struct raw_engine_state *raw, struct lws *wsi,
-                    const unsigned char *data, size_t size)
+static int on_plaintext(struct client_connection *conn, struct raw_engine_state *raw,
+                        struct lws *wsi, const unsigned char *data, size_t size)
 {
     while (size && !raw->input_closed) {
         struct ws_event event;
@@ -201,16 +248,58 @@ static int on_input(struct client_connection *conn, struct raw_engine_state *raw
     return 0;
 }
 
+/* What the socket brought: for wss://, ciphertext that is decrypted a read's worth at a time and
+ * parsed in place from the plaintext buffer. */
+static int on_input(struct client_connection *conn, struct raw_engine_state *raw, struct lws *wsi,
+                    const unsigned char *data, size_t size)
+{
+    if (!raw->tls)
+        return on_plaintext(conn, raw, wsi, data, size);
+    if (tls_client_feed(raw->tls, data, size) < 0)
+        goto broken;
+    if (!raw->tls->handshake_done) {
+        int done = tls_client_handshake(raw->tls);
+        if (done < 0)
+            goto broken;
+        if (done || tls_client_pending(raw->tls))
+            lws_callback_on_writable(wsi); /* the next flight, or the WebSocket request */
+        if (!done)
+            return 0;
+    }
+    for (;;) {
+        long got = tls_client_read(raw->tls, raw->plaintext, TRANSPORT_RAW_READ_SIZE);
+        if (got < 0)
+            goto broken;
+        if (got == 0)
+            break;
+        if (on_plaintext(conn, raw, wsi, raw->plaintext, (size_t)got) < 0)
+            return -1;
+    }
+    if (tls_client_pending(raw->tls)) /* e.g. a key update to answer */
+        lws_callback_on_writable(wsi);
+    return 0;
+broken:
+    snprintf(conn->error, sizeof conn->error, "%s", raw->tls->error);
+    return -1; /* the service thread reports conn->error (or 1006 once open) */
+}
+
 /* ---- sending ------------------------------------------------------------------------------ */
 
 static int on_writeable(struct client_connection *conn, struct raw_engine_state *raw,
                         struct lws *wsi)
 {
+    if (raw->tls && !raw->tls->handshake_done) {
+        if (tls_client_handshake(raw->tls) < 0) { /* the first call writes the ClientHello */
+            snprintf(conn->error, sizeof conn->error, "%s", raw->tls->error);
+            return -1;
+        }
+        return flush_ciphertext(conn, raw, wsi);
+    }
     if (raw->protocol.phase == WS_PHASE_HANDSHAKE) {
         if (raw->request_written)
-            return 0;
+            return flush_output(conn, raw, wsi); /* nothing, or TLS records still due */
         raw->request_written = 1;
-        return flush_output(raw, wsi); /* the request start_handshake() left there */
+        return flush_output(conn, raw, wsi); /* the request start_handshake() left there */
     }
     if (raw->hang_up)
         return -1; /* lws has flushed everything before calling us again */
@@ -229,7 +318,7 @@ static int on_writeable(struct client_connection *conn, struct raw_engine_state 
         pthread_mutex_unlock(&conn->lock);
         /* Echo the peer's code and reason, as lws does (RFC 6455 5.5.1). */
         if (put_close(raw, conn->peer_close_code, conn->peer_close_reason) < 0 ||
-            flush_output(raw, wsi) < 0)
+            flush_output(conn, raw, wsi) < 0)
             return -1;
         lws_callback_on_writable(wsi);
         return 0;
@@ -248,7 +337,7 @@ static int on_writeable(struct client_connection *conn, struct raw_engine_state 
         } else {
             lws_set_timeout(wsi, PENDING_TIMEOUT_CLOSE_ACK, 5); /* the peer has 5 s to answer */
         }
-        return flush_output(raw, wsi);
+        return flush_output(conn, raw, wsi);
     }
     struct outgoing_fragment fragment;
     unsigned char *header = conn->staging; /* a chunk's frame header is written there */
@@ -267,7 +356,7 @@ static int on_writeable(struct client_connection *conn, struct raw_engine_state 
         more = connection_fragment_sent(conn, &fragment);
     }
     pthread_mutex_unlock(&conn->lock);
-    if (flush_output(raw, wsi) < 0)
+    if (flush_output(conn, raw, wsi) < 0)
         return -1;
     if (more)
         lws_callback_on_writable(wsi);
@@ -324,7 +413,7 @@ static int on_event(struct client_connection *conn, struct lws *wsi,
 
 const struct transport_engine transport_engine_raw = {
     .name = "raw",
-    .does_tls = 0,
+    .does_tls = 1, /* through tls_client.c */
     .does_proxy = 0,
     .attach = attach,
     .free = free_state,

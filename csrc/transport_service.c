@@ -156,10 +156,6 @@ static void open_connection(struct client_connection *conn)
     }
     struct lws_client_connect_info info;
     memset(&info, 0, sizeof info);
-    if (conn->engine->attach(conn, &info) < 0) {
-        finish_connection(conn, NULL, "out of memory");
-        return;
-    }
     info.context = service.context;
     info.vhost = vhost;
     info.address = conn->address;
@@ -171,6 +167,11 @@ static void open_connection(struct client_connection *conn)
     info.local_protocol_name = client_protocols()[0].name;
     info.opaque_user_data = conn;
     info.pwsi = &conn->wsi;
+    /* The engine sets up its state and adjusts how lws opens the socket. */
+    if (conn->engine->attach(conn, &info) < 0) {
+        finish_connection(conn, NULL, "out of memory"); /* unless attach() said why */
+        return;
+    }
     conn->last_proof_of_life = transport_monotonic_seconds();
     if (!lws_client_connect_via_info(&info))
         finish_connection(conn, NULL, "could not start the connection");

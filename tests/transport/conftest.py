@@ -133,8 +133,8 @@ def connect_proxy(tmp_path):
 
 @pytest.fixture(params=["raw", "lws"])
 def engine(request, monkeypatch):
-    """Runs the test once per WebSocket engine: connections that either engine can run (plain
-    ws://, no proxy) use this one instead of transport.default_engine's choice."""
+    """Runs the test once per WebSocket engine: connections that either engine can run (no
+    proxy) use this one instead of transport.default_engine's choice."""
     from segmentation_suite.network import transport
 
     chosen = transport.default_engine
