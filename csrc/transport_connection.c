@@ -62,6 +62,61 @@ static PyTypeObject MessageBufferType = {
     .tp_doc = "The memory of one received binary message (view it with memoryview).",
 };
 
+/* One whole chunked transfer, reassembled by the service thread: its payload through the buffer
+ * protocol (64-byte aligned, viewed where it was written) and chunk 0's frame header. */
+typedef struct {
+    PyObject_HEAD unsigned char *data;
+    Py_ssize_t size;
+    size_t capacity;
+    PyObject *frame_header; /* bytes */
+} TransferObject;
+
+static PyObject *transport_parse_frame_header(PyObject *module, PyObject *data);
+
+static void transfer_dealloc(TransferObject *self)
+{
+    message_block_release(self->data, self->capacity);
+    Py_XDECREF(self->frame_header);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static int transfer_getbuffer(TransferObject *self, Py_buffer *view, int flags)
+{
+    return PyBuffer_FillInfo(view, (PyObject *)self, self->data, self->size, 0, flags);
+}
+
+static Py_ssize_t transfer_length(TransferObject *self)
+{
+    return self->size;
+}
+
+static PyObject *transfer_get_header(TransferObject *self, void *unused)
+{
+    (void)unused;
+    return transport_parse_frame_header(NULL, self->frame_header);
+}
+
+static PyBufferProcs transfer_as_buffer = {.bf_getbuffer = (getbufferproc)transfer_getbuffer};
+static PySequenceMethods transfer_as_sequence = {.sq_length = (lenfunc)transfer_length};
+static PyGetSetDef transfer_getset[] = {
+    {"header", (getter)transfer_get_header, NULL,
+     "FrameHeader of chunk 0: kind, transfer_id, sender, recipients, chunk_count, total_size",
+     NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyTypeObject TransferType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "segmentation_suite.network._relayclient.Transfer",
+    .tp_basicsize = sizeof(TransferObject),
+    .tp_dealloc = (destructor)transfer_dealloc,
+    .tp_as_buffer = &transfer_as_buffer,
+    .tp_as_sequence = &transfer_as_sequence,
+    .tp_getset = transfer_getset,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "A whole chunked transfer (connect(reassemble_transfers=True)): its payload through "
+              "the buffer protocol, where it was reassembled, and `header`.",
+};
+
 /* ---- waiting with the GIL released -------------------------------------------------------- */
 
 static struct timespec monotonic_timespec(double seconds)
@@ -441,11 +496,31 @@ static PyObject *connection_recv(ConnectionObject *self, PyObject *args, PyObjec
     }
 
     PyObject *payload;
-    if (message->is_binary) {
+    if (message->frame_header) {
+        TransferObject *transfer = PyObject_New(TransferObject, &TransferType);
+        PyObject *header = PyBytes_FromStringAndSize((const char *)message->frame_header,
+                                                     (Py_ssize_t)message->frame_header_size);
+        if (!transfer || !header) {
+            Py_XDECREF(header);
+            if (transfer) {
+                transfer->data = NULL;
+                transfer->capacity = 0;
+                transfer->frame_header = NULL;
+                Py_DECREF(transfer);
+            }
+            received_message_free(message);
+            return NULL;
+        }
+        transfer->data = message->data;
+        transfer->size = (Py_ssize_t)message->size;
+        transfer->capacity = message->capacity;
+        transfer->frame_header = header;
+        message->data = NULL; /* the Transfer owns it now */
+        payload = (PyObject *)transfer;
+    } else if (message->is_binary) {
         MessageBufferObject *buffer = PyObject_New(MessageBufferObject, &MessageBufferType);
         if (!buffer) {
-            message_block_release(message->data, message->capacity);
-            free(message);
+            received_message_free(message);
             return NULL;
         }
         buffer->data = message->data;
@@ -459,7 +534,8 @@ static PyObject *connection_recv(ConnectionObject *self, PyObject *args, PyObjec
         message_block_release(message->data, message->capacity);
     }
     int is_binary = message->is_binary;
-    free(message);
+    message->data = NULL; /* handed on (or released) above */
+    received_message_free(message);
     if (!payload)
         return NULL;
     PyObject *result = Py_BuildValue("(ON)", is_binary ? Py_True : Py_False, payload);
@@ -847,16 +923,18 @@ static PyObject *transport_connect(PyObject *module, PyObject *args, PyObject *k
                                "ping_timeout",
                                "max_message_size",
                                "receive_queue_size",
+                               "reassemble_transfers",
                                NULL};
     const char *engine_name = NULL;
     PyObject *url, *headers = Py_None, *proxy = Py_None, *ca_file = Py_None;
     PyObject *server_hostname = Py_None, *connect_timeout = NULL, *ping_interval = NULL;
     double ping_timeout = 30.0;
     PyObject *max_message_size = NULL, *receive_queue_size = NULL;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "U|$sOOOOOOdOO:connect", keywords, &url,
+    int reassemble_transfers = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "U|$sOOOOOOdOOp:connect", keywords, &url,
                                      &engine_name, &headers, &proxy, &ca_file, &server_hostname,
                                      &connect_timeout, &ping_interval, &ping_timeout,
-                                     &max_message_size, &receive_queue_size))
+                                     &max_message_size, &receive_queue_size, &reassemble_transfers))
         return NULL;
 
     if (!engine_name) /* the default is Python's to choose: transport.default_engine() */
@@ -869,6 +947,7 @@ static PyObject *transport_connect(PyObject *module, PyObject *args, PyObject *k
     if (!conn)
         return PyErr_NoMemory();
     conn->engine = engine;
+    conn->reassemble_transfers = reassemble_transfers;
     conn->max_message_size = DEFAULT_MAX_MESSAGE_SIZE;
     conn->receive_queue_limit = DEFAULT_RECEIVE_QUEUE_SIZE;
     PyObject *default_interval = NULL, *default_timeout = NULL;
@@ -1043,6 +1122,54 @@ done:
     return result;
 }
 
+/* ---- the chunk plan ---------------------------------------------------------------------- */
+
+/* The number of messages send_chunked() cuts `total_size` bytes into: framing.c's plan, so
+ * that an announcement made before sending says what the send will do. */
+static PyObject *transport_chunk_count(PyObject *module, PyObject *args, PyObject *kwargs)
+{
+    (void)module;
+    static char *keywords[] = {"sender", "recipients", "total_size", "chunk_size", NULL};
+    PyObject *sender, *recipients;
+    unsigned long long total_size;
+    Py_ssize_t chunk_size = FRAMING_DEFAULT_MESSAGE_SIZE;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "UOK|n:chunk_count", keywords, &sender,
+                                     &recipients, &total_size, &chunk_size))
+        return NULL;
+    if (chunk_size <= 0)
+        return PyErr_Format(PyExc_ValueError, "chunk_size must be positive, got %zd", chunk_size);
+    if (PyUnicode_Check(recipients))
+        return PyErr_Format(PyExc_TypeError, "recipients must be a sequence of str, not a str");
+    PyObject *list = PySequence_Fast(recipients, "recipients must be a sequence of str");
+    if (!list)
+        return NULL;
+    Py_ssize_t count = PySequence_Fast_GET_SIZE(list);
+    struct frame_id *ids = PyMem_Calloc(count ? count : 1, sizeof *ids);
+    struct frame_id sender_id;
+    PyObject *result = NULL;
+    if (!ids) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    if (frame_id_from(sender, &sender_id, "sender") < 0)
+        goto done;
+    for (Py_ssize_t i = 0; i < count; i++)
+        if (frame_id_from(PySequence_Fast_GET_ITEM(list, i), &ids[i], "each recipient") < 0)
+            goto done;
+    struct chunk_plan plan;
+    const char *error;
+    if (framing_plan(&plan, FRAME_KIND_WEIGHTS, 0, sender_id, ids, (size_t)count, total_size,
+                     (size_t)chunk_size, &error) < 0) {
+        PyErr_SetString(PyExc_ValueError, error);
+        goto done;
+    }
+    result = PyLong_FromUnsignedLong(plan.chunk_count);
+done:
+    PyMem_Free(ids);
+    Py_DECREF(list);
+    return result;
+}
+
 /* ---- exit --------------------------------------------------------------------------------- */
 
 static PyObject *transport_shutdown(PyObject *module, PyObject *args)
@@ -1063,14 +1190,20 @@ static PyMethodDef transport_functions[] = {
     {"connect", (PyCFunction)(void (*)(void))transport_connect, METH_VARARGS | METH_KEYWORDS,
      "connect(url, *, engine, headers=None, proxy=None, ca_file=None, server_hostname=None, "
      "connect_timeout=10.0, ping_interval=30.0, ping_timeout=30.0, max_message_size=256 MiB, "
-     "receive_queue_size=64 MiB) -> Connection\n--\n\n"
+     "receive_queue_size=64 MiB, reassemble_transfers=False) -> Connection\n--\n\n"
      "Opens a ws:// or wss:// connection and waits for the handshake (GIL released). `engine` "
      "is 'raw' (our own WebSocket client) or 'lws' (libwebsockets'); transport.py chooses it. "
-     "`proxy` is an HTTP CONNECT proxy as host:port (no environment lookup here)."},
+     "`proxy` is an HTTP CONNECT proxy as host:port (no environment lookup here). With "
+     "reassemble_transfers, recv() gives one Transfer per completed chunked transfer instead of "
+     "its chunks."},
     {"parse_frame_header", (PyCFunction)transport_parse_frame_header, METH_O,
      "parse_frame_header(data) -> FrameHeader | None\n--\n\n"
      "Reads the frame header at the start of a binary message; None when the message has none "
      "(a v1 peer's); ValueError when it is malformed or truncated."},
+    {"chunk_count", (PyCFunction)(void (*)(void))transport_chunk_count,
+     METH_VARARGS | METH_KEYWORDS,
+     "chunk_count(sender, recipients, total_size, chunk_size=16 MiB) -> int\n--\n\n"
+     "How many messages send_chunked() sends for `total_size` payload bytes (framing.c's plan)."},
     {"_shutdown", (PyCFunction)transport_shutdown, METH_VARARGS,
      "_shutdown(grace=2.0)\n--\n\nCloses every connection and stops the transport thread "
      "(registered with atexit)."},
@@ -1079,7 +1212,8 @@ static PyMethodDef transport_functions[] = {
 
 int transport_module_init(PyObject *module)
 {
-    if (PyType_Ready(&ConnectionType) < 0 || PyType_Ready(&MessageBufferType) < 0)
+    if (PyType_Ready(&ConnectionType) < 0 || PyType_Ready(&MessageBufferType) < 0 ||
+        PyType_Ready(&TransferType) < 0)
         return -1;
     FrameHeaderType = PyStructSequence_NewType(&frame_header_description);
     if (!FrameHeaderType)
@@ -1093,6 +1227,7 @@ int transport_module_init(PyObject *module)
         PyModule_AddObjectRef(module, "ConnectionClosed", ConnectionClosed) < 0 ||
         PyModule_AddObjectRef(module, "Connection", (PyObject *)&ConnectionType) < 0 ||
         PyModule_AddObjectRef(module, "MessageBuffer", (PyObject *)&MessageBufferType) < 0 ||
+        PyModule_AddObjectRef(module, "Transfer", (PyObject *)&TransferType) < 0 ||
         PyModule_AddObjectRef(module, "FrameHeader", (PyObject *)FrameHeaderType) < 0 ||
         PyModule_AddIntConstant(module, "FRAME_KIND_WEIGHTS", FRAME_KIND_WEIGHTS) < 0 ||
         PyModule_AddIntConstant(module, "FRAME_KIND_GLOBAL_MODEL", FRAME_KIND_GLOBAL_MODEL) < 0 ||

@@ -33,6 +33,7 @@ struct client_connection *connection_new(void)
     pthread_mutex_init(&conn->lock, NULL);
     atomic_init(&conn->refcount, 1);
     conn->state = CONNECTION_CONNECTING;
+    transfer_assembler_init(&conn->transfers, TRANSPORT_MAX_TRANSFER_SIZE);
     if (!conn->staging) {
         connection_release(conn);
         return NULL;
@@ -51,9 +52,9 @@ void connection_release(struct client_connection *conn)
         return;
     for (struct received_message *m = conn->received_head, *next; m; m = next) {
         next = m->next;
-        message_block_release(m->data, m->capacity);
-        free(m);
+        received_message_free(m);
     }
+    transfer_assembler_free(&conn->transfers);
     for (size_t i = 0; i < conn->header_count; i++) {
         free(conn->headers[i].name);
         free(conn->headers[i].value);
@@ -148,6 +149,13 @@ void message_block_release(unsigned char *block, size_t capacity)
         pthread_mutex_unlock(&block_cache.lock);
     }
     free(block);
+}
+
+void received_message_free(struct received_message *message)
+{
+    message_block_release(message->data, message->capacity);
+    free(message->frame_header);
+    free(message);
 }
 
 /* ---- opening and closing ------------------------------------------------------------------ */
@@ -255,6 +263,7 @@ void connection_record_end(struct client_connection *conn, const char *error)
     free(conn->assembling);
     conn->assembling = NULL;
     conn->assembling_size = conn->assembling_capacity = 0;
+    transfer_assembler_free(&conn->transfers);
 }
 
 /* ---- sending ------------------------------------------------------------------------------ */
@@ -318,67 +327,10 @@ int connection_fragment_sent(struct client_connection *conn,
 
 /* ---- receiving ---------------------------------------------------------------------------- */
 
-enum receive_outcome connection_receive(struct client_connection *conn, const void *data,
-                                        size_t length, const struct payload_position *at)
+/* Queues a complete message (pausing the socket when the receive queue is full). */
+static enum receive_outcome queue_message(struct client_connection *conn,
+                                          struct received_message *message)
 {
-    if (conn->discarding)
-        return RECEIVE_CONTINUE;
-    if (at->first_of_message) {
-        conn->assembling_size = 0;
-        conn->assembling_binary = at->binary;
-    }
-    size_t still_to_come = at->rest_of_frame;
-    size_t needed = conn->assembling_size + length;
-    if (needed > conn->max_message_size || still_to_come > conn->max_message_size - needed) {
-        char reason[64];
-        snprintf(reason, sizeof reason, "message larger than %zu bytes", conn->max_message_size);
-        return connection_close_soon(conn, LWS_CLOSE_STATUS_MESSAGE_TOO_LARGE, reason);
-    }
-    if (needed + still_to_come > conn->assembling_capacity || !conn->assembling) {
-        size_t capacity = needed + still_to_come;
-        if (!at->first_of_message && capacity < 2 * conn->assembling_capacity)
-            capacity = 2 * conn->assembling_capacity; /* fragmented: grow geometrically */
-        if (capacity > conn->max_message_size)
-            capacity = conn->max_message_size;
-        if (capacity == 0)
-            capacity = 1;
-        unsigned char *grown =
-            conn->assembling
-                ? message_block_grow(conn->assembling, conn->assembling_size, capacity, &capacity)
-                : message_block_obtain(capacity, &capacity);
-        if (!grown)
-            return connection_close_soon(conn, LWS_CLOSE_STATUS_UNEXPECTED_CONDITION,
-                                         "client out of memory");
-        conn->assembling = grown;
-        conn->assembling_capacity = capacity;
-    }
-    if (length)
-        memcpy(conn->assembling + conn->assembling_size, data, length);
-    conn->assembling_size = needed;
-    if (!at->last_of_message)
-        return RECEIVE_CONTINUE;
-    if (!conn->assembling_binary && !utf8_is_valid(conn->assembling, conn->assembling_size))
-        return connection_close_soon(conn, LWS_CLOSE_STATUS_INVALID_PAYLOAD, "text is not UTF-8");
-
-    struct received_message *message = malloc(sizeof *message);
-    if (!message)
-        return connection_close_soon(conn, LWS_CLOSE_STATUS_UNEXPECTED_CONDITION,
-                                     "client out of memory");
-    message->next = NULL;
-    message->data = conn->assembling;
-    message->size = conn->assembling_size;
-    message->capacity = conn->assembling_capacity;
-    message->is_binary = conn->assembling_binary;
-    if (conn->assembling_capacity > message->size + message->size / 4 + 4096) {
-        unsigned char *trimmed = realloc(message->data, message->size ? message->size : 1);
-        if (trimmed) {
-            message->data = trimmed;
-            message->capacity = message->size ? message->size : 1;
-        }
-    }
-    conn->assembling = NULL;
-    conn->assembling_size = conn->assembling_capacity = 0;
-
     pthread_mutex_lock(&conn->lock);
     if (conn->received_tail)
         conn->received_tail->next = message;
@@ -395,4 +347,126 @@ enum receive_outcome connection_receive(struct client_connection *conn, const vo
     pthread_cond_broadcast(&conn->changed);
     pthread_mutex_unlock(&conn->lock);
     return pause ? RECEIVE_PAUSE_READING : RECEIVE_CONTINUE;
+}
+
+/* Appends to the message's one block; queues the message at its end. */
+static enum receive_outcome append_to_message(struct client_connection *conn, const void *data,
+                                              size_t length, int last, size_t still_to_come)
+{
+    size_t needed = conn->assembling_size + length;
+    if (needed + still_to_come > conn->assembling_capacity || !conn->assembling) {
+        size_t capacity = needed + still_to_come;
+        if (conn->assembling && capacity < 2 * conn->assembling_capacity)
+            capacity = 2 * conn->assembling_capacity; /* fragmented: grow geometrically */
+        if (capacity > conn->max_message_size)
+            capacity = conn->max_message_size;
+        if (capacity < needed)
+            capacity = needed;
+        if (capacity == 0)
+            capacity = 1;
+        unsigned char *grown =
+            conn->assembling
+                ? message_block_grow(conn->assembling, conn->assembling_size, capacity, &capacity)
+                : message_block_obtain(capacity, &capacity);
+        if (!grown)
+            return connection_close_soon(conn, LWS_CLOSE_STATUS_UNEXPECTED_CONDITION,
+                                         "client out of memory");
+        conn->assembling = grown;
+        conn->assembling_capacity = capacity;
+    }
+    if (length)
+        memcpy(conn->assembling + conn->assembling_size, data, length);
+    conn->assembling_size = needed;
+    if (!last)
+        return RECEIVE_CONTINUE;
+    if (!conn->assembling_binary && !utf8_is_valid(conn->assembling, conn->assembling_size))
+        return connection_close_soon(conn, LWS_CLOSE_STATUS_INVALID_PAYLOAD, "text is not UTF-8");
+
+    struct received_message *message = calloc(1, sizeof *message);
+    if (!message)
+        return connection_close_soon(conn, LWS_CLOSE_STATUS_UNEXPECTED_CONDITION,
+                                     "client out of memory");
+    message->data = conn->assembling;
+    message->size = conn->assembling_size;
+    message->capacity = conn->assembling_capacity;
+    message->is_binary = conn->assembling_binary;
+    if (conn->assembling_capacity > message->size + message->size / 4 + 4096) {
+        unsigned char *trimmed = realloc(message->data, message->size ? message->size : 1);
+        if (trimmed) {
+            message->data = trimmed;
+            message->capacity = message->size ? message->size : 1;
+        }
+    }
+    conn->assembling = NULL;
+    conn->assembling_size = conn->assembling_capacity = 0;
+    return queue_message(conn, message);
+}
+
+/* A framed chunk's bytes: into its transfer's buffer, or (no frame header after all) into an
+ * ordinary message. */
+static enum receive_outcome receive_chunk(struct client_connection *conn, const void *data,
+                                          size_t length, const struct payload_position *at)
+{
+    size_t used;
+    struct completed_transfer done;
+    switch (transfer_assembler_take(&conn->transfers, data, length, at->last_of_message, &used,
+                                    &done)) {
+    case ASSEMBLER_TAKEN:
+        return RECEIVE_CONTINUE;
+    case ASSEMBLER_NOT_FRAMED: {
+        conn->message_to_transfers = 0;
+        conn->assembling_size = 0;
+        conn->assembling_binary = 1;
+        const unsigned char *rest = (const unsigned char *)data + used;
+        size_t rest_size = length - used;
+        enum receive_outcome outcome =
+            append_to_message(conn, conn->transfers.header, conn->transfers.header_size,
+                              at->last_of_message && rest_size == 0, rest_size + at->rest_of_frame);
+        if (outcome != RECEIVE_CONTINUE || rest_size == 0)
+            return outcome;
+        return append_to_message(conn, rest, rest_size, at->last_of_message, at->rest_of_frame);
+    }
+    case ASSEMBLER_COMPLETED:
+        break;
+    }
+    struct received_message *message = calloc(1, sizeof *message);
+    if (!message) {
+        free(done.payload);
+        free(done.header);
+        return connection_close_soon(conn, LWS_CLOSE_STATUS_UNEXPECTED_CONDITION,
+                                     "client out of memory");
+    }
+    message->data = done.payload;
+    message->size = done.size;
+    message->capacity = done.size ? done.size : 1;
+    message->is_binary = 1;
+    message->frame_header = done.header;
+    message->frame_header_size = done.header_size;
+    return queue_message(conn, message);
+}
+
+enum receive_outcome connection_receive(struct client_connection *conn, const void *data,
+                                        size_t length, const struct payload_position *at)
+{
+    if (conn->discarding)
+        return RECEIVE_CONTINUE;
+    if (at->first_of_message) {
+        conn->message_bytes = 0;
+        conn->message_to_transfers = at->binary && conn->reassemble_transfers;
+        conn->assembling_size = 0;
+        conn->assembling_binary = at->binary;
+        if (conn->message_to_transfers)
+            transfer_assembler_start_message(&conn->transfers);
+    }
+    size_t still_to_come = at->rest_of_frame;
+    size_t needed = conn->message_bytes + length;
+    if (needed > conn->max_message_size || still_to_come > conn->max_message_size - needed) {
+        char reason[64];
+        snprintf(reason, sizeof reason, "message larger than %zu bytes", conn->max_message_size);
+        return connection_close_soon(conn, LWS_CLOSE_STATUS_MESSAGE_TOO_LARGE, reason);
+    }
+    conn->message_bytes = needed;
+    if (conn->message_to_transfers)
+        return receive_chunk(conn, data, length, at);
+    return append_to_message(conn, data, length, at->last_of_message, still_to_come);
 }

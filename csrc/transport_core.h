@@ -13,6 +13,7 @@
 #include <libwebsockets.h>
 
 #include "framing.h"
+#include "transfer_assembly.h"
 #include "ws_client.h" /* struct header_pair */
 
 /* Bytes of the caller's buffer copied per WebSocket fragment. lws masks client frames in place,
@@ -25,6 +26,9 @@
 
 /* What one read takes from a raw (our own WebSocket) connection's socket. */
 #define TRANSPORT_RAW_READ_SIZE (256u * 1024)
+
+/* The largest transfer reassembled (its buffer is allocated when chunk 0 announces it). */
+#define TRANSPORT_MAX_TRANSFER_SIZE (16ull * 1024 * 1024 * 1024)
 
 /* Room for a close reason: 123 bytes of UTF-8 (RFC 6455 5.5.1) and its NUL. */
 #define TRANSPORT_CLOSE_REASON_SIZE 124
@@ -52,14 +56,20 @@ struct send_request {
     int failed;
 };
 
-/* A complete received message, owned by the receive queue until recv() takes it. */
+/* A complete received message (or reassembled transfer), owned by the receive queue until
+ * recv() takes it. */
 struct received_message {
     struct received_message *next;
     unsigned char *data; /* from message_block_obtain(); handed to Python without a copy */
     size_t size;
     size_t capacity; /* of the block, for message_block_release() */
     int is_binary;
+    unsigned char *frame_header; /* a whole transfer: chunk 0's header (else NULL); free() */
+    size_t frame_header_size;
 };
+
+/* Frees a message and its memory (recv() hands the memory on instead). */
+void received_message_free(struct received_message *message);
 
 struct transport_engine; /* transport_engine.h */
 
@@ -82,6 +92,7 @@ struct client_connection {
     size_t header_count;
     size_t max_message_size;
     size_t receive_queue_limit;
+    int reassemble_transfers; /* framed binary messages become one message per transfer */
     lws_retry_bo_t keepalive; /* must outlive the wsi: lws keeps a pointer to it */
     int keepalive_enabled;
 
@@ -114,6 +125,9 @@ struct client_connection {
     char sent_close_reason[TRANSPORT_CLOSE_REASON_SIZE];
     double last_proof_of_life; /* monotonic seconds of the handshake or the latest pong */
     unsigned char *staging;    /* LWS_PRE + TRANSPORT_STAGING_SIZE (raw engine: chunk headers) */
+    size_t message_bytes;      /* of the message being received, for max_message_size */
+    int message_to_transfers;  /* it goes to `transfers`, not to `assembling` */
+    struct transfer_assembler transfers;
     unsigned char *assembling;
     size_t assembling_size, assembling_capacity;
     int assembling_binary;

@@ -28,6 +28,8 @@ from ._relayclient import (
     Connection,
     ConnectionClosed,
     FrameHeader,
+    Transfer,
+    chunk_count,
     parse_frame_header,
 )
 from ._relayclient import connect as _connect
@@ -44,6 +46,8 @@ __all__ = [
     "FrameHeader",
     "ENGINES",
     "MessageDispatcher",
+    "Transfer",
+    "chunk_count",
     "connect",
     "default_engine",
     "parse_frame_header",
@@ -53,7 +57,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 Headers = Mapping[str, str] | Sequence[tuple[str, str]] | None
-Message = str | memoryview
+Message = str | memoryview | Transfer
 
 
 def proxy_for(url: str) -> str | None:
@@ -121,6 +125,7 @@ def connect(
     ping_timeout: float = 30.0,
     max_message_size: int = 256 * 1024 * 1024,
     receive_queue_size: int = 64 * 1024 * 1024,
+    reassemble_transfers: bool = False,
 ) -> Connection:
     """Opens a WebSocket connection; see `_relayclient.connect` for the options.
 
@@ -146,6 +151,7 @@ def connect(
         ping_timeout=ping_timeout,
         max_message_size=max_message_size,
         receive_queue_size=receive_queue_size,
+        reassemble_transfers=reassemble_transfers,
     )
 
 
