@@ -1,12 +1,10 @@
 /* transfer_assembly.c — reassembles chunked transfers (docs/protocol.md, "Self-describing
  * binary frames") straight into their final buffer: the chunk header is collected (it may
  * straddle reads), checked against the transfer it continues, and the payload copied once. */
-#ifndef _POSIX_C_SOURCE
-#define _POSIX_C_SOURCE 200809L /* posix_memalign */
-#endif
 #include <stdlib.h>
 #include <string.h>
 
+#include "block_cache.h"
 #include "transfer_assembly.h"
 
 struct transfer_in_progress {
@@ -17,6 +15,7 @@ struct transfer_in_progress {
     uint32_t chunk_count, next_index;
     uint64_t total_size, position;
     unsigned char *payload;
+    size_t capacity;       /* of the payload's block */
     unsigned char *header; /* chunk 0's */
     size_t header_size;
 };
@@ -29,7 +28,7 @@ void transfer_assembler_init(struct transfer_assembler *assembler, uint64_t max_
 
 static void free_transfer(struct transfer_in_progress *transfer)
 {
-    free(transfer->payload);
+    block_release(transfer->payload, transfer->capacity);
     free(transfer->header);
     free(transfer);
 }
@@ -88,17 +87,14 @@ static struct transfer_in_progress *open_transfer(struct transfer_assembler *ass
         drop_transfer(assembler, oldest);
     }
     struct transfer_in_progress *t = calloc(1, sizeof *t);
-    void *payload = NULL;
-    size_t size = header->total_size ? (size_t)header->total_size : 1;
-    if (!t || posix_memalign(&payload, TRANSFER_ALIGNMENT, size) != 0 ||
-        !(t->header = malloc(header->header_size))) {
-        free(payload);
-        if (t)
-            free(t->header);
-        free(t);
+    if (!t)
+        return NULL;
+    t->payload = block_obtain((size_t)header->total_size, TRANSFER_ALIGNMENT, &t->capacity);
+    t->header = malloc(header->header_size);
+    if (!t->payload || !t->header) {
+        free_transfer(t);
         return NULL;
     }
-    t->payload = payload;
     memcpy(t->header, assembler->header, header->header_size);
     t->header_size = header->header_size;
     memcpy(t->sender, header->sender.bytes, header->sender.length);
@@ -203,6 +199,7 @@ enum assembler_result transfer_assembler_take(struct transfer_assembler *assembl
     unlink_transfer(assembler, t);
     done->payload = t->payload;
     done->size = (size_t)t->total_size;
+    done->capacity = t->capacity;
     done->header = t->header;
     done->header_size = t->header_size;
     free(t);

@@ -17,8 +17,8 @@
 struct transfer_in_progress;
 
 struct completed_transfer {
-    unsigned char *payload; /* aligned, `size` bytes (at least 1 allocated); free() it */
-    size_t size;
+    unsigned char *payload; /* aligned, `size` bytes; block_release() it with `capacity` */
+    size_t size, capacity;
     unsigned char *header; /* chunk 0's frame header, `header_size` bytes; free() it */
     size_t header_size;
 };

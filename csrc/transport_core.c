@@ -9,6 +9,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "block_cache.h"
 #include "transport_core.h"
 #include "utf8.h"
 
@@ -75,56 +76,20 @@ void connection_release(struct client_connection *conn)
 
 /* ---- message blocks ----------------------------------------------------------------------- */
 
-/* A few recently freed large message blocks, kept for the next message of about their size. A
- * fresh multi-MiB malloc is a new mmap whose every 4 KiB page faults and is zeroed when first
- * written: that cost the receiving thread about a quarter of its time on a 16 MiB-chunk
- * transfer. Bounded: at most BLOCK_CACHE_SLOTS blocks of at most BLOCK_CACHE_LARGEST bytes. */
-#define BLOCK_CACHE_SLOTS 2
-#define BLOCK_CACHE_SMALLEST (1u * 1024 * 1024)
-#define BLOCK_CACHE_LARGEST (FRAMING_DEFAULT_MESSAGE_SIZE + 64u * 1024)
-
-static struct {
-    pthread_mutex_t lock;
-    unsigned char *block[BLOCK_CACHE_SLOTS];
-    size_t capacity[BLOCK_CACHE_SLOTS];
-} block_cache = {.lock = PTHREAD_MUTEX_INITIALIZER};
-
-/* A cached block of at least `size` bytes, and at most `largest`; NULL if there is none. */
-static unsigned char *cached_block(size_t size, size_t largest, size_t *capacity)
-{
-    if (size < BLOCK_CACHE_SMALLEST || size > BLOCK_CACHE_LARGEST)
-        return NULL;
-    unsigned char *block = NULL;
-    pthread_mutex_lock(&block_cache.lock);
-    for (int i = 0; i < BLOCK_CACHE_SLOTS && !block; i++) {
-        size_t have = block_cache.capacity[i];
-        if (block_cache.block[i] && have >= size && have <= largest) {
-            block = block_cache.block[i];
-            block_cache.block[i] = NULL;
-            *capacity = have;
-        }
-    }
-    pthread_mutex_unlock(&block_cache.lock);
-    return block;
-}
+/* A fragmented message's final size is unknown: growing takes a cached block that fits (a
+ * frame-by-frame relay makes every large message arrive fragmented, and growing by realloc
+ * would fault in fresh pages again), but not one far larger than needed. */
+#define GROW_FROM_CACHE_LARGEST(size) ((size)*4 + ((size_t)16 << 20))
 
 unsigned char *message_block_obtain(size_t size, size_t *capacity)
 {
-    /* Not much larger than needed: the message keeps the block as it is. */
-    unsigned char *block = cached_block(size, size + size / 4 + 4096, capacity);
-    if (block)
-        return block;
-    *capacity = size;
-    return malloc(size ? size : 1);
+    return block_obtain(size, 16, capacity);
 }
 
-/* Grows a fragmented message's block to at least `size` bytes. Its final size is unknown, so any
- * cached block that fits is taken (a frame-by-frame relay makes every large message arrive
- * fragmented, and growing by realloc would fault in fresh pages again). */
 static unsigned char *message_block_grow(unsigned char *block, size_t used, size_t size,
                                          size_t *capacity)
 {
-    unsigned char *cached = cached_block(size, BLOCK_CACHE_LARGEST, capacity);
+    unsigned char *cached = block_obtain_cached(size, GROW_FROM_CACHE_LARGEST(size), capacity);
     if (cached) {
         memcpy(cached, block, used);
         free(block);
@@ -136,19 +101,7 @@ static unsigned char *message_block_grow(unsigned char *block, size_t used, size
 
 void message_block_release(unsigned char *block, size_t capacity)
 {
-    if (block && capacity >= BLOCK_CACHE_SMALLEST && capacity <= BLOCK_CACHE_LARGEST) {
-        pthread_mutex_lock(&block_cache.lock);
-        for (int i = 0; i < BLOCK_CACHE_SLOTS; i++) {
-            if (!block_cache.block[i]) {
-                block_cache.block[i] = block;
-                block_cache.capacity[i] = capacity;
-                pthread_mutex_unlock(&block_cache.lock);
-                return;
-            }
-        }
-        pthread_mutex_unlock(&block_cache.lock);
-    }
-    free(block);
+    block_release(block, capacity);
 }
 
 void received_message_free(struct received_message *message)
@@ -431,14 +384,14 @@ static enum receive_outcome receive_chunk(struct client_connection *conn, const 
     }
     struct received_message *message = calloc(1, sizeof *message);
     if (!message) {
-        free(done.payload);
+        block_release(done.payload, done.capacity);
         free(done.header);
         return connection_close_soon(conn, LWS_CLOSE_STATUS_UNEXPECTED_CONDITION,
                                      "client out of memory");
     }
     message->data = done.payload;
     message->size = done.size;
-    message->capacity = done.size ? done.size : 1;
+    message->capacity = done.capacity;
     message->is_binary = 1;
     message->frame_header = done.header;
     message->frame_header_size = done.header_size;
