@@ -383,6 +383,70 @@ static int frame_id_from(PyObject *text, struct frame_id *id, const char *what)
     return 0;
 }
 
+/* The ids of a chunk plan, read from Python: send_chunked() and chunk_count() share them. */
+struct plan_ids {
+    PyObject *recipient_list; /* keeps the strs the ids point into alive */
+    struct frame_id sender;
+    struct frame_id *recipients;
+    size_t recipient_count;
+};
+
+static void plan_ids_release(struct plan_ids *ids)
+{
+    PyMem_Free(ids->recipients);
+    Py_XDECREF(ids->recipient_list);
+}
+
+/* Reads `sender` (a str) and `recipients` (a sequence of str), and checks `chunk_size`.
+ * Returns 0, or -1 with an exception set (and nothing to release). */
+static int plan_ids_read(struct plan_ids *ids, PyObject *sender, PyObject *recipients,
+                         Py_ssize_t chunk_size)
+{
+    memset(ids, 0, sizeof *ids);
+    if (chunk_size <= 0) {
+        PyErr_Format(PyExc_ValueError, "chunk_size must be positive, got %zd", chunk_size);
+        return -1;
+    }
+    if (PyUnicode_Check(recipients)) {
+        PyErr_SetString(PyExc_TypeError, "recipients must be a sequence of str, not a str");
+        return -1;
+    }
+    ids->recipient_list = PySequence_Fast(recipients, "recipients must be a sequence of str");
+    if (!ids->recipient_list)
+        return -1;
+    Py_ssize_t count = PySequence_Fast_GET_SIZE(ids->recipient_list);
+    ids->recipient_count = (size_t)count;
+    ids->recipients = PyMem_Calloc(count ? (size_t)count : 1, sizeof *ids->recipients);
+    if (!ids->recipients) {
+        PyErr_NoMemory();
+        goto fail;
+    }
+    if (frame_id_from(sender, &ids->sender, "sender") < 0)
+        goto fail;
+    for (Py_ssize_t i = 0; i < count; i++)
+        if (frame_id_from(PySequence_Fast_GET_ITEM(ids->recipient_list, i), &ids->recipients[i],
+                          "each recipient") < 0)
+            goto fail;
+    return 0;
+fail:
+    plan_ids_release(ids);
+    return -1;
+}
+
+/* framing_plan() for `ids`; 0, or -1 with ValueError set. */
+static int plan_chunks(struct chunk_plan *plan, int kind, uint64_t transfer_id,
+                       const struct plan_ids *ids, uint64_t total_size, Py_ssize_t chunk_size)
+{
+    const char *error = "kind must be one of the FRAME_KIND_* values";
+    if (kind < 0 || kind > 255 ||
+        framing_plan(plan, (uint8_t)kind, transfer_id, ids->sender, ids->recipients,
+                     ids->recipient_count, total_size, (size_t)chunk_size, &error) < 0) {
+        PyErr_SetString(PyExc_ValueError, error);
+        return -1;
+    }
+    return 0;
+}
+
 static PyObject *connection_send_chunked(ConnectionObject *self, PyObject *args, PyObject *kwargs)
 {
     static char *keywords[] = {"kind", "transfer_id", "sender", "recipients",
@@ -394,42 +458,15 @@ static PyObject *connection_send_chunked(ConnectionObject *self, PyObject *args,
     if (!PyArg_ParseTupleAndKeywords(args, kwargs, "iKUOO|n:send_chunked", keywords, &kind,
                                      &transfer_id, &sender, &recipients, &data, &chunk_size))
         return NULL;
-    if (chunk_size <= 0)
-        return PyErr_Format(PyExc_ValueError, "chunk_size must be positive, got %zd", chunk_size);
-    if (PyUnicode_Check(recipients))
-        return PyErr_Format(PyExc_TypeError, "recipients must be a sequence of str, not a str");
-    PyObject *recipient_list = PySequence_Fast(recipients, "recipients must be a sequence of str");
-    if (!recipient_list)
+    struct plan_ids ids;
+    if (plan_ids_read(&ids, sender, recipients, chunk_size) < 0)
         return NULL;
-    Py_ssize_t recipient_count = PySequence_Fast_GET_SIZE(recipient_list);
-    struct frame_id sender_id;
-    struct frame_id *recipient_ids =
-        PyMem_Calloc(recipient_count ? recipient_count : 1, sizeof *recipient_ids);
     PyObject *result = NULL;
     Py_buffer view = {0};
-    if (!recipient_ids) {
-        PyErr_NoMemory();
-        goto done;
-    }
-    if (frame_id_from(sender, &sender_id, "sender") < 0)
-        goto done;
-    for (Py_ssize_t i = 0; i < recipient_count; i++)
-        if (frame_id_from(PySequence_Fast_GET_ITEM(recipient_list, i), &recipient_ids[i],
-                          "each recipient") < 0)
-            goto done;
-    if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) < 0)
-        goto done;
-
     struct chunk_plan plan;
-    const char *error;
-    if (kind < 0 || kind > 255 ||
-        framing_plan(&plan, (uint8_t)kind, transfer_id, sender_id, recipient_ids,
-                     (size_t)recipient_count, (uint64_t)view.len, (size_t)chunk_size, &error) < 0) {
-        PyErr_SetString(PyExc_ValueError, kind < 0 || kind > 255
-                                              ? "kind must be one of the FRAME_KIND_* values"
-                                              : error);
+    if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) < 0 ||
+        plan_chunks(&plan, kind, transfer_id, &ids, (uint64_t)view.len, chunk_size) < 0)
         goto done;
-    }
     struct send_request request = {
         .payload = view.buf,
         .payload_size = (size_t)view.len,
@@ -444,8 +481,7 @@ static PyObject *connection_send_chunked(ConnectionObject *self, PyObject *args,
 done:
     if (view.obj)
         PyBuffer_Release(&view);
-    PyMem_Free(recipient_ids);
-    Py_DECREF(recipient_list);
+    plan_ids_release(&ids);
     return result;
 }
 
@@ -1136,37 +1172,14 @@ static PyObject *transport_chunk_count(PyObject *module, PyObject *args, PyObjec
     if (!PyArg_ParseTupleAndKeywords(args, kwargs, "UOK|n:chunk_count", keywords, &sender,
                                      &recipients, &total_size, &chunk_size))
         return NULL;
-    if (chunk_size <= 0)
-        return PyErr_Format(PyExc_ValueError, "chunk_size must be positive, got %zd", chunk_size);
-    if (PyUnicode_Check(recipients))
-        return PyErr_Format(PyExc_TypeError, "recipients must be a sequence of str, not a str");
-    PyObject *list = PySequence_Fast(recipients, "recipients must be a sequence of str");
-    if (!list)
+    struct plan_ids ids;
+    if (plan_ids_read(&ids, sender, recipients, chunk_size) < 0)
         return NULL;
-    Py_ssize_t count = PySequence_Fast_GET_SIZE(list);
-    struct frame_id *ids = PyMem_Calloc(count ? count : 1, sizeof *ids);
-    struct frame_id sender_id;
-    PyObject *result = NULL;
-    if (!ids) {
-        PyErr_NoMemory();
-        goto done;
-    }
-    if (frame_id_from(sender, &sender_id, "sender") < 0)
-        goto done;
-    for (Py_ssize_t i = 0; i < count; i++)
-        if (frame_id_from(PySequence_Fast_GET_ITEM(list, i), &ids[i], "each recipient") < 0)
-            goto done;
     struct chunk_plan plan;
-    const char *error;
-    if (framing_plan(&plan, FRAME_KIND_WEIGHTS, 0, sender_id, ids, (size_t)count, total_size,
-                     (size_t)chunk_size, &error) < 0) {
-        PyErr_SetString(PyExc_ValueError, error);
-        goto done;
-    }
-    result = PyLong_FromUnsignedLong(plan.chunk_count);
-done:
-    PyMem_Free(ids);
-    Py_DECREF(list);
+    PyObject *result = NULL;
+    if (plan_chunks(&plan, FRAME_KIND_WEIGHTS, 0, &ids, total_size, chunk_size) == 0)
+        result = PyLong_FromUnsignedLong(plan.chunk_count);
+    plan_ids_release(&ids);
     return result;
 }
 
