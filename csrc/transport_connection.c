@@ -1183,6 +1183,16 @@ static PyObject *transport_chunk_count(PyObject *module, PyObject *args, PyObjec
     return result;
 }
 
+static PyObject *transport_set_lws_log_mask(PyObject *module, PyObject *mask)
+{
+    (void)module;
+    long value = PyLong_AsLong(mask);
+    if (value == -1 && PyErr_Occurred())
+        return NULL;
+    service_set_log_mask((int)value);
+    Py_RETURN_NONE;
+}
+
 /* ---- exit --------------------------------------------------------------------------------- */
 
 static PyObject *transport_shutdown(PyObject *module, PyObject *args)
@@ -1217,6 +1227,9 @@ static PyMethodDef transport_functions[] = {
      METH_VARARGS | METH_KEYWORDS,
      "chunk_count(sender, recipients, total_size, chunk_size=16 MiB) -> int\n--\n\n"
      "How many messages send_chunked() sends for `total_size` payload bytes (framing.c's plan)."},
+    {"_set_lws_log_mask", (PyCFunction)transport_set_lws_log_mask, METH_O,
+     "_set_lws_log_mask(mask)\n--\n\nlibwebsockets' log levels for the service thread, "
+     "applied when it starts (transport.py passes $SEGMENTATION_SUITE_LWS_LOG)."},
     {"_shutdown", (PyCFunction)transport_shutdown, METH_VARARGS,
      "_shutdown(grace=2.0)\n--\n\nCloses every connection and stops the transport thread "
      "(registered with atexit)."},

@@ -2,6 +2,7 @@
  * context, opens each connection's socket with the engine Python chose, carries out requests
  * from Python threads and ends connections; the engines speak WebSocket. No Python, no GIL. */
 #define _GNU_SOURCE
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -38,6 +39,14 @@ static struct {
     .lock = PTHREAD_MUTEX_INITIALIZER,
     .changed = PTHREAD_COND_INITIALIZER,
 };
+
+/* libwebsockets' log levels, set from Python (transport.py reads the environment). */
+static atomic_int lws_log_mask;
+
+void service_set_log_mask(int mask)
+{
+    atomic_store(&lws_log_mask, mask);
+}
 
 /* Service-thread only. */
 static struct client_vhost *client_vhosts;
@@ -328,8 +337,7 @@ const struct transport_engine *service_engine_named(const char *name)
 static void *service_main(void *unused)
 {
     (void)unused;
-    const char *log_mask = getenv("SEGMENTATION_SUITE_LWS_LOG");
-    lws_set_log_level(log_mask ? atoi(log_mask) : 0, NULL);
+    lws_set_log_level(atomic_load(&lws_log_mask), NULL);
 
     struct lws_context_creation_info info;
     memset(&info, 0, sizeof info);

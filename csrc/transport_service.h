@@ -10,6 +10,9 @@
 /* The engine called `name` (transport_engine.h), or NULL when there is none of that name. */
 const struct transport_engine *service_engine_named(const char *name);
 
+/* libwebsockets' log-level bitmask (0: silent), applied when the service thread starts. */
+void service_set_log_mask(int mask);
+
 /* Starts the service thread if it is not running. Returns 0, or -1 with `error` filled. */
 int service_start(char *error, size_t error_size);
 

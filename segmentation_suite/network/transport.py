@@ -13,6 +13,7 @@ module adds what is policy rather than mechanism:
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import urllib.parse
 import urllib.request
@@ -29,6 +30,7 @@ from ._relayclient import (
     ConnectionClosed,
     FrameHeader,
     Transfer,
+    _set_lws_log_mask,
     chunk_count,
     parse_frame_header,
 )
@@ -55,6 +57,10 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+# libwebsockets' own log on stderr, for debugging: an lws log-level bitmask (e.g. 7 for errors,
+# warnings and notices); silent by default. The C side reads no environment.
+_set_lws_log_mask(int(os.environ.get("SEGMENTATION_SUITE_LWS_LOG", "0") or 0))
 
 Headers = Mapping[str, str] | Sequence[tuple[str, str]] | None
 Message = str | memoryview | Transfer
