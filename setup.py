@@ -9,7 +9,6 @@ segmentation_suite/bin/relay_server: that is what `segmentation-suite relay` run
 import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 from setuptools import Extension, setup
@@ -23,10 +22,10 @@ REQUIRED_LIBRARIES = [
     (["libcrypto"], "libssl-dev", "openssl"),
     # Private rooms: CPace on ristretto255, Ed25519, the group-key wrap (docs/security.md).
     (["libsodium"], "libsodium-dev", "libsodium"),
+    # TLS of the raw engine's wss:// connections (OpenSSL memory BIOs, tls_client.c).
+    (["libssl"], "libssl-dev", "openssl"),
     # The relay's JSON (the relay binary ships in the package).
     (["jansson"], "libjansson-dev", "jansson"),
-    # RFC 6455 framing of the fast client path. Debian ships no wslay.pc: see FALLBACK_LIBRARIES.
-    (["libwslay", "wslay"], "libwslay-dev", "wslay"),
     # msgpack-c is "msgpack-c" from version 6 (Debian 13) and "msgpack" before (Debian 12).
     (
         ["msgpack-c", "msgpack"],
@@ -34,25 +33,6 @@ REQUIRED_LIBRARIES = [
         "msgpack",
     ),
 ]
-
-
-# Libraries whose Debian package has no pkg-config file: (pkg-config name, header, link flag).
-FALLBACK_LIBRARIES = {"libwslay": ("wslay/wslay.h", "-lwslay")}
-
-
-def compiles_with(header: str, link_flag: str) -> bool:
-    """Whether a program including `header` and linked with `link_flag` builds."""
-    compiler = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
-    if compiler is None:
-        return False
-    with tempfile.TemporaryDirectory() as directory:
-        source = Path(directory) / "probe.c"
-        source.write_text(f"#include <{header}>\nint main(void) {{ return 0; }}\n")
-        result = subprocess.run(
-            [compiler, str(source), "-o", str(Path(directory) / "probe"), link_flag],
-            capture_output=True,
-        )
-    return result.returncode == 0
 
 
 def pkg_config(*args: str) -> list[str]:
@@ -73,10 +53,6 @@ def find_library_flags() -> tuple[list[str], list[str]]:
             (n for n in names if subprocess.run(["pkg-config", "--exists", n]).returncode == 0),
             None,
         )
-        fallback = FALLBACK_LIBRARIES.get(names[0])
-        if found is None and fallback and compiles_with(*fallback):
-            libs.append(fallback[1])
-            continue
         if found is None:
             sys.exit(
                 f"error: the C library '{names[0]}' was not found by pkg-config.\n"

@@ -7,17 +7,16 @@
 #include <msgpack.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 
+#include "block_cache.h"
 #include "codec_core.h"
 #include "codec_reader.h"
 #include "fp16.h"
 
 /* ---- Block: one aligned allocation shared by every tensor of a message ------------------ */
 
-/* Big blocks are aligned to and advised for 2 MiB pages: first-touch page faults would
- * otherwise cost more than the fp16 conversion that fills them. */
-#define HUGE_PAGE_SIZE ((size_t)2 << 20)
+/* Memory comes from block_cache.c: big blocks aligned to and advised for 2 MiB pages (first-touch
+ * page faults would otherwise cost more than the fp16 conversion that fills them), and recycled. */
 
 typedef struct {
     PyObject_HEAD void *memory;
@@ -26,24 +25,9 @@ typedef struct {
     int readonly;
 } Block;
 
-/* The memory of the last large block freed, kept for the next one of about its size: a model
- * is encoded and decoded again every round, and fresh memory costs a page fault and zeroing per
- * page (more than the conversion itself), or a compaction stall when huge pages are scarce.
- * One block at most; only touched with the GIL held. */
-#define CACHED_BLOCK_SMALLEST ((size_t)16 << 20)
-static struct {
-    void *memory;
-    size_t capacity;
-} cached_block;
-
 static void block_dealloc(Block *self)
 {
-    if (self->capacity >= CACHED_BLOCK_SMALLEST && !cached_block.memory) {
-        cached_block.memory = self->memory;
-        cached_block.capacity = self->capacity;
-    } else {
-        free(self->memory);
-    }
+    block_release(self->memory, self->capacity); /* block_cache.c may keep it for the next */
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -75,24 +59,13 @@ static Block *block_new(size_t size, int readonly)
 {
     if (size > PY_SSIZE_T_MAX)
         return (Block *)PyErr_NoMemory();
-    size_t alignment = size >= 2 * HUGE_PAGE_SIZE ? HUGE_PAGE_SIZE : CODEC_DATA_ALIGNMENT;
-    void *memory = NULL;
-    size_t capacity = size;
-    if (cached_block.memory && cached_block.capacity >= size &&
-        cached_block.capacity - size <= cached_block.capacity / 4) {
-        memory = cached_block.memory;
-        capacity = cached_block.capacity;
-        cached_block.memory = NULL;
-    } else if (posix_memalign(&memory, alignment, size ? size : 1) != 0) {
+    size_t capacity;
+    void *memory = block_obtain(size, CODEC_DATA_ALIGNMENT, &capacity);
+    if (memory == NULL)
         return (Block *)PyErr_NoMemory();
-    }
-#ifdef MADV_HUGEPAGE
-    if (alignment == HUGE_PAGE_SIZE && capacity == size)
-        (void)madvise(memory, size, MADV_HUGEPAGE); /* only advice; failure is harmless */
-#endif
     Block *block = PyObject_New(Block, &BlockType);
     if (block == NULL) {
-        free(memory);
+        block_release(memory, capacity);
         return NULL;
     }
     block->memory = memory;

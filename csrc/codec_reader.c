@@ -231,45 +231,6 @@ int mp_skip(mp_reader *reader, int max_depth, codec_error *err)
     return 0;
 }
 
-bool mp_utf8_valid(const uint8_t *bytes, size_t length)
-{
-    size_t i = 0;
-    while (i < length) {
-        uint8_t lead = bytes[i];
-        size_t extra;
-        uint32_t code_point;
-        if (lead < 0x80) {
-            i++;
-            continue;
-        } else if ((lead & 0xe0) == 0xc0) {
-            extra = 1;
-            code_point = lead & 0x1f;
-        } else if ((lead & 0xf0) == 0xe0) {
-            extra = 2;
-            code_point = lead & 0x0f;
-        } else if ((lead & 0xf8) == 0xf0) {
-            extra = 3;
-            code_point = lead & 0x07;
-        } else {
-            return false;
-        }
-        if (length - i <= extra)
-            return false;
-        for (size_t k = 1; k <= extra; k++) {
-            if ((bytes[i + k] & 0xc0) != 0x80)
-                return false;
-            code_point = (code_point << 6) | (bytes[i + k] & 0x3f);
-        }
-        /* reject overlong forms, surrogates and values past U+10FFFF, as Python does */
-        static const uint32_t smallest[4] = {0, 0x80, 0x800, 0x10000};
-        if (code_point < smallest[extra] || code_point > 0x10ffff ||
-            (code_point >= 0xd800 && code_point <= 0xdfff))
-            return false;
-        i += extra + 1;
-    }
-    return true;
-}
-
 bool mp_str_equals(const mp_item *item, const char *text)
 {
     size_t length = strlen(text);

@@ -6,6 +6,7 @@
 #define SEGSUITE_CODEC_READER_H
 
 #include "codec_core.h"
+#include "utf8.h"
 
 typedef enum {
     MP_NIL,
@@ -48,7 +49,11 @@ const char *mp_type_name(mp_type type);
 int mp_read(mp_reader *reader, mp_item *item, codec_error *err);
 /* Skips one whole value, nested at most max_depth levels deep. */
 int mp_skip(mp_reader *reader, int max_depth, codec_error *err);
-bool mp_utf8_valid(const uint8_t *bytes, size_t length);
+/* A str body's UTF-8 check: the extension's one validator (utf8.c). */
+static inline bool mp_utf8_valid(const uint8_t *bytes, size_t length)
+{
+    return utf8_is_valid(bytes, length);
+}
 bool mp_str_equals(const mp_item *item, const char *text);
 
 #endif

@@ -13,7 +13,8 @@
 #include <unistd.h>
 
 #include "transport.h"
-#include "transport_internal.h"
+#include "transport_engine.h"
+#include "transport_service.h"
 
 #define DEFAULT_MAX_MESSAGE_SIZE (256ull * 1024 * 1024)
 #define DEFAULT_RECEIVE_QUEUE_SIZE (64ull * 1024 * 1024)
@@ -22,7 +23,7 @@
 static PyObject *ConnectionClosed; /* ConnectionError subclass with .code and .reason */
 
 typedef struct {
-    PyObject_HEAD struct connection *conn;
+    PyObject_HEAD struct client_connection *conn;
     PyObject *url;
 } ConnectionObject;
 
@@ -61,6 +62,61 @@ static PyTypeObject MessageBufferType = {
     .tp_doc = "The memory of one received binary message (view it with memoryview).",
 };
 
+/* One whole chunked transfer, reassembled by the service thread: its payload through the buffer
+ * protocol (64-byte aligned, viewed where it was written) and chunk 0's frame header. */
+typedef struct {
+    PyObject_HEAD unsigned char *data;
+    Py_ssize_t size;
+    size_t capacity;
+    PyObject *frame_header; /* bytes */
+} TransferObject;
+
+static PyObject *transport_parse_frame_header(PyObject *module, PyObject *data);
+
+static void transfer_dealloc(TransferObject *self)
+{
+    message_block_release(self->data, self->capacity);
+    Py_XDECREF(self->frame_header);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static int transfer_getbuffer(TransferObject *self, Py_buffer *view, int flags)
+{
+    return PyBuffer_FillInfo(view, (PyObject *)self, self->data, self->size, 0, flags);
+}
+
+static Py_ssize_t transfer_length(TransferObject *self)
+{
+    return self->size;
+}
+
+static PyObject *transfer_get_header(TransferObject *self, void *unused)
+{
+    (void)unused;
+    return transport_parse_frame_header(NULL, self->frame_header);
+}
+
+static PyBufferProcs transfer_as_buffer = {.bf_getbuffer = (getbufferproc)transfer_getbuffer};
+static PySequenceMethods transfer_as_sequence = {.sq_length = (lenfunc)transfer_length};
+static PyGetSetDef transfer_getset[] = {
+    {"header", (getter)transfer_get_header, NULL,
+     "FrameHeader of chunk 0: kind, transfer_id, sender, recipients, chunk_count, total_size",
+     NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyTypeObject TransferType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "segmentation_suite.network._relayclient.Transfer",
+    .tp_basicsize = sizeof(TransferObject),
+    .tp_dealloc = (destructor)transfer_dealloc,
+    .tp_as_buffer = &transfer_as_buffer,
+    .tp_as_sequence = &transfer_as_sequence,
+    .tp_getset = transfer_getset,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "A whole chunked transfer (connect(reassemble_transfers=True)): its payload through "
+              "the buffer protocol, where it was reassembled, and `header`.",
+};
+
 /* ---- waiting with the GIL released -------------------------------------------------------- */
 
 static struct timespec monotonic_timespec(double seconds)
@@ -74,8 +130,9 @@ static struct timespec monotonic_timespec(double seconds)
 /* Waits until `done` holds (checked under conn->lock) or the monotonic `deadline` passes
  * (deadline < 0: no limit). Wakes every 100 ms so that Ctrl-C reaches a waiting main thread.
  * Returns 1 when done, 0 on timeout, -1 with a Python exception set by a signal handler. */
-static int wait_until(struct connection *conn, int (*done)(struct connection *, void *),
-                      void *argument, double deadline)
+static int wait_until(struct client_connection *conn,
+                      int (*done)(struct client_connection *, void *), void *argument,
+                      double deadline)
 {
     for (;;) {
         int satisfied = 0;
@@ -101,25 +158,25 @@ static int wait_until(struct connection *conn, int (*done)(struct connection *, 
     }
 }
 
-static int is_not_connecting(struct connection *conn, void *unused)
+static int is_not_connecting(struct client_connection *conn, void *unused)
 {
     (void)unused;
     return conn->state != CONNECTION_CONNECTING;
 }
 
-static int is_closed(struct connection *conn, void *unused)
+static int is_closed(struct client_connection *conn, void *unused)
 {
     (void)unused;
     return conn->state == CONNECTION_CLOSED;
 }
 
-static int request_finished(struct connection *conn, void *request)
+static int request_finished(struct client_connection *conn, void *request)
 {
     (void)conn;
     return ((struct send_request *)request)->finished;
 }
 
-static int message_or_closed(struct connection *conn, void *unused)
+static int message_or_closed(struct client_connection *conn, void *unused)
 {
     (void)unused;
     return conn->received_head != NULL || conn->state == CONNECTION_CLOSED;
@@ -146,7 +203,7 @@ static double deadline_after(PyObject *timeout, const char *name, int *error)
 /* ---- errors ------------------------------------------------------------------------------- */
 
 /* Raises ConnectionClosed with `code` and `reason` attributes (None while still closing). */
-static PyObject *raise_closed(struct connection *conn, const char *doing)
+static PyObject *raise_closed(struct client_connection *conn, const char *doing)
 {
     int closed, code;
     char reason[sizeof conn->close_reason];
@@ -184,7 +241,7 @@ static PyObject *raise_closed(struct connection *conn, const char *doing)
 /* ---- the Connection type ------------------------------------------------------------------ */
 
 /* Asks for a close without waiting: from close() before it waits, and from dealloc. */
-static void request_close(struct connection *conn, int code, const char *reason)
+static void request_close(struct client_connection *conn, int code, const char *reason)
 {
     pthread_mutex_lock(&conn->lock);
     if (conn->state == CONNECTION_CONNECTING) {
@@ -214,7 +271,7 @@ static void connection_dealloc(ConnectionObject *self)
  * cleanly if a signal (Ctrl-C) interrupts the wait. */
 static PyObject *run_send(ConnectionObject *self, struct send_request *request)
 {
-    struct connection *conn = self->conn;
+    struct client_connection *conn = self->conn;
     int accepted;
     {
         PyThreadState *released = PyEval_SaveThread();
@@ -326,6 +383,70 @@ static int frame_id_from(PyObject *text, struct frame_id *id, const char *what)
     return 0;
 }
 
+/* The ids of a chunk plan, read from Python: send_chunked() and chunk_count() share them. */
+struct plan_ids {
+    PyObject *recipient_list; /* keeps the strs the ids point into alive */
+    struct frame_id sender;
+    struct frame_id *recipients;
+    size_t recipient_count;
+};
+
+static void plan_ids_release(struct plan_ids *ids)
+{
+    PyMem_Free(ids->recipients);
+    Py_XDECREF(ids->recipient_list);
+}
+
+/* Reads `sender` (a str) and `recipients` (a sequence of str), and checks `chunk_size`.
+ * Returns 0, or -1 with an exception set (and nothing to release). */
+static int plan_ids_read(struct plan_ids *ids, PyObject *sender, PyObject *recipients,
+                         Py_ssize_t chunk_size)
+{
+    memset(ids, 0, sizeof *ids);
+    if (chunk_size <= 0) {
+        PyErr_Format(PyExc_ValueError, "chunk_size must be positive, got %zd", chunk_size);
+        return -1;
+    }
+    if (PyUnicode_Check(recipients)) {
+        PyErr_SetString(PyExc_TypeError, "recipients must be a sequence of str, not a str");
+        return -1;
+    }
+    ids->recipient_list = PySequence_Fast(recipients, "recipients must be a sequence of str");
+    if (!ids->recipient_list)
+        return -1;
+    Py_ssize_t count = PySequence_Fast_GET_SIZE(ids->recipient_list);
+    ids->recipient_count = (size_t)count;
+    ids->recipients = PyMem_Calloc(count ? (size_t)count : 1, sizeof *ids->recipients);
+    if (!ids->recipients) {
+        PyErr_NoMemory();
+        goto fail;
+    }
+    if (frame_id_from(sender, &ids->sender, "sender") < 0)
+        goto fail;
+    for (Py_ssize_t i = 0; i < count; i++)
+        if (frame_id_from(PySequence_Fast_GET_ITEM(ids->recipient_list, i), &ids->recipients[i],
+                          "each recipient") < 0)
+            goto fail;
+    return 0;
+fail:
+    plan_ids_release(ids);
+    return -1;
+}
+
+/* framing_plan() for `ids`; 0, or -1 with ValueError set. */
+static int plan_chunks(struct chunk_plan *plan, int kind, uint64_t transfer_id,
+                       const struct plan_ids *ids, uint64_t total_size, Py_ssize_t chunk_size)
+{
+    const char *error = "kind must be one of the FRAME_KIND_* values";
+    if (kind < 0 || kind > 255 ||
+        framing_plan(plan, (uint8_t)kind, transfer_id, ids->sender, ids->recipients,
+                     ids->recipient_count, total_size, (size_t)chunk_size, &error) < 0) {
+        PyErr_SetString(PyExc_ValueError, error);
+        return -1;
+    }
+    return 0;
+}
+
 static PyObject *connection_send_chunked(ConnectionObject *self, PyObject *args, PyObject *kwargs)
 {
     static char *keywords[] = {"kind", "transfer_id", "sender", "recipients",
@@ -337,42 +458,15 @@ static PyObject *connection_send_chunked(ConnectionObject *self, PyObject *args,
     if (!PyArg_ParseTupleAndKeywords(args, kwargs, "iKUOO|n:send_chunked", keywords, &kind,
                                      &transfer_id, &sender, &recipients, &data, &chunk_size))
         return NULL;
-    if (chunk_size <= 0)
-        return PyErr_Format(PyExc_ValueError, "chunk_size must be positive, got %zd", chunk_size);
-    if (PyUnicode_Check(recipients))
-        return PyErr_Format(PyExc_TypeError, "recipients must be a sequence of str, not a str");
-    PyObject *recipient_list = PySequence_Fast(recipients, "recipients must be a sequence of str");
-    if (!recipient_list)
+    struct plan_ids ids;
+    if (plan_ids_read(&ids, sender, recipients, chunk_size) < 0)
         return NULL;
-    Py_ssize_t recipient_count = PySequence_Fast_GET_SIZE(recipient_list);
-    struct frame_id sender_id;
-    struct frame_id *recipient_ids =
-        PyMem_Calloc(recipient_count ? recipient_count : 1, sizeof *recipient_ids);
     PyObject *result = NULL;
     Py_buffer view = {0};
-    if (!recipient_ids) {
-        PyErr_NoMemory();
-        goto done;
-    }
-    if (frame_id_from(sender, &sender_id, "sender") < 0)
-        goto done;
-    for (Py_ssize_t i = 0; i < recipient_count; i++)
-        if (frame_id_from(PySequence_Fast_GET_ITEM(recipient_list, i), &recipient_ids[i],
-                          "each recipient") < 0)
-            goto done;
-    if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) < 0)
-        goto done;
-
     struct chunk_plan plan;
-    const char *error;
-    if (kind < 0 || kind > 255 ||
-        framing_plan(&plan, (uint8_t)kind, transfer_id, sender_id, recipient_ids,
-                     (size_t)recipient_count, (uint64_t)view.len, (size_t)chunk_size, &error) < 0) {
-        PyErr_SetString(PyExc_ValueError, kind < 0 || kind > 255
-                                              ? "kind must be one of the FRAME_KIND_* values"
-                                              : error);
+    if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) < 0 ||
+        plan_chunks(&plan, kind, transfer_id, &ids, (uint64_t)view.len, chunk_size) < 0)
         goto done;
-    }
     struct send_request request = {
         .payload = view.buf,
         .payload_size = (size_t)view.len,
@@ -387,8 +481,7 @@ static PyObject *connection_send_chunked(ConnectionObject *self, PyObject *args,
 done:
     if (view.obj)
         PyBuffer_Release(&view);
-    PyMem_Free(recipient_ids);
-    Py_DECREF(recipient_list);
+    plan_ids_release(&ids);
     return result;
 }
 
@@ -402,7 +495,7 @@ static PyObject *connection_recv(ConnectionObject *self, PyObject *args, PyObjec
     double deadline = deadline_after(timeout, "timeout", &bad);
     if (bad)
         return NULL;
-    struct connection *conn = self->conn;
+    struct client_connection *conn = self->conn;
     int waited = wait_until(conn, message_or_closed, NULL, deadline);
     if (waited < 0)
         return NULL;
@@ -439,11 +532,31 @@ static PyObject *connection_recv(ConnectionObject *self, PyObject *args, PyObjec
     }
 
     PyObject *payload;
-    if (message->is_binary) {
+    if (message->frame_header) {
+        TransferObject *transfer = PyObject_New(TransferObject, &TransferType);
+        PyObject *header = PyBytes_FromStringAndSize((const char *)message->frame_header,
+                                                     (Py_ssize_t)message->frame_header_size);
+        if (!transfer || !header) {
+            Py_XDECREF(header);
+            if (transfer) {
+                transfer->data = NULL;
+                transfer->capacity = 0;
+                transfer->frame_header = NULL;
+                Py_DECREF(transfer);
+            }
+            received_message_free(message);
+            return NULL;
+        }
+        transfer->data = message->data;
+        transfer->size = (Py_ssize_t)message->size;
+        transfer->capacity = message->capacity;
+        transfer->frame_header = header;
+        message->data = NULL; /* the Transfer owns it now */
+        payload = (PyObject *)transfer;
+    } else if (message->is_binary) {
         MessageBufferObject *buffer = PyObject_New(MessageBufferObject, &MessageBufferType);
         if (!buffer) {
-            message_block_release(message->data, message->capacity);
-            free(message);
+            received_message_free(message);
             return NULL;
         }
         buffer->data = message->data;
@@ -457,7 +570,8 @@ static PyObject *connection_recv(ConnectionObject *self, PyObject *args, PyObjec
         message_block_release(message->data, message->capacity);
     }
     int is_binary = message->is_binary;
-    free(message);
+    message->data = NULL; /* handed on (or released) above */
+    received_message_free(message);
     if (!payload)
         return NULL;
     PyObject *result = Py_BuildValue("(ON)", is_binary ? Py_True : Py_False, payload);
@@ -498,7 +612,7 @@ static PyObject *connection_close(ConnectionObject *self, PyObject *args, PyObje
     if (bad)
         return NULL;
 
-    struct connection *conn = self->conn;
+    struct client_connection *conn = self->conn;
     {
         PyThreadState *released = PyEval_SaveThread();
         request_close(conn, code, reason);
@@ -676,7 +790,7 @@ static int is_token_char(unsigned char c)
 }
 
 /* Copies extra handshake headers (a mapping or pairs of str) into `conn`. */
-static int parse_headers(struct connection *conn, PyObject *headers)
+static int parse_headers(struct client_connection *conn, PyObject *headers)
 {
     if (headers == Py_None)
         return 0;
@@ -734,7 +848,7 @@ fail:
 }
 
 /* Splits a ws:// or wss:// URL into the connection's address, port, path and Host header. */
-static int parse_url(struct connection *conn, PyObject *url, PyObject *server_hostname)
+static int parse_url(struct client_connection *conn, PyObject *url, PyObject *server_hostname)
 {
     char *copy = utf8_copy(url, "url");
     if (!copy)
@@ -774,6 +888,7 @@ static int parse_url(struct connection *conn, PyObject *url, PyObject *server_ho
         }
     }
     const char *name = host ? host : address;
+    conn->server_name = strdup(name); /* what the certificate must name (and SNI) */
     int default_port = port == (conn->use_tls ? 443 : 80);
     size_t host_size = strlen(name) + 8;
     conn->host_header = malloc(host_size);
@@ -787,7 +902,7 @@ static int parse_url(struct connection *conn, PyObject *url, PyObject *server_ho
     }
     free(host);
     free(copy);
-    if (!conn->address || !conn->path || !conn->host_header) {
+    if (!conn->address || !conn->path || !conn->host_header || !conn->server_name) {
         PyErr_NoMemory();
         return -1;
     }
@@ -811,7 +926,7 @@ static int size_argument(PyObject *value, const char *name, size_t *out)
 
 /* ping_interval=None turns keepalive off; otherwise a ping goes out after `ping_interval`
  * seconds without a pong, and the connection is dropped `ping_timeout` seconds later. */
-static int keepalive_arguments(struct connection *conn, PyObject *interval, double timeout)
+static int keepalive_arguments(struct client_connection *conn, PyObject *interval, double timeout)
 {
     if (interval == Py_None)
         return 0;
@@ -830,31 +945,11 @@ static int keepalive_arguments(struct connection *conn, PyObject *interval, doub
     return 0;
 }
 
-static struct connection *connection_new(void)
-{
-    struct connection *conn = calloc(1, sizeof *conn);
-    if (!conn)
-        return NULL;
-    conn->staging = malloc(LWS_PRE + TRANSPORT_STAGING_SIZE);
-    pthread_condattr_t attributes;
-    pthread_condattr_init(&attributes);
-    pthread_condattr_setclock(&attributes, CLOCK_MONOTONIC);
-    pthread_cond_init(&conn->changed, &attributes);
-    pthread_condattr_destroy(&attributes);
-    pthread_mutex_init(&conn->lock, NULL);
-    atomic_init(&conn->refcount, 1);
-    conn->state = CONNECTION_CONNECTING;
-    if (!conn->staging) {
-        connection_release(conn);
-        return NULL;
-    }
-    return conn;
-}
-
 static PyObject *transport_connect(PyObject *module, PyObject *args, PyObject *kwargs)
 {
     (void)module;
     static char *keywords[] = {"url",
+                               "engine",
                                "headers",
                                "proxy",
                                "ca_file",
@@ -864,20 +959,31 @@ static PyObject *transport_connect(PyObject *module, PyObject *args, PyObject *k
                                "ping_timeout",
                                "max_message_size",
                                "receive_queue_size",
+                               "reassemble_transfers",
                                NULL};
+    const char *engine_name = NULL;
     PyObject *url, *headers = Py_None, *proxy = Py_None, *ca_file = Py_None;
     PyObject *server_hostname = Py_None, *connect_timeout = NULL, *ping_interval = NULL;
     double ping_timeout = 30.0;
     PyObject *max_message_size = NULL, *receive_queue_size = NULL;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "U|$OOOOOOdOO:connect", keywords, &url, &headers,
-                                     &proxy, &ca_file, &server_hostname, &connect_timeout,
-                                     &ping_interval, &ping_timeout, &max_message_size,
-                                     &receive_queue_size))
+    int reassemble_transfers = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "U|$sOOOOOOdOOp:connect", keywords, &url,
+                                     &engine_name, &headers, &proxy, &ca_file, &server_hostname,
+                                     &connect_timeout, &ping_interval, &ping_timeout,
+                                     &max_message_size, &receive_queue_size, &reassemble_transfers))
         return NULL;
 
-    struct connection *conn = connection_new();
+    if (!engine_name) /* the default is Python's to choose: transport.default_engine() */
+        return PyErr_Format(PyExc_TypeError, "connect() needs engine='raw' or engine='lws'");
+    const struct transport_engine *engine = service_engine_named(engine_name);
+    if (!engine)
+        return PyErr_Format(PyExc_ValueError, "engine must be 'raw' or 'lws', got '%s'",
+                            engine_name);
+    struct client_connection *conn = connection_new();
     if (!conn)
         return PyErr_NoMemory();
+    conn->engine = engine;
+    conn->reassemble_transfers = reassemble_transfers;
     conn->max_message_size = DEFAULT_MAX_MESSAGE_SIZE;
     conn->receive_queue_limit = DEFAULT_RECEIVE_QUEUE_SIZE;
     PyObject *default_interval = NULL, *default_timeout = NULL;
@@ -902,6 +1008,12 @@ static PyObject *transport_connect(PyObject *module, PyObject *args, PyObject *k
     Py_XDECREF(default_interval);
     Py_XDECREF(default_timeout);
     if (bad) {
+        connection_release(conn);
+        return NULL;
+    }
+    if ((conn->use_tls && !engine->does_tls) || (conn->proxy && !engine->does_proxy)) {
+        PyErr_Format(PyExc_ValueError, "the %s engine cannot run %s", engine->name,
+                     conn->use_tls ? "wss:// (TLS)" : "through an HTTP proxy");
         connection_release(conn);
         return NULL;
     }
@@ -1046,6 +1158,41 @@ done:
     return result;
 }
 
+/* ---- the chunk plan ---------------------------------------------------------------------- */
+
+/* The number of messages send_chunked() cuts `total_size` bytes into: framing.c's plan, so
+ * that an announcement made before sending says what the send will do. */
+static PyObject *transport_chunk_count(PyObject *module, PyObject *args, PyObject *kwargs)
+{
+    (void)module;
+    static char *keywords[] = {"sender", "recipients", "total_size", "chunk_size", NULL};
+    PyObject *sender, *recipients;
+    unsigned long long total_size;
+    Py_ssize_t chunk_size = FRAMING_DEFAULT_MESSAGE_SIZE;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "UOK|n:chunk_count", keywords, &sender,
+                                     &recipients, &total_size, &chunk_size))
+        return NULL;
+    struct plan_ids ids;
+    if (plan_ids_read(&ids, sender, recipients, chunk_size) < 0)
+        return NULL;
+    struct chunk_plan plan;
+    PyObject *result = NULL;
+    if (plan_chunks(&plan, FRAME_KIND_WEIGHTS, 0, &ids, total_size, chunk_size) == 0)
+        result = PyLong_FromUnsignedLong(plan.chunk_count);
+    plan_ids_release(&ids);
+    return result;
+}
+
+static PyObject *transport_set_lws_log_mask(PyObject *module, PyObject *mask)
+{
+    (void)module;
+    long value = PyLong_AsLong(mask);
+    if (value == -1 && PyErr_Occurred())
+        return NULL;
+    service_set_log_mask((int)value);
+    Py_RETURN_NONE;
+}
+
 /* ---- exit --------------------------------------------------------------------------------- */
 
 static PyObject *transport_shutdown(PyObject *module, PyObject *args)
@@ -1064,15 +1211,25 @@ static PyObject *transport_shutdown(PyObject *module, PyObject *args)
 
 static PyMethodDef transport_functions[] = {
     {"connect", (PyCFunction)(void (*)(void))transport_connect, METH_VARARGS | METH_KEYWORDS,
-     "connect(url, *, headers=None, proxy=None, ca_file=None, server_hostname=None, "
+     "connect(url, *, engine, headers=None, proxy=None, ca_file=None, server_hostname=None, "
      "connect_timeout=10.0, ping_interval=30.0, ping_timeout=30.0, max_message_size=256 MiB, "
-     "receive_queue_size=64 MiB) -> Connection\n--\n\n"
-     "Opens a ws:// or wss:// connection and waits for the handshake (GIL released). `proxy` is "
-     "an HTTP CONNECT proxy as host:port (no environment lookup here: see transport.py)."},
+     "receive_queue_size=64 MiB, reassemble_transfers=False) -> Connection\n--\n\n"
+     "Opens a ws:// or wss:// connection and waits for the handshake (GIL released). `engine` "
+     "is 'raw' (our own WebSocket client) or 'lws' (libwebsockets'); transport.py chooses it. "
+     "`proxy` is an HTTP CONNECT proxy as host:port (no environment lookup here). With "
+     "reassemble_transfers, recv() gives one Transfer per completed chunked transfer instead of "
+     "its chunks."},
     {"parse_frame_header", (PyCFunction)transport_parse_frame_header, METH_O,
      "parse_frame_header(data) -> FrameHeader | None\n--\n\n"
      "Reads the frame header at the start of a binary message; None when the message has none "
      "(a v1 peer's); ValueError when it is malformed or truncated."},
+    {"chunk_count", (PyCFunction)(void (*)(void))transport_chunk_count,
+     METH_VARARGS | METH_KEYWORDS,
+     "chunk_count(sender, recipients, total_size, chunk_size=16 MiB) -> int\n--\n\n"
+     "How many messages send_chunked() sends for `total_size` payload bytes (framing.c's plan)."},
+    {"_set_lws_log_mask", (PyCFunction)transport_set_lws_log_mask, METH_O,
+     "_set_lws_log_mask(mask)\n--\n\nlibwebsockets' log levels for the service thread, "
+     "applied when it starts (transport.py passes $SEGMENTATION_SUITE_LWS_LOG)."},
     {"_shutdown", (PyCFunction)transport_shutdown, METH_VARARGS,
      "_shutdown(grace=2.0)\n--\n\nCloses every connection and stops the transport thread "
      "(registered with atexit)."},
@@ -1081,7 +1238,8 @@ static PyMethodDef transport_functions[] = {
 
 int transport_module_init(PyObject *module)
 {
-    if (PyType_Ready(&ConnectionType) < 0 || PyType_Ready(&MessageBufferType) < 0)
+    if (PyType_Ready(&ConnectionType) < 0 || PyType_Ready(&MessageBufferType) < 0 ||
+        PyType_Ready(&TransferType) < 0)
         return -1;
     FrameHeaderType = PyStructSequence_NewType(&frame_header_description);
     if (!FrameHeaderType)
@@ -1095,6 +1253,7 @@ int transport_module_init(PyObject *module)
         PyModule_AddObjectRef(module, "ConnectionClosed", ConnectionClosed) < 0 ||
         PyModule_AddObjectRef(module, "Connection", (PyObject *)&ConnectionType) < 0 ||
         PyModule_AddObjectRef(module, "MessageBuffer", (PyObject *)&MessageBufferType) < 0 ||
+        PyModule_AddObjectRef(module, "Transfer", (PyObject *)&TransferType) < 0 ||
         PyModule_AddObjectRef(module, "FrameHeader", (PyObject *)FrameHeaderType) < 0 ||
         PyModule_AddIntConstant(module, "FRAME_KIND_WEIGHTS", FRAME_KIND_WEIGHTS) < 0 ||
         PyModule_AddIntConstant(module, "FRAME_KIND_GLOBAL_MODEL", FRAME_KIND_GLOBAL_MODEL) < 0 ||

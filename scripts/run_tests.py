@@ -2,7 +2,7 @@
 
 Called by `./dev.sh test` (and so by CI) after the set-up. Stages:
   lint      clang-format and ruff: the code is formatted and clean
-  unit-c    the relay core's C unit tests, without sockets
+  unit-c    the C unit tests of the relay core and of the extension (csrc/tests), without sockets
   pytest    the Python suite against the normal builds of the relay and the extension
   fuzz      libFuzzer harnesses over the C parsers, each for a bounded time
   sanitize  the Python suite again, with the relay and the extension built under ASan+UBSan
@@ -94,19 +94,21 @@ def stage_lint(tally: Tally) -> None:
 
 
 def stage_unit_c(tally: Tally) -> None:
-    out = subprocess.run(
-        ["make", "-s", "-C", "relay_server", "test"], cwd=ROOT, capture_output=True, text=True
-    )
-    print(out.stdout + out.stderr, flush=True)
-    # The C test runner ends with "N passed, N failed" like every other stage.
-    found = re.findall(r"(\d+) passed, (\d+) failed", out.stdout)
-    if found:
-        passed, failed = map(int, found[-1])
-    else:
-        passed, failed = 0, 1
-    if out.returncode != 0 and failed == 0:
-        failed = 1
-    tally.add(passed, failed, 0, "unit-c")
+    # The relay core's tests, then the extension's (csrc/tests: WebSocket client, transport core).
+    for directory in ("relay_server", "csrc/tests"):
+        out = subprocess.run(
+            ["make", "-s", "-C", directory, "test"], cwd=ROOT, capture_output=True, text=True
+        )
+        print(out.stdout + out.stderr, flush=True)
+        # The C test runner ends with "N passed, N failed" like every other stage.
+        found = re.findall(r"(\d+) passed, (\d+) failed", out.stdout)
+        if found:
+            passed, failed = map(int, found[-1])
+        else:
+            passed, failed = 0, 1
+        if out.returncode != 0 and failed == 0:
+            failed = 1
+        tally.add(passed, failed, 0, f"unit-c {directory}")
 
 
 def pytest_stage(tally: Tally, name: str, env: dict[str, str], extra: list[str]) -> None:

@@ -57,7 +57,6 @@ from .protocol import (
     create_session_info_message,
     create_training_data_message,
     create_weights_push_message,
-    frame_header_size,
     join_room_message,
     leave_room_message,
     parse_relay_capabilities,
@@ -458,6 +457,7 @@ class SyncClient:
             connect_timeout=self.connect_timeout,
             ping_interval=self.ping_interval,
             ping_timeout=self.ping_timeout,
+            reassemble_transfers=True,  # issue 15: one Transfer per chunked transfer
         )
 
     def _connect(self) -> bool:
@@ -657,8 +657,7 @@ class SyncClient:
             raise transport.ConnectionClosed("not connected")
         chunk_size = self._chunk_size()
         recipients = list(to or ())
-        per_chunk = chunk_size - frame_header_size(self.user_id, recipients)
-        chunks = max(1, -(-len(data) // per_chunk))
+        chunks = transport.chunk_count(self.user_id, recipients, len(data), chunk_size)
         announcement.extra[FRAMED_FIELD] = True
         self._send_json(announcement, to)
         wrapped = self._capabilities is None and chunks > 1
@@ -673,11 +672,7 @@ class SyncClient:
             )
             start.extra[FRAMED_FIELD] = True
             self._send_json(start, to)
-        sent = connection.send_chunked(
-            kind, transfer_id, self.user_id, recipients, data, chunk_size
-        )
-        if sent != chunks:
-            log.warning("announced %d chunks but sent %d", chunks, sent)
+        connection.send_chunked(kind, transfer_id, self.user_id, recipients, data, chunk_size)
         if wrapped:
             end = create_chunk_end_message(str(transfer_id))
             end.extra[FRAMED_FIELD] = True
@@ -944,7 +939,12 @@ class SyncClient:
     def _on_goodbye(self, message: Message) -> None:
         log.info("%s says goodbye", message.sender_name or message.payload["user_id"])
 
-    def _on_binary(self, data: memoryview) -> None:
+    def _on_binary(self, data: memoryview | transport.Transfer) -> None:
+        if isinstance(data, transport.Transfer):  # issue 15: reassembled in C, in one buffer
+            header = data.header
+            if not header.recipients or self.user_id in header.recipients:
+                self._on_transfer(header.sender, header.kind, memoryview(data))
+            return
         try:
             header = transport.parse_frame_header(data)
         except ValueError as exc:

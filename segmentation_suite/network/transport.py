@@ -5,6 +5,7 @@ process, zero-copy sends with the GIL released, received messages queued for `re
 module adds what is policy rather than mechanism:
 
 * which proxy a URL goes through (`http_proxy` / `https_proxy` / `no_proxy`, like urllib);
+* which WebSocket engine runs a connection (`default_engine`, the one place it is chosen);
 * delivering received messages to callbacks on a dispatcher thread, for callers that prefer
   callbacks to a blocking `recv()`.
 """
@@ -12,6 +13,7 @@ module adds what is policy rather than mechanism:
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import urllib.parse
 import urllib.request
@@ -27,6 +29,9 @@ from ._relayclient import (
     Connection,
     ConnectionClosed,
     FrameHeader,
+    Transfer,
+    _set_lws_log_mask,
+    chunk_count,
     parse_frame_header,
 )
 from ._relayclient import connect as _connect
@@ -41,16 +46,24 @@ __all__ = [
     "Connection",
     "ConnectionClosed",
     "FrameHeader",
+    "ENGINES",
     "MessageDispatcher",
+    "Transfer",
+    "chunk_count",
     "connect",
+    "default_engine",
     "parse_frame_header",
     "proxy_for",
 ]
 
 log = logging.getLogger(__name__)
 
+# libwebsockets' own log on stderr, for debugging: an lws log-level bitmask (e.g. 7 for errors,
+# warnings and notices); silent by default. The C side reads no environment.
+_set_lws_log_mask(int(os.environ.get("SEGMENTATION_SUITE_LWS_LOG", "0") or 0))
+
 Headers = Mapping[str, str] | Sequence[tuple[str, str]] | None
-Message = str | memoryview
+Message = str | memoryview | Transfer
 
 
 def proxy_for(url: str) -> str | None:
@@ -88,9 +101,27 @@ def proxy_for(url: str) -> str | None:
     return f"{credentials}{host}:{proxy_parts.port or 80}"
 
 
+# The WebSocket engines of the C extension (docs/transport.md): "raw" is our own RFC 6455 client
+# over a raw socket, "lws" is libwebsockets' ws client.
+ENGINES = ("raw", "lws")
+
+
+def default_engine(url: str, proxy: str | None) -> str:
+    """The engine a connection to `url` (through `proxy`, or directly) uses unless told.
+
+    "raw" (our own WebSocket client, doing TLS itself through OpenSSL memory BIOs) is many
+    times faster than lws 4.1's ws client, which parses and masks byte by byte. lws keeps what
+    raw cannot do: HTTP CONNECT proxies (lws does CONNECT for its http/ws roles only).
+    """
+    if proxy:
+        return "lws"
+    return "raw"
+
+
 def connect(
     url: str,
     *,
+    engine: str | None = None,
     headers: Headers = None,
     proxy: str | bool | None = None,
     ca_file: str | None = None,
@@ -100,11 +131,13 @@ def connect(
     ping_timeout: float = 30.0,
     max_message_size: int = 256 * 1024 * 1024,
     receive_queue_size: int = 64 * 1024 * 1024,
+    reassemble_transfers: bool = False,
 ) -> Connection:
     """Opens a WebSocket connection; see `_relayclient.connect` for the options.
 
     `proxy`: None (the default) takes it from the environment (`proxy_for`), False connects
-    directly, a string ``host:port`` names the proxy.
+    directly, a string ``host:port`` names the proxy. `engine`: one of `ENGINES`, or None for
+    `default_engine`.
     """
     if proxy is None:
         proxy = proxy_for(url)
@@ -114,6 +147,7 @@ def connect(
         proxy = None
     return _connect(
         url,
+        engine=engine or default_engine(url, proxy),
         headers=headers,
         proxy=proxy,
         ca_file=ca_file,
@@ -123,6 +157,7 @@ def connect(
         ping_timeout=ping_timeout,
         max_message_size=max_message_size,
         receive_queue_size=receive_queue_size,
+        reassemble_transfers=reassemble_transfers,
     )
 
 

@@ -129,3 +129,19 @@ def connect_proxy(tmp_path):
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(5)
+
+
+@pytest.fixture(params=["raw", "lws"])
+def engine(request, monkeypatch):
+    """Runs the test once per WebSocket engine: connections that either engine can run (no
+    proxy) use this one instead of transport.default_engine's choice."""
+    from segmentation_suite.network import transport
+
+    chosen = transport.default_engine
+
+    def forced(url: str, proxy: str | None) -> str:
+        fallback = chosen(url, proxy)
+        return request.param if fallback == "raw" else fallback
+
+    monkeypatch.setattr(transport, "default_engine", forced)
+    return request.param

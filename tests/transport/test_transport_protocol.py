@@ -1,8 +1,7 @@
 """RFC 6455 details of both WebSocket engines of the transport, against the independent
 `websockets` server of ws_server.py: fragmented messages, server pings, invalid text, a refused
-handshake. ws:// connections use our own framing over an lws raw socket by default;
-SEGMENTATION_SUITE_WS_ENGINE=lws makes them use libwebsockets' ws client (what wss:// and
-proxied connections use), so every test runs on both."""
+handshake. Every test runs on both engines (the `engine` fixture of conftest.py): our own
+WebSocket client over a raw socket, and libwebsockets' ws client."""
 
 from __future__ import annotations
 
@@ -17,16 +16,6 @@ FRAGMENTED_TEXT = "fragmented text: é ✓ 𝄞" * 1000
 
 def fragmented_payload() -> bytes:
     return bytes(range(256)) * (3 * 4096)
-
-
-@pytest.fixture(params=["raw", "lws"])
-def engine(request, monkeypatch):
-    """Which WebSocket engine new connections use (read by connect())."""
-    if request.param == "lws":
-        monkeypatch.setenv("SEGMENTATION_SUITE_WS_ENGINE", "lws")
-    else:
-        monkeypatch.delenv("SEGMENTATION_SUITE_WS_ENGINE", raising=False)
-    return request.param
 
 
 @pytest.fixture

@@ -5,6 +5,7 @@ pings, wss:// with a test certificate, and the relay's close codes surfaced."""
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import json
 import os
@@ -142,6 +143,53 @@ def test_chunked_transfer_between_room_members(relay):
     finally:
         for conn in (alice, bob, carol):
             conn.close()
+
+
+def test_transfers_reassembled_in_c_arrive_whole_between_other_messages(relay):
+    """With reassemble_transfers, bob's recv() gives one aligned Transfer per chunked transfer
+    (two interleaved from two threads of alice), while text and unframed binary messages sent
+    in between still arrive on their own, in order."""
+    server = relay("--max-message-size", "8M")
+    alice = transport.connect(server.url + "/ws", proxy=False)
+    bob = transport.connect(server.url + "/ws", proxy=False, reassemble_transfers=True)
+    try:
+        control(alice, "create_room", user_id="alice", display_name="Alice")
+        created = next_control(alice)
+        code = created["payload"]["room_code"]
+        control(bob, "join_room", room_code=code, user_id="bob", display_name="Bob")
+        assert next_control(bob)["type"] == "room_joined"
+        assert next_control(alice)["type"] == "user_joined"
+
+        first, second = pattern(9 * MiB + 7, seed=5), pattern(5 * MiB + 1, seed=6)
+        assert transport.chunk_count("alice", ["bob"], len(first), 2 * MiB) == 5
+        senders = [
+            threading.Thread(
+                target=alice.send_chunked,
+                args=(transport.FRAME_KIND_WEIGHTS, tid, "alice", ["bob"], data, 2 * MiB),
+            )
+            for tid, data in ((1, first), (2, second))
+        ]
+        for sender in senders:
+            sender.start()
+        for sender in senders:
+            sender.join(timeout=30)
+        alice.send_binary(b"unframed v1 bytes")
+        received = {}
+        while len(received) < 2:
+            is_binary, data = bob.recv(timeout=30)
+            assert is_binary and isinstance(data, transport.Transfer)
+            header = data.header
+            assert (header.sender, header.recipients) == ("alice", ("bob",))
+            assert header.total_size == len(data)
+            view = memoryview(data)
+            assert len(view) == header.total_size
+            assert ctypes.addressof(ctypes.c_char.from_buffer(view)) % 64 == 0  # aligned
+            received[header.transfer_id] = bytes(view)
+        assert received == {1: first, 2: second}
+        assert bob.recv(timeout=10) == (True, b"unframed v1 bytes")
+    finally:
+        alice.close()
+        bob.close()
 
 
 def test_message_over_the_relay_limit_is_closed_with_1009(relay):

@@ -15,6 +15,10 @@ import pytest
 from segmentation_suite.network import transport
 from segmentation_suite.network.transport import ConnectionClosed
 
+# Every test once per WebSocket engine (conftest.py); TLS and proxy tests use the engine
+# transport.default_engine picks for them.
+pytestmark = pytest.mark.usefixtures("engine")
+
 MiB = 1024 * 1024
 
 

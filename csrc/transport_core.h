@@ -1,8 +1,9 @@
-/* transport_internal.h — the state shared by the Python-facing Connection
- * (transport_connection.c) and the libwebsockets service thread (transport_service.c, with its
- * raw-socket WebSocket engine in transport_rawws.c). Plain C: that thread never touches Python. */
-#ifndef TRANSPORT_INTERNAL_H
-#define TRANSPORT_INTERNAL_H
+/* transport_core.h — the engine-neutral client connection: settings, the send queue cut into
+ * fragments, received messages assembled in message blocks, and how a connection opens and
+ * closes. Shared by the Python face (transport_connection.c), the service thread
+ * (transport_service.c) and both engines (transport_engine_*.c); it calls none of them. */
+#ifndef TRANSPORT_CORE_H
+#define TRANSPORT_CORE_H
 
 #include <pthread.h>
 #include <stdatomic.h>
@@ -12,6 +13,8 @@
 #include <libwebsockets.h>
 
 #include "framing.h"
+#include "transfer_assembly.h"
+#include "ws_client.h" /* struct header_pair */
 
 /* Bytes of the caller's buffer copied per WebSocket fragment. lws masks client frames in place,
  * so payloads are streamed through this bounded per-connection buffer instead of being copied
@@ -24,7 +27,13 @@
 /* What one read takes from a raw (our own WebSocket) connection's socket. */
 #define TRANSPORT_RAW_READ_SIZE (256u * 1024)
 
-enum connection_state {
+/* The largest transfer reassembled (its buffer is allocated when chunk 0 announces it). */
+#define TRANSPORT_MAX_TRANSFER_SIZE (16ull * 1024 * 1024 * 1024)
+
+/* Room for a close reason: 123 bytes of UTF-8 (RFC 6455 5.5.1) and its NUL. */
+#define TRANSPORT_CLOSE_REASON_SIZE 124
+
+enum client_connection_state {
     CONNECTION_CONNECTING,
     CONNECTION_OPEN,
     CONNECTION_CLOSED,
@@ -47,34 +56,35 @@ struct send_request {
     int failed;
 };
 
-/* A complete received message, owned by the receive queue until recv() takes it. */
+/* A complete received message (or reassembled transfer), owned by the receive queue until
+ * recv() takes it. */
 struct received_message {
     struct received_message *next;
     unsigned char *data; /* from message_block_obtain(); handed to Python without a copy */
     size_t size;
     size_t capacity; /* of the block, for message_block_release() */
     int is_binary;
+    unsigned char *frame_header; /* a whole transfer: chunk 0's header (else NULL); free() */
+    size_t frame_header_size;
 };
 
-/* The WebSocket protocol state of a connection that speaks it itself over an lws raw socket
- * (transport_rawws.c); NULL when lws's own ws client runs the connection. */
-struct raw_websocket;
+/* Frees a message and its memory (recv() hands the memory on instead). */
+void received_message_free(struct received_message *message);
 
-struct header_pair {
-    char *name; /* with the trailing ':' that lws expects */
-    char *value;
-};
+struct transport_engine; /* transport_engine.h */
 
-struct connection {
+struct client_connection {
     atomic_int refcount; /* the Python object, the service thread, the wake-up list */
     pthread_mutex_t lock;
     pthread_cond_t changed; /* state, send progress or receive queue changed */
 
     /* Settings fixed before the connection is handed to the service thread. */
+    const struct transport_engine *engine;
     char *address;
     int port;
     char *path;
-    char *host_header; /* also the TLS server name (SNI) and the name checked on the cert */
+    char *host_header; /* lws's engine also takes the TLS server name from it */
+    char *server_name; /* the name (or IP) the certificate must carry, and the SNI */
     int use_tls;
     char *ca_file;
     char *proxy; /* "host:port" or "user:pass@host:port"; NULL connects directly */
@@ -82,17 +92,18 @@ struct connection {
     size_t header_count;
     size_t max_message_size;
     size_t receive_queue_limit;
+    int reassemble_transfers; /* framed binary messages become one message per transfer */
     lws_retry_bo_t keepalive; /* must outlive the wsi: lws keeps a pointer to it */
     int keepalive_enabled;
 
     /* Shared state, under `lock`. */
-    enum connection_state state;
+    enum client_connection_state state;
     int failed_to_open;
     char error[256]; /* why the connection could not be opened */
     int close_code;  /* 0 until closed */
-    char close_reason[124];
+    char close_reason[TRANSPORT_CLOSE_REASON_SIZE];
     int peer_close_code;
-    char peer_close_reason[124];
+    char peer_close_reason[TRANSPORT_CLOSE_REASON_SIZE];
     struct send_request *send_head, *send_tail;
     struct received_message *received_head, *received_tail;
     size_t received_bytes;
@@ -100,33 +111,36 @@ struct connection {
     int connect_requested;
     int close_requested;
     int close_requested_code;
-    char close_requested_reason[124];
+    char close_requested_reason[TRANSPORT_CLOSE_REASON_SIZE];
     int abort_requested;
     int resume_receiving;
     int receiving_paused;
 
     /* Service-thread only. */
     struct lws *wsi;
-    struct raw_websocket *raw;
+    void *engine_state; /* the engine's own, from its attach() */
     int service_holds_reference;
     int close_sent;
     int sent_close_code;
-    char sent_close_reason[124];
+    char sent_close_reason[TRANSPORT_CLOSE_REASON_SIZE];
     double last_proof_of_life; /* monotonic seconds of the handshake or the latest pong */
     unsigned char *staging;    /* LWS_PRE + TRANSPORT_STAGING_SIZE (raw engine: chunk headers) */
+    size_t message_bytes;      /* of the message being received, for max_message_size */
+    int message_to_transfers;  /* it goes to `transfers`, not to `assembling` */
+    struct transfer_assembler transfers;
     unsigned char *assembling;
     size_t assembling_size, assembling_capacity;
     int assembling_binary;
     int discarding; /* a message broke a limit: drop input until the Close is out */
-    struct connection *next_live, *previous_live;
+    struct client_connection *next_live, *previous_live;
 
     /* The wake-up list, under the service's lock. */
-    struct connection *next_pending;
+    struct client_connection *next_pending;
     int pending;
 };
 
-/* One fragment of the oldest send, as next_fragment() found it. */
-struct fragment {
+/* One fragment of the oldest send, as connection_next_fragment() found it. */
+struct outgoing_fragment {
     struct send_request *request;
     size_t header_size; /* frame header bytes written to the caller's header buffer */
     const unsigned char *payload;
@@ -140,9 +154,18 @@ struct payload_position {
     size_t rest_of_frame; /* payload bytes of the current frame still to come */
 };
 
+/* What the engine must do after connection_receive(): nothing, stop reading from the socket
+ * (the receive queue is full), or get a writeable callback to send the Close that is due. */
+enum receive_outcome {
+    RECEIVE_CONTINUE = 0,
+    RECEIVE_PAUSE_READING = 1,
+    RECEIVE_SEND_CLOSE = 2,
+};
+
 /* Reference counting: the last release frees the connection and everything it owns. */
-void connection_retain(struct connection *conn);
-void connection_release(struct connection *conn);
+struct client_connection *connection_new(void);
+void connection_retain(struct client_connection *conn);
+void connection_release(struct client_connection *conn);
 
 double transport_monotonic_seconds(void);
 
@@ -151,50 +174,47 @@ double transport_monotonic_seconds(void);
 unsigned char *message_block_obtain(size_t size, size_t *capacity);
 void message_block_release(unsigned char *block, size_t capacity);
 
-/* ---- shared by both WebSocket engines, service thread only ----------------------------- */
+/* ---- service thread only -------------------------------------------------------------- */
+
+/* The handshake is done: the connection is open. Returns 1 when a send or close is waiting
+ * (the engine then asks for a writeable callback). */
+int connection_mark_open(struct client_connection *conn);
+
+/* With conn->lock held: the Close a Python thread (or close_soon) asked for, if it is due and
+ * not sent yet. Returns 1 and fills `code`/`reason` (TRANSPORT_CLOSE_REASON_SIZE bytes), marks
+ * it sent and fails every waiting send; 0 when no Close is due. */
+int connection_take_close_request(struct client_connection *conn, int *code, char *reason);
 
 /* With conn->lock held: describes the next fragment of the oldest send, at most `capacity`
  * bytes, writing a chunk's frame header to `header_out`. Returns 0 when nothing is queued. The
  * payload may only be read while the lock is still held (a Ctrl-C'd sender takes it back). */
-int next_fragment(struct connection *conn, unsigned char *header_out, size_t capacity,
-                  struct fragment *fragment);
+int connection_next_fragment(struct client_connection *conn, unsigned char *header_out,
+                             size_t capacity, struct outgoing_fragment *fragment);
 
 /* With conn->lock held, once the fragment is out: advances its send. Returns 1 when more is
  * queued (or a close is requested). */
-int fragment_sent(struct connection *conn, const struct fragment *fragment);
+int connection_fragment_sent(struct client_connection *conn,
+                             const struct outgoing_fragment *fragment);
 
-/* Stores received payload in its message's one block and queues the message once complete
- * (pausing the socket when the receive queue is full). Returns 0, or what close_soon() does. */
-int receive_payload(struct connection *conn, struct lws *wsi, const void *data, size_t length,
-                    const struct payload_position *at);
+/* Stores received payload in its message's one block and queues the message once complete. */
+enum receive_outcome connection_receive(struct client_connection *conn, const void *data,
+                                        size_t length, const struct payload_position *at);
 
-/* Closes from inside the receive callback: the Close goes out from the next writeable callback
- * (returning -1 while lws 4.1 still holds buffered ws input crashes it) and the rest of the
- * offending message is dropped meanwhile. Returns 0. */
-int close_soon(struct connection *conn, struct lws *wsi, int code, const char *reason);
+/* Closes from inside a receive: the Close goes out from the next writeable callback (returning
+ * -1 while lws 4.1 still holds buffered ws input crashes it) and the rest of the offending
+ * message is dropped meanwhile. Returns RECEIVE_SEND_CLOSE. */
+enum receive_outcome connection_close_soon(struct client_connection *conn, int code,
+                                           const char *reason);
+
+/* The peer's Close frame payload (`size` bytes): records its code and reason. */
+void connection_record_peer_close(struct client_connection *conn, const unsigned char *payload,
+                                  size_t size);
 
 /* With conn->lock held: every waiting sender learns its send failed. */
-void fail_pending_sends(struct connection *conn);
+void connection_fail_pending_sends(struct client_connection *conn);
 
-/* The wsi is gone (or never came): records how the connection ended, wakes every waiter and
- * drops the service thread's reference. Safe to reach more than once for one connection. */
-void finish_connection(struct connection *conn, struct lws *wsi, const char *error);
-
-/* transport_rawws.c: our own WebSocket client over an lws raw socket. */
-int rawws_attach(struct connection *conn); /* 0, or -1 out of memory */
-void rawws_free(struct raw_websocket *raw);
-int rawws_on_event(struct connection *conn, struct lws *wsi, enum lws_callback_reasons reason,
-                   void *in, size_t len);
-
-/* Starts the service thread if it is not running. Returns 0, or -1 with `error` filled. */
-int service_start(char *error, size_t error_size);
-
-/* Asks the service thread to look at `conn` (open it, write, close, resume reading).
- * Thread-safe; never blocks on the network. */
-void service_notify(struct connection *conn);
-
-/* Closes every connection (1001), waits up to `grace_seconds` for the closing handshakes, then
- * stops and joins the service thread. After it, service_start() fails: the process is exiting. */
-void service_shutdown(double grace_seconds);
+/* The socket is gone (or never came): records how the connection ended (`error`, or NULL) and
+ * wakes every waiter. */
+void connection_record_end(struct client_connection *conn, const char *error);
 
 #endif
