@@ -25,6 +25,7 @@ from typing import Any
 from .client import SyncClient
 from .protocol import (
     DEFAULT_PORT,
+    Feature,
     Message,
     MessageType,
     create_room_message,
@@ -57,7 +58,7 @@ class _LanHub(SyncClient):
         """Connects and claims the session; True once the relay made this the host."""
         if not self._begin("direct", url, HUB_NAME, None) or not self._connect():
             return False
-        message = create_room_message(self.user_id, HUB_NAME, features=())
+        message = create_room_message(self.user_id, HUB_NAME, features=(Feature.FRAME_HEADER.value,))
         message.payload["host_token"] = self._host_token
         self._send_json(message)
         return True
