@@ -81,6 +81,16 @@ def relay_specs(python: str) -> dict[str, RelaySpec]:
                 "1000000",
                 "--max-connections",
                 "25000",
+                # Every load generator connection comes from 127.0.0.1: lift the per-address
+                # limits that protect a public relay from one address.
+                "--max-connections-per-address",
+                "25000",
+                "--max-handshakes-per-address",
+                "25000",
+                "--max-rooms-per-address",
+                "100000",
+                "--create-rate",
+                "1000000",
                 "--max-message-size",
                 "64M",
             ],

@@ -1,9 +1,11 @@
 /* fuzz_control.c — libFuzzer harness over the relay core: the input is a script of events for
  * three connections (text and control messages, binary chunks with and without frame headers,
- * writes, drops and reconnects, timer ticks, reservations; rooms or one LAN session), played as the
- * transport would play them. Checks what must always hold: framing of every written message, JSON
- * text to room members, connection count, and that everything queued drains once all receivers
- * write. */
+ * writes, drops and reconnects, timer ticks, reservations; rooms or one LAN session), plus raw
+ * sockets accepted, upgraded and closed under the per-address limits and refusals logged, played
+ * as the transport would play them. Checks what must always hold: framing of every written
+ * message, JSON text to room members, no user_id twice in a room's user list, an attested
+ * host_id that is null or one of the room's members, the per-address socket limits, connection
+ * count, and that everything queued drains once all receivers write. */
 #include <jansson.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -23,6 +25,24 @@
 #define PAYLOAD_FROM_INPUT 8
 #define FUZZ_LAN_TOKEN "fuzz-lan-host"
 #define CHUNK_UNIT 97 /* chunk sizes are a byte times this: up to ~24 KiB, past the buffers */
+#define RAW_SOCKETS 12
+#define HANDSHAKE_CAP 2
+#define SOCKET_CAP 3
+
+/* The peers' addresses: the second and third share an IPv6 /64, so they count as one address. */
+static const char *const addresses[PEERS] = {"192.0.2.1", "2001:db8::1", "2001:db8::2"};
+static int address_group(int index)
+{
+    return index == 0 ? 0 : 1;
+}
+
+/* Raw sockets before (and after) their WebSocket handshake, as relay_socket_* sees them. */
+struct raw_socket {
+    bool open;
+    bool upgraded;
+    int address; /* index into addresses */
+};
+static struct raw_socket raw_sockets[RAW_SOCKETS];
 
 /* The transport and the client of one connection. */
 struct peer {
@@ -106,6 +126,31 @@ static void remember(json_t *payload, struct peer *peer)
         snprintf(peer->token, sizeof peer->token, "%s", json_string_value(token));
 }
 
+/* A membership message: every user_id once, and host_id null or a member of the room. */
+static void check_membership(json_t *payload)
+{
+    json_t *host = json_object_get(payload, "host_id");
+    if (!json_is_null(host) && !json_is_string(host))
+        __builtin_trap(); /* absent or of another type */
+    json_t *users = json_object_get(payload, "users");
+    if (!users)
+        return; /* room_created names no users */
+    bool host_listed = json_is_null(host);
+    for (size_t i = 0; i < json_array_size(users); i++) {
+        const char *id = json_string_value(json_object_get(json_array_get(users, i), "user_id"));
+        if (!id)
+            __builtin_trap();
+        if (json_is_string(host) && !strcmp(id, json_string_value(host)))
+            host_listed = true;
+        for (size_t j = 0; j < i; j++)
+            if (!strcmp(id,
+                        json_string_value(json_object_get(json_array_get(users, j), "user_id"))))
+                __builtin_trap(); /* one user_id twice in a room */
+    }
+    if (!host_listed)
+        __builtin_trap(); /* an attested host that is not in the room */
+}
+
 /* A whole text message reached a (non-echo) client: it must be a JSON object with a type. */
 static void check_text(struct peer *peer)
 {
@@ -117,8 +162,13 @@ static void check_text(struct peer *peer)
         __builtin_trap();
     }
     const char *type = json_string_value(json_object_get(root, "type"));
+    json_t *payload = json_object_get(root, "payload");
     if (!strcmp(type, "room_created") || !strcmp(type, "room_joined"))
-        remember(json_object_get(root, "payload"), peer);
+        remember(payload, peer);
+    bool membership = !strcmp(type, "room_created") || !strcmp(type, "room_joined") ||
+                      !strcmp(type, "user_joined") || !strcmp(type, "user_left");
+    if (membership)
+        check_membership(payload);
     json_decref(root);
 }
 
@@ -157,7 +207,6 @@ static size_t write_steps(struct peer *peer, size_t steps)
 
 static void open_peer(struct peer *peer, bool echo)
 {
-    static const char *const addresses[PEERS] = {"192.0.2.1", "2001:db8::1", "192.0.2.3"};
     peer->echo = echo;
     peer->close_requested = peer->paused = peer->sending_binary = false;
     peer->write_in_message = false;
@@ -330,6 +379,49 @@ static void send_binary(struct peer *peer, struct script *s, bool with_header)
     peer->sending_binary = !final;
 }
 
+/* A raw socket event: accept a new one (checking the per-address limits), upgrade or close one,
+ * or note a refusal for the log. */
+static void raw_socket_event(struct script *s)
+{
+    uint8_t choice = next_byte(s);
+    struct raw_socket *raw = &raw_sockets[(choice >> 2) % RAW_SOCKETS];
+    int address = (choice >> 6) % PEERS;
+    switch (choice & 3) {
+    case 0: {
+        if (raw->open)
+            break;
+        unsigned handshakes = 0, sockets = 0;
+        for (int i = 0; i < RAW_SOCKETS; i++)
+            if (raw_sockets[i].open &&
+                address_group(raw_sockets[i].address) == address_group(address)) {
+                sockets++;
+                handshakes += !raw_sockets[i].upgraded;
+            }
+        bool expected = handshakes < HANDSHAKE_CAP && sockets < SOCKET_CAP;
+        if (relay_socket_accepted(relay, addresses[address], now) != expected)
+            __builtin_trap();
+        *raw = (struct raw_socket){expected, false, address};
+        break;
+    }
+    case 1:
+        if (raw->open && !raw->upgraded) {
+            relay_socket_upgraded(relay, addresses[raw->address]);
+            raw->upgraded = true;
+        }
+        break;
+    case 2:
+        if (raw->open) {
+            relay_socket_closed(relay, addresses[raw->address], !raw->upgraded);
+            raw->open = false;
+        }
+        break;
+    default:
+        relay_note_refusal(relay, addresses[address], "upgrade_refused", 400 + (choice & 0x3c),
+                           now);
+        break;
+    }
+}
+
 /* The transport delivers closes the core asked for, and the client reconnects. */
 static void settle(void)
 {
@@ -354,7 +446,7 @@ static void play(struct script *s)
             open_peer(peer, false);
         if (!peer->connection)
             continue;
-        switch ((op / PEERS) % 12) {
+        switch ((op / PEERS) % 13) {
         case 0:
             send_raw_text(peer, s);
             break;
@@ -388,6 +480,9 @@ static void play(struct script *s)
         }
         case 10:
             relay_heard(peer->connection, now);
+            break;
+        case 11:
+            raw_socket_event(s);
             break;
         default:
             if (next_byte(s) == 0xC1)
@@ -438,6 +533,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     config.max_room_members = 3;
     config.max_rooms = 3;
     config.join_attempts_per_minute = 20;
+    config.failed_joins_per_minute = setup & 4 ? 3 : 3000;
+    config.max_rooms_per_address = 2;
+    config.rooms_created_per_minute = setup & 8 ? 2 : 60;
+    config.max_handshakes_per_address = HANDSHAKE_CAP;
+    config.max_connections_per_address = SOCKET_CAP;
     config.receiver_buffer_bytes = 64 * 1024;
     config.flow_policy = setup & 1 ? FLOW_DROP_RECEIVER : FLOW_THROTTLE_SENDER;
     config.resume_grace_seconds = 30;
@@ -453,6 +553,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (!relay)
         abort();
     memset(peers, 0, sizeof peers);
+    memset(raw_sockets, 0, sizeof raw_sockets);
     memset(known_codes, 0, sizeof known_codes);
     next_code = 0;
     for (int i = 0; i < PEERS; i++)
@@ -460,6 +561,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
     play(&s);
     drain_everything();
+    for (int i = 0; i < RAW_SOCKETS; i++)
+        if (raw_sockets[i].open)
+            relay_socket_closed(relay, addresses[raw_sockets[i].address], !raw_sockets[i].upgraded);
 
     relay_destroy(relay);
     relay = NULL;

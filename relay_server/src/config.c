@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -28,6 +29,7 @@ enum option_kind {
     OPTION_FLAG,       /* bool; a flag without value, or 1/0 true/false yes/no on/off in env */
     OPTION_FILE,       /* a path to a readable regular file, stored as a string */
     OPTION_PATH,       /* a path that may not exist yet, stored as a string */
+    OPTION_LIST,       /* a repeatable flag; values (each may be comma-separated) joined by ',' */
     OPTION_TOKEN_FILE, /* a file whose contents become a token (access or LAN host) */
     OPTION_TOKEN,      /* a token itself: environment only, never a flag */
     OPTION_HELP,
@@ -239,8 +241,8 @@ static const struct option_spec options[] = {
      FIELD(join_attempts_per_minute),
      1,
      1000000,
-     .help = "failed join/resume attempts (unknown code, bad token) per client address per "
-             "minute; past it every attempt is refused unevaluated (RATE_LIMITED)"},
+     .help = "failed joins (unknown code) per client address per minute; past it every join "
+             "is refused unevaluated (RATE_LIMITED); resume is not limited"},
     {"global-join-failure-rate",
      "N",
      {"RELAY_GLOBAL_JOIN_FAILURE_RATE"},
@@ -250,7 +252,7 @@ static const struct option_spec options[] = {
      FIELD(failed_joins_per_minute),
      1,
      10000000,
-     .help = "failed join/resume attempts per minute from all addresses together; past it "
+     .help = "failed joins per minute from all addresses together; past it "
              "every join is refused unevaluated for a moment (RATE_LIMITED)"},
     {"max-rooms-per-address",
      "N",
@@ -382,6 +384,15 @@ static const struct option_spec options[] = {
      FIELD(log_level),
      .choices = log_level_choices,
      .help = "the least severe events written"},
+    {"allowed-origin",
+     "ORIGIN",
+     {"RELAY_ALLOWED_ORIGINS"},
+     OPTION_LIST,
+     GROUP_ACCESS,
+     NULL,
+     FIELD(allowed_origins),
+     .help = "a browser origin (scheme://host[:port]) allowed to open WebSockets; repeat the "
+             "flag or separate by commas; others get 403. Default: any origin"},
     {"enable-echo",
      NULL,
      {"RELAY_ENABLE_ECHO"},
@@ -550,6 +561,39 @@ static int store_string(struct relay_config *config, const struct option_spec *s
     return 0;
 }
 
+/* A list option: the entries of `value` (separated by commas, spaces around them ignored)
+ * stored as "a,b,c"; an empty entry or a control character is an error. */
+static int store_list(struct relay_config *config, const struct option_spec *spec,
+                      const char *source, const char *value, struct error_sink *error)
+{
+    char *field = (char *)config + spec->offset;
+    size_t length = 0;
+    for (const char *p = value;;) {
+        p += strspn(p, " \t");
+        size_t entry = strcspn(p, ",");
+        size_t trimmed = entry;
+        while (trimmed > 0 && (p[trimmed - 1] == ' ' || p[trimmed - 1] == '\t'))
+            trimmed--;
+        if (trimmed == 0)
+            return fail(error, "%s: expected a comma-separated list without empty entries", source);
+        for (size_t i = 0; i < trimmed; i++)
+            if ((unsigned char)p[i] < 0x21 || (unsigned char)p[i] == 0x7F)
+                return fail(error, "%s: entries may not contain spaces or control characters",
+                            source);
+        if (length + (length ? 1 : 0) + trimmed >= spec->field_size)
+            return fail(error, "%s: the list is too long (at most %zu bytes)", source,
+                        spec->field_size - 1);
+        if (length)
+            field[length++] = ',';
+        memcpy(field + length, p, trimmed);
+        length += trimmed;
+        field[length] = '\0';
+        if (p[entry] == '\0')
+            return 0;
+        p += entry + 1;
+    }
+}
+
 static int check_readable_file(const char *source, const char *path, struct error_sink *error)
 {
     char shown[160];
@@ -689,6 +733,8 @@ static int apply_value(struct relay_config *config, const struct option_spec *sp
         return store_string(config, spec, source, value, error);
     case OPTION_PATH:
         return store_string(config, spec, source, value, error);
+    case OPTION_LIST:
+        return store_list(config, spec, source, value, error);
     case OPTION_TOKEN_FILE:
         if (*value == '\0')
             return fail(error, "%s: expected a file name, got an empty string", source);
@@ -774,6 +820,29 @@ static const struct option_spec *token_file_of(const struct option_spec *spec)
     return NULL;
 }
 
+/* A repeated list flag's values so far plus `more`, joined by a comma. The joined text lives
+ * in a static buffer (one list option, one config_load at a time); past its size the rest is
+ * cut, which store_list then reports as a too-long list. */
+static const char *join_values(const char *so_far, const char *more)
+{
+    static char joined[8192];
+    size_t length = strlen(so_far);
+    if (so_far != joined) {
+        length = length < sizeof(joined) - 1 ? length : sizeof(joined) - 1;
+        memcpy(joined, so_far, length);
+    }
+    size_t room = sizeof(joined) - 1 - length;
+    size_t extra = strlen(more) + 1;
+    if (extra > room)
+        extra = room;
+    if (extra > 0) {
+        joined[length] = ',';
+        memcpy(joined + length + 1, more, extra - 1);
+    }
+    joined[length + extra] = '\0';
+    return joined;
+}
+
 /* Reads argv with getopt_long, remembering the last value of each flag; nothing is applied yet
  * so that a flag can override an environment variable without that variable being parsed. */
 static int read_arguments(int argc, char **argv, const char **flag_values, bool *help,
@@ -829,6 +898,9 @@ static int read_arguments(int argc, char **argv, const char **flag_values, bool 
                 *help = true;
             else if (spec->kind == OPTION_VERSION)
                 *version = true;
+            else if (spec->kind == OPTION_LIST && flag_values[found - LONG_OPTION_BASE])
+                flag_values[found - LONG_OPTION_BASE] =
+                    join_values(flag_values[found - LONG_OPTION_BASE], optarg);
             else
                 flag_values[found - LONG_OPTION_BASE] = optarg ? optarg : "1";
         }
@@ -896,6 +968,21 @@ int config_load(struct relay_config *config, int argc, char **argv, char *error_
                     has_cert ? "--tls-key (or RELAY_TLS_KEY)" : "--tls-cert (or RELAY_TLS_CERT)");
     }
     return 0;
+}
+
+bool config_origin_allowed(const struct relay_config *config, const char *origin)
+{
+    const char *list = config->allowed_origins;
+    if (!list[0] || !origin)
+        return true;
+    size_t length = strlen(origin);
+    for (const char *p = list; *p;) {
+        size_t entry = strcspn(p, ",");
+        if (entry == length && strncasecmp(p, origin, length) == 0)
+            return true;
+        p += entry + (p[entry] == ',');
+    }
+    return false;
 }
 
 /* ---- help ------------------------------------------------------------------------------ */

@@ -32,8 +32,8 @@ struct relay_config {
     unsigned max_rooms;
     /* --max-connections N (RELAY_MAX_CONNECTIONS, default 10000) */
     unsigned max_connections;
-    /* --join-rate N (RELAY_JOIN_RATE, default 30): failed join/resume attempts (unknown code, bad
-     * token) per address per minute; past it every attempt is refused unevaluated */
+    /* --join-rate N (RELAY_JOIN_RATE, default 30): failed joins (unknown code) per address per
+     * minute; past it every join is refused unevaluated (resume is not limited) */
     unsigned join_attempts_per_minute;
     /* --global-join-failure-rate N (RELAY_GLOBAL_JOIN_FAILURE_RATE, default 3000): failed joins
      * per minute from all addresses together, so that many addresses cannot guess faster */
@@ -86,6 +86,10 @@ struct relay_config {
      * `host_token` is the session's host; everyone else says `hello` and talks only to it. */
     char lan_host_token[TOKEN_MAX_BYTES + 1];
     bool lan_mode;
+    /* --allowed-origin ORIGIN, repeatable (RELAY_ALLOWED_ORIGINS, comma-separated): WebSocket
+     * upgrades whose Origin header names another origin get 403. Empty: any origin. Stored as
+     * one comma-separated list. */
+    char allowed_origins[4096];
     /* --enable-echo (RELAY_ENABLE_ECHO=1): test-only /echo endpoint for RFC 6455 conformance */
     bool enable_echo;
 };
@@ -107,6 +111,11 @@ int config_load(struct relay_config *config, int argc, char **argv, char *error,
  * returns -1, leaving `bytes` alone, if malformed (sign, space, fraction, other suffix) or
  * overflowing 64 bits. */
 int config_parse_size(const char *text, uint64_t *bytes);
+
+/* Whether a WebSocket upgrade carrying `origin` (NULL: no Origin header, as from programs other
+ * than browsers, which are not what the check protects) is allowed by --allowed-origin. Origins
+ * compare exactly (scheme://host[:port], ASCII case-insensitive), as browsers send them. */
+bool config_origin_allowed(const struct relay_config *config, const char *origin);
 
 /* Writes the --help text (every option, its environment variable and default, by group) to
  * `out`, a FILE *. */

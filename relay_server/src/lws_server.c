@@ -15,6 +15,7 @@
 #include "buffer_arena.h"
 #include "log.h"
 #include "relay_core.h"
+#include "rfc6455.h"
 #include "room_code.h"
 #include "version.h"
 
@@ -33,6 +34,8 @@ _Static_assert(LWS_PRE <= SEND_QUEUE_HEADROOM, "fragments need room for the lws 
  * socket is accepted: enough that --max-handshakes-per-address from a hundred addresses at once
  * do not make anyone wait for a buffer. */
 #define HEADER_POOL_SIZE 1024
+/* Our lws protocol's name: the one Sec-WebSocket-Protocol offer lws 4.1 can accept. */
+#define RELAY_PROTOCOL_NAME "segmentation-suite-relay"
 
 /* Per-connection state lws allocates for us (HTTP requests and WebSocket sessions). */
 struct session {
@@ -228,8 +231,7 @@ static int reject(struct lws *wsi, unsigned status, const char *body, int reject
     relay_metrics(server.relay)->rejected[reject_reason]++;
     char address[64];
     peer_address(wsi, address, sizeof(address));
-    log_fields(LOG_LEVEL_INFO, "http_rejected", LOG_TEXT("peer", address),
-               LOG_INT("status", status));
+    relay_note_refusal(server.relay, address, "http_rejected", (int)status, now_seconds());
     return respond_text(wsi, status, body);
 }
 
@@ -293,22 +295,38 @@ static int serve_http(struct lws *wsi, struct session *session, const char *path
 /* Decides on a WebSocket upgrade before it happens: path, token, connection limit. */
 /* Refuses a WebSocket upgrade with a plain HTTP/1.1 answer. lws's own header helpers would say
  * HTTP/1.0 at this point of an upgrade, which WebSocket clients reject as malformed. */
-static int refuse_upgrade(struct lws *wsi, unsigned status, const char *reason_phrase,
-                          int reject_reason)
+static int refuse_upgrade_with(struct lws *wsi, unsigned status, const char *reason_phrase,
+                               const char *body, const char *extra_header, int reject_reason)
 {
     if (reject_reason >= 0)
         relay_metrics(server.relay)->rejected[reject_reason]++;
     char address[64];
     peer_address(wsi, address, sizeof(address));
-    log_fields(LOG_LEVEL_INFO, "upgrade_refused", LOG_TEXT("peer", address),
-               LOG_INT("status", status));
-    unsigned char response[LWS_PRE + 256];
+    relay_note_refusal(server.relay, address, "upgrade_refused", (int)status, now_seconds());
+    unsigned char response[LWS_PRE + 512];
     int length = snprintf((char *)response + LWS_PRE, sizeof(response) - LWS_PRE,
                           "HTTP/1.1 %u %s\r\nContent-Type: text/plain\r\nContent-Length: %zu\r\n"
-                          "Connection: close\r\n\r\n%s",
-                          status, reason_phrase, strlen(reason_phrase), reason_phrase);
+                          "%s%sConnection: close\r\n\r\n%s",
+                          status, reason_phrase, strlen(body), extra_header ? extra_header : "",
+                          extra_header ? "\r\n" : "", body);
+    if (length < 0 || (size_t)length >= sizeof(response) - LWS_PRE)
+        return -1;
     lws_write(wsi, response + LWS_PRE, (size_t)length, LWS_WRITE_HTTP_FINAL);
     return 1;
+}
+
+static int refuse_upgrade(struct lws *wsi, unsigned status, const char *reason_phrase,
+                          int reject_reason)
+{
+    return refuse_upgrade_with(wsi, status, reason_phrase, reason_phrase, NULL, reject_reason);
+}
+
+/* A header's value, or NULL when the request has none. */
+static const char *header(struct lws *wsi, enum lws_token_indexes token, char *out, size_t size)
+{
+    if (lws_hdr_total_length(wsi, token) <= 0)
+        return NULL;
+    return lws_hdr_copy(wsi, out, (int)size, token) >= 0 ? out : "";
 }
 
 /* Decides on a WebSocket upgrade before it happens: path, token, connection limit. */
@@ -320,6 +338,15 @@ static int confirm_upgrade(struct lws *wsi)
         return refuse_upgrade(wsi, 404, "Not Found", -1);
     if (!authorized(wsi))
         return refuse_upgrade(wsi, 401, "Unauthorized", REJECT_UNAUTHORIZED);
+    char version[16], origin[512], offered[512];
+    struct upgrade_refusal refusal;
+    if (!rfc6455_check_upgrade(server.config,
+                               header(wsi, WSI_TOKEN_VERSION, version, sizeof(version)),
+                               header(wsi, WSI_TOKEN_ORIGIN, origin, sizeof(origin)),
+                               header(wsi, WSI_TOKEN_PROTOCOL, offered, sizeof(offered)),
+                               RELAY_PROTOCOL_NAME, &refusal))
+        return refuse_upgrade_with(wsi, refusal.status, refusal.reason_phrase, refusal.body,
+                                   refusal.extra_header, refusal.reject_reason);
     if (server.shutting_down ||
         relay_connection_count(server.relay) >= server.config->max_connections)
         return refuse_upgrade(wsi, 503, "Service Unavailable", REJECT_TOO_MANY_CONNECTIONS);
@@ -487,6 +514,16 @@ static int relay_callback(struct lws *wsi, enum lws_callback_reasons reason, voi
         return open_session(wsi, session);
     case LWS_CALLBACK_RECEIVE:
         return session->connection ? receive(wsi, session, in, len) : -1;
+    case LWS_CALLBACK_WS_PEER_INITIATED_CLOSE:
+        /* lws echoes a Close frame of 1 byte; RFC 6455 §5.5.1: a code takes 2 bytes. */
+        if (!rfc6455_close_payload_valid(len)) {
+            relay_metrics(server.relay)->rejected[REJECT_PROTOCOL_ERROR]++;
+            static const char why[] = "close frame of 1 byte";
+            lws_close_reason(wsi, LWS_CLOSE_STATUS_PROTOCOL_ERR, (unsigned char *)why,
+                             sizeof(why) - 1);
+            return -1;
+        }
+        return 0;
     case LWS_CALLBACK_RECEIVE_PONG:
         if (session->connection)
             relay_heard(session->connection, now_seconds());
@@ -516,7 +553,7 @@ static int relay_callback(struct lws *wsi, enum lws_callback_reasons reason, voi
 
 static const struct lws_protocols protocols[] = {
     {
-        .name = "segmentation-suite-relay",
+        .name = RELAY_PROTOCOL_NAME,
         .callback = relay_callback,
         .per_session_data_size = sizeof(struct session),
         .rx_buffer_size = RECEIVE_BUFFER_SIZE,

@@ -29,6 +29,9 @@ static const char *const reject_names[REJECT_REASON_COUNT] = {
     [REJECT_ROOMS_PER_ADDRESS] = "rooms_per_address",
     [REJECT_CONNECTIONS_PER_ADDRESS] = "connections_per_address",
     [REJECT_HANDSHAKES_PER_ADDRESS] = "handshakes_per_address",
+    [REJECT_ORIGIN] = "origin",
+    [REJECT_BAD_HANDSHAKE] = "bad_handshake",
+    [REJECT_PROTOCOL_ERROR] = "protocol_error",
 };
 
 struct writer {

@@ -16,7 +16,9 @@
 #include "address_key.h"
 #include "frame_header.h"
 #include "log.h"
+#include "log_tag.h"
 #include "rate_limit.h"
+#include "refusal_log.h"
 #include "resume_token.h"
 #include "room_code.h"
 #include "version.h"
@@ -50,6 +52,7 @@ struct member {
 struct room {
     LIST_ENTRY(room) link; /* every live room, for the timers */
     char code[ROOM_CODE_LENGTH + 1];
+    char log_tag[LOG_TAG_HEX_LENGTH + 1]; /* what the log says instead of the code */
     struct member *members;
     size_t member_count;   /* including away members */
     double reserved_until; /* an empty room made by POST /api/create-room lives until then */
@@ -83,14 +86,17 @@ struct relay {
     uint64_t next_connection_id;
 
     size_t members_away;
-    /* Failed joins/resumes (unknown code, bad token) per address, and relay-wide: only
-     * failures spend them, so colleagues behind one address who know the code always get in. */
+    /* Failed joins (unknown code) per address, and relay-wide: only failures spend them, so
+     * colleagues behind one address who know the code always get in. `resume` needs no budget:
+     * its token is checked before the room is looked up, so a bad one says nothing about
+     * which codes are live, and a 256-bit HMAC cannot be guessed. */
     struct rate_limiter *failed_joins;
     struct rate_limiter *failed_joins_everywhere;
     struct rate_limiter *room_creations; /* per address */
     struct address_count *rooms_by_address;
     struct address_count *sockets_by_address;    /* open TCP connections, any state */
     struct address_count *handshakes_by_address; /* of those, not yet WebSocket */
+    struct refusal_log *refusals;
     double last_sweep;
     json_t *relay_info;    /* the "relay" object of room_created/room_joined */
     struct room *lan_room; /* LAN mode: the one session, while its host is connected */
@@ -389,6 +395,7 @@ static struct room *create_room(struct relay *relay, const char *code, const cha
     if (!room)
         return NULL;
     memcpy(room->code, code, sizeof(room->code));
+    log_tag_make(relay->secret, relay->secret_length, code, room->log_tag);
     if (!address_count_take(relay->rooms_by_address, owner, UINT_MAX)) {
         free(room);
         return NULL;
@@ -413,7 +420,7 @@ static void delete_room(struct relay *relay, struct room *room)
     LIST_REMOVE(room, link);
     relay->room_count--;
     address_count_release(relay->rooms_by_address, room->owner);
-    log_event(LOG_LEVEL_INFO, "room_deleted", "room", room->code, NULL);
+    log_event(LOG_LEVEL_INFO, "room_deleted", "room", room->log_tag, NULL);
     free(room);
 }
 
@@ -472,7 +479,7 @@ static void remove_member(struct relay *relay, struct member *member)
         member->connection->member = NULL;
     else
         relay->members_away--;
-    log_event(LOG_LEVEL_INFO, "user_left", "room", room->code, "user", member->user_id, NULL);
+    log_event(LOG_LEVEL_INFO, "user_left", "room", room->log_tag, "user", member->user_id, NULL);
     if (member == room->host)
         room->host = NULL; /* nobody inherits the creator's attestation */
     if (member == room->hub) {
@@ -591,8 +598,8 @@ static bool allow_join_attempt(struct relay *relay, struct connection *connectio
     return false;
 }
 
-/* Before a join or resume is evaluated: refused, unevaluated, once this address or the relay
- * as a whole has used its budget of failed attempts, so that a guesser learns nothing more. */
+/* Before a join is evaluated: refused, unevaluated, once this address or the relay as a whole
+ * has used its budget of failed attempts, so that a guesser learns nothing more. */
 static bool join_budget_left(struct relay *relay, struct connection *connection)
 {
     double retry_after = 0;
@@ -613,7 +620,7 @@ static bool join_budget_left(struct relay *relay, struct connection *connection)
     return true;
 }
 
-/* A join named no live room, or a resume carried a bad token: that is what guessing costs. */
+/* A join named no live room: that is what guessing costs. */
 static void join_failed(struct relay *relay, struct connection *connection)
 {
     rate_limiter_spend(relay->failed_joins, connection->peer_address, relay->now);
@@ -732,8 +739,8 @@ static void open_lan_session(struct relay *relay, struct connection *connection,
     room->hub = host;
     room->host = host;
     relay->lan_room = room;
-    log_event(LOG_LEVEL_INFO, "lan_session_opened", "room", code, "user", identity.user_id, "peer",
-              connection->peer_address, NULL);
+    log_event(LOG_LEVEL_INFO, "lan_session_opened", "room", room->log_tag, "user", identity.user_id,
+              "peer", connection->peer_address, NULL);
     send_json(relay, &connection, 1,
               json_pack("{s:s, s:o}", "type", "room_created", "payload",
                         membership_payload(relay, host)));
@@ -762,8 +769,8 @@ static void handle_hello(struct relay *relay, struct connection *connection, jso
                                        false, identity.features);
     if (!member)
         return;
-    log_event(LOG_LEVEL_INFO, "user_joined", "room", room->code, "user", identity.user_id, "peer",
-              connection->peer_address, NULL);
+    log_event(LOG_LEVEL_INFO, "user_joined", "room", room->log_tag, "user", identity.user_id,
+              "peer", connection->peer_address, NULL);
     tell_room(relay, room, member, "user_joined", NULL);
 }
 
@@ -791,8 +798,8 @@ static void handle_create_room(struct relay *relay, struct connection *connectio
         send_error(relay, connection, "INTERNAL", "Could not create a room", NULL);
         return;
     }
-    log_event(LOG_LEVEL_INFO, "room_created", "room", code, "user", identity.user_id, "peer",
-              connection->peer_address, NULL);
+    log_event(LOG_LEVEL_INFO, "room_created", "room", room->log_tag, "user", identity.user_id,
+              "peer", connection->peer_address, NULL);
     send_json(relay, &connection, 1,
               json_pack("{s:s, s:o}", "type", "room_created", "payload",
                         membership_payload(relay, connection->member)));
@@ -818,13 +825,11 @@ static void room_not_found(struct relay *relay, struct connection *connection)
     send_error(relay, connection, "ROOM_NOT_FOUND", "Room not found", NULL);
 }
 
-/* What join_room and resume start with: the rate limit first, so that guesses beyond it are
- * refused without being evaluated, then the room code and the identity (answered if bad). */
+/* What join_room and resume start with: the room code and the identity (answered if bad). */
 static bool read_join_request(struct relay *relay, struct connection *connection, json_t *payload,
                               char code[ROOM_CODE_LENGTH + 1], struct identity *identity)
 {
-    return join_budget_left(relay, connection) &&
-           read_room_code(relay, connection, payload, code) &&
+    return read_room_code(relay, connection, payload, code) &&
            read_identity(relay, connection, payload, identity);
 }
 
@@ -832,7 +837,9 @@ static void handle_join_room(struct relay *relay, struct connection *connection,
 {
     char code[ROOM_CODE_LENGTH + 1];
     struct identity identity;
-    if (!read_join_request(relay, connection, payload, code, &identity))
+    /* The budget first, so that guesses beyond it are refused without being evaluated. */
+    if (!join_budget_left(relay, connection) ||
+        !read_join_request(relay, connection, payload, code, &identity))
         return;
     struct room *room = code[0] ? find_room(relay, code) : NULL;
     if (!room) {
@@ -856,8 +863,8 @@ static void handle_join_room(struct relay *relay, struct connection *connection,
         room->awaiting_creator = false;
         room->host = member;
     }
-    log_event(LOG_LEVEL_INFO, "user_joined", "room", code, "user", identity.user_id, "peer",
-              connection->peer_address, NULL);
+    log_event(LOG_LEVEL_INFO, "user_joined", "room", room->log_tag, "user", identity.user_id,
+              "peer", connection->peer_address, NULL);
     send_room_joined(relay, member, false);
     tell_room(relay, room, member, "user_joined", NULL);
 }
@@ -875,7 +882,6 @@ static void handle_resume(struct relay *relay, struct connection *connection, js
     enum resume_role role = RESUME_MEMBER;
     if (!code[0] || !resume_token_verify(relay->secret, relay->secret_length, code,
                                          identity.user_id, token, &role)) {
-        join_failed(relay, connection);
         relay->metrics.rejected[REJECT_INVALID_RESUME_TOKEN]++;
         send_error(relay, connection, "INVALID_RESUME_TOKEN", "Invalid resume token", NULL);
         return;
@@ -905,8 +911,8 @@ static void handle_resume(struct relay *relay, struct connection *connection, js
         connection->member = member;
         if (role == RESUME_HOST && !member->room->host)
             member->room->host = member;
-        log_event(LOG_LEVEL_INFO, "user_resumed", "room", code, "user", member->user_id, "peer",
-                  connection->peer_address, NULL);
+        log_event(LOG_LEVEL_INFO, "user_resumed", "room", member->room->log_tag, "user",
+                  member->user_id, "peer", connection->peer_address, NULL);
         send_room_joined(relay, member, true);
         return;
     }
@@ -914,7 +920,8 @@ static void handle_resume(struct relay *relay, struct connection *connection, js
         if (!can_create_room(relay, connection) ||
             !(room = create_room(relay, code, connection->peer_address)))
             return;
-        log_event(LOG_LEVEL_INFO, "room_reopened", "room", code, "user", identity.user_id, NULL);
+        log_event(LOG_LEVEL_INFO, "room_reopened", "room", room->log_tag, "user", identity.user_id,
+                  NULL);
     } else if (!room_has_space(relay, connection, room)) {
         return;
     }
@@ -928,8 +935,8 @@ static void handle_resume(struct relay *relay, struct connection *connection, js
     /* The creator's token re-attests it as host after a restart or after it had left. */
     if (role == RESUME_HOST && !room->host)
         room->host = member;
-    log_event(LOG_LEVEL_INFO, "user_resumed", "room", code, "user", member->user_id, "peer",
-              connection->peer_address, NULL);
+    log_event(LOG_LEVEL_INFO, "user_resumed", "room", room->log_tag, "user", member->user_id,
+              "peer", connection->peer_address, NULL);
     send_room_joined(relay, member, true);
     tell_room(relay, room, member, "user_joined", json_pack("{s:b}", "resumed", 1));
 }
@@ -1247,6 +1254,7 @@ struct relay *relay_create(const struct relay_config *config, const struct relay
     relay->rooms_by_address = address_count_create();
     relay->sockets_by_address = address_count_create();
     relay->handshakes_by_address = address_count_create();
+    relay->refusals = refusal_log_create(RATE_LIMITER_MAX_ADDRESSES);
     relay->relay_info = json_pack(
         "{s:s, s:i, s:[s,s,s,s,s,s], s:{s:I, s:I, s:i, s:I, s:i}}", "version", RELAY_VERSION,
         "protocol", PROTOCOL_VERSION, "features", "frame_header", "directed", "resume",
@@ -1258,7 +1266,7 @@ struct relay *relay_create(const struct relay_config *config, const struct relay
         "resume_grace_seconds", (int)config->resume_grace_seconds);
     if (!relay->failed_joins || !relay->failed_joins_everywhere || !relay->room_creations ||
         !relay->rooms_by_address || !relay->sockets_by_address || !relay->handshakes_by_address ||
-        !relay->relay_info) {
+        !relay->refusals || !relay->relay_info) {
         relay_destroy(relay);
         return NULL;
     }
@@ -1330,11 +1338,13 @@ bool relay_socket_accepted(struct relay *relay, const char *peer_address, double
     if (address_count_get(relay->sockets_by_address, peer_address) >=
         config->max_connections_per_address) {
         relay->metrics.rejected[REJECT_CONNECTIONS_PER_ADDRESS]++;
+        refusal_log_note(relay->refusals, peer_address, "connections_per_address", 0, now);
         return false;
     }
     if (!address_count_take(relay->handshakes_by_address, peer_address,
                             config->max_handshakes_per_address)) {
         relay->metrics.rejected[REJECT_HANDSHAKES_PER_ADDRESS]++;
+        refusal_log_note(relay->refusals, peer_address, "handshakes_per_address", 0, now);
         return false;
     }
     if (!address_count_take(relay->sockets_by_address, peer_address, UINT_MAX)) {
@@ -1343,6 +1353,13 @@ bool relay_socket_accepted(struct relay *relay, const char *peer_address, double
     }
     relay->metrics.sockets_accepted_total++;
     return true;
+}
+
+void relay_note_refusal(struct relay *relay, const char *peer_address, const char *what, int status,
+                        double now)
+{
+    relay->now = now;
+    refusal_log_note(relay->refusals, peer_address, what, status, now);
 }
 
 void relay_socket_upgraded(struct relay *relay, const char *peer_address)
@@ -1507,7 +1524,7 @@ void relay_connection_closed(struct relay *relay, struct connection *connection,
             member->connection = NULL;
             member->away_since = now;
             relay->members_away++;
-            log_event(LOG_LEVEL_INFO, "user_away", "room", member->room->code, "user",
+            log_event(LOG_LEVEL_INFO, "user_away", "room", member->room->log_tag, "user",
                       member->user_id, NULL);
         } else {
             remove_member(relay, member);
@@ -1579,6 +1596,7 @@ static void check_connections(struct relay *relay, double now)
 void relay_tick(struct relay *relay, double now)
 {
     relay->now = now;
+    refusal_log_flush(relay->refusals, now, 0);
     expire_rooms(relay, now);
     check_connections(relay, now);
     if (now - relay->last_sweep >= RATE_LIMITER_SWEEP_SECONDS) {
@@ -1606,7 +1624,7 @@ const char *relay_reserve_room(struct relay *relay, const char *peer_address, do
         return "INTERNAL";
     room->reserved_until = now + RESERVED_ROOM_SECONDS;
     room->awaiting_creator = true; /* whoever reserved it joins first, with the code */
-    log_event(LOG_LEVEL_INFO, "room_reserved", "room", code, "peer", peer_address, NULL);
+    log_event(LOG_LEVEL_INFO, "room_reserved", "room", room->log_tag, "peer", peer_address, NULL);
     return NULL;
 }
 
@@ -1649,6 +1667,9 @@ void relay_destroy(struct relay *relay)
     address_count_destroy(relay->rooms_by_address);
     address_count_destroy(relay->sockets_by_address);
     address_count_destroy(relay->handshakes_by_address);
+    if (relay->refusals)
+        refusal_log_flush(relay->refusals, relay->now, 1);
+    refusal_log_destroy(relay->refusals);
     json_decref(relay->relay_info);
     free(relay);
 }

@@ -91,6 +91,12 @@ uint64_t relay_queued_bytes(const struct relay *relay);
  * (the transport then closes it at once: an attacker's sockets are never queued in front of
  * others). Every accepted socket is reported closed exactly once, and upgraded at most once. */
 bool relay_socket_accepted(struct relay *relay, const char *peer_address, double now);
+/* The transport refused a request from `peer_address` (`what`: a constant naming it, `status`:
+ * the HTTP status). Logged at once for the first of an interval, else summarised per address
+ * (refusal_log.h), so that a flood of refusals cannot flood the log. */
+void relay_note_refusal(struct relay *relay, const char *peer_address, const char *what, int status,
+                        double now);
+
 /* Its WebSocket handshake is done: it no longer counts as a handshake. */
 void relay_socket_upgraded(struct relay *relay, const char *peer_address);
 /* It closed; `in_handshake` if it was never upgraded. */

@@ -404,6 +404,49 @@ static void test_relay_wide_budget_of_failed_joins(void **state)
     harness_join(h, 6, code, "x", "", false);
 }
 
+static void test_resume_is_not_limited_by_the_join_budget(void **state)
+{
+    struct harness *h = harness_of(state);
+    struct relay_config config;
+    harness_config(&config);
+    config.join_attempts_per_minute = 2;
+    use_config(h, &config);
+    harness_open(h, 0, "192.0.2.60", false);
+    harness_open(h, 1, "192.0.2.60", false);
+    const char *created = harness_create_room(h, 0, "host", "", false);
+    char code[ROOM_CODE_LENGTH + 1];
+    snprintf(code, sizeof code, "%s", created);
+    json_t *joined = harness_join(h, 1, code, "bob", "", true);
+    char token[RESUME_TOKEN_HEX_LENGTH + 1];
+    snprintf(token, sizeof token, "%s", json_text(joined, "resume_token"));
+    harness_drain_all_and_forget(h);
+    /* A typo twice from that address: its join budget is spent... */
+    for (int i = 0; i < 2; i++) {
+        harness_text(h, 1,
+                     "{\"type\":\"join_room\",\"payload\":{\"room_code\":\"ZZZZZZ\","
+                     "\"user_id\":\"t\"}}");
+        harness_expect_error(h, 1, "ROOM_NOT_FOUND");
+    }
+    /* ...bad resume tokens spend nothing and say nothing about the code... */
+    char text[512];
+    snprintf(text, sizeof text,
+             "{\"type\":\"resume\",\"payload\":{\"room_code\":\"%s\",\"user_id\":\"bob\","
+             "\"resume_token\":\"%064d\"}}",
+             code, 0);
+    harness_text(h, 1, text);
+    harness_expect_error(h, 1, "INVALID_RESUME_TOKEN");
+    /* ...and bob, dropped, comes back from the same address with his token. */
+    harness_closed(h, 1);
+    harness_open(h, 2, "192.0.2.60", false);
+    snprintf(text, sizeof text,
+             "{\"type\":\"resume\",\"payload\":{\"room_code\":\"%s\",\"user_id\":\"bob\","
+             "\"resume_token\":\"%s\"}}",
+             code, token);
+    harness_text(h, 2, text);
+    harness_expect(h, 2, "room_joined");
+    assert_int_equal(relay_metrics(h->relay)->rejected[REJECT_RATE_LIMITED], 0);
+}
+
 /* --- forwarding text ---------------------------------------------------------------------- */
 
 static void test_text_forwarded_with_sender_spliced(void **state)
@@ -1469,6 +1512,7 @@ int run_core_tests(size_t *test_count)
         CORE_TEST(test_join_rate_limited_then_allowed),
         CORE_TEST(test_correct_codes_never_spend_the_join_budget),
         CORE_TEST(test_relay_wide_budget_of_failed_joins),
+        CORE_TEST(test_resume_is_not_limited_by_the_join_budget),
         CORE_TEST(test_text_forwarded_with_sender_spliced),
         CORE_TEST(test_sender_name_is_json_escaped),
         CORE_TEST(test_client_sender_fields_are_overridden),

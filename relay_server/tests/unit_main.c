@@ -18,7 +18,9 @@
     GROUP(frame_header)                                                                            \
     GROUP(rate_limit)                                                                              \
     GROUP(resume_token)                                                                            \
-    GROUP(state_dir)
+    GROUP(state_dir)                                                                               \
+    GROUP(rfc6455)                                                                                 \
+    GROUP(refusal_log)
 
 #define DECLARE_GROUP(name) int run_##name##_tests(size_t *test_count);
 UNIT_GROUPS(DECLARE_GROUP)

@@ -85,6 +85,11 @@ RESEND_WAIT_SECONDS = 120.0
 #: How many whole transfers a receiver remembers by (sender, transfer id) to drop repeats.
 REMEMBERED_TRANSFERS = 1024
 
+#: A transfer the connection took whole this shortly before it was lost may still have sat
+#: unread in a relay that died (a throttled sender's tail waits there while a receiver is
+#: slow), so it goes again after the resume; an older one reached the relay.
+UNCONFIRMED_TRANSFER_SECONDS = 60.0
+
 _RELAY_ERRORS = {
     ErrorCode.ROOM_NOT_FOUND.value: "Room {code} not found: check the code, or ask the host to "
     "create the room again",
@@ -156,6 +161,7 @@ class _SentTransfer:
     to: list[str] | None
     transfer_id: int
     connection: Any = None  # the connection it last went out on
+    sent_at: float = 0.0  # time.monotonic() when that connection took its last byte
 
 
 @dataclass
@@ -240,6 +246,7 @@ class SyncClient:
         self._transfers: dict[tuple[str, int], _Transfer] = {}
         self._received_transfers = _RecentTransfers()
         self._last_transfer: _SentTransfer | None = None  # the newest one sent whole
+        self._connection_lost_at = 0.0  # time.monotonic() of the last unexpected drop
         # Host: who was in the room when the newest global model was broadcast.
         self._global_model_reached: set[str] = set()
         # Notified whenever the session changes (entered a room, lost the connection, over),
@@ -348,8 +355,10 @@ class SyncClient:
     def disconnect(self, flush_timeout: float = 10.0) -> None:
         """Says goodbye, leaves the room and closes the connection; `disconnected` follows.
         Sends already queued (say, the global model of a round that just closed) go first,
-        for up to `flush_timeout` seconds."""
-        self._flush_sends(flush_timeout)
+        for up to `flush_timeout` seconds (none while reconnecting: a send waiting to go again
+        after the drop then fails at once)."""
+        if self.is_connected:
+            self._flush_sends(flush_timeout)
         with self._lock:
             self._closing = True
             connection = self._connection
@@ -570,6 +579,7 @@ class SyncClient:
                     raise
                 log.info("connection back: sending transfer %d again", transfer.transfer_id)
                 continue
+            transfer.sent_at = time.monotonic()
             with self._lock:
                 self._last_transfer = transfer
             return size
@@ -753,7 +763,12 @@ class SyncClient:
             self._reconnecting = False
             self._session_changed.notify_all()
             last, self._last_transfer = self._last_transfer, None
-        if back_after_drop and last is not None and last.connection is not self._connection:
+        unconfirmed = (
+            last is not None
+            and last.connection is not self._connection
+            and self._connection_lost_at - last.sent_at < UNCONFIRMED_TRANSFER_SECONDS
+        )
+        if back_after_drop and unconfirmed:
             self._submit(self._resend_last_transfer, last)
 
     def _on_user_joined(self, message: Message) -> None:
@@ -1106,6 +1121,7 @@ class SyncClient:
             was_in_room = self._in_room
             # Lost while waiting for the host to re-open the room: keep trying all the same.
             waiting_for_room = self._reconnecting
+            self._connection_lost_at = time.monotonic()
             self._in_room = False
             self._transfers.clear()
             self._announcements.clear()
@@ -1113,6 +1129,11 @@ class SyncClient:
         if closing or not (was_in_room or waiting_for_room):
             if was_in_room:
                 self.disconnected.emit()
+            elif not closing:  # before the relay answered the join: say so, never hang
+                self._report(
+                    f"The connection to {self._url} closed before the session began "
+                    f"({code} {reason or ''}); try again"
+                )
             return
         if self._mode == "direct" and reason == LAN_HOST_LEFT:
             self._report("The LAN host ended the session")

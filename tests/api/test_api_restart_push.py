@@ -6,14 +6,15 @@ the push arrives exactly once and the round completes."""
 from __future__ import annotations
 
 import hashlib
-import time
 
 import numpy as np
 from members import big_layout, layout_state
 from test_api_resume import WAIT, free_port
 from test_api_rooms import last_users, make_client
 from test_api_rounds import check_weighted_mean
+from test_api_stall import Forwarder
 
+from helpers.http_metrics import scrape
 from helpers.relay_process import SLOWDOWN
 
 
@@ -30,14 +31,23 @@ def digest(weights: dict) -> str:
 def test_relay_killed_mid_push_everyone_back_and_the_push_arrives_once(relay, recorder, tmp_path):
     """Issue 9, must-show 5: SIGKILL while a member's push is half way through the relay, then
     the same command line again (no secret option: the state directory keeps the secret)."""
-    # 1 MB chunks and a small receiver buffer: the push is many messages, so the relay can be
-    # killed while the host holds part of it.
+    # A small receiver buffer, and the host behind a forwarder that the test freezes: the
+    # relay then throttles the pushing member, so the push is stuck half way, whatever the
+    # machine's speed, when the relay is killed.
     command = ["--port", str(free_port()), "--state-dir", str(tmp_path / "state")]
-    command += ["--max-message-size", "1M", "--receiver-buffer", "2M"]
+    command += ["--max-message-size", "1M", "--receiver-buffer", "1M"]
     first = relay(*command)
+    forwarder = Forwarder(first.port)
+    try:
+        _killed_mid_push(relay, recorder, command, first, forwarder)
+    finally:
+        forwarder.stop()
+
+
+def _killed_mid_push(relay, recorder, command, first, forwarder):
     host = make_client(recorder, "host", aggregation_timeout=600)
     host.round_complete.connect(recorder.record("host", "round_complete"))
-    host.create_relay_room("host", first.url)
+    host.create_relay_room("host", forwarder.url)
     (code,) = recorder.wait_for(lambda: recorder.of("host", "room_created"), WAIT, "room")[0]
     mia = make_client(recorder, "mia")
     ned = make_client(recorder, "ned")
@@ -47,20 +57,21 @@ def test_relay_killed_mid_push_everyone_back_and_the_push_arrives_once(relay, re
     for name in everyone:
         recorder.wait_for(lambda n=name: last_users(recorder, n) == everyone, WAIT, name)
 
-    layout = big_layout(32)  # 16 MB as float16 on the wire: 16 messages of 1 MB
+    layout = big_layout(64)  # 32 MB as float16 on the wire: 32 messages of 1 MB
     assert ned.send_weights(layout_state(3, layout), epoch=1, loss=0.5).result(WAIT) > 0
     recorder.wait_for(lambda: recorder.of("host", "weights_received"), WAIT, "ned's push")
 
+    forwarder.pause()
     future = mia.send_weights(layout_state(7, layout), epoch=1, loss=0.5, num_samples=2)
-    deadline = time.monotonic() + WAIT
-    while not host.is_receiving_chunks and time.monotonic() < deadline:
-        time.sleep(0.001)
-    # Cut mid-way: the host holds part of it. The sender may have written its tail into the
-    # socket already (then the relay's death loses it all the same, and it goes again).
-    assert host.is_receiving_chunks, "the push must be cut mid-way"
-    first.kill()  # SIGKILL: nothing is closed cleanly
+    recorder.wait_for(
+        lambda: scrape(first)["relay_senders_throttled_total"] >= 1, WAIT, "mia throttled"
+    )
+    # 32 MB is more than a throttled sender's socket buffers and the relay's 1 MB hold.
+    assert not future.done(), "the push must still be under way when the relay dies"
+    first.kill()  # SIGKILL mid-push: nothing is closed cleanly
     mark = len(recorder.events)
     relay(*command)
+    forwarder.resume()
 
     def back_in_the_room():
         clients = (host, mia, ned)
@@ -69,8 +80,7 @@ def test_relay_killed_mid_push_everyone_back_and_the_push_arrives_once(relay, re
         )
 
     recorder.wait_for(back_in_the_room, 15 * SLOWDOWN, "everyone back in room within 15 s")
-    # Handed to the relay whole: by the resend, or (when it was written out before the kill)
-    # the Future was done already and the resend of the newest transfer did it.
+    # The Future completes once the resend handed the whole push to the new relay.
     assert future.result(WAIT) > 0
 
     recorder.wait_for(lambda: recorder.of("host", "round_complete"), WAIT, "the round")

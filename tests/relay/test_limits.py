@@ -15,7 +15,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from helpers.http_metrics import scrape
-from helpers.relay_process import SLOWDOWN, TIMER_MARGIN
+from helpers.relay_process import SLOWDOWN
 from helpers.sansio_client import BlockingClient
 from helpers.vectors import ALPHABET, CLOSE
 from helpers.ws_client import (
@@ -244,10 +244,15 @@ async def test_100_wrong_codes_at_most_30_evaluated(relay):
     await asyncio.gather(owner.close(), ws.close())
 
 
+# Waiting longer than this means the relay did not apply --handshake-timeout 1 (libwebsockets'
+# own default would close after 10 s). A safety net, several times the timeout.
+UNFINISHED_HANDSHAKE_NET = 8 * SLOWDOWN
+
+
 def seconds_until_closed(sock: socket.socket) -> float:
-    """Reads until the relay closes the connection; the time that took, or inf after 15 s."""
+    """Reads until the relay closes the connection; the time that took, or inf past the net."""
     started = time.monotonic()
-    sock.settimeout(15)
+    sock.settimeout(UNFINISHED_HANDSHAKE_NET)
     try:
         while sock.recv(4096):
             pass
@@ -261,18 +266,20 @@ def seconds_until_closed(sock: socket.socket) -> float:
 
 
 async def test_unfinished_handshake_is_dropped(relay):
-    server = relay("--handshake-timeout", "2")
+    server = relay("--handshake-timeout", "1")
     sock = socket.create_connection(("127.0.0.1", server.port), timeout=5)
     sock.sendall(b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n")
     elapsed = await asyncio.to_thread(seconds_until_closed, sock)
-    assert elapsed <= 2 + TIMER_MARGIN, f"half a handshake was kept open {elapsed:.1f} s"
+    assert elapsed != float("inf"), "half a handshake was kept open"
+    assert elapsed >= 0.5, f"dropped after {elapsed:.2f} s, before the timeout"
 
 
 async def test_silent_connection_is_dropped(relay):
-    server = relay("--handshake-timeout", "2")
+    server = relay("--handshake-timeout", "1")
     sock = socket.create_connection(("127.0.0.1", server.port), timeout=5)
     elapsed = await asyncio.to_thread(seconds_until_closed, sock)
-    assert elapsed <= 2 + TIMER_MARGIN, f"a silent connection was kept open {elapsed:.1f} s"
+    assert elapsed != float("inf"), "a silent connection was kept open"
+    assert elapsed >= 0.5, f"dropped after {elapsed:.2f} s, before the timeout"
 
 
 async def test_connection_that_stops_answering_is_closed_after_idle_timeout(relay):
@@ -283,7 +290,8 @@ async def test_connection_that_stops_answering_is_closed_after_idle_timeout(rela
     elapsed = time.monotonic() - started
     client.close()
     assert code == CLOSE["going_away"] == 1001
-    assert 1.5 <= elapsed <= 2 + TIMER_MARGIN, f"closed after {elapsed:.1f} s"
+    assert elapsed >= 1.5, f"closed after {elapsed:.1f} s, before the idle timeout"
+    assert scrape(server)["relay_rejects_total{reason=idle_timeout}"] == 1
 
 
 async def test_quiet_client_that_answers_pings_stays_connected(relay):

