@@ -89,38 +89,39 @@ class MixedRoomMixin:
 
     # --- sending ----------------------------------------------------------------------------
 
-    def _plan_recipients(self, to: list[str] | None) -> tuple[bool, bool, list[str] | None]:
-        """(send framed, send the original format, `to` of the original-format JSON)."""
+    def _plan_recipients(
+        self, to: list[str] | None
+    ) -> tuple[bool, list[str] | None, bool, list[str] | None]:
+        """(send framed, its `to`; send the original format, the `to` of its JSON)."""
         if self._mode != "relay":
-            return True, False, None  # a LAN session's host is ours; it speaks to each member
+            return True, to, False, None  # a LAN session's host is ours; it speaks to each
         present = [u.get("user_id") for u in self._users if u.get("user_id") != self.user_id]
         targets = present if to is None else list(to)
         if not self._kinds.attested:
             # Every binary reaches everyone here: while any original member is present, all
             # go in one format, the original.
             if self._kinds.originals(present):
-                return False, True, None
-            return True, False, None
+                return False, None, True, None
+            return True, to, False, None
         if not self._kinds.originals(targets):
-            return True, False, None
+            return True, to, False, None
         # The original-format binaries reach every original member: each gets the
-        # announcement that tells it what they are. Framed ones reach protocol-2 members only.
-        framed = any(self._kinds.speaks_frames(t) for t in targets)
-        return framed, True, self._kinds.originals(present)
+        # announcement that tells it what they are. Our members get the framed copy, and its
+        # announcement too is directed to them only (an original client would wait for its
+        # binaries).
+        ours = [t for t in targets if self._kinds.speaks_frames(t)]
+        return bool(ours), ours, True, self._kinds.originals(present)
 
     def _send_mixed_transfer(
         self, announcement: Message, kind: int, data: memoryview, to: list[str] | None
     ) -> int:
         """A push or global model to `to`, each recipient in the format it reads."""
-        framed, legacy, legacy_to = self._plan_recipients(to)
+        framed, framed_to, legacy, legacy_to = self._plan_recipients(to)
         if legacy:
             weights, _ = decode_weights(data)  # the values that went out framed, float16 exact
             payload = legacy_format.encode_weights(weights)
             self._send_legacy_transfer(announcement, payload, legacy_to)
         if framed:
-            framed_to = to
-            if to is not None and legacy:
-                framed_to = [t for t in to if self._kinds.speaks_frames(t)]
             return self._send_transfer(announcement, kind, data, framed_to)
         return len(data)
 
@@ -152,7 +153,7 @@ class MixedRoomMixin:
     def _send_mixed_crop(
         self, header: Message, image_png: bytes, mask_png: bytes, to: list[str] | None
     ) -> None:
-        framed, legacy, legacy_to = self._plan_recipients(to)
+        framed, framed_to, legacy, legacy_to = self._plan_recipients(to)
         if legacy:
             connection = self._connection
             if connection is None:
@@ -161,9 +162,6 @@ class MixedRoomMixin:
             connection.send_binary(image_png)
             connection.send_binary(mask_png)
         if framed:
-            framed_to = to
-            if to is not None and legacy:
-                framed_to = [t for t in to if self._kinds.speaks_frames(t)]
             self._send_crop(header, image_png, mask_png, framed_to)
 
     # --- receiving --------------------------------------------------------------------------

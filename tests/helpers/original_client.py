@@ -239,7 +239,11 @@ class OriginalClient:
     async def _on_binary(self, data: bytes) -> None:
         with self._condition:
             self.binaries_seen += 1
-            if not (data.startswith(GZIP_MAGIC) or data.startswith(PNG_MAGIC)):
+            # A transfer's first binary is a whole gzip or PNG; later chunks of a chunked
+            # transfer continue the gzip stream, and still must not be our frames.
+            continuing = bool(self._pending and self._pending[0]["parts"])
+            starts_right = data.startswith(GZIP_MAGIC) or data.startswith(PNG_MAGIC)
+            if data.startswith(b"SSBF") or not (starts_right or continuing):
                 self.violations.append(f"binary #{self.binaries_seen} starts with {data[:8]!r}")
                 self._condition.notify_all()
                 return
