@@ -436,6 +436,7 @@ class SyncClient(MixedRoomMixin):
             self._away_members.clear()
             self._global_model_reached.clear()
             self._last_transfer = None
+            self._rejoin_tries = 0
         return True
 
     def _open_relay_session(self, room_code: str | None) -> None:
@@ -725,6 +726,7 @@ class SyncClient(MixedRoomMixin):
         resumed = self._reconnecting
         self._enter_room(payload, [{"user_id": self.user_id, "display_name": self.display_name}])
         self._host_id = self.user_id
+        self._rejoin_tries = 0
         if resumed:
             self.sync_status.emit(f"Room {self._room_code} re-created after reconnecting")
         self.room_created.emit(self._room_code)
@@ -1217,24 +1219,26 @@ class SyncClient(MixedRoomMixin):
 
     def _resume_failed(self, code: str, retry_after: Any = None) -> None:
         """The relay would not take us back. The host opens a new room at once; a member
-        waits for the host to re-open its room, re-joining with backoff a bounded number of
-        times (never a tight loop into the join rate limit)."""
+        waits for the host to re-open its room. Further refusals are retried with backoff a
+        bounded number of times (never a tight loop into the relay's rate limits)."""
         if code == ErrorCode.INVALID_RESUME_TOKEN.value:
             self._resume_token = None  # the relay forgot the secret that signed it
         room = self._room_code or ""
-        if self.is_host:
+        self._rejoin_tries += 1
+        if self.is_host and self._rejoin_tries == 1:
             self.sync_status.emit(
                 f"The relay no longer knows room {room}; opening a new room: share its new code"
             )
             with contextlib.suppress(transport.ConnectionClosed):
                 self._send_json(self._rejoin_message())
             return
-        self._rejoin_tries += 1
         if self._rejoin_tries > self.reconnect_attempts:
             self._end_session()
             self._report(
-                f"Room {room} did not come back after {self.reconnect_attempts} tries: the "
-                "host has not re-opened it. Join again with the code the host shares"
+                f"Could not open a new room after {self.reconnect_attempts} tries; try again later"
+                if self.is_host
+                else f"Room {room} did not come back after {self.reconnect_attempts} tries: "
+                "the host has not re-opened it. Join again with the code the host shares"
             )
             connection = self._connection
             if connection is not None:
@@ -1244,10 +1248,12 @@ class SyncClient(MixedRoomMixin):
         delay = self._backoff(self._rejoin_tries - 1)
         if code == ErrorCode.RATE_LIMITED.value and isinstance(retry_after, (int, float)):
             delay = max(delay, float(retry_after))
+        tries = f"try {self._rejoin_tries} of {self.reconnect_attempts} in {delay:.0f} s"
         self.sync_status.emit(
-            f"The relay does not have room {room} any more (it may have restarted); waiting "
-            f"for the host to open it again (try {self._rejoin_tries} of "
-            f"{self.reconnect_attempts} in {delay:.0f} s)"
+            f"The relay refused a new room for now ({code}); trying again ({tries})"
+            if self.is_host
+            else f"The relay does not have room {room} any more (it may have restarted); "
+            f"waiting for the host to open it again ({tries})"
         )
         timer = threading.Timer(delay, self._retry_rejoin)
         timer.daemon = True

@@ -4,32 +4,52 @@ host closes the round by its timeout with the pushes it has."""
 from __future__ import annotations
 
 import logging
-import time
 
 import numpy as np
 from conftest import kill_member
 from members import big_layout, layout_state
-from test_api_rounds import start_room
+from test_api_rooms import last_users, make_client
+from test_api_stall import Forwarder
+
+from helpers.http_metrics import scrape
 
 
 def test_member_killed_mid_transfer_round_closes_by_timeout(relay, recorder, members, caplog):
     caplog.set_level(logging.INFO, logger="segmentation_suite.network.host")
-    # 1 MB chunks and little buffering in the relay: a push is many messages, most of them
-    # still with the sender when the host holds the first.
-    url = relay("--max-message-size", "1M", "--receiver-buffer", "1M").url
-    host = start_room(recorder, url, members, ["steady", "doomed"], timeout=4.0)
-    layout = big_layout(128)  # 64 MB on the wire: long enough to be cut in the middle
-    members.send("doomed", "push", 7, 1, 7, layout, None)
-    # Killed once the host holds part of the push (a state, not a moment).
-    deadline = time.monotonic() + 60
-    while not host.is_receiving_chunks and time.monotonic() < deadline:
-        time.sleep(0.001)
-    assert host.is_receiving_chunks, "doomed's push never started"
+    # 1 MB chunks, little buffering in the relay, and the host behind a forwarder the test
+    # freezes: the relay throttles the pushing member, so its push is half way, whatever the
+    # machine's speed, when it is killed.
+    server = relay("--max-message-size", "1M", "--receiver-buffer", "1M")
+    forwarder = Forwarder(server.port)
+    try:
+        _drill(server, forwarder, recorder, members, caplog)
+    finally:
+        forwarder.stop()
+
+
+def _drill(server, forwarder, recorder, members, caplog):
+    host = make_client(recorder, "host", aggregation_timeout=4.0)
+    host.create_relay_room("host", forwarder.url)
+    (code,) = recorder.wait_for(lambda: recorder.of("host", "room_created"), 10, "room")[0]
+    for name in ("steady", "doomed"):
+        members.start(server.url, code, name)
+    everyone = ["doomed", "host", "steady"]
+    recorder.wait_for(lambda: last_users(recorder, "host") == everyone, 60, "everyone in")
+    for name in ("steady", "doomed"):
+        recorder.wait_for(lambda n=name: recorder.of(n, "room_joined"), 30, f"{name} in")
+
+    forwarder.pause()
+    members.send("doomed", "push", 7, 1, 7, big_layout(128), None)  # 64 MB on the wire
+    recorder.wait_for(
+        lambda: scrape(server)["relay_senders_throttled_total"] >= 1, 60, "doomed throttled"
+    )
     kill_member(members, "doomed")
+    forwarder.resume()
     members.send("steady", "push", 5, 2, 5, big_layout(4), None)
     recorder.wait_for(lambda: recorder.of("host", "global"), 30, "the round to close")
     steady_id = recorder.of("steady", "pushed")[0][0]
     assert [user for user, _ in recorder.of("host", "weights_received")] == [steady_id]
+    assert not recorder.of("doomed", "pushed"), "doomed's push was cut before it finished"
     # The round waited for the (away) killed member until its timeout: it did not close
     # because everyone had pushed.
     closes = [r.getMessage() for r in caplog.records if "closing on timeout" in r.getMessage()]
