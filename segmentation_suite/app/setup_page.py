@@ -105,12 +105,17 @@ class SetupPage(QWidget):
         form.addRow(self.port_row_label, self.port_spin)
 
         self.legacy_weights_check = QCheckBox("Accept weights from the original app")
-        self.legacy_weights_check.setToolTip(
+        why = (
             "Colleagues still on the original app send weights as a Python pickle, which could "
             "run code on this computer: tick this only for colleagues you trust."
         )
+        self.legacy_weights_check.setToolTip(why)
         self.legacy_weights_check.toggled.connect(self._apply_legacy_weights_choice)
         form.addRow("", self.legacy_weights_check)
+        self.legacy_weights_note = QLabel(why)
+        self.legacy_weights_note.setWordWrap(True)
+        self.legacy_weights_note.setStyleSheet("color: palette(mid);")
+        form.addRow("", self.legacy_weights_note)
         return box
 
     def _apply_legacy_weights_choice(self, *_) -> None:
