@@ -1136,6 +1136,10 @@ class SyncClient(MixedRoomMixin):
         who = describe_contributors(contributors, names)
         self.sync_status.emit(f"Round {aggregation_round} aggregated from {who}")
         self._submit(self._send_global_model, weights, aggregation_round, len(contributors))
+        if self._away_members:
+            # They had a whole round to come back; a restarted relay will never say they left.
+            self._away_members.clear()
+            self._update_round_members()
         self.round_complete.emit(aggregation_round, contributors)
         self.global_model_received.emit(weights)
 
