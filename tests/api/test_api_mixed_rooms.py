@@ -19,13 +19,13 @@ import zlib
 import numpy as np
 import pytest
 import torch
-from conftest import V1Relay
 from members import big_layout, layout_state
 from PIL import Image
 from test_api_rooms import make_client
 
 from helpers.original_client import OriginalClient
 from helpers.relay_process import SLOWDOWN
+from helpers.v1_relay_process import V1Relay
 
 TIMEOUT = 60.0 * SLOWDOWN
 SMALL = [
