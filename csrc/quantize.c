@@ -6,6 +6,7 @@
 
 #include "fp16.h"
 
+#include <float.h>
 #include <math.h>
 #include <stdbool.h>
 #include <stdlib.h>
@@ -397,6 +398,9 @@ const char *topk_validate(const uint8_t *data, size_t length, uint64_t count, ui
     memcpy(&scale, data, 4);
     if (!isfinite(scale) || signbit(scale))
         return "has a scale that is not a finite non-negative number";
+    /* An encoder's scale is a finite |delta| / 127; a larger one makes level 127 infinite. */
+    if (scale > FLT_MAX / Q8_MAX_LEVEL)
+        return "has a scale larger than the largest float32 / 127";
     const uint8_t *gaps = data + 4 + keep, *end = data + length;
     uint64_t position = 0;
     for (uint64_t n = 0; n < keep; n++) {

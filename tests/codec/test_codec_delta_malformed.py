@@ -122,6 +122,7 @@ def test_the_hand_built_messages_are_valid_against_their_reference():
         ({"w": topk_entry(100, 1, [1], scale=float("nan"))}, "scale"),
         ({"w": topk_entry(100, 1, [1], scale=float("inf"))}, "scale"),
         ({"w": topk_entry(100, 1, [1], scale=-1.0)}, "scale"),
+        ({"w": topk_entry(100, 1, [1], scale=2.6e38)}, "scale larger"),
         ({"w": {**topk_entry(100, 1, [1]), "data": b"\x00\x00"}}, "too short"),
         (
             {
