@@ -820,6 +820,34 @@ done:
     return result;
 }
 
+PyDoc_STRVAR(message_reference_doc,
+             "_message_reference(data) -> bytes | None\n\n"
+             "Validates the message and returns the id of the reference it is a delta against\n"
+             "(None for a whole, version-1 message), so a receiver can pick that reference.");
+
+static PyObject *codec_message_reference_py(PyObject *module, PyObject *data)
+{
+    (void)module;
+    Py_buffer view;
+    if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) != 0)
+        return NULL;
+    codec_message message;
+    codec_error err;
+    int rc;
+    PyThreadState *thread_state = PyEval_SaveThread();
+    rc = codec_decode(view.buf, (size_t)view.len, &message, &err);
+    PyEval_RestoreThread(thread_state);
+    PyBuffer_Release(&view);
+    if (rc != 0)
+        return raise_codec_error(&err);
+    PyObject *result =
+        message.version >= CODEC_DELTA_FORMAT_VERSION
+            ? PyBytes_FromStringAndSize((const char *)message.reference_id, CODEC_REFERENCE_ID_SIZE)
+            : Py_NewRef(Py_None);
+    codec_message_free(&message);
+    return result;
+}
+
 PyDoc_STRVAR(reference_id_doc,
              "_reference_id(tensors) -> bytes\n\n"
              "The id a delta message against these tensors names: tensors is a list of\n"
@@ -902,6 +930,7 @@ static PyMethodDef codec_methods[] = {
     {"_encode", codec_encode, METH_VARARGS, encode_doc},
     {"_decode", codec_decode_py, METH_VARARGS, decode_doc},
     {"_reference_id", codec_reference_id_py, METH_O, reference_id_doc},
+    {"_message_reference", codec_message_reference_py, METH_O, message_reference_doc},
     {"_set_simd", codec_set_simd, METH_O,
      "_set_simd(enabled): use the SIMD fp16/bf16 kernels (True, default) or force the "
      "scalar ones (tests only; not thread-safe)."},

@@ -143,6 +143,12 @@ def reference_id(weights: Mapping[str, Any]) -> bytes:
     return _relayclient._reference_id(parts)
 
 
+def message_reference_id(data: Any) -> bytes | None:
+    """The id of the reference model a message is a delta against (None for a whole one);
+    validates the message (ValueError if malformed) but needs no reference."""
+    return _relayclient._message_reference(data)
+
+
 def decode_weights(
     data: Any, *, as_torch: bool | None = None, reference: Mapping[str, Any] | None = None
 ) -> tuple[dict, dict]:
