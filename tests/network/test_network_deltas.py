@@ -24,13 +24,8 @@ def state(seed: int, base: dict | None = None) -> dict:
 
 
 def versions(sends) -> dict[str, int]:
-    return {member: decode_weights_version(data) for data, members in sends for member in members}
-
-
-def decode_weights_version(data) -> int:
-    import msgpack
-
-    return msgpack.unpackb(bytes(data))["version"]
+    """Format version (1 whole, 2 delta) of what each member is sent, read with msgpack."""
+    return {m: msgpack.unpackb(bytes(data))["version"] for data, ms in sends for m in ms}
 
 
 def publish_to(ledger, members_state: dict[str, MemberDeltas], weights, round_number):
