@@ -321,6 +321,58 @@ static uint32_t kth_largest(uint32_t *keys, uint64_t count, uint64_t k)
     }
 }
 
+/* Tensors at least this large find their threshold from a sample first (see below). */
+#define TOPK_SAMPLING_MIN_COUNT ((uint64_t)1 << 16)
+#define TOPK_SAMPLE_SIZE 8192
+
+/* The keep-th largest of `keys` (keep >= 1), leaving `keys` as they are. For a large tensor a
+ * strided sample gives a threshold somewhat below the answer (aiming at twice `keep` keys);
+ * every key at or above it is copied out, and when they are at least `keep`, the exact answer
+ * is the keep-th largest of those few: one pass over the tensor instead of a quickselect over
+ * all of it. Otherwise (or for small tensors) a quickselect over a copy. 0 with *failed set
+ * when out of memory. */
+static uint32_t select_threshold(const uint32_t *keys, uint64_t count, uint64_t keep, int *failed)
+{
+    if (count >= TOPK_SAMPLING_MIN_COUNT && keep <= count / 8) {
+        uint64_t stride = count / TOPK_SAMPLE_SIZE, samples = count / stride;
+        uint64_t wanted = keep * 2 * samples / count + 32;
+        uint64_t capacity = count / 4 + keep;
+        uint32_t *sample = malloc(samples * sizeof *sample);
+        uint32_t *candidates = malloc(capacity * sizeof *candidates);
+        if (sample == NULL || candidates == NULL) {
+            free(sample);
+            free(candidates);
+            *failed = 1;
+            return 0;
+        }
+        for (uint64_t i = 0; i < samples; i++)
+            sample[i] = keys[i * stride];
+        uint64_t found = 0;
+        if (wanted < samples) {
+            uint32_t estimate = kth_largest(sample, samples, wanted);
+            for (uint64_t i = 0; i < count && found <= capacity; i++)
+                if (keys[i] >= estimate && found++ < capacity)
+                    candidates[found - 1] = keys[i];
+        }
+        free(sample);
+        if (found >= keep && found <= capacity) {
+            uint32_t threshold = kth_largest(candidates, found, keep);
+            free(candidates);
+            return threshold;
+        }
+        free(candidates);
+    }
+    uint32_t *copy = malloc(count * sizeof *copy);
+    if (copy == NULL) {
+        *failed = 1;
+        return 0;
+    }
+    memcpy(copy, keys, count * sizeof *copy);
+    uint32_t threshold = kth_largest(copy, count, keep);
+    free(copy);
+    return threshold;
+}
+
 static size_t put_varint(uint8_t *out, uint64_t value)
 {
     size_t n = 0;
@@ -356,12 +408,16 @@ int topk_encode(int is_float64, const void *update, const void *reference, uint6
         if (keys[i] > largest)
             largest = keys[i];
     }
-    uint32_t threshold = keep ? kth_largest(keys, count, keep) : UINT32_MAX;
-    free(keys);
+    int failed = 0;
+    uint32_t threshold = keep ? select_threshold(keys, count, keep, &failed) : UINT32_MAX;
+    if (failed) {
+        free(buffer);
+        free(keys);
+        return -2;
+    }
     uint64_t above = 0; /* keys above the threshold are all kept; ties fill up in order */
     for (uint64_t i = 0; keep && i < count; i++)
-        above +=
-            (float_bits(delta_at(is_float64, update, reference, i)) & FLOAT32_ABS_MASK) > threshold;
+        above += keys[i] > threshold;
     uint64_t ties_left = keep - above;
 
     float scale = bits_float(largest) / (float)Q8_MAX_LEVEL;
@@ -372,17 +428,17 @@ int topk_encode(int is_float64, const void *update, const void *reference, uint6
     uint64_t taken = 0, previous = 0;
     size_t gap_bytes = 0;
     for (uint64_t i = 0; taken < keep && i < count; i++) {
-        float delta = delta_at(is_float64, update, reference, i);
-        uint32_t key = float_bits(delta) & FLOAT32_ABS_MASK;
+        uint32_t key = keys[i];
         if (key < threshold || (key == threshold && ties_left == 0))
             continue;
         if (key == threshold)
             ties_left--;
-        levels[taken] = quantize_level(delta * inverse);
+        levels[taken] = quantize_level(delta_at(is_float64, update, reference, i) * inverse);
         gap_bytes += put_varint(gaps + gap_bytes, taken ? i - previous : i);
         previous = i;
         taken++;
     }
+    free(keys);
     *out = buffer;
     *out_length = 4 + keep + gap_bytes;
     return 0;

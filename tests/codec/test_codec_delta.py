@@ -364,3 +364,36 @@ def test_unet_update_wire_bytes_q8_at_most_052_and_topk_at_most_005_of_fp16():
     )
     assert q8 <= 0.52 * fp16
     assert topk <= 0.05 * fp16
+
+
+@pytest.mark.parametrize(
+    "distribution", ["gaussian", "mostly_zero", "all_equal", "few_levels", "one_outlier"]
+)
+def test_topk_selection_of_large_tensors_matches_the_independent_implementation(distribution):
+    """Large tensors take the sampled-threshold path of the encoder; skewed and tied
+    distributions make its estimate miss and fall back. Same selection either way."""
+    rng = np.random.default_rng(11)
+    size = 300_001
+    base = rng.standard_normal(size).astype(np.float32)
+    if distribution == "gaussian":
+        delta = rng.standard_normal(size).astype(np.float32)
+    elif distribution == "mostly_zero":
+        delta = np.zeros(size, np.float32)
+        delta[rng.choice(size, 1000, replace=False)] = rng.standard_normal(1000)
+    elif distribution == "all_equal":
+        delta = np.full(size, 0.25, np.float32)
+    elif distribution == "few_levels":
+        delta = rng.integers(-3, 4, size).astype(np.float32) * 0.5
+    else:
+        delta = rng.standard_normal(size).astype(np.float32) * 1e-3
+        delta[1234] = 100.0
+    update = base + delta
+    for fraction in (0.01, 0.2):
+        data = serialize_weights(
+            {"w": update}, compression="topk", reference={"w": base}, topk_fraction=fraction
+        )
+        raw = tensors_of(data)["w"]["data"]
+        keep = math.ceil(size * fraction)
+        positions, scale, levels = topk_reference(update, base, keep)
+        np.testing.assert_array_equal(np.cumsum(read_varints(raw[4 + keep :])), positions)
+        np.testing.assert_array_equal(np.frombuffer(raw[4 : 4 + keep], np.int8), levels)
