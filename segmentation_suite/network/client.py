@@ -809,7 +809,7 @@ class SyncClient:
             if not self.is_host:
                 return
             try:
-                reference = self._ledger.reference_for(payload)
+                reference = self._ledger.reference_for(payload, also_held=self._member_deltas.held)
                 weights, metadata = decode_weights(payload, reference=reference)
             except ValueError as exc:
                 self._report(f"Weights from {self._name_of(sender)} are unreadable: {exc}")
