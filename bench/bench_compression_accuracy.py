@@ -144,7 +144,11 @@ def main() -> int:
         f"\nFinal held-out Dice of the shared model: {args.colleagues} colleagues, "
         f"{args.rounds} rounds of {DEMO_SETTINGS.epochs_per_round} epochs (demo settings)\n"
     )
-    header = "| method | " + " | ".join(f"seed {s}" for s in seeds) + " | worst vs fp16 | wire MB |"
+    header = (
+        "| method | "
+        + " | ".join(f"seed {s}" for s in seeds)
+        + " | worst vs fp16 | wire MB, one run |"
+    )
     print(header)
     print("|---|" + "---:|" * (len(seeds) + 2))
     checks = []
