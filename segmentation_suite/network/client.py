@@ -885,7 +885,7 @@ class SyncClient:
         members = [u["user_id"] for u in self._users if u.get("user_id") != self.user_id]
         try:
             # what members hold: the float16-rounded global, rebuilt from a delta or not
-            _, sends = self._ledger.publish(weights, members, metadata=metadata)
+            canonical, sends = self._ledger.publish(weights, members, metadata=metadata)
         except (TypeError, ValueError) as exc:
             self._report(f"Cannot send the global model of round {aggregation_round}: {exc}")
             return
@@ -900,7 +900,8 @@ class SyncClient:
                 self._send_global_data, data, aggregation_round, len(contributors), recipients
             )
         self.round_complete.emit(aggregation_round, contributors)
-        self.global_model_received.emit(weights)
+        # the host trains on from exactly what its members hold (global_weights stays exact)
+        self.global_model_received.emit(canonical)
 
     def trigger_aggregation(self) -> bool:
         """Host: closes the current round now with the pushes it has."""

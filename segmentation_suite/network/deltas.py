@@ -3,7 +3,8 @@
 Without I/O: SyncClient (client.py) feeds messages in and sends what comes out.
 
 * A member (`MemberDeltas`) pushes its model as a delta against the last global model it
-  holds, with error feedback, once the host has said it accepts deltas; it tells the host
+  holds, with error feedback, once the host has said it accepts deltas (ours do; an original
+  host never says so); it tells the host
   which global it holds in every push, and rebuilds a delta global against the one it holds.
 * The host (`GlobalModelLedger`) sends each round's global model as a delta against the
   previous one to the members known to hold it, and whole (float16) to everyone else: late
