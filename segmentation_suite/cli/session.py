@@ -19,7 +19,7 @@ from rich.text import Text
 
 from ..training.settings import TRAINING_DEFAULTS, microscope_for_position
 from .data import load_training_data
-from .model import build_trainer, save_model
+from .model import Checkpoints, build_trainer, save_model, training_plan
 from .options import CommandError
 from .progress import TrainingView
 from .room import RoomMember, find_relay_url, parse_lan_session, parse_room_code
@@ -133,13 +133,16 @@ def _session(args: argparse.Namespace, console: Console, enter, lan_host: bool =
     member = RoomMember(
         _printer(console), aggregation_timeout=args.round_timeout / 2, lan_host=lan_host
     )
+    checkpoints = None
     try:
         enter(member)
         if by_position:
             args.member = microscope_for_position(member.position)
             data, evaluation, dice_of = load_training_data(args, console)
         trainer = build_trainer(data, args)
-        view = _train_rounds(member, trainer, evaluation, args, console)
+        plan = training_plan(args, data)
+        checkpoints = Checkpoints(args, trainer, plan, console)
+        view = _train_rounds(member, trainer, evaluation, args, console, checkpoints)
         if (member.client.is_host or member.server is not None) and member.others:
             console.print("Waiting for the members to receive the final model")
             member.wait_for_others_to_leave(FAREWELL_SECONDS)
@@ -148,6 +151,8 @@ def _session(args: argparse.Namespace, console: Console, enter, lan_host: bool =
         member.leave()
         if entered:
             console.print(f"Left {member.where}")
+        if checkpoints is not None:
+            checkpoints.report()
         return INTERRUPTED
     except BaseException:
         member.leave()
@@ -155,9 +160,10 @@ def _session(args: argparse.Namespace, console: Console, enter, lan_host: bool =
     where = member.where
     member.leave()
     console.print(view.round_table(dice_of))
+    checkpoints.report()
     if args.save:
-        save_model(trainer, args.save)
-        console.print(f"Saved the model to {args.save}", markup=False)
+        save_model(trainer, args.save, plan)
+        console.print(f"Saved the model to {args.save}", markup=False, highlight=False)
     console.print(f"Done: {len(view.results)} rounds; left {where}")
     return 0
 
@@ -168,9 +174,13 @@ def room_code_panel(code: str, title: str = "room code", spaced: bool = True) ->
     return Panel(big, title=title, subtitle="share it", padding=(1, 6), expand=False)
 
 
-def _train_rounds(member: RoomMember, trainer, evaluation, args, console: Console):
+def _train_rounds(
+    member: RoomMember, trainer, evaluation, args, console: Console, checkpoints: Checkpoints
+):
     """Runs FederatedTraining on a worker thread, so that Ctrl-C reaches the main thread at
-    once; a lost connection ends the command."""
+    once; a lost connection ends the command. After a round whose global model arrived, the
+    trainer holds that model (until the next round's training starts on the same thread),
+    which goes into the session folder."""
     from ..training.federated import FederatedTraining
 
     training = FederatedTraining(
@@ -184,9 +194,14 @@ def _train_rounds(member: RoomMember, trainer, evaluation, args, console: Consol
     stop, finished = threading.Event(), threading.Event()
     outcome: dict = {}
 
+    def on_event(event) -> None:
+        view.on_event(event)
+        if event.kind == "round" and event.result and event.result.global_dice is not None:
+            checkpoints.save(event.round)
+
     def work() -> None:
         try:
-            outcome["results"] = training.run(view.on_event, stop)
+            outcome["results"] = training.run(on_event, stop)
         except BaseException as exc:  # handed to the main thread
             outcome["error"] = exc
         finally:

@@ -1,5 +1,6 @@
 """Training settings as plain values, importable without torch (the CLI reads them for its
---help, the app for its fields). Each default has its one home here."""
+--help, the app for its fields): the defaults, the demo's settings and prediction's tiling.
+Each default has its one home here."""
 
 from __future__ import annotations
 
@@ -62,3 +63,9 @@ class DemoSettings:
 
 
 DEMO_SETTINGS = DemoSettings()
+
+
+#: Side of the square tiles prediction cuts a large image into, and how many pixels
+#: neighbouring tiles share (blended, so that no seam shows).
+PREDICTION_TILE = 256
+PREDICTION_OVERLAP = 32

@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import shlex
 import socket
+from pathlib import Path
 
 ROUND_LINE = r"^round {n}/1000: loss [0-9.]+, local Dice [0-9.]+, global Dice [0-9.]+, {who}"
 TRAINING = ["--synthetic", "--samples", "8", "--rounds", "1000"]
@@ -72,7 +73,7 @@ def test_ctrl_c_while_waiting_for_members_leaves_the_room(relay, cli):
 
 def test_host_alone_finishes_every_round_and_saves(relay, cli, tmp_path):
     server = relay()
-    saved = tmp_path / "shared.pt"
+    saved = tmp_path / "shared.safetensors"
     host = cli(
         "create",
         "--relay-url",
@@ -92,7 +93,14 @@ def test_host_alone_finishes_every_round_and_saves(relay, cli, tmp_path):
         host.wait_for(ROUND_LINE.replace("1000", "2").format(n=n, who="1 contributor"), 1)
     code = re.search(r"join ([A-Z2-9]{6}) ", host.stdout, re.M).group(1)
     assert re.search(rf"^Done: 2 rounds; left room {code}$", host.stdout, re.M), host.stdout
-    assert saved.stat().st_size > 0
+    from segmentation_suite.training.model_file import load_model
+
+    assert load_model(saved).training["rounds"] == 2
+    # Every round's global model is kept in the session folder, which the command names.
+    kept = re.search(r"^Kept 2 checkpoints in (.+)$", host.stdout, re.M)
+    assert kept, host.stdout
+    rounds = sorted(p.name for p in Path(kept.group(1)).iterdir())
+    assert rounds == ["round-001.safetensors", "round-002.safetensors"]
 
 
 def test_lan_session_create_and_join_complete_a_round(cli):
