@@ -183,3 +183,47 @@ class TrainingWorker(QObject):
             _emit(self.failed, f"Training stopped by an error: {exc}")
             return
         _emit(self.finished, results)
+
+
+class BackgroundTask(QObject):
+    """Runs `work(task)` on its own thread (prediction, export). `work` may call
+    `task.report(...)` (arriving as `progress(done, total, item)` on the GUI thread) and
+    should look at `task.stop_event`; `finished(result)` or `failed(message)` ends it."""
+
+    progress = Signal(int, int, object)
+    finished = Signal(object)
+    failed = Signal(str)
+
+    def __init__(self, work, parent=None):
+        super().__init__(parent)
+        self.work = work
+        self.stop_event = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="background task", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self.stop_event.set()
+
+    def join(self, timeout: float | None = None) -> None:
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def report(self, done: int, total: int, item=None) -> None:
+        _emit(self.progress, done, total, item)
+
+    def _run(self) -> None:
+        from ..training import DatasetError
+
+        try:
+            result = self.work(self)
+        except (DatasetError, OSError) as exc:
+            _emit(self.failed, str(exc))
+            return
+        except Exception as exc:  # ModelFileError, ExportError and the unexpected alike
+            log.exception("a background task failed")
+            _emit(self.failed, str(exc) or type(exc).__name__)
+            return
+        _emit(self.finished, result)
