@@ -188,7 +188,7 @@ class TrainingPage(QWidget):
         if client is None or self.session.state != states.CONNECTED:
             self._not_connected()
             return
-        if not self.session.is_host:
+        if not self.session.sets_own_plan:
             self.error_label.show_error(
                 "Only the host starts the rounds: yours start when the host presses Start",
                 "Host starts",
@@ -524,7 +524,7 @@ class TrainingPage(QWidget):
     def _update_buttons(self) -> None:
         connected = self.session.state == states.CONNECTED
         in_session = self.session.state != states.IDLE
-        host = self.session.is_host
+        host = self.session.sets_own_plan
         member = in_session and not host
         running, loading = self._running, self._loading
         self.start_button.setEnabled(connected and host and not running and not loading)
