@@ -259,7 +259,7 @@ def add_predict_options(parser: argparse.ArgumentParser) -> None:
         type=microscope_number,
         default=1,
         metavar="N",
-        help=f"which simulated microscope, 1 to {MICROSCOPE_COUNT} (default %(default)s)",
+        help=f"which simulated microscope, 1 to {MICROSCOPE_COUNT} (default 1)",
     )
     synthetic.add_argument(
         "--samples", type=positive_int, default=8, help="images (default %(default)s)"

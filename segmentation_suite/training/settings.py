@@ -1,6 +1,5 @@
-"""Training settings as plain values, importable without torch (the CLI reads them for its
---help, the app for its fields): the defaults, the demo's settings and prediction's tiling.
-Each default has its one home here."""
+"""Training settings and prediction's tiling as plain values, importable without torch (the
+CLI reads them for its --help, the app for its fields). Each default has its one home here."""
 
 from __future__ import annotations
 

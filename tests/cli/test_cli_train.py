@@ -93,16 +93,26 @@ def test_stacks_and_images_of_different_sizes_train_split_by_image(cli, tmp_path
     _cell_folder(big, 2, (48, 40), seed=1)
     for source in big.iterdir():
         source.rename(tmp_path / f"big_{source.name}")
+    # A 2-page 16-bit stack (two of the 32x32 images) with its 2-page mask.
+    pages = [np.asarray(Image.open(tmp_path / f"cell_{i}.png")) for i in (0, 1)]
+    masks = [np.asarray(Image.open(tmp_path / f"cell_{i}_mask.png")) for i in (0, 1)]
+    stack = [Image.fromarray(p.astype(np.uint16) * 250) for p in pages]
+    stack[0].save(tmp_path / "stack.tif", save_all=True, append_images=stack[1:])
+    mask_stack = [Image.fromarray(m) for m in masks]
+    mask_stack[0].save(tmp_path / "stack_mask.tif", save_all=True, append_images=mask_stack[1:])
     process = cli(
         "train", "--data", str(tmp_path), "--epochs", "1", "--no-checkpoints", "--validation", "0.2"
     )
     assert process.wait(120) == 0, process.stdout + process.stderr
-    # 32x32 crops: a 32x32 image is its own crop (3), ceil(2*48*40/1024) = 4 per 48x40 (8).
-    assert "11 samples from 5 images" in process.stdout, process.stdout
-    # One whole image kept aside: all its crops with it.
+    # 32x32 crops: a 32x32 image or page is its own crop (3 + 2 pages), and
+    # ceil(2*48*40/1024) = 4 per 48x40 image (8).
+    assert "13 samples from 6 images" in process.stdout, process.stdout
+    # One whole image kept aside (round(0.2 * 6) = 1): all its pages or crops with it.
     match = re.search(
         rf"^(\d+) samples from {re.escape(str(tmp_path))} for training, (\d+) kept",
         process.stdout,
         re.M,
     )
-    assert match and (int(match.group(1)), int(match.group(2))) in ((10, 1), (7, 4)), process.stdout
+    assert match and (int(match.group(1)), int(match.group(2))) in ((12, 1), (11, 2), (9, 4)), (
+        process.stdout
+    )
