@@ -63,6 +63,8 @@ def _take(app, args) -> dict:
     alice = MainWindow(name="Alice", relay_url=args.relay_url)
     members = [MainWindow(name=name, relay_url=args.relay_url) for name in ("Bob", "Carol")]
     bob = members[0]
+    for window in (alice, *members):
+        window.setup_page.remember_name = False  # the user's own name stays theirs
     alice.move(0, 0)
     alice.show()
     alice.raise_()
