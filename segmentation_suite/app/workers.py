@@ -121,6 +121,7 @@ class TrainingWorker(QObject):
         seed: int = 0,
         first_round: int = 1,
         initial_weights=None,
+        checkpoint_plan: dict | None = None,
         parent=None,
     ):
         super().__init__(parent)
@@ -135,6 +136,11 @@ class TrainingWorker(QObject):
         self.seed = seed
         self.first_round = first_round
         self.initial_weights = initial_weights  # a global model to start from (joining late)
+        # Each round's global model is kept in a new session folder (made at the first
+        # save), recording this plan; None keeps none.
+        self.checkpoint_plan = checkpoint_plan
+        self.checkpoints = None  # the CheckpointFolder once made
+        self.checkpoint_error: str | None = None
         self.stop_event = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -177,12 +183,37 @@ class TrainingWorker(QObject):
                 evaluation=self.evaluation,
                 first_round=self.first_round,
             )
-            results = federated.run(lambda event: _emit(self.event, event), self.stop_event)
+            results = federated.run(self._on_event, self.stop_event)
         except Exception as exc:
             log.exception("training failed")
             _emit(self.failed, f"Training stopped by an error: {exc}")
             return
         _emit(self.finished, results)
+
+    def _on_event(self, event) -> None:
+        """On the training thread, between rounds: the model is the global one just loaded,
+        and nothing trains it while it is saved."""
+        result = event.result if event.kind == "round" else None
+        if result is not None and result.global_dice is not None:
+            self._keep_checkpoint(result.round)
+        _emit(self.event, event)
+
+    def _keep_checkpoint(self, round_number: int) -> None:
+        if self.checkpoint_plan is None or self.checkpoint_error is not None:
+            return
+        from ..training.model_file import CheckpointFolder
+
+        try:
+            if self.checkpoints is None:
+                self.checkpoints = CheckpointFolder.new(
+                    "app",
+                    architecture=self.trainer.architecture,
+                    training=self.checkpoint_plan,
+                )
+            self.checkpoints.save(round_number, self.trainer.state_dict())
+        except OSError as exc:  # a convenience: training goes on without
+            self.checkpoint_error = f"cannot keep checkpoints ({exc.strerror or exc})"
+            log.warning("%s", self.checkpoint_error)
 
 
 class BackgroundTask(QObject):
