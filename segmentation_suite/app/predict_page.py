@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 from qtpy.QtCore import Qt, Signal
-from qtpy.QtGui import QImage, QPixmap
 from qtpy.QtWidgets import (
     QButtonGroup,
     QFileDialog,
@@ -30,36 +29,13 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from .overlay import MASK_COLOUR, PREDICTED_COLOUR, overlay, to_pixmap
 from .training_page import TrainingPage
 from .widgets import ErrorLabel, heading
 from .workers import BackgroundTask
 
-#: Overlay colours (RGB) and opacity: the prediction orange, the reference green.
-PREDICTED_COLOUR = (255, 140, 0)
-REFERENCE_COLOUR = (0, 200, 80)
-OVERLAY_ALPHA = 0.45
 #: Side of the shown images in pixels (small images are scaled up, nearest neighbour).
 VIEW_SIZE = 300
-
-
-def overlay(image: np.ndarray, mask: np.ndarray | None, colour) -> np.ndarray:
-    """RGB uint8: the gray image (values in [0, 1]) with `mask` (nonzero = cell) tinted."""
-    gray = np.clip(np.asarray(image, np.float32), 0.0, 1.0) * 255.0
-    rgb = np.repeat(gray[..., None], 3, axis=2)
-    if mask is not None:
-        cells = np.asarray(mask) > 0
-        tint = np.asarray(colour, np.float32)
-        rgb[cells] = (1 - OVERLAY_ALPHA) * rgb[cells] + OVERLAY_ALPHA * tint
-    return rgb.astype(np.uint8)
-
-
-def to_pixmap(rgb: np.ndarray, size: int = VIEW_SIZE) -> QPixmap:
-    height, width = rgb.shape[:2]
-    data = np.ascontiguousarray(rgb)
-    image = QImage(data.data, width, height, 3 * width, QImage.Format.Format_RGB888).copy()
-    return QPixmap.fromImage(image).scaled(
-        size, size, Qt.AspectRatioMode.KeepAspectRatio, Qt.TransformationMode.FastTransformation
-    )
 
 
 class PredictPage(QWidget):
@@ -335,12 +311,14 @@ class PredictPage(QWidget):
             return
         prediction = self.predictions[row]
         image = prediction.image
-        self.predicted_view.setPixmap(to_pixmap(overlay(image, prediction.mask, PREDICTED_COLOUR)))
+        self.predicted_view.setPixmap(
+            to_pixmap(overlay(image, prediction.mask, PREDICTED_COLOUR), VIEW_SIZE)
+        )
         if prediction.reference is None:
             self.reference_view.setText("No reference mask for this image")
         else:
             self.reference_view.setPixmap(
-                to_pixmap(overlay(image, prediction.reference, REFERENCE_COLOUR))
+                to_pixmap(overlay(image, prediction.reference, MASK_COLOUR), VIEW_SIZE)
             )
 
     # --- running in the background ------------------------------------------------------------

@@ -504,6 +504,9 @@ class TrainingPage(QWidget):
         self.data_panel.summary_label.setText(
             f"{len(data)} images of {shape[-1]}×{shape[-2]} pixels from {choice.describe()}"
         )
+        self.data_panel.show_loaded(data)
+        for skipped in getattr(data, "skipped", []) or []:
+            self.session.log_event(f"Left out {skipped}")
         self.error_label.clear_error()
         self._update_buttons()
         if self._pending_plan is not None:

@@ -38,6 +38,7 @@ class DataChoice:
     count: int = TRAINING_DEFAULTS.images_per_member
     seed: int = 0
     size: int = TRAINING_DEFAULTS.image_size
+    strict: bool = False  # folder: refuse it when a file is unusable (else leave it out)
 
     def describe(self) -> str:
         if self.folder is not None:
@@ -72,7 +73,9 @@ class DataLoader(QObject):
         try:
             if choice.folder is not None:
                 data = training.load_folder(
-                    choice.folder, progress=lambda done, total: _emit(self.progress, done, total)
+                    choice.folder,
+                    progress=lambda done, total: _emit(self.progress, done, total),
+                    strict=choice.strict,
                 )
                 evaluation = None
             else:
