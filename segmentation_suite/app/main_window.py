@@ -1,4 +1,4 @@
-"""The main window: the Session page and the Training page in a QStackedWidget."""
+"""The main window: the Session, Training and Predict pages in a QStackedWidget."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from .predict_page import PredictPage
 from .session_controller import SessionController
 from .setup_page import SetupPage
 from .training_page import TrainingPage
@@ -30,14 +31,18 @@ class MainWindow(QMainWindow):
             self.setup_page.name_edit.setText(name)
 
         self.pages = QStackedWidget()
+        self.predict_page = PredictPage(self.training_page)
         self.pages.addWidget(self.setup_page)
         self.pages.addWidget(self.training_page)
+        self.pages.addWidget(self.predict_page)
 
         navigation = QHBoxLayout()
         self._tabs = QButtonGroup(self)
         self.setup_tab = QPushButton("1  Session")
         self.training_tab = QPushButton("2  Training")
-        for index, button in enumerate((self.setup_tab, self.training_tab)):
+        self.predict_tab = QPushButton("3  Predict")
+        tabs = (self.setup_tab, self.training_tab, self.predict_tab)
+        for index, button in enumerate(tabs):
             button.setCheckable(True)
             button.setFlat(True)
             self._tabs.addButton(button, index)
@@ -70,5 +75,6 @@ class MainWindow(QMainWindow):
     def closeEvent(self, event) -> None:  # noqa: N802 (Qt's name)
         """Closing the window stops training and says goodbye to the room."""
         self.training_page.shutdown()
+        self.predict_page.stop()
         self.session.leave()
         super().closeEvent(event)

@@ -9,7 +9,11 @@ everywhere; --rounds changes the plan's rounds). Saves, in OUTDIR:
 - setup.png: Alice's Session page once both joined (code, participants, event log);
 - training.png: Alice's (the host's) Training page after the rounds;
 - member_training.png: Bob's Training page after the rounds (the plan he followed);
-- session_log.png: Alice's Session page after the rounds (the event log of the session).
+- session_log.png: Alice's Session page after the rounds (the event log of the session);
+- predict.png: Alice's Predict page: the session's model on a folder of synthetic images of
+  the three microscopes (two sizes, with masks), one selected with its overlays;
+- export.png: the same page after "Export for bioimage.io…" wrote a package (only when the
+  `export` extra is installed).
 
 Meant for a display such as Xvfb (QT_QPA_PLATFORM=xcb), so the pixels are those the window
 system shows; prints one JSON line describing what it saved, with the held-out Dice per round.
@@ -59,6 +63,8 @@ def _take(app, args) -> dict:
     alice = MainWindow(name="Alice", relay_url=args.relay_url)
     members = [MainWindow(name=name, relay_url=args.relay_url) for name in ("Bob", "Carol")]
     bob = members[0]
+    for window in (alice, *members):
+        window.setup_page.remember_name = False  # the user's own name stays theirs
     alice.move(0, 0)
     alice.show()
     alice.raise_()
@@ -94,11 +100,47 @@ def _take(app, args) -> dict:
         bob.show()
         bob.raise_()
         saved["member_training"] = _grab(app, bob, args.outdir / "member_training.png", wait)
+        bob.hide()
+        alice.show()
+        alice.raise_()
+        saved.update(_predict_and_export(app, alice, args.outdir, wait))
         return saved
     finally:
         alice.close()
         for member in members:
             member.close()
+
+
+def _predict_and_export(app, window, outdir: Path, wait) -> dict:
+    import importlib.util
+    import tempfile
+
+    from PIL import Image
+
+    from ..training.data import synthetic_dataset
+
+    page = window.predict_page
+    window.show_page(2)
+    with tempfile.TemporaryDirectory(prefix="screenshot-images-") as folder:
+        for style in range(3):
+            for size in (64, 128):
+                data = synthetic_dataset(1, size=size, seed=100 + size, style=style)
+                name = f"microscope{style + 1}_{size}px"
+                image = (data.images[0, 0] * 255).astype("uint8")
+                Image.fromarray(image).save(Path(folder) / f"{name}.png")
+                mask = (data.masks[0, 0] * 255).astype("uint8")
+                Image.fromarray(mask).save(Path(folder) / f"{name}_mask.png")
+        page.set_folder(folder)
+        page.predict_button.click()
+        wait(lambda: not page.is_busy and page.predictions, "the predictions")
+        page.result_list.setCurrentRow(1)  # microscope 1 at 128 px
+        shots = {"predict": _grab(app, window, outdir / "predict.png", wait)}
+        shots["predict_dice"] = [round(p.dice, 3) for p in page.predictions if p.dice is not None]
+        if importlib.util.find_spec("bioimageio") is not None:
+            page.export_to(str(Path(folder) / "shared-model.zip"))
+            wait(lambda: not page.is_busy, "the export")
+            shots["export"] = _grab(app, window, outdir / "export.png", wait)
+        return shots
 
 
 def _grab(app, window, path: Path, wait) -> dict:

@@ -150,6 +150,13 @@ class SessionController(QObject):
         return self.client is not None and self.client.is_host
 
     @property
+    def sets_own_plan(self) -> bool:
+        """Whether this window starts rounds itself: the host of a relay room, and everyone
+        in a LAN session (its hub lets members talk to the hub only, so no plan reaches
+        them: each member presses Start, with the same plan)."""
+        return self.is_host or (self.mode == "lan" and self.state != IDLE)
+
+    @property
     def position(self) -> int:
         """Our place in the room in joining order: 1 for the host, 2 for the first to join."""
         client = self.client
@@ -184,7 +191,7 @@ class SessionController(QObject):
     def send_plan(self, plan: dict, to: list[str] | None = None) -> None:
         """Host: tells the room (or the members in `to`) the plan it starts; `active_plan`
         is sent again to whoever joins while it runs."""
-        if self.client is not None:
+        if self.client is not None and self.client.is_host:
             self.client.send_control({"kind": PLAN, "plan": plan}, to)
 
     def send_stop(self) -> None:

@@ -38,6 +38,7 @@ class SetupPage(QWidget):
     def __init__(self, session: SessionController, parent=None):
         super().__init__(parent)
         self.session = session
+        self.remember_name = True  # False for windows that are not the user's (screenshots)
         layout = QVBoxLayout(self)
         layout.addWidget(heading("Session"))
         layout.addWidget(self._build_identity())
@@ -253,6 +254,8 @@ class SetupPage(QWidget):
             return None
 
     def _remember_name(self) -> None:
+        if not self.remember_name:
+            return
         with contextlib.suppress(OSError):  # not remembered: the field still holds it
             save_name(self.display_name)
 

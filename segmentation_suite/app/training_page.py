@@ -63,6 +63,7 @@ class TrainingPage(QWidget):
         self._loading = False
         self._waiting_for_model = None  # member joining late: the plan waiting for weights
         self._connection_error = False
+        self.checkpoint_folder = None  # where the last run kept its round models
 
         layout = QVBoxLayout(self)
         top = QHBoxLayout()
@@ -188,7 +189,7 @@ class TrainingPage(QWidget):
         if client is None or self.session.state != states.CONNECTED:
             self._not_connected()
             return
-        if not self.session.is_host:
+        if not self.session.sets_own_plan:
             self.error_label.show_error(
                 "Only the host starts the rounds: yours start when the host presses Start",
                 "Host starts",
@@ -319,6 +320,7 @@ class TrainingPage(QWidget):
             round_timeout=self.round_timeout,
             first_round=first,
             initial_weights=initial_weights,
+            checkpoint_plan=self._checkpoint_plan(plan),
             parent=self,
         )
         self.worker.trainer_ready.connect(self._on_trainer_ready)
@@ -329,6 +331,23 @@ class TrainingPage(QWidget):
         self._running = True
         self.worker.start()
         self._update_buttons()
+
+    def _checkpoint_plan(self, plan: dict) -> dict:
+        """What each kept model file records about how it was trained."""
+        choice = self.loaded_choice
+        recorded = {
+            "command": "app",
+            "rounds": int(plan.get("last_round", 1)) - int(plan.get("first_round", 1)) + 1,
+            "first_round": int(plan.get("first_round", 1)),
+            "epochs_per_round": int(plan.get("epochs_per_round", 1)),
+            "learning_rate": float(plan.get("learning_rate", TRAINING_DEFAULTS.learning_rate)),
+            "batch_size": TRAINING_DEFAULTS.batch_size,
+            "data": "folder" if choice is not None and choice.folder is not None else "synthetic",
+            "images": len(self.data) if self.data is not None else 0,
+        }
+        if choice is not None and choice.folder is None:
+            recorded.update(member=choice.microscope, samples=choice.count, seed=choice.seed)
+        return recorded
 
     def _on_host_stop(self) -> None:
         self._pending_plan = self._waiting_for_model = None
@@ -428,6 +447,7 @@ class TrainingPage(QWidget):
 
     def _on_finished(self, results) -> None:
         self._running = False
+        self._report_checkpoints()
         if self.session.is_host and self.session.active_plan is self.plan:
             self.session.active_plan = None
         if self._pending_plan is not None:
@@ -443,6 +463,17 @@ class TrainingPage(QWidget):
                 f"{self._first_round}–{self._last_round}."
             )
         self._update_buttons()
+
+    def _report_checkpoints(self) -> None:
+        worker = self.worker
+        if worker is None:
+            return
+        if worker.checkpoint_error:
+            self.session.log_event(f"Checkpoints: {worker.checkpoint_error}")
+        folder = worker.checkpoints
+        if folder is not None and folder.saved:
+            self.checkpoint_folder = folder.path
+            self.session.log_event(f"Kept {len(folder.saved)} round model(s) in {folder.path}")
 
     def _on_failed(self, message: str) -> None:
         self._running = False
@@ -473,6 +504,9 @@ class TrainingPage(QWidget):
         self.data_panel.summary_label.setText(
             f"{len(data)} images of {shape[-1]}×{shape[-2]} pixels from {choice.describe()}"
         )
+        self.data_panel.show_loaded(data)
+        for skipped in getattr(data, "skipped", []) or []:
+            self.session.log_event(f"Left out {skipped}")
         self.error_label.clear_error()
         self._update_buttons()
         if self._pending_plan is not None:
@@ -524,7 +558,7 @@ class TrainingPage(QWidget):
     def _update_buttons(self) -> None:
         connected = self.session.state == states.CONNECTED
         in_session = self.session.state != states.IDLE
-        host = self.session.is_host
+        host = self.session.sets_own_plan
         member = in_session and not host
         running, loading = self._running, self._loading
         self.start_button.setEnabled(connected and host and not running and not loading)

@@ -38,6 +38,7 @@ class DataChoice:
     count: int = TRAINING_DEFAULTS.images_per_member
     seed: int = 0
     size: int = TRAINING_DEFAULTS.image_size
+    strict: bool = False  # folder: refuse it when a file is unusable (else leave it out)
 
     def describe(self) -> str:
         if self.folder is not None:
@@ -72,7 +73,9 @@ class DataLoader(QObject):
         try:
             if choice.folder is not None:
                 data = training.load_folder(
-                    choice.folder, progress=lambda done, total: _emit(self.progress, done, total)
+                    choice.folder,
+                    progress=lambda done, total: _emit(self.progress, done, total),
+                    strict=choice.strict,
                 )
                 evaluation = None
             else:
@@ -121,6 +124,7 @@ class TrainingWorker(QObject):
         seed: int = 0,
         first_round: int = 1,
         initial_weights=None,
+        checkpoint_plan: dict | None = None,
         parent=None,
     ):
         super().__init__(parent)
@@ -135,6 +139,11 @@ class TrainingWorker(QObject):
         self.seed = seed
         self.first_round = first_round
         self.initial_weights = initial_weights  # a global model to start from (joining late)
+        # Each round's global model is kept in a new session folder (made at the first
+        # save), recording this plan; None keeps none.
+        self.checkpoint_plan = checkpoint_plan
+        self.checkpoints = None  # the CheckpointFolder once made
+        self.checkpoint_error: str | None = None
         self.stop_event = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -177,9 +186,78 @@ class TrainingWorker(QObject):
                 evaluation=self.evaluation,
                 first_round=self.first_round,
             )
-            results = federated.run(lambda event: _emit(self.event, event), self.stop_event)
+            results = federated.run(self._on_event, self.stop_event)
         except Exception as exc:
             log.exception("training failed")
             _emit(self.failed, f"Training stopped by an error: {exc}")
             return
         _emit(self.finished, results)
+
+    def _on_event(self, event) -> None:
+        """On the training thread, between rounds: the model is the global one just loaded,
+        and nothing trains it while it is saved."""
+        result = event.result if event.kind == "round" else None
+        if result is not None and result.global_dice is not None:
+            self._keep_checkpoint(result.round)
+        _emit(self.event, event)
+
+    def _keep_checkpoint(self, round_number: int) -> None:
+        if self.checkpoint_plan is None or self.checkpoint_error is not None:
+            return
+        from ..training.model_file import CheckpointFolder
+
+        try:
+            if self.checkpoints is None:
+                self.checkpoints = CheckpointFolder.new(
+                    "app",
+                    architecture=self.trainer.architecture,
+                    training=self.checkpoint_plan,
+                )
+            self.checkpoints.save(round_number, self.trainer.state_dict())
+        except OSError as exc:  # a convenience: training goes on without
+            self.checkpoint_error = f"cannot keep checkpoints ({exc.strerror or exc})"
+            log.warning("%s", self.checkpoint_error)
+
+
+class BackgroundTask(QObject):
+    """Runs `work(task)` on its own thread (prediction, export). `work` may call
+    `task.report(...)` (arriving as `progress(done, total, item)` on the GUI thread) and
+    should look at `task.stop_event`; `finished(result)` or `failed(message)` ends it."""
+
+    progress = Signal(int, int, object)
+    finished = Signal(object)
+    failed = Signal(str)
+
+    def __init__(self, work, parent=None):
+        super().__init__(parent)
+        self.work = work
+        self.stop_event = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="background task", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self.stop_event.set()
+
+    def join(self, timeout: float | None = None) -> None:
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def report(self, done: int, total: int, item=None) -> None:
+        _emit(self.progress, done, total, item)
+
+    def _run(self) -> None:
+        from ..training import DatasetError
+
+        try:
+            result = self.work(self)
+        except (DatasetError, OSError) as exc:
+            _emit(self.failed, str(exc))
+            return
+        except Exception as exc:  # ModelFileError, ExportError and the unexpected alike
+            log.exception("a background task failed")
+            _emit(self.failed, str(exc) or type(exc).__name__)
+            return
+        _emit(self.finished, result)

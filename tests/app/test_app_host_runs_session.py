@@ -17,7 +17,9 @@ from app_windows import TIMEOUT_MS, click, create_room, join_room, open_window, 
 from segmentation_suite.app import session_controller as states
 from segmentation_suite.training.settings import TRAINING_DEFAULTS
 
-pytest.importorskip("torch", reason="training needs torch (the train extra)")
+torch = pytest.importorskip("torch", reason="training needs torch (the train extra)")
+
+from segmentation_suite.training.model_file import load_model  # noqa: E402
 
 ROUNDS = TRAINING_DEFAULTS.rounds  # the default plan: 5 rounds
 TRAINING_MS = 400_000  # a safety net on a shared 2-core machine; a run takes ~30 s
@@ -82,6 +84,18 @@ def test_host_starts_once_and_three_members_learn_with_the_defaults(qtbot, relay
             assert any(f"Round {number} done: " in line for line in log), (name, log)
         # Learned: the shared model's held-out Dice by round 5.
         assert plot.global_dice_points[-1][1] >= 0.75, (name, plot.global_dice_points)
+    # Every round's global model was kept, as a model file, in each one's session folder.
+    for window in windows:
+        folder = window.training_page.checkpoint_folder
+        assert sorted(p.name for p in folder.iterdir()) == [
+            f"round-{n:03d}.safetensors" for n in every_round
+        ]
+    last = [
+        load_model(w.training_page.checkpoint_folder / "round-005.safetensors") for w in windows
+    ]
+    assert last[0].round == ROUNDS and last[0].training["epochs_per_round"] == 1
+    for other in last[1:]:
+        assert all(torch.equal(other.weights[k], last[0].weights[k]) for k in last[0].weights)
     # Each member's default microscope follows its place in the room.
     assert [w.training_page.loaded_choice.microscope for w in windows] == [1, 2, 3]
     # Everyone holds the same global model: the same held-out Dice.

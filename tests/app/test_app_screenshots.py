@@ -150,7 +150,11 @@ def test_screenshots_of_every_page(xvfb_display, relay):
     saved = json.loads(result.stdout.strip().splitlines()[-1])
     assert len(saved["dice"]) == TRAINING_DEFAULTS.rounds and max(saved["dice"]) >= 0.75, saved
 
-    for name in ("setup.png", "training.png", "member_training.png", "session_log.png"):
+    assert len(saved["predict_dice"]) == 6 and np.mean(saved["predict_dice"]) >= 0.5, saved
+    names = ["setup.png", "training.png", "member_training.png", "session_log.png", "predict.png"]
+    if "export" in saved:
+        names.append("export.png")
+    for name in names:
         path = SCREENSHOTS / name
         assert path.is_file(), f"{path} was not written"
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", f"{path} is not a PNG"

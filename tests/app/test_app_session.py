@@ -314,3 +314,19 @@ def test_lan_session_create_and_join(qtbot):
     click(qtbot, bob.setup_page.join_button)
     wait_for_members(qtbot, [alice, bob], ["Alice", "Bob"])
     assert bob.session.state == states.CONNECTED and alice.session.server.is_running
+
+    # A LAN session's hub lets members talk to it only, so no plan reaches the others: each
+    # window starts its own rounds (the same plan), and the hub averages them.
+    for window in (alice, bob):
+        use_tiny_synthetic_data(window, 0)
+        window.show_page(1)
+        window.training_page.rounds_spin.setValue(1)
+        assert window.training_page.start_button.isEnabled()
+        assert not window.training_page.follow_check.isVisible()
+    click(qtbot, bob.training_page.start_button)
+    click(qtbot, alice.training_page.start_button)
+
+    def round_done(window):
+        return len(window.training_page.plot.global_dice_points) == 1
+
+    qtbot.waitUntil(lambda: round_done(alice) and round_done(bob), timeout=60_000)
