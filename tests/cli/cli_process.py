@@ -32,6 +32,10 @@ def cli_env(config_home: Path, **extra: str) -> dict[str, str]:
     return env
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class CliProcess:
     def __init__(self, args: list[str], env: dict[str, str]):
         self.args = args
@@ -42,6 +46,10 @@ class CliProcess:
             stderr=subprocess.PIPE,
             text=True,
             env=env,
+            # Ctrl-C as a person's terminal delivers it, even when the test run itself was
+            # started with SIGINT ignored (a shell's background job): Python then would not
+            # install its KeyboardInterrupt handler in the command.
+            preexec_fn=_default_sigint,
         )
         self._condition = threading.Condition()
         self._out: list[str] = []
