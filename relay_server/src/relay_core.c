@@ -39,6 +39,9 @@ struct member {
     struct connection *connection; /* NULL while away (resume grace period) */
     double away_since;
     bool wants_resume;
+    /* The features it announced (bits of member_feature_names); MEMBER_SPEAKS_FRAMES marks a
+     * client of protocol 2, the only kind that is sent framed binaries. */
+    unsigned features;
     char user_id[USER_ID_MAX_BYTES + 1];
     char display_name[DISPLAY_NAME_MAX_BYTES + 1];
     /* `,"sender_id":…,"sender_name":…}` — spliced over the closing brace of forwarded text */
@@ -288,12 +291,46 @@ static void release_waiters(struct relay *relay, struct connection *receiver, bo
 
 /* --- rooms and members ------------------------------------------------------------------ */
 
+/* The features a client may announce in create_room/join_room/resume/hello, as listed back in
+ * its user-list entry so that every member knows who speaks what (mixed rooms). */
+static const char *const member_feature_names[] = {"frame_header", "directed", "resume",
+                                                   "flow_control", "host_id"};
+#define MEMBER_FEATURE_COUNT (sizeof(member_feature_names) / sizeof(member_feature_names[0]))
+#define MEMBER_SPEAKS_FRAMES 1u /* bit of "frame_header" */
+
+static unsigned announced_features(json_t *payload)
+{
+    unsigned bits = 0;
+    size_t i;
+    json_t *feature;
+    json_array_foreach(json_object_get(payload, "features"), i, feature)
+    {
+        for (size_t k = 0; json_is_string(feature) && k < MEMBER_FEATURE_COUNT; k++)
+            if (!strcmp(json_string_value(feature), member_feature_names[k]))
+                bits |= 1u << k;
+    }
+    return bits;
+}
+
+/* `{user_id, display_name}`, as in v1; a protocol-2 member's entry also lists its features. */
+static json_t *user_entry(const struct member *m)
+{
+    json_t *entry = json_pack("{s:s, s:s}", "user_id", m->user_id, "display_name", m->display_name);
+    if (m->features & MEMBER_SPEAKS_FRAMES) {
+        json_t *features = json_array();
+        for (size_t k = 0; k < MEMBER_FEATURE_COUNT; k++)
+            if (m->features & (1u << k))
+                json_array_append_new(features, json_string(member_feature_names[k]));
+        json_object_set_new(entry, "features", features);
+    }
+    return entry;
+}
+
 static json_t *user_list(const struct room *room)
 {
     json_t *users = json_array();
     for (const struct member *m = room->members; m; m = m->next)
-        json_array_append_new(
-            users, json_pack("{s:s, s:s}", "user_id", m->user_id, "display_name", m->display_name));
+        json_array_append_new(users, user_entry(m));
     return users;
 }
 
@@ -397,7 +434,8 @@ static bool new_room_code(struct relay *relay, char code[ROOM_CODE_LENGTH + 1])
 }
 
 static struct member *add_member(struct room *room, struct connection *connection,
-                                 const char *user_id, const char *display_name, bool wants_resume)
+                                 const char *user_id, const char *display_name, bool wants_resume,
+                                 unsigned features)
 {
     struct member *member = calloc(1, sizeof(*member));
     if (!member)
@@ -417,6 +455,7 @@ static struct member *add_member(struct room *room, struct connection *connectio
     member->room = room;
     member->connection = connection;
     member->wants_resume = wants_resume;
+    member->features = features;
     struct member **tail = &room->members;
     while (*tail)
         tail = &(*tail)->next;
@@ -507,6 +546,7 @@ struct identity {
     const char *user_id;
     const char *display_name;
     bool wants_resume;
+    unsigned features; /* bits of member_feature_names */
 };
 
 static bool read_identity(struct relay *relay, struct connection *connection, json_t *payload,
@@ -530,6 +570,7 @@ static bool read_identity(struct relay *relay, struct connection *connection, js
     json_array_foreach(features, i, feature) if (json_is_string(feature) &&
                                                  !strcmp(json_string_value(feature), "resume"))
         identity->wants_resume = true;
+    identity->features = announced_features(payload);
     return true;
 }
 
@@ -686,8 +727,9 @@ static void open_lan_session(struct relay *relay, struct connection *connection,
     char code[ROOM_CODE_LENGTH + 1];
     struct room *room =
         new_room_code(relay, code) ? create_room(relay, code, connection->peer_address) : NULL;
-    struct member *host =
-        room ? add_member(room, connection, identity.user_id, identity.display_name, false) : NULL;
+    struct member *host = room ? add_member(room, connection, identity.user_id,
+                                            identity.display_name, false, identity.features)
+                               : NULL;
     if (!host) {
         if (room)
             delete_room(relay, room);
@@ -723,8 +765,8 @@ static void handle_hello(struct relay *relay, struct connection *connection, jso
         !room_has_space(relay, connection, room))
         return;
     leave_current_room(relay, connection);
-    struct member *member =
-        add_member(room, connection, identity.user_id, identity.display_name, false);
+    struct member *member = add_member(room, connection, identity.user_id, identity.display_name,
+                                       false, identity.features);
     if (!member)
         return;
     log_event(LOG_LEVEL_INFO, "user_joined", "room", room->log_tag, "user", identity.user_id,
@@ -748,8 +790,9 @@ static void handle_create_room(struct relay *relay, struct connection *connectio
     }
     struct room *room =
         new_room_code(relay, code) ? create_room(relay, code, connection->peer_address) : NULL;
-    if (!room || !(room->host = add_member(room, connection, identity.user_id,
-                                           identity.display_name, identity.wants_resume))) {
+    if (!room ||
+        !(room->host = add_member(room, connection, identity.user_id, identity.display_name,
+                                  identity.wants_resume, identity.features))) {
         if (room && room->member_count == 0)
             delete_room(relay, room);
         send_error(relay, connection, "INTERNAL", "Could not create a room", NULL);
@@ -813,7 +856,7 @@ static void handle_join_room(struct relay *relay, struct connection *connection,
         return;
     leave_current_room(relay, connection);
     struct member *member = add_member(room, connection, identity.user_id, identity.display_name,
-                                       identity.wants_resume);
+                                       identity.wants_resume, identity.features);
     if (!member)
         return;
     if (room->awaiting_creator) {
@@ -864,6 +907,7 @@ static void handle_resume(struct relay *relay, struct connection *connection, js
         }
         member->connection = connection;
         member->wants_resume = true;
+        member->features = identity.features; /* the new connection may be another client */
         connection->member = member;
         if (role == RESUME_HOST && !member->room->host)
             member->room->host = member;
@@ -881,7 +925,8 @@ static void handle_resume(struct relay *relay, struct connection *connection, js
     } else if (!room_has_space(relay, connection, room)) {
         return;
     }
-    member = add_member(room, connection, identity.user_id, identity.display_name, true);
+    member = add_member(room, connection, identity.user_id, identity.display_name, true,
+                        identity.features);
     if (!member) {
         if (room->member_count == 0)
             delete_room(relay, room);
@@ -1083,10 +1128,17 @@ static bool route_binary(struct relay *relay, struct connection *connection,
     struct room *room = sender->room;
     struct connection *receivers[room->member_count + 1];
     size_t count = 0;
+    bool framed = parsed == FRAME_OK;
     for (struct member *m = room->members; m; m = m->next) {
         if (m == sender || !m->connection || m->connection->closing)
             continue;
-        bool wanted = parsed == FRAME_NOT_OURS || header.recipient_count == 0;
+        /* A binary goes only to members that read its format: framed ones never reach an
+         * original (v1) client, and the original-format copies a protocol-2 client sends
+         * for original members never reach a protocol-2 member (it gets the framed copy). */
+        bool speaks_frames = m->features & MEMBER_SPEAKS_FRAMES;
+        if (framed ? !speaks_frames : (sender->features & MEMBER_SPEAKS_FRAMES) && speaks_frames)
+            continue;
+        bool wanted = !framed || header.recipient_count == 0;
         size_t cursor = 0;
         struct frame_id recipient;
         while (!wanted && frame_header_next_recipient(&header, &cursor, &recipient))
@@ -1204,9 +1256,9 @@ struct relay *relay_create(const struct relay_config *config, const struct relay
     relay->handshakes_by_address = address_count_create();
     relay->refusals = refusal_log_create(RATE_LIMITER_MAX_ADDRESSES);
     relay->relay_info = json_pack(
-        "{s:s, s:i, s:[s,s,s,s,s], s:{s:I, s:I, s:i, s:I, s:i}}", "version", RELAY_VERSION,
+        "{s:s, s:i, s:[s,s,s,s,s,s], s:{s:I, s:I, s:i, s:I, s:i}}", "version", RELAY_VERSION,
         "protocol", PROTOCOL_VERSION, "features", "frame_header", "directed", "resume",
-        "flow_control", "host_id", "limits", "max_message_size",
+        "flow_control", "host_id", "member_features", "limits", "max_message_size",
         (json_int_t)config->max_message_size, "max_text_size", (json_int_t)config->max_text_size,
         "max_room_members", (int)config->max_room_members, "chunk_size",
         (json_int_t)(config->max_message_size < RECOMMENDED_CHUNK_SIZE ? config->max_message_size

@@ -334,8 +334,15 @@ static void send_identity_message(struct harness *h, int index, const char *type
     json_t *payload = json_pack("{s:s, s:s}", "user_id", user_id, "display_name", display_name);
     if (code)
         json_object_set_new(payload, "room_code", json_string(code));
+    json_t *features = json_array();
+    if (h->speaks_frames)
+        json_array_append_new(features, json_string("frame_header"));
     if (resume)
-        json_object_set_new(payload, "features", json_pack("[s]", "resume"));
+        json_array_append_new(features, json_string("resume"));
+    if (json_array_size(features))
+        json_object_set_new(payload, "features", features);
+    else
+        json_decref(features);
     json_t *message = json_pack("{s:s, s:o}", "type", type, "payload", payload);
     char *text = json_dumps(message, JSON_COMPACT);
     json_decref(message);

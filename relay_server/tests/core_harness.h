@@ -58,6 +58,9 @@ struct harness {
     struct connection *connections[HARNESS_CONNECTIONS];
     struct receiver_state receivers[HARNESS_CONNECTIONS];
     json_t *keep; /* parsed messages handed to the test, freed at harness_stop */
+    /* Whether create/join announce `frame_header` (protocol 2, sent framed binaries), as our
+     * client does; false: a v1 client, sent only binaries without the frame header. */
+    bool speaks_frames;
 };
 
 /* The test config: defaults with pings, idle and slow-receiver timers off unless a test sets

@@ -711,6 +711,7 @@ static void test_short_binary_without_the_magic_is_forwarded(void **state)
 static void test_directed_binary_by_header(void **state)
 {
     struct harness *h = harness_of(state);
+    h->speaks_frames = true;
     room_with(h, 4, false);
     unsigned char message[FRAME_HEADER_MAX_SIZE + 5000];
     const char *to[] = {"carol", "dave", "zed", NULL};
@@ -729,9 +730,66 @@ static void test_directed_binary_by_header(void **state)
         expect_binary_equal(h, i, message, header + 10);
 }
 
+/* Mixed rooms: alice and carol speak protocol 2, bob is an original (v1) client that joined
+ * without features. Each binary reaches only the members that read its format. */
+static void test_binaries_reach_only_members_that_read_their_format(void **state)
+{
+    struct harness *h = harness_of(state);
+    h->speaks_frames = true;
+    for (int i = 0; i < 3; i++) {
+        char address[32];
+        snprintf(address, sizeof address, "10.0.1.%d", i + 1);
+        harness_open(h, i, address, false);
+    }
+    const char *code = harness_create_room(h, 0, "alice", "Alice", false);
+    char text[200];
+    snprintf(text, sizeof text,
+             "{\"type\":\"join_room\",\"payload\":{\"room_code\":\"%s\",\"user_id\":\"bob\","
+             "\"display_name\":\"Bob\"}}",
+             code);
+    harness_text(h, 1, text);
+    harness_expect(h, 1, "room_joined");
+    json_t *joined = harness_join(h, 2, code, "carol", "Carol", false);
+
+    /* The user list says who speaks what: a v1 entry stays exactly {user_id, display_name}. */
+    json_t *users = json_object_get(joined, "users");
+    assert_int_equal(json_array_size(users), 3);
+    json_t *features = json_object_get(json_array_get(users, 0), "features");
+    assert_int_equal(json_array_size(features), 1);
+    assert_string_equal(json_string_value(json_array_get(features, 0)), "frame_header");
+    assert_int_equal(json_object_size(json_array_get(users, 1)), 2);
+    assert_null(json_object_get(json_array_get(users, 1), "features"));
+    harness_drain_all_and_forget(h);
+
+    /* Framed, even addressed to bob: never to bob. */
+    unsigned char message[600];
+    const char *to_bob[] = {"bob", NULL};
+    size_t header = make_header(message, "alice", NULL);
+    fill_pattern(message + header, 100, 1);
+    harness_binary(h, 0, message, header + 100, header + 100);
+    expect_binary_equal(h, 2, message, header + 100);
+    harness_expect_nothing(h, 1);
+    header = make_header(message, "alice", to_bob);
+    harness_binary(h, 0, message, header + 100, 50);
+    harness_expect_nothing(h, 1);
+    harness_expect_nothing(h, 2);
+
+    /* Alice's original-format copy (no magic) goes to bob only; carol got the framed one. */
+    const unsigned char gzip_copy[] = {0x1f, 0x8b, 8, 0, 1, 2, 3};
+    harness_binary(h, 0, gzip_copy, sizeof gzip_copy, sizeof gzip_copy);
+    expect_binary_equal(h, 1, gzip_copy, sizeof gzip_copy);
+    harness_expect_nothing(h, 2);
+
+    /* Bob's (original) binaries go to everyone, as in v1. */
+    harness_binary(h, 1, gzip_copy, sizeof gzip_copy, 3);
+    expect_binary_equal(h, 0, gzip_copy, sizeof gzip_copy);
+    expect_binary_equal(h, 2, gzip_copy, sizeof gzip_copy);
+}
+
 static void test_header_one_byte_per_receive(void **state)
 {
     struct harness *h = harness_of(state);
+    h->speaks_frames = true;
     room_with(h, 3, false);
     unsigned char message[300];
     const char *to[] = {"bob", NULL};
@@ -746,6 +804,7 @@ static void test_header_one_byte_per_receive(void **state)
 static void test_header_naming_another_sender_is_refused(void **state)
 {
     struct harness *h = harness_of(state);
+    h->speaks_frames = true;
     room_with(h, 3, false);
     unsigned char message[400];
     size_t header = make_header(message, "bob", NULL);
@@ -1103,7 +1162,8 @@ static void test_two_senders_two_receivers_no_deadlock(void **state)
     struct relay_config config;
     flow_config(&config);
     use_config(h, &config);
-    room_with(h, 4, false); /* alice and bob send to carol and dave */
+    h->speaks_frames = true; /* (use_config starts a new harness) */
+    room_with(h, 4, false);  /* alice and bob send to carol and dave */
     const char *to[] = {"carol", "dave", NULL};
     size_t length = 2048 * KIB, piece = 24 * KIB;
     unsigned char *messages[2];
@@ -1310,7 +1370,7 @@ static void start_lan_session(struct harness *h)
     harness_expect_error(h, 0, "LAN_SESSION");
     harness_text(h, 0,
                  "{\"type\":\"create_room\",\"payload\":{\"user_id\":\"hub\",\"display_name\":"
-                 "\"Host\",\"host_token\":\"" LAN_TOKEN "\"}}");
+                 "\"Host\",\"features\":[\"frame_header\"],\"host_token\":\"" LAN_TOKEN "\"}}");
     harness_expect(h, 0, "room_created");
 }
 
@@ -1318,7 +1378,8 @@ static void say_hello(struct harness *h, int index, const char *user_id)
 {
     char text[160];
     snprintf(text, sizeof text,
-             "{\"type\":\"hello\",\"payload\":{\"user_id\":\"%s\",\"display_name\":\"%s\"}}",
+             "{\"type\":\"hello\",\"payload\":{\"user_id\":\"%s\",\"display_name\":\"%s\","
+             "\"features\":[\"frame_header\"]}}",
              user_id, user_id);
     harness_text(h, index, text);
     json_t *joined = json_payload(harness_expect(h, 0, "user_joined"));
@@ -1464,6 +1525,7 @@ int run_core_tests(size_t *test_count)
         CORE_TEST(test_binary_streamed_to_every_other_member),
         CORE_TEST(test_short_binary_without_the_magic_is_forwarded),
         CORE_TEST(test_directed_binary_by_header),
+        CORE_TEST(test_binaries_reach_only_members_that_read_their_format),
         CORE_TEST(test_header_one_byte_per_receive),
         CORE_TEST(test_header_naming_another_sender_is_refused),
         CORE_TEST(test_binary_over_max_message_size_closes_1009),

@@ -39,6 +39,8 @@ import numpy as np
 from . import relay_config, transport
 from .codec import decode_weights, serialize_weights
 from .host import AggregationRound, as_num_samples, describe_contributors
+from .mixed_room import MixedRoomMixin
+from .peer_kinds import PeerKinds
 from .protocol import (
     MAX_CHUNK_SIZE,
     ErrorCode,
@@ -174,7 +176,7 @@ class _Announcement:
     parts: list[bytes] = field(default_factory=list)
 
 
-class SyncClient:
+class SyncClient(MixedRoomMixin):
     """One member of a relay room (or of a LAN session). See docs/network-api.md."""
 
     connected = Signal()
@@ -207,8 +209,14 @@ class SyncClient:
         reconnect_max_delay: float = 30.0,
         ca_file: str | None = None,
         headers: dict[str, str] | None = None,
+        accept_legacy_weights: bool = False,
     ):
         self.user_id = generate_user_id()
+        # Read weights in the original app's (pickle) format; mixed_room.py, legacy_format.py.
+        self.accept_legacy_weights = bool(accept_legacy_weights)
+        self._kinds = PeerKinds()
+        self._legacy_refused: set[str] = set()  # told once per sender that it was refused
+        self._own_weights: dict | None = None  # this client's last push: the room's layout
         self.display_name = ""
         self.aggregation_timeout = aggregation_timeout
         self.min_contributors = min_contributors
@@ -486,12 +494,15 @@ class SyncClient:
             if not self._host_trains:
                 self.host_trains = True
             own, _ = decode_weights(data)
+            self._own_weights = own
             self._accept_push(self.user_id, own, {"num_samples": num_samples, "epoch": epoch})
             future: concurrent.futures.Future = concurrent.futures.Future()
             future.set_result(len(data))
             return future
+        self._own_weights = weights
         announcement = create_weights_push_message(self.user_id, epoch, loss, num_samples)
-        return self._submit(self._send_transfer, announcement, FrameKind.WEIGHTS, data, self._to())
+        to = self._to()
+        return self._submit(self._send_mixed_transfer, announcement, FrameKind.WEIGHTS, data, to)
 
     def request_global_model(self) -> None:
         """Asks the host for the current global model; `global_model_received` follows."""
@@ -529,7 +540,7 @@ class SyncClient:
         header = create_training_data_message(
             self.user_id, self.display_name, crop_size, int(slice_index)
         )
-        return self._submit(self._send_crop, header, image_png, mask_png, self._to())
+        return self._submit(self._send_mixed_crop, header, image_png, mask_png, self._to())
 
     def _to(self) -> list[str] | None:
         """Recipients of what members send to the host; None before a host is known."""
@@ -677,7 +688,7 @@ class SyncClient:
         data = serialize_weights(weights, metadata=metadata)
         announcement = create_global_model_message(aggregation_round, contributors)
         present_before = self._present_ids()
-        self._send_transfer(announcement, FrameKind.GLOBAL_MODEL, data, to)
+        self._send_mixed_transfer(announcement, FrameKind.GLOBAL_MODEL, data, to)
         with self._lock:
             if to is None:  # who was there all along got all of it
                 self._global_model_reached = present_before & self._present_ids()
@@ -734,10 +745,12 @@ class SyncClient:
         self._enter_room(payload, users)
         self._take_attested_host(payload)
         if not self._relay_attests_host:
-            # A relay that does not name the host: the creator joined first, as in the original.
+            # A relay that does not name the host: never guess it from the order of `users`
+            # (the original Worker reorders it after idling); the creator says so (peer_hello).
             ids = [u.get("user_id") for u in users]
             if self._host_id not in ids:
-                self._host_id = ids[0] if ids else None
+                self._host_id = None
+            self._say_peer_hello()
         if self._rejoin_tries:
             self._rejoin_tries = 0
             self.sync_status.emit(f"Back in room {self._room_code}: the host re-opened it")
@@ -761,6 +774,7 @@ class SyncClient:
             self._capabilities = capabilities
             self._resume_token = payload.get("resume_token") or self._resume_token
             self._users = users
+            self._reset_kinds(capabilities, users)
             self._in_room = True
             self._reconnecting = False
             self._session_changed.notify_all()
@@ -777,8 +791,10 @@ class SyncClient:
         payload = message.payload
         with self._lock:
             self._users = [u for u in payload.get("users", []) if isinstance(u, dict)]
+            self._kinds.take_user_list(self._users)
             self._take_attested_host(payload)
             self._session_changed.notify_all()  # a recipient an interrupted send waits for
+        self._say_peer_hello()  # for the newcomer, where the relay attests nothing
         self._away_members.discard(payload["user_id"])
         returned = payload["user_id"] in self._reported_left
         self._reported_left.discard(payload["user_id"])
@@ -814,6 +830,7 @@ class SyncClient:
         payload = message.payload
         left = payload["user_id"]
         self._users = [u for u in payload.get("users", []) if isinstance(u, dict)]
+        self._kinds.take_user_list(self._users)
         for key in [k for k in self._transfers if k[0] == left]:
             del self._transfers[key]
         self._pending_crops.pop(left, None)
@@ -824,8 +841,9 @@ class SyncClient:
             # Nobody else may take the host's place: its global models are the only ones taken.
             self.sync_status.emit("The host left; waiting for it to come back")
         elif host_left:
-            self._host_id = self._users[0]["user_id"] if self._users else None
-            self.sync_status.emit(f"The host left; {self._host_id} aggregates now")
+            # Nobody is named host by list order; a new creator would announce itself.
+            self._host_id = None
+            self.sync_status.emit("The host left the room")
         self._reported_left.add(left)
         self.user_left_room.emit(payload.get("display_name") or left)
         self.user_list_updated.emit(self.users)
@@ -903,6 +921,8 @@ class SyncClient:
             )
 
     def _on_session_info(self, message: Message) -> None:
+        if message.sender_id:
+            self._learn_original_host(message.sender_id)
         self._architecture = message.payload["architecture"]
         self.architecture_received.emit(self._architecture)
 
@@ -980,13 +1000,19 @@ class SyncClient:
             if len(announcement.parts) == 2:
                 self._announcements.popleft()
                 info = dict(announcement.message.payload, sender_id=sender)
-                self.training_data_received.emit(announcement.parts[0], announcement.parts[1], info)
+                image, mask = announcement.parts
+                if self._checked_crop(sender, image, mask):
+                    self.training_data_received.emit(image, mask, info)
             return
         announcement.parts.append(bytes(data))
+        if self._original_transfer_too_big(announcement):
+            return
         announcement.chunks_left -= 1
         if announcement.chunks_left == 0:
             self._announcements.popleft()
-            self._on_transfer(sender, announcement.kinds[0], b"".join(announcement.parts))
+            payload = b"".join(announcement.parts)
+            announcement.parts.clear()
+            self._on_original_transfer(sender, announcement.kinds[0], payload, announcement.message)
 
     def _on_transfer(self, sender: str, kind: int, payload: Any) -> None:
         """A whole binary transfer from `sender`."""
@@ -1057,9 +1083,11 @@ class SyncClient:
 
     def _may_send_global_model(self, sender: str) -> bool:
         """Only the attested host's global models are taken: any member's would let an
-        impostor overwrite everyone's model. Behind a relay that attests nobody (v1), the
-        original's trust in whoever sends one stays."""
-        return sender == self._host_id or not self._relay_attests_host
+        impostor overwrite everyone's model. Behind a relay that attests nobody (v1), only the
+        host that announced itself (peer_hello), or before any did, whoever sends one."""
+        if self._relay_attests_host:
+            return sender == self._host_id
+        return self._host_id is None or sender == self._host_id
 
     # --- the host's rounds ----------------------------------------------------------------
 
@@ -1331,6 +1359,7 @@ class SyncClient:
         MessageType.WELCOME: _on_welcome,
         MessageType.USER_LIST: _on_user_list,
         MessageType.WEIGHTS_ACK: _on_weights_ack,
+        MessageType.PEER_HELLO: MixedRoomMixin._on_peer_hello,
     }
 
 

@@ -73,6 +73,7 @@ class MessageType(Enum):
     SESSION_INFO = "session_info"
     TRAINING_DATA = "training_data"
     SNAPSHOT_MODEL = "snapshot_model"  # sent by later versions of the original app
+    PEER_HELLO = "peer_hello"  # ours: "I speak protocol 2" on a relay that does not attest it
     ERROR = "error"
 
     # Relay control: client -> relay.
@@ -125,6 +126,12 @@ class Feature(str, Enum):
     RESUME = "resume"
     FLOW_CONTROL = "flow_control"
     HOST_ID = "host_id"  # membership messages name the room's creator as `host_id`
+    MEMBER_FEATURES = "member_features"  # user-list entries carry each member's features
+
+
+#: What our client announces in create_room/join_room/resume/hello: protocol 2 (framed
+#: binaries) and resume. A member that does not announce `frame_header` is an original client.
+CLIENT_FEATURES = (Feature.FRAME_HEADER.value, Feature.RESUME.value)
 
 
 class FrameKind(IntEnum):
@@ -190,6 +197,10 @@ _PAYLOAD_SCHEMA: dict[MessageType, tuple[dict[str, str], dict[str, str]]] = {
         },
     ),
     MessageType.SNAPSHOT_MODEL: ({}, {"snapshot_id": _INT, "user_id": _STR}),
+    MessageType.PEER_HELLO: (
+        {"user_id": _STR, "protocol": _INT},
+        {"features": _LIST, "host": _BOOL},
+    ),
     MessageType.ERROR: ({"error": _STR}, {"details": _STR, "code": _STR, "field": _STR}),
     MessageType.CREATE_ROOM: ({"user_id": _STR}, {"display_name": _STR, "features": _LIST}),
     MessageType.JOIN_ROOM: (
@@ -425,8 +436,11 @@ def _parse_type(value: str) -> MessageType:
 # --- message constructors (names as in the original app) -----------------------------------
 
 
-def create_hello_message(user_id: str, display_name: str) -> Message:
-    return Message(MessageType.HELLO, {"user_id": user_id, "display_name": display_name})
+def create_hello_message(
+    user_id: str, display_name: str, features: Iterable[str] = CLIENT_FEATURES
+) -> Message:
+    payload = {"user_id": user_id, "display_name": display_name, "features": list(features)}
+    return Message(MessageType.HELLO, payload)
 
 
 def create_welcome_message(
@@ -531,15 +545,27 @@ def create_training_data_ack_message(user_id: str, received: bool, message: str 
     return Message(MessageType.TRAINING_DATA_ACK, payload)
 
 
+def create_peer_hello_message(user_id: str, host: bool) -> Message:
+    """Ours, on a relay that does not list members' features: tells the room this member
+    speaks protocol 2, and (`host`) that it created the room. Original clients ignore it."""
+    payload = {
+        "user_id": user_id,
+        "protocol": PROTOCOL_VERSION,
+        "features": list(CLIENT_FEATURES),
+        "host": bool(host),
+    }
+    return Message(MessageType.PEER_HELLO, payload)
+
+
 def create_snapshot_model_message(snapshot_id: int, user_id: str) -> Message:
     payload = {"snapshot_id": int(snapshot_id), "user_id": user_id}
     return Message(MessageType.SNAPSHOT_MODEL, payload)
 
 
 def create_room_message(
-    user_id: str, display_name: str, features: Iterable[str] = (Feature.RESUME.value,)
+    user_id: str, display_name: str, features: Iterable[str] = CLIENT_FEATURES
 ) -> Message:
-    """`create_room`; asking for `resume` is harmless against a v1 relay, which ignores it."""
+    """`create_room`; the features are harmless against a v1 relay, which ignores them."""
     payload = {"user_id": user_id, "display_name": display_name, "features": list(features)}
     return Message(MessageType.CREATE_ROOM, payload)
 
@@ -548,7 +574,7 @@ def join_room_message(
     room_code: str,
     user_id: str,
     display_name: str,
-    features: Iterable[str] = (Feature.RESUME.value,),
+    features: Iterable[str] = CLIENT_FEATURES,
 ) -> Message:
     payload = {
         "room_code": room_code.strip().upper(),
@@ -563,12 +589,19 @@ def leave_room_message() -> Message:
     return Message(MessageType.LEAVE_ROOM, {})
 
 
-def resume_message(room_code: str, user_id: str, display_name: str, resume_token: str) -> Message:
+def resume_message(
+    room_code: str,
+    user_id: str,
+    display_name: str,
+    resume_token: str,
+    features: Iterable[str] = CLIENT_FEATURES,
+) -> Message:
     payload = {
         "room_code": room_code.strip().upper(),
         "user_id": user_id,
         "display_name": display_name,
         "resume_token": resume_token,
+        "features": list(features),
     }
     return Message(MessageType.RESUME, payload)
 

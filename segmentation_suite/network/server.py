@@ -25,6 +25,7 @@ from typing import Any
 from .client import SyncClient
 from .protocol import (
     DEFAULT_PORT,
+    Feature,
     Message,
     MessageType,
     create_room_message,
@@ -57,7 +58,9 @@ class _LanHub(SyncClient):
         """Connects and claims the session; True once the relay made this the host."""
         if not self._begin("direct", url, HUB_NAME, None) or not self._connect():
             return False
-        message = create_room_message(self.user_id, HUB_NAME, features=())
+        # Protocol 2 (framed binaries); no resume: the session ends with the hub's process.
+        features = (Feature.FRAME_HEADER.value,)
+        message = create_room_message(self.user_id, HUB_NAME, features=features)
         message.payload["host_token"] = self._host_token
         self._send_json(message)
         return True

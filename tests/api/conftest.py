@@ -29,9 +29,9 @@ V1_RELAY = ROOT / "tests" / "fixtures" / "v1_relay.py"
 class V1Relay:
     """The v1 fixture relay as a subprocess on a free loopback port."""
 
-    def __init__(self):
+    def __init__(self, *args: str):
         self.process = subprocess.Popen(
-            [sys.executable, str(V1_RELAY), "--port", "0"],
+            [sys.executable, str(V1_RELAY), "--port", "0", *args],
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
             text=True,

@@ -17,6 +17,9 @@ from helpers.relay_process import SLOWDOWN, RelayProcess
 
 TIMEOUT = 5.0 * SLOWDOWN
 
+#: The features a member may announce, in the order the relay lists them in a user-list entry.
+MEMBER_FEATURES = ("frame_header", "directed", "resume", "flow_control", "host_id")
+
 
 async def open_ws(relay: RelayProcess, path: str = "/ws", **kwargs) -> ClientConnection:
     """Connects to the relay; no message size limit, bounded open/close handshakes."""
@@ -105,33 +108,38 @@ class Member:
     display_name: str
     room_code: str | None = None
     last_payload: dict = field(default_factory=dict)
+    # Announce `frame_header` (protocol 2) when creating or joining, as our client does: only
+    # such members are sent framed binaries. False: an original (v1) client.
+    speaks_frames: bool = False
+    announced: list = field(default_factory=list)
 
     @property
     def entry(self) -> dict:
-        return {"user_id": self.user_id, "display_name": self.display_name}
+        """This member's entry in a user list: a protocol-2 member's lists its features."""
+        entry = {"user_id": self.user_id, "display_name": self.display_name}
+        if "frame_header" in self.announced:
+            entry["features"] = [f for f in MEMBER_FEATURES if f in self.announced]
+        return entry
+
+    def _identity(self, payload_extra: dict) -> dict:
+        features = list(payload_extra.pop("features", []))
+        if self.speaks_frames and "frame_header" not in features:
+            features.insert(0, "frame_header")
+        self.announced = features
+        payload = {"user_id": self.user_id, "display_name": self.display_name, **payload_extra}
+        if features:
+            payload["features"] = features
+        return payload
 
     async def create(self, **payload_extra) -> dict:
-        await send_json(
-            self.ws,
-            "create_room",
-            {"user_id": self.user_id, "display_name": self.display_name, **payload_extra},
-        )
+        await send_json(self.ws, "create_room", self._identity(payload_extra))
         message = await recv_type(self.ws, "room_created")
         self.room_code = message["payload"]["room_code"]
         self.last_payload = message["payload"]
         return message["payload"]
 
     async def join(self, code: str, **payload_extra) -> dict:
-        await send_json(
-            self.ws,
-            "join_room",
-            {
-                "room_code": code,
-                "user_id": self.user_id,
-                "display_name": self.display_name,
-                **payload_extra,
-            },
-        )
+        await send_json(self.ws, "join_room", {"room_code": code, **self._identity(payload_extra)})
         message = await recv_type(self.ws, "room_joined")
         self.room_code = message["payload"]["room_code"]
         self.last_payload = message["payload"]
@@ -141,15 +149,29 @@ class Member:
         await asyncio.wait_for(self.ws.close(), TIMEOUT)
 
 
-async def member(relay: RelayProcess, user_id: str, display_name: str | None = None, **kw):
+async def member(
+    relay: RelayProcess,
+    user_id: str,
+    display_name: str | None = None,
+    speaks_frames: bool = False,
+    **kw,
+):
     ws = await open_ws(relay, **kw)
-    return Member(ws, user_id, display_name if display_name is not None else user_id.title())
+    name = display_name if display_name is not None else user_id.title()
+    return Member(ws, user_id, name, speaks_frames=speaks_frames)
 
 
-async def room_of(relay: RelayProcess, *user_ids: str, **create_extra) -> list[Member]:
+async def room_of(
+    relay: RelayProcess, *user_ids: str, speaks_frames=False, **create_extra
+) -> list[Member]:
     """A room created by the first user and joined by the others, in order; every `user_joined`
-    the earlier members got is consumed, so each member's next message is a fresh one."""
-    members = [await member(relay, user_id) for user_id in user_ids]
+    the earlier members got is consumed, so each member's next message is a fresh one.
+    `speaks_frames`: True (all), False (none) or the ids of the protocol-2 members."""
+
+    def frames(user_id: str) -> bool:
+        return speaks_frames if isinstance(speaks_frames, bool) else user_id in speaks_frames
+
+    members = [await member(relay, u, speaks_frames=frames(u)) for u in user_ids]
     code = (await members[0].create(**create_extra))["room_code"]
     for index, joiner in enumerate(members[1:], start=1):
         await joiner.join(code)

@@ -110,7 +110,7 @@ def test_header_builder_matches_the_shared_vectors():
 
 async def test_binary_with_header_and_no_recipients_reaches_all_others(relay):
     server = relay()
-    alice, bob, carol = await room_of(server, "alice", "bob", "carol")
+    alice, bob, carol = await room_of(server, "alice", "bob", "carol", speaks_frames=True)
     message = frame_header.build("alice", total_size=5) + b"hello"
     await alice.ws.send(message)
     for other in (bob, carol):
@@ -120,7 +120,9 @@ async def test_binary_with_header_and_no_recipients_reaches_all_others(relay):
 
 async def test_binary_with_recipients_reaches_only_them(relay):
     server = relay()
-    alice, bob, carol, dave = await room_of(server, "alice", "bob", "carol", "dave")
+    alice, bob, carol, dave = await room_of(
+        server, "alice", "bob", "carol", "dave", speaks_frames=True
+    )
     directed = frame_header.build("alice", ["bob", "dave", "nobody"], kind=1, total_size=3) + b"w8s"
     await alice.ws.send(directed)
     marker = frame_header.build("alice", transfer_id=2) + b"marker"
@@ -134,7 +136,10 @@ async def test_binary_with_recipients_reaches_only_them(relay):
 
 async def test_header_split_across_websocket_frames_is_still_routed(relay):
     server = relay()
-    alice, bob, carol = await room_of(server, "alice", "bob", "carol")
+    # Bob is an original client: plain (v1) binaries are for it, framed ones never are.
+    alice, bob, carol = await room_of(
+        server, "alice", "bob", "carol", speaks_frames={"alice", "carol"}
+    )
     message = frame_header.build("alice", ["carol"], total_size=4) + b"data"
     await alice.ws.send([message[:6], message[6:20], message[20:]])
     await alice.ws.send(b"plain v1 marker")

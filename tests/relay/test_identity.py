@@ -29,7 +29,7 @@ pytestmark = pytest.mark.asyncio
 
 async def test_impostor_cannot_take_the_hosts_id_nor_its_traffic(relay):
     server = relay()
-    host, bob = await room_of(server, "host", "bob")
+    host, bob = await room_of(server, "host", "bob", speaks_frames=True)
     assert host.last_payload["host_id"] == "host"
     assert bob.last_payload["host_id"] == "host"
 

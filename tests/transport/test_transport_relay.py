@@ -108,14 +108,18 @@ def test_chunked_transfer_between_room_members(relay):
     bob = transport.connect(server.url + "/ws", proxy=False)
     carol = transport.connect(server.url + "/ws", proxy=False)
     try:
-        control(alice, "create_room", user_id="alice", display_name="Alice")
+        # Each announces protocol 2 (framed binaries), as our client does.
+        frames = ["frame_header"]
+        control(alice, "create_room", user_id="alice", display_name="Alice", features=frames)
         created = next_control(alice)
         assert created["type"] == "room_created"
         assert "frame_header" in created["payload"]["relay"]["features"]
         chunk_size = created["payload"]["relay"]["limits"]["chunk_size"]
         code = created["payload"]["room_code"]
         for conn, name in ((bob, "bob"), (carol, "carol")):
-            control(conn, "join_room", room_code=code, user_id=name, display_name=name)
+            control(
+                conn, "join_room", room_code=code, user_id=name, display_name=name, features=frames
+            )
             assert next_control(conn)["type"] == "room_joined"
         for _ in range(2):
             assert next_control(alice)["type"] == "user_joined"
