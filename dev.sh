@@ -28,7 +28,7 @@ debian_packages() {
     apt-cache show libmsgpack-c-dev >/dev/null 2>&1 || msgpack=libmsgpack-dev
     apt-cache show libglib2.0-0t64 >/dev/null 2>&1 || glib=libglib2.0-0
     echo build-essential pkg-config git curl ca-certificates openssl \
-        libwebsockets-dev libwslay-dev libjansson-dev libssl-dev libcmocka-dev "$msgpack" \
+        libwebsockets-dev libwslay-dev libjansson-dev libssl-dev libcmocka-dev libsodium-dev "$msgpack" \
         clang clang-format python3 python3-dev python3-venv \
         libegl1 libgl1 libopengl0 libxkbcommon0 libfontconfig1 libdbus-1-3 "$glib" \
         xvfb xauth libx11-xcb1 libxkbcommon-x11-0 libxcb-cursor0 libxcb-icccm4 libxcb-image0 \

@@ -1,8 +1,8 @@
 """Builds the C extension segmentation_suite.network._relayclient, and the relay binary.
 
-The extension links the system's libwebsockets and msgpack-c, found with pkg-config. A missing
-library stops the build with the package to install, instead of a compiler error. A wheel (or
-`pip install .`) also carries relay_server, built with its Makefile, as
+The extension links the system's libwebsockets, msgpack-c, OpenSSL and libsodium, found with
+pkg-config. A missing library stops the build with the package to install, instead of a
+compiler error. A wheel (or `pip install .`) also carries relay_server, built with its Makefile, as
 segmentation_suite/bin/relay_server: that is what `segmentation-suite relay` runs.
 """
 
@@ -18,8 +18,11 @@ from setuptools.command.build_ext import build_ext
 # (pkg-config names to try, Debian package, Homebrew formula)
 REQUIRED_LIBRARIES = [
     (["libwebsockets"], "libwebsockets-dev", "libwebsockets"),
-    # SHA-1 and base64 of the WebSocket handshake, random masks (lws links it anyway).
+    # SHA-1 and base64 of the WebSocket handshake, random masks (lws links it anyway); the
+    # private rooms' AES-256-GCM and ChaCha20-Poly1305 (EVP).
     (["libcrypto"], "libssl-dev", "openssl"),
+    # Private rooms: CPace on ristretto255, Ed25519, the group-key wrap (docs/security.md).
+    (["libsodium"], "libsodium-dev", "libsodium"),
     # The relay's JSON (the relay binary ships in the package).
     (["jansson"], "libjansson-dev", "jansson"),
     # RFC 6455 framing of the fast client path. Debian ships no wslay.pc: see FALLBACK_LIBRARIES.

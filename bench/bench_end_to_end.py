@@ -11,6 +11,13 @@ room per client kind) that stay open for the whole run. Methods:
   (16 MiB) directed to the receiver; the receiver reassembles by (sender, transfer id) into
   one preallocated 64-byte-aligned buffer and decode_weights it into torch tensors.
 * ours-f32: the same with wire_dtype="float32" (lossless).
+* private: ours-f16 in a private room (docs/security.md): the encoded message is encrypted
+  straight into the send buffer (AES-256-GCM or ChaCha20-Poly1305, per transfer key; the
+  encryption is the one copy), the receiver checks and decrypts each chunk's segments straight
+  from the received message into the reassembly buffer (the decryption is the reassembly
+  copy), before decoding. The group key is set up out
+  of band (the key exchange happens once per member, not per transfer). Not in the default
+  --methods; compare it with ours-f16 in the same run: --methods ours-f16,private.
 * moss: the original client's way on the `websockets` library (sync client): a weights_push
   JSON, then one binary message gzip(torch.save(float16 dict), level 1); the receiver
   gunzips, torch.load(weights_only=True) and converts float16 back to float32.
@@ -40,6 +47,7 @@ import gzip
 import io
 import json
 import multiprocessing
+import os
 import resource
 import statistics
 import sys
@@ -51,7 +59,9 @@ from typing import Any
 DEFAULT_LAYOUT = (
     Path(__file__).resolve().parents[1] / "tests" / "vectors" / "unet_deep_dice_v2_layout.json"
 )
-METHODS = ("ours-f16", "ours-f32", "codec-ws", "moss")
+METHODS = ("ours-f16", "ours-f32", "codec-ws", "moss", "private")
+DEFAULT_METHODS = ("ours-f16", "ours-f32", "codec-ws", "moss")
+PRIVATE_ROOM = "K7QX2M"  # the private method's routing code in the associated data
 MiB = 1024 * 1024
 SENDER, RECEIVER = "sender", "receiver"
 # The relay's limit must admit MOSS-style's single message (57 MB for the U-Net); ours chunks.
@@ -81,20 +91,25 @@ def random_state_dict(layout_path: Path, seed: int) -> dict:
 # --- the two clients, one function per side and kind ---------------------------------------
 
 
-def ours_send(conn: Any, state: dict, wire_dtype: str, transfer_id: int, chunk_size: int) -> dict:
+def ours_send(
+    conn: Any, state: dict, wire_dtype: str, transfer_id: int, chunk_size: int, sealer=None
+) -> dict:
     from segmentation_suite.network import transport
     from segmentation_suite.network.codec import serialize_weights
 
     data = serialize_weights(state, wire_dtype=wire_dtype, epoch=1, loss=0.5, num_samples=64)
     serialized = time.monotonic()
+    if sealer is not None:
+        data = sealer.seal(data, transfer_id, transport.FRAME_KIND_WEIGHTS, None)
     count = conn.send_chunked(
         transport.FRAME_KIND_WEIGHTS, transfer_id, SENDER, [RECEIVER], data, chunk_size
     )
     return {"t_serialized": serialized, "payload_bytes": len(data), "messages": count}
 
 
-def ours_receive(conn: Any, deadline: float) -> tuple[dict, dict]:
-    """Reassembles one chunked transfer into one buffer and decodes it (torch tensors)."""
+def ours_receive(conn: Any, deadline: float, transfers=None) -> tuple[dict, dict]:
+    """Reassembles one chunked transfer into one buffer and decodes it (torch tensors); with
+    `transfers` (private), opens the sealed transfer in place while it arrives."""
     import numpy as np
 
     from segmentation_suite.network import transport
@@ -118,14 +133,21 @@ def ours_receive(conn: Any, deadline: float) -> tuple[dict, dict]:
             # One buffer for the whole message, 64-byte aligned so that tensors that need no
             # conversion (ours-f32) are viewed in place by the decoder.
             raw = np.empty(header.total_size + 64, dtype=np.uint8)
-            start = -raw.ctypes.data % 64
+            start = -raw.ctypes.data % 64  # a sealed plaintext starts 64-byte aligned too
             buffer = memoryview(raw[start : start + header.total_size])
+            if transfers is not None:
+                opening = transfers.opener(
+                    header.sender, header.transfer_id, header.kind, header.total_size, None
+                )
         if (header.sender, header.transfer_id) != key or header.chunk_index != expected_index:
             raise ValueError(f"unexpected chunk {header} while reassembling {key}")
         payload = data[header.header_size :]
         if position + len(payload) > len(buffer):
             raise ValueError(f"chunks exceed the announced total size {header.total_size}")
-        buffer[position : position + len(payload)] = payload
+        if transfers is not None:
+            opening.feed_piece(buffer, payload)  # decrypted straight into its place
+        else:
+            buffer[position : position + len(payload)] = payload
         position += len(payload)
         expected_index += 1
         del payload, data  # frees the message block now
@@ -135,6 +157,8 @@ def ours_receive(conn: Any, deadline: float) -> tuple[dict, dict]:
         raise ValueError(f"transfer ended at {position} of {len(buffer)} bytes")
     times["t_last"] = time.monotonic()
     times.update(cpu_snapshot("last"))
+    if transfers is not None:
+        buffer = opening.finish(buffer)
     state, _ = decode_weights(buffer, as_torch=True)
     return state, times
 
@@ -250,6 +274,13 @@ def connect_both(stack: contextlib.ExitStack, url: str, timeout: float) -> tuple
     return ours, ws
 
 
+def private_transfers(config: dict, user_id: str):
+    """The private method's sealing/opening object, with the run's group key."""
+    from segmentation_suite.network.private_room import GroupKey, SealedTransfers
+
+    return SealedTransfers(PRIVATE_ROOM, user_id, GroupKey(0, bytes.fromhex(config["group_key"])))
+
+
 def receiver_main(config: dict, barrier: Any, results: Any, pipe: Any) -> None:
     try:
         import torch
@@ -266,6 +297,7 @@ def receiver_main(config: dict, barrier: Any, results: Any, pipe: Any) -> None:
             expect(next_json(ours.recv, deadline), "user_joined")
             expect(next_json(ws.recv, deadline), "user_joined")
 
+            opener = private_transfers(config, RECEIVER)
             sent = random_state_dict(config["layout"], config["seed"])
             as_f16 = {k: v.half().float() if v.is_floating_point() else v for k, v in sent.items()}
             for method, run in schedule(config["methods"], config["runs"]):
@@ -277,7 +309,9 @@ def receiver_main(config: dict, barrier: Any, results: Any, pipe: Any) -> None:
                 elif method == "codec-ws":
                     state, times = codec_ws_receive(ws, deadline)
                 else:
-                    state, times = ours_receive(ours, deadline)
+                    state, times = ours_receive(
+                        ours, deadline, opener if method == "private" else None
+                    )
                 times["t_done"] = time.monotonic()
                 times.update(cpu_snapshot("done"))
                 expected = sent if method == "ours-f32" else as_f16
@@ -307,6 +341,7 @@ def sender_main(config: dict, barrier: Any, results: Any, pipe: Any) -> None:
             ws.send(json.dumps({"type": "join_room", "payload": join}))
             expect(next_json(ws.recv, deadline), "room_joined")
 
+            sealer = private_transfers(config, SENDER)
             state = random_state_dict(config["layout"], config["seed"])
             if config["save_dir"]:
                 save_npz(Path(config["save_dir"]) / "sent.npz", state)
@@ -320,8 +355,9 @@ def sender_main(config: dict, barrier: Any, results: Any, pipe: Any) -> None:
                 elif method == "codec-ws":
                     report = codec_ws_send(ws, state)
                 else:
-                    wire = "float16" if method == "ours-f16" else "float32"
-                    report = ours_send(ours, state, wire, transfer_id, chunk_size)
+                    wire = "float32" if method == "ours-f32" else "float16"
+                    sealing = sealer if method == "private" else None
+                    report = ours_send(ours, state, wire, transfer_id, chunk_size, sealing)
                 report.update(role=SENDER, method=method, run=run, t_start=started)
                 report["t_sent"] = time.monotonic()
                 results.put(report)
@@ -373,6 +409,7 @@ def run_benchmark(args: argparse.Namespace) -> list[dict]:
             "timeout": args.timeout,
             "chunk_size": args.chunk_size,
             "save_dir": str(args.save_received) if args.save_received else None,
+            "group_key": os.urandom(32).hex(),  # the private method's, shared out of band
         }
         workers = [
             context.Process(target=receiver_main, args=(config, barrier, results, receiver_end)),
@@ -436,6 +473,7 @@ def print_table(summary: dict[str, dict], model: str, runs: int) -> None:
         "ours-f32": "ours: codec float32 wire (lossless)",
         "codec-ws": "(diagnostic) our codec over websockets library",
         "moss": "MOSS-style: fp16 torch.save gzip-1, websockets",
+        "private": "private room: ours-f16, sealed end to end",
     }
     base = summary["ours-f16"]["total_ms"] if "ours-f16" in summary else None
     print(f"{model}; median of {runs} runs each, interleaved; loopback relay_server\n")
@@ -480,6 +518,9 @@ def print_table(summary: dict[str, dict], model: str, runs: int) -> None:
             if method in summary:
                 ratio = summary["moss"]["total_ms"] / summary[method]["total_ms"]
                 print(f"MOSS-style / {method}: {ratio:.1f}x faster end to end")
+    if "private" in summary and "ours-f16" in summary:
+        ratio = summary["private"]["total_ms"] / summary["ours-f16"]["total_ms"]
+        print(f"private / ours-f16: {ratio:.3f}x end to end (target: <= 1.15x)")
 
 
 def main() -> int:
@@ -492,7 +533,9 @@ def main() -> int:
     parser.add_argument("--json", type=Path, help="write every run's figures here")
     parser.add_argument("--save-received", type=Path, help="write sent and received .npz here")
     parser.add_argument(
-        "--methods", default=",".join(METHODS), help=f"a subset of {','.join(METHODS)}"
+        "--methods",
+        default=",".join(DEFAULT_METHODS),
+        help=f"a subset of {','.join(METHODS)} (default {','.join(DEFAULT_METHODS)})",
     )
     parser.add_argument("--check", action="store_true", help="exit 1 if < 10x faster than moss")
     args = parser.parse_args()

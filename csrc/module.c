@@ -1,10 +1,12 @@
 /* Entry point of segmentation_suite.network._relayclient: creates the module and lets each
- * part (the weight codec, the WebSocket transport) add its functions and types to it. */
+ * part (the weight codec, the WebSocket transport, the private-room crypto) add its functions
+ * and types to it. */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
 int codec_module_init(PyObject *module);
 int transport_module_init(PyObject *module); /* transport.h */
+int crypto_module_init(PyObject *module);    /* crypto_binding.c */
 
 static struct PyModuleDef relayclient_module = {
     PyModuleDef_HEAD_INIT,
@@ -23,6 +25,10 @@ PyMODINIT_FUNC PyInit__relayclient(void)
         return NULL;
     }
     if (transport_module_init(module) != 0) {
+        Py_DECREF(module);
+        return NULL;
+    }
+    if (crypto_module_init(module) != 0) {
         Py_DECREF(module);
         return NULL;
     }

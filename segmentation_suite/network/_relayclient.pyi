@@ -112,3 +112,118 @@ def connect(
 ) -> Connection: ...
 def parse_frame_header(data: Buffer, /) -> FrameHeader | None: ...
 def _shutdown(grace: float = 2.0, /) -> None: ...
+
+# --- Private-room cryptography (csrc/crypto_binding.c; docs/security.md). Use
+# segmentation_suite.network.private_room rather than these directly.
+
+SEALED_AES_256_GCM: int
+SEALED_CHACHA20_POLY1305: int
+SEALED_HEADER_BYTES: int
+SEALED_TAG_BYTES: int
+SEALED_DEFAULT_SEGMENT_SIZE: int
+SEALED_PREFERRED_ALGORITHM: int
+
+class CPaceMismatch(ValueError):
+    """The key exchange failed its confirmation: the code's secret part does not match."""
+
+@final
+class CPaceSession:
+    """One CPace (ristretto255, SHA-512) run with explicit key confirmation; sans-I/O."""
+
+    def __init__(
+        self,
+        role: Literal["initiator", "responder"],
+        secret: Buffer,
+        room: str,
+        initiator_id: str,
+        responder_id: str,
+        ad: Buffer = ...,
+    ) -> None: ...
+    @property
+    def state(self) -> Literal["start", "sent_share", "await_confirm", "confirmed", "failed"]: ...
+    def start(self) -> bytes: ...
+    def receive(self, message: Buffer, /) -> bytes | None: ...
+    def derive_key(self, label: str, /) -> bytes: ...
+
+@final
+class SealedOpener:
+    """Opens one sealed transfer in place while its chunks arrive."""
+
+    def __init__(
+        self,
+        key: Buffer,
+        room: str,
+        sender: str,
+        transfer_id: int,
+        kind: int,
+        epoch: int,
+        sealed_len: int,
+        *,
+        digest: bool = False,
+    ) -> None: ...
+    @property
+    def offset(self) -> int | None: ...
+    @property
+    def length(self) -> int | None: ...
+    def feed(self, sealed: Buffer, available: int, /) -> bool: ...
+    def finish(self) -> bytes | None: ...
+
+def _cpace_generator(prs: Buffer, ci: Buffer, sid: Buffer, /) -> tuple[bytes, bytes]: ...
+def _cpace_scalar_mult_vfy(y: Buffer, point: Buffer, /) -> bytes: ...
+def _cpace_isk(
+    sid: Buffer, k: Buffer, ya: Buffer, ada: Buffer, yb: Buffer, adb: Buffer, /
+) -> bytes: ...
+def group_key_generate() -> bytes: ...
+def group_key_wrap(
+    wrap_key: Buffer,
+    room: str,
+    host_id: str,
+    member_id: str,
+    epoch: int,
+    key: Buffer,
+    sign_pk: Buffer,
+    /,
+) -> bytes: ...
+def group_key_unwrap(
+    wrap_key: Buffer, room: str, host_id: str, member_id: str, epoch: int, wrapped: Buffer, /
+) -> tuple[bytes, bytes]: ...
+def sealed_size(length: int, segment_size: int = ..., /) -> int: ...
+def sealed_header(sealed: Buffer, /) -> dict[str, int]: ...
+def seal(
+    key: Buffer,
+    room: str,
+    sender: str,
+    transfer_id: int,
+    kind: int,
+    epoch: int,
+    plaintext: Buffer,
+    sealed: Buffer,
+    *,
+    algorithm: int = 0,
+    segment_size: int = ...,
+    digest: bool = False,
+) -> bytes | None: ...
+def open_in_place(
+    key: Buffer,
+    room: str,
+    sender: str,
+    transfer_id: int,
+    kind: int,
+    epoch: int,
+    sealed: Buffer,
+    *,
+    digest: bool = False,
+) -> tuple[int, int] | tuple[int, int, bytes]: ...
+def _aead_raw(
+    algorithm: int,
+    encrypt: bool,
+    key: Buffer,
+    nonce: Buffer,
+    ad: Buffer,
+    data: Buffer,
+    tag: Buffer,
+    /,
+) -> None: ...
+def sign_keypair(seed: Buffer = ..., /) -> tuple[bytes, bytes]: ...
+def sign_detached(secret_key: Buffer, message: Buffer, /) -> bytes: ...
+def sign_verify(public_key: Buffer, message: Buffer, signature: Buffer, /) -> None: ...
