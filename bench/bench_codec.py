@@ -12,7 +12,10 @@ processes on a shared machine hits all methods alike. Usage:
 
 --check exits 1 if a target of issue 3 is missed: serialize <= 12 ms, deserialize <= 14 ms,
 both within 2x of the floor measured in the same run, serialize >= 100x faster than
-MOSS-style (deserialize's ratio is printed; by the issue's own figures it is near 22x).
+MOSS-style (deserialize's ratio is printed; by the issue's own figures it is near 22x);
+or of issue 14: q8-delta encode and decode (against a reference model, including hashing
+it) each within 4x of the floor. The q8-delta and topk rows encode an update of the same
+weights against them; their size column is the wire size.
 """
 
 from __future__ import annotations
@@ -145,6 +148,27 @@ def main() -> int:
             f"{all_float32.nbytes / 1e6:.1f}",
         ),
     ]
+    # An update one training step away from the weights, sent as a delta against them.
+    rng = np.random.default_rng(1)
+    update = {
+        k: (
+            w + rng.standard_normal(w.shape, dtype=np.float32) * 1e-3
+            if w.dtype == np.float32
+            else w
+        )
+        for k, w in weights.items()
+    }
+    for compression in ("q8-delta", "topk"):
+        delta = serialize_weights(update, compression=compression, reference=weights)
+        cases.append(
+            Case(
+                f"ours: {compression} against a reference",
+                lambda c=compression: serialize_weights(update, compression=c, reference=weights),
+                lambda d=delta: deserialize_weights(d, reference=weights),
+                f"{len(delta) / 1e6:.1f}",
+            )
+        )
+    q8_index = 2
     halves = [w.astype(np.float16) for w in floats]
     cases.append(
         Case(
@@ -189,6 +213,7 @@ def main() -> int:
     medians = interleaved_medians(cases, repeat)
     ours, (copy_ms, _) = medians[0], medians[1]
     moss_ms = medians[moss_index] if moss_index is not None else None
+    q8_ms = medians[q8_index]
     print(
         f"\n| {'method':<48} | {'serialize ms':>12} | {'x ours':>7} | "
         f"{'deserialize ms':>14} | {'x ours':>7} | {'MB':>6} |"
@@ -206,6 +231,14 @@ def main() -> int:
         ("deserialize <= 14 ms", ours[1] <= 14.0),
         ("serialize within 2x of the floor", ours[0] <= 2 * copy_ms),
         ("deserialize within 2x of the floor", ours[1] <= 2 * copy_ms),
+        (
+            f"q8-delta encode within 4x of the floor ({q8_ms[0] / copy_ms:.2f}x)",
+            q8_ms[0] <= 4 * copy_ms,
+        ),
+        (
+            f"q8-delta decode within 4x of the floor ({q8_ms[1] / copy_ms:.2f}x)",
+            q8_ms[1] <= 4 * copy_ms,
+        ),
     ]
     if moss_ms is not None:
         checks.append(

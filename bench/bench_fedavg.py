@@ -127,7 +127,10 @@ class OursMember:
     def __init__(self, index: int, url: str, code: str | None, count: int, timeout: float):
         from segmentation_suite.network import SyncClient
 
-        self.client = SyncClient(aggregation_timeout=timeout * 10, ping_interval=None)
+        # float16 whole models, as issue 4 compares (deltas: bench_slow_link.py)
+        self.client = SyncClient(
+            aggregation_timeout=timeout * 10, ping_interval=None, compression=None
+        )
         self.count = count
         self.timeout = timeout
         self.result: dict | None = None

@@ -12,6 +12,7 @@
 #include "codec_core.h"
 #include "codec_reader.h"
 #include "fp16.h"
+#include "quantize.h"
 
 /* ---- Block: one aligned allocation shared by every tensor of a message ------------------ */
 
@@ -296,17 +297,36 @@ static int parse_dtype(PyObject *name, codec_dtype *dtype)
     return 0;
 }
 
-/* One tensor of the list handed to encode(): (name, dtype, wire, shape, buffer). */
-static int parse_tensor_source(PyObject *entry, codec_tensor_source *tensor, uint64_t *shape,
-                               Py_buffer *view, int *view_acquired)
+/* 'wire' of an encode() entry: a dtype, or a delta encoding (q8, topk). */
+static int parse_wire(PyObject *name, codec_tensor_source *tensor)
 {
-    PyObject *name, *dtype_name, *wire_name, *shape_tuple, *buffer;
+    if (PyUnicode_Check(name) && PyUnicode_CompareWithASCIIString(name, CODEC_WIRE_Q8) == 0)
+        tensor->encoding = CODEC_ENCODING_Q8;
+    else if (PyUnicode_Check(name) && PyUnicode_CompareWithASCIIString(name, CODEC_WIRE_TOPK) == 0)
+        tensor->encoding = CODEC_ENCODING_TOPK;
+    else
+        return parse_dtype(name, &tensor->wire);
+    tensor->wire = tensor->dtype;
+    return 0;
+}
+
+#define ENTRY_FORMAT "(name, dtype, wire, shape, buffer[, reference buffer, topk kept])"
+
+/* One tensor of the list handed to encode(): views[0] gets the buffer, views[1] the
+ * reference of a delta encoding. */
+static int parse_tensor_source(PyObject *entry, codec_tensor_source *tensor, uint64_t *shape,
+                               Py_buffer *views, int *acquired)
+{
+    PyObject *name, *dtype_name, *wire_name, *shape_tuple, *buffer, *reference = Py_None;
+    Py_ssize_t keep = 0;
+    Py_buffer *view = &views[0];
+    int *view_acquired = &acquired[0];
     if (!PyTuple_Check(entry)) {
-        PyErr_SetString(PyExc_TypeError, "tensor entries are (name, dtype, wire, shape, buffer)");
+        PyErr_SetString(PyExc_TypeError, "tensor entries are " ENTRY_FORMAT);
         return -1;
     }
-    if (!PyArg_ParseTuple(entry, "UUUO!O;tensor entries are (name, dtype, wire, shape, buffer)",
-                          &name, &dtype_name, &wire_name, &PyTuple_Type, &shape_tuple, &buffer))
+    if (!PyArg_ParseTuple(entry, "UUUO!O|On;tensor entries are " ENTRY_FORMAT, &name, &dtype_name,
+                          &wire_name, &PyTuple_Type, &shape_tuple, &buffer, &reference, &keep))
         return -1;
     Py_ssize_t name_length;
     tensor->name = PyUnicode_AsUTF8AndSize(name, &name_length);
@@ -318,8 +338,21 @@ static int parse_tensor_source(PyObject *entry, codec_tensor_source *tensor, uin
                      CODEC_MAX_NAME_LENGTH);
         return -1;
     }
-    if (parse_dtype(dtype_name, &tensor->dtype) != 0 || parse_dtype(wire_name, &tensor->wire))
+    if (parse_dtype(dtype_name, &tensor->dtype) != 0 || parse_wire(wire_name, tensor) != 0)
         return -1;
+    if (tensor->encoding != CODEC_ENCODING_PLAIN && tensor->dtype != CODEC_FLOAT32 &&
+        tensor->dtype != CODEC_FLOAT64) {
+        PyErr_Format(PyExc_ValueError, "tensor %.80R: only float32 and float64 travel as deltas",
+                     name);
+        return -1;
+    }
+    if ((tensor->encoding != CODEC_ENCODING_PLAIN) != (reference != Py_None) || keep < 0) {
+        PyErr_Format(PyExc_ValueError,
+                     "tensor %.80R: a delta wire needs a reference buffer (and a plain one none)",
+                     name);
+        return -1;
+    }
+    tensor->topk_keep = (uint64_t)keep;
     if (!codec_wire_allowed(tensor->dtype, tensor->wire)) {
         PyErr_Format(PyExc_ValueError, "tensor %.80R: a %s tensor cannot travel as %s", name,
                      codec_dtype_name(tensor->dtype), codec_dtype_name(tensor->wire));
@@ -363,6 +396,18 @@ static int parse_tensor_source(PyObject *entry, codec_tensor_source *tensor, uin
                      view->len);
         return -1;
     }
+    if (reference != Py_None) {
+        if (PyObject_GetBuffer(reference, &views[1], PyBUF_C_CONTIGUOUS) != 0)
+            return -1;
+        acquired[1] = 1;
+        tensor->reference = views[1].buf;
+        if ((uint64_t)views[1].len != source_bytes) {
+            PyErr_Format(PyExc_ValueError,
+                         "tensor %.80R: the reference has %zd bytes but the tensor %llu", name,
+                         views[1].len, (unsigned long long)source_bytes);
+            return -1;
+        }
+    }
     if (tensor->element_count * codec_dtype_size(tensor->wire) > UINT32_MAX) {
         PyErr_Format(PyExc_ValueError,
                      "tensor %.80R is larger than 4 GiB on the wire, the limit of a msgpack bin",
@@ -386,9 +431,11 @@ static int parse_kind(const char *kind, codec_kind *out)
 }
 
 PyDoc_STRVAR(encode_doc,
-             "_encode(tensors, kind, metadata) -> Block\n\n"
-             "tensors: list of (name, dtype, wire_dtype, shape, C-contiguous buffer).\n"
+             "_encode(tensors, kind, metadata, delta=False) -> Block\n\n"
+             "tensors: list of (name, dtype, wire, shape, C-contiguous buffer[, reference\n"
+             "buffer, topk kept]); wire is a dtype, or 'q8'/'topk' with a reference.\n"
              "kind: 'numpy' or 'torch'. metadata: dict written as the message's metadata map.\n"
+             "delta: write a version-2 message with the reference id (needed for q8/topk).\n"
              "Conversion runs with the GIL released.");
 
 static PyObject *codec_encode(PyObject *module, PyObject *args)
@@ -396,10 +443,12 @@ static PyObject *codec_encode(PyObject *module, PyObject *args)
     (void)module;
     PyObject *tensor_list, *metadata;
     const char *kind_name;
-    if (!PyArg_ParseTuple(args, "O!sO!:_encode", &PyList_Type, &tensor_list, &kind_name,
-                          &PyDict_Type, &metadata))
+    int delta = 0;
+    if (!PyArg_ParseTuple(args, "O!sO!|p:_encode", &PyList_Type, &tensor_list, &kind_name,
+                          &PyDict_Type, &metadata, &delta))
         return NULL;
     codec_encode_input input = {0};
+    input.delta = delta;
     if (parse_kind(kind_name, &input.kind) != 0)
         return NULL;
 
@@ -410,20 +459,27 @@ static PyObject *codec_encode(PyObject *module, PyObject *args)
     size_t count = (size_t)PyTuple_GET_SIZE(entries);
     codec_tensor_source *tensors = PyMem_Calloc(count ? count : 1, sizeof *tensors);
     uint64_t *shapes = PyMem_Calloc(count ? count * CODEC_MAX_NDIM : 1, sizeof *shapes);
-    Py_buffer *views = PyMem_Calloc(count ? count : 1, sizeof *views);
-    int *acquired = PyMem_Calloc(count ? count : 1, sizeof *acquired);
+    /* two buffer views per tensor: its data and, for a delta, its reference */
+    Py_buffer *views = PyMem_Calloc(count ? 2 * count : 1, sizeof *views);
+    int *acquired = PyMem_Calloc(count ? 2 * count : 1, sizeof *acquired);
     uint8_t **destinations = PyMem_Calloc(count ? count : 1, sizeof *destinations);
     msgpack_sbuffer packed_metadata;
     msgpack_sbuffer_init(&packed_metadata);
     Block *block = NULL;
+    bool deltas_prepared = false;
     if (!tensors || !shapes || !views || !acquired || !destinations) {
         PyErr_NoMemory();
         goto done;
     }
-    for (size_t i = 0; i < count; i++)
+    for (size_t i = 0; i < count; i++) {
         if (parse_tensor_source(PyTuple_GET_ITEM(entries, i), &tensors[i],
-                                shapes + i * CODEC_MAX_NDIM, &views[i], &acquired[i]) != 0)
+                                shapes + i * CODEC_MAX_NDIM, &views[2 * i], &acquired[2 * i]) != 0)
             goto done;
+        if (tensors[i].encoding != CODEC_ENCODING_PLAIN && !input.delta) {
+            PyErr_SetString(PyExc_ValueError, "q8 and topk wires need delta=True");
+            goto done;
+        }
+    }
 
     msgpack_packer packer;
     msgpack_packer_init(&packer, &packed_metadata, msgpack_sbuffer_write);
@@ -439,6 +495,17 @@ static PyObject *codec_encode(PyObject *module, PyObject *args)
     input.metadata_length = packed_metadata.size;
     input.tensors = tensors;
     input.tensor_count = count;
+    if (input.delta) {
+        deltas_prepared = true;
+        int rc;
+        PyThreadState *preparing = PyEval_SaveThread();
+        rc = codec_prepare_deltas(&input, &err);
+        PyEval_RestoreThread(preparing);
+        if (rc != 0) {
+            raise_codec_error(&err);
+            goto done;
+        }
+    }
 
     size_t size = codec_encoded_size(&input);
     if (size == 0) {
@@ -450,11 +517,15 @@ static PyObject *codec_encode(PyObject *module, PyObject *args)
         goto done;
     codec_encode_layout(&input, block->memory, destinations);
     PyThreadState *thread_state = PyEval_SaveThread();
-    codec_encode_data(&input, destinations);
+    int rc = codec_encode_data(&input, destinations, &err);
     PyEval_RestoreThread(thread_state);
+    if (rc != 0)
+        raise_codec_error(&err);
 
 done:
-    for (size_t i = 0; acquired && i < count; i++)
+    if (deltas_prepared)
+        codec_release_deltas(&input);
+    for (size_t i = 0; acquired && i < 2 * count; i++)
         if (acquired[i])
             PyBuffer_Release(&views[i]);
     msgpack_sbuffer_destroy(&packed_metadata);
@@ -510,18 +581,145 @@ static PyObject *describe_tensors(const codec_message *message, const tensor_pla
     return list;
 }
 
+/* Hex of the first 8 bytes of an id: enough to tell two ids apart in an error message. */
+static void format_id(const uint8_t *id, char out[17])
+{
+    static const char digits[] = "0123456789abcdef";
+    for (int i = 0; i < 8; i++) {
+        out[2 * i] = digits[id[i] >> 4];
+        out[2 * i + 1] = digits[id[i] & 15];
+    }
+    out[16] = '\0';
+}
+
+/* For each delta tensor of `message`, finds its reference in `reference` (a dict of name ->
+ * (dtype, shape, buffer)), checks dtype and shape, and checks that the references together
+ * have the id the message names. Fills `sources` (one per tensor; reference set for deltas)
+ * and holds the buffers in `views`/`acquired` (released by the caller). */
+static int bind_reference(const codec_message *message, PyObject *reference,
+                          codec_tensor_source *sources, Py_buffer *views, int *acquired)
+{
+    char wanted[17];
+    format_id(message->reference_id, wanted);
+    if (reference == Py_None) {
+        PyErr_Format(PyExc_ValueError,
+                     "the message is a delta against a reference model (id %s...) and no "
+                     "reference was given: decode it with reference=<that model>",
+                     wanted);
+        return -1;
+    }
+    if (!PyDict_Check(reference)) {
+        PyErr_SetString(PyExc_TypeError,
+                        "reference must be a dict of name -> (dtype, shape, buffer)");
+        return -1;
+    }
+    for (size_t i = 0; i < message->tensor_count; i++) {
+        const codec_tensor_view *tensor = &message->tensors[i];
+        codec_tensor_source *source = &sources[i];
+        *source = (codec_tensor_source){(const char *)tensor->name,
+                                        tensor->name_length,
+                                        tensor->dtype,
+                                        tensor->wire,
+                                        tensor->ndim,
+                                        tensor->shape,
+                                        tensor->element_count,
+                                        NULL,
+                                        tensor->encoding,
+                                        NULL,
+                                        0,
+                                        NULL,
+                                        0};
+        if (tensor->encoding == CODEC_ENCODING_PLAIN)
+            continue;
+        PyObject *name = PyUnicode_DecodeUTF8((const char *)tensor->name,
+                                              (Py_ssize_t)tensor->name_length, "strict");
+        if (name == NULL)
+            return -1;
+        PyObject *entry = PyDict_GetItemWithError(reference, name); /* borrowed */
+        if (entry == NULL) {
+            if (!PyErr_Occurred())
+                PyErr_Format(PyExc_ValueError,
+                             "the reference model has no tensor %.80R, which the message is a "
+                             "delta of",
+                             name);
+            Py_DECREF(name);
+            return -1;
+        }
+        PyObject *dtype_name, *shape, *buffer;
+        if (!PyTuple_Check(entry) ||
+            !PyArg_ParseTuple(entry, "UO!O;reference entries are (dtype, shape, buffer)",
+                              &dtype_name, &PyTuple_Type, &shape, &buffer)) {
+            if (!PyErr_Occurred())
+                PyErr_SetString(PyExc_TypeError, "reference entries are (dtype, shape, buffer)");
+            Py_DECREF(name);
+            return -1;
+        }
+        bool same =
+            PyUnicode_CompareWithASCIIString(dtype_name, codec_dtype_name(tensor->dtype)) == 0 &&
+            PyTuple_GET_SIZE(shape) == (Py_ssize_t)tensor->ndim;
+        for (uint32_t d = 0; same && d < tensor->ndim; d++) {
+            unsigned long long dimension = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(shape, d));
+            if (PyErr_Occurred()) {
+                Py_DECREF(name);
+                return -1;
+            }
+            same = dimension == tensor->shape[d];
+        }
+        if (!same) {
+            PyErr_Format(PyExc_ValueError,
+                         "the reference model's tensor %.80R has dtype %S and shape %S, not those "
+                         "of the message's delta (%s)",
+                         name, dtype_name, shape, codec_dtype_name(tensor->dtype));
+            Py_DECREF(name);
+            return -1;
+        }
+        Py_DECREF(name);
+        if (PyObject_GetBuffer(buffer, &views[i], PyBUF_C_CONTIGUOUS) != 0)
+            return -1;
+        acquired[i] = 1;
+        if ((uint64_t)views[i].len != tensor->element_count * codec_dtype_size(tensor->dtype)) {
+            PyErr_SetString(PyExc_ValueError, "a reference buffer does not match its shape");
+            return -1;
+        }
+        source->reference = views[i].buf;
+    }
+    uint8_t id[CODEC_REFERENCE_ID_SIZE];
+    int rc;
+    PyThreadState *thread_state = PyEval_SaveThread();
+    rc = codec_reference_id(sources, message->tensor_count, id);
+    PyEval_RestoreThread(thread_state);
+    if (rc != 0) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    if (memcmp(id, message->reference_id, CODEC_REFERENCE_ID_SIZE) != 0) {
+        char given[17];
+        format_id(id, given);
+        PyErr_Format(PyExc_ValueError,
+                     "reference mismatch: the message is a delta against the model with id "
+                     "%s..., but the reference given has id %s... (not the model it was made "
+                     "against)",
+                     wanted, given);
+        return -1;
+    }
+    return 0;
+}
+
 PyDoc_STRVAR(decode_doc,
-             "_decode(data) -> (kind, metadata, block, tensors)\n\n"
+             "_decode(data, reference=None) -> (kind, metadata, block, tensors, reference_id)\n\n"
              "Validates the message in `data` (any buffer) and returns tensors as\n"
              "(name, dtype, shape, in_block, offset): their bytes are at `offset` in `block`\n"
              "when in_block, else in `data` itself (only when `data` is writable and the\n"
-             "tensor needs no conversion and is aligned). Raises ValueError on bad input.");
+             "tensor needs no conversion and is aligned). A version-2 (delta) message needs\n"
+             "`reference`, a dict of name -> (dtype, shape, buffer) of the model its deltas\n"
+             "were taken against; reference_id is its id (bytes), None for version 1.\n"
+             "Raises ValueError on bad input or a missing or different reference.");
 
 static PyObject *codec_decode_py(PyObject *module, PyObject *args)
 {
     (void)module;
-    PyObject *data;
-    if (!PyArg_ParseTuple(args, "O:_decode", &data))
+    PyObject *data, *reference = Py_None;
+    if (!PyArg_ParseTuple(args, "O|O:_decode", &data, &reference))
         return NULL;
     Py_buffer view;
     if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) != 0)
@@ -530,6 +728,9 @@ static PyObject *codec_decode_py(PyObject *module, PyObject *args)
     PyObject *result = NULL, *metadata = NULL, *tensors = NULL;
     Block *block = NULL;
     tensor_placement *places = NULL;
+    codec_tensor_source *sources = NULL;
+    Py_buffer *reference_views = NULL;
+    int *reference_acquired = NULL;
     codec_message message;
     codec_error err;
     int rc;
@@ -543,13 +744,22 @@ static PyObject *codec_decode_py(PyObject *module, PyObject *args)
     }
 
     const uint8_t *base = view.buf;
-    places = PyMem_Calloc(message.tensor_count ? message.tensor_count : 1, sizeof *places);
-    if (places == NULL) {
+    size_t slots = message.tensor_count ? message.tensor_count : 1;
+    places = PyMem_Calloc(slots, sizeof *places);
+    sources = PyMem_Calloc(slots, sizeof *sources);
+    reference_views = PyMem_Calloc(slots, sizeof *reference_views);
+    reference_acquired = PyMem_Calloc(slots, sizeof *reference_acquired);
+    if (!places || !sources || !reference_views || !reference_acquired) {
         PyErr_NoMemory();
         goto done;
     }
-    /* Output needs at most 4 bytes per wire byte (float16 -> float64) plus alignment, so
-     * the block is bounded by what the input justifies. */
+    bool delta = message.version >= CODEC_DELTA_FORMAT_VERSION;
+    if (delta &&
+        bind_reference(&message, reference, sources, reference_views, reference_acquired) != 0)
+        goto done;
+    /* Output needs at most 4 bytes per wire byte (float16 -> float64) plus alignment, or for
+     * a delta the size of its reference, so the block is bounded by what the input and the
+     * caller's own reference justify. */
     size_t block_size = 0;
     for (size_t i = 0; i < message.tensor_count; i++) {
         const codec_tensor_view *tensor = &message.tensors[i];
@@ -557,7 +767,8 @@ static PyObject *codec_decode_py(PyObject *module, PyObject *args)
         size_t item_size = codec_dtype_size(output);
         bool aligned = (uintptr_t)(base + tensor->data_offset) % item_size == 0;
         places[i].output = output;
-        if (output == tensor->wire && !view.readonly && aligned) {
+        if (tensor->encoding == CODEC_ENCODING_PLAIN && output == tensor->wire && !view.readonly &&
+            aligned) {
             places[i].in_block = false;
             places[i].offset = tensor->data_offset;
         } else {
@@ -571,10 +782,9 @@ static PyObject *codec_decode_py(PyObject *module, PyObject *args)
         goto done;
     thread_state = PyEval_SaveThread();
     for (size_t i = 0; i < message.tensor_count; i++) {
-        const codec_tensor_view *tensor = &message.tensors[i];
         if (places[i].in_block)
-            codec_convert(places[i].output, (uint8_t *)block->memory + places[i].offset,
-                          tensor->wire, base + tensor->data_offset, tensor->element_count);
+            codec_decode_tensor(base, &message.tensors[i], sources[i].reference,
+                                (uint8_t *)block->memory + places[i].offset);
     }
     PyEval_RestoreThread(thread_state);
 
@@ -585,16 +795,115 @@ static PyObject *codec_decode_py(PyObject *module, PyObject *args)
     tensors = describe_tensors(&message, places);
     if (tensors == NULL)
         goto done;
-    result = Py_BuildValue("(sOOO)", message.kind == CODEC_KIND_TORCH ? "torch" : "numpy", metadata,
-                           (PyObject *)block, tensors);
+    if (delta)
+        result =
+            Py_BuildValue("(sOOOy#)", message.kind == CODEC_KIND_TORCH ? "torch" : "numpy",
+                          metadata, (PyObject *)block, tensors, (const char *)message.reference_id,
+                          (Py_ssize_t)CODEC_REFERENCE_ID_SIZE);
+    else
+        result = Py_BuildValue("(sOOOO)", message.kind == CODEC_KIND_TORCH ? "torch" : "numpy",
+                               metadata, (PyObject *)block, tensors, Py_None);
 
 done:
+    for (size_t i = 0; reference_acquired && i < message.tensor_count; i++)
+        if (reference_acquired[i])
+            PyBuffer_Release(&reference_views[i]);
     Py_XDECREF(metadata);
     Py_XDECREF(tensors);
     Py_XDECREF(block);
     PyMem_Free(places);
+    PyMem_Free(sources);
+    PyMem_Free(reference_views);
+    PyMem_Free(reference_acquired);
     codec_message_free(&message);
     PyBuffer_Release(&view);
+    return result;
+}
+
+PyDoc_STRVAR(message_reference_doc,
+             "_message_reference(data) -> bytes | None\n\n"
+             "Validates the message and returns the id of the reference it is a delta against\n"
+             "(None for a whole, version-1 message), so a receiver can pick that reference.");
+
+static PyObject *codec_message_reference_py(PyObject *module, PyObject *data)
+{
+    (void)module;
+    Py_buffer view;
+    if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) != 0)
+        return NULL;
+    codec_message message;
+    codec_error err;
+    int rc;
+    PyThreadState *thread_state = PyEval_SaveThread();
+    rc = codec_decode(view.buf, (size_t)view.len, &message, &err);
+    PyEval_RestoreThread(thread_state);
+    PyBuffer_Release(&view);
+    if (rc != 0)
+        return raise_codec_error(&err);
+    PyObject *result =
+        message.version >= CODEC_DELTA_FORMAT_VERSION
+            ? PyBytes_FromStringAndSize((const char *)message.reference_id, CODEC_REFERENCE_ID_SIZE)
+            : Py_NewRef(Py_None);
+    codec_message_free(&message);
+    return result;
+}
+
+PyDoc_STRVAR(reference_id_doc,
+             "_reference_id(tensors) -> bytes\n\n"
+             "The id a delta message against these tensors names: tensors is a list of\n"
+             "(name, dtype, shape, buffer), the float32/float64 tensors of the reference in\n"
+             "message order.");
+
+static PyObject *codec_reference_id_py(PyObject *module, PyObject *tensor_list)
+{
+    (void)module;
+    PyObject *entries = PySequence_Tuple(tensor_list);
+    if (entries == NULL)
+        return NULL;
+    size_t count = (size_t)PyTuple_GET_SIZE(entries);
+    codec_tensor_source *sources = PyMem_Calloc(count ? count : 1, sizeof *sources);
+    uint64_t *shapes = PyMem_Calloc(count ? count * CODEC_MAX_NDIM : 1, sizeof *shapes);
+    Py_buffer *views = PyMem_Calloc(count ? 2 * count : 1, sizeof *views);
+    int *acquired = PyMem_Calloc(count ? 2 * count : 1, sizeof *acquired);
+    PyObject *result = NULL;
+    if (!sources || !shapes || !views || !acquired) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (size_t i = 0; i < count; i++) {
+        PyObject *name, *dtype, *shape, *buffer;
+        if (!PyArg_ParseTuple(PyTuple_GET_ITEM(entries, i), "UUO!O", &name, &dtype, &PyTuple_Type,
+                              &shape, &buffer))
+            goto done;
+        /* the same checks as an encoded delta tensor, with the buffer as its own reference */
+        PyObject *entry = Py_BuildValue("(OOsOOOn)", name, dtype, CODEC_WIRE_Q8, shape, buffer,
+                                        buffer, (Py_ssize_t)0);
+        if (entry == NULL)
+            goto done;
+        int rc = parse_tensor_source(entry, &sources[i], shapes + i * CODEC_MAX_NDIM, &views[2 * i],
+                                     &acquired[2 * i]);
+        Py_DECREF(entry);
+        if (rc != 0)
+            goto done;
+    }
+    uint8_t id[CODEC_REFERENCE_ID_SIZE];
+    int rc;
+    PyThreadState *thread_state = PyEval_SaveThread();
+    rc = codec_reference_id(sources, count, id);
+    PyEval_RestoreThread(thread_state);
+    if (rc != 0)
+        PyErr_NoMemory();
+    else
+        result = PyBytes_FromStringAndSize((const char *)id, CODEC_REFERENCE_ID_SIZE);
+done:
+    for (size_t i = 0; acquired && i < 2 * count; i++)
+        if (acquired[i])
+            PyBuffer_Release(&views[i]);
+    PyMem_Free(sources);
+    PyMem_Free(shapes);
+    PyMem_Free(views);
+    PyMem_Free(acquired);
+    Py_DECREF(entries);
     return result;
 }
 
@@ -620,6 +929,8 @@ static PyObject *codec_simd_path(PyObject *module, PyObject *unused)
 static PyMethodDef codec_methods[] = {
     {"_encode", codec_encode, METH_VARARGS, encode_doc},
     {"_decode", codec_decode_py, METH_VARARGS, decode_doc},
+    {"_reference_id", codec_reference_id_py, METH_O, reference_id_doc},
+    {"_message_reference", codec_message_reference_py, METH_O, message_reference_doc},
     {"_set_simd", codec_set_simd, METH_O,
      "_set_simd(enabled): use the SIMD fp16/bf16 kernels (True, default) or force the "
      "scalar ones (tests only; not thread-safe)."},
@@ -640,7 +951,9 @@ int codec_module_init(PyObject *module)
     }
     if (PyModule_AddIntConstant(module, "FORMAT_VERSION", CODEC_FORMAT_VERSION) != 0 ||
         PyModule_AddStringConstant(module, "FORMAT_NAME", CODEC_FORMAT_NAME) != 0 ||
-        PyModule_AddIntConstant(module, "DATA_ALIGNMENT", CODEC_DATA_ALIGNMENT) != 0)
+        PyModule_AddIntConstant(module, "DATA_ALIGNMENT", CODEC_DATA_ALIGNMENT) != 0 ||
+        PyModule_AddIntConstant(module, "DELTA_FORMAT_VERSION", CODEC_DELTA_FORMAT_VERSION) != 0 ||
+        PyModule_AddIntConstant(module, "Q8_BLOCK_SIZE", Q8_BLOCK_SIZE) != 0)
         return -1;
     return 0;
 }

@@ -10,7 +10,15 @@
 #include <stdint.h>
 
 #define CODEC_FORMAT_NAME "segmentation-suite-weights"
+/* Version 1: every tensor whole. Version 2 adds the delta encodings (q8, topk) against a
+ * reference model named by its id; messages without deltas are still written as version 1,
+ * so that older receivers read them. */
 #define CODEC_FORMAT_VERSION 1
+#define CODEC_DELTA_FORMAT_VERSION 2
+#define CODEC_REFERENCE_ID_SIZE 16
+/* The 'wire' names of the delta encodings (in place of a dtype). */
+#define CODEC_WIRE_Q8 "q8"
+#define CODEC_WIRE_TOPK "topk"
 /* Tensor data starts at a multiple of this offset from the start of the message. */
 #define CODEC_DATA_ALIGNMENT 64
 #define CODEC_MAX_NDIM 32
@@ -38,6 +46,9 @@ typedef enum {
 } codec_dtype;
 
 typedef enum { CODEC_KIND_NUMPY, CODEC_KIND_TORCH } codec_kind;
+
+/* How a tensor travels: whole as its wire dtype, or as a delta against the reference. */
+typedef enum { CODEC_ENCODING_PLAIN, CODEC_ENCODING_Q8, CODEC_ENCODING_TOPK } codec_encoding;
 
 typedef struct {
     char message[320];
@@ -68,15 +79,33 @@ typedef struct {
     const uint64_t *shape;
     uint64_t element_count;
     const void *source; /* element_count values of dtype, C order */
+    /* Delta encodings only (dtype float32 or float64): */
+    codec_encoding encoding;
+    const void *reference; /* element_count values of dtype: what the delta is taken against */
+    uint64_t topk_keep;    /* how many values topk keeps */
+    uint8_t *topk_bytes;   /* the topk data field, made by codec_prepare_deltas */
+    size_t topk_length;
 } codec_tensor_source;
 
 typedef struct {
     codec_kind kind;
+    bool delta; /* a version-2 message with reference_id (codec_prepare_deltas fills it) */
+    uint8_t reference_id[CODEC_REFERENCE_ID_SIZE];
     const uint8_t *metadata; /* one msgpack map, written as is */
     size_t metadata_length;
     const codec_tensor_source *tensors;
     size_t tensor_count;
 } codec_encode_input;
+
+/* For a delta message: selects the topk values (malloc'd into the sources; free with
+ * codec_release_deltas) and computes the reference id. Needs no Python. Returns -1 and says
+ * why when a delta is not finite. */
+int codec_prepare_deltas(codec_encode_input *input, codec_error *err);
+void codec_release_deltas(codec_encode_input *input);
+/* The id of the reference of the delta tensors among `tensors` (in their order): a hash of
+ * each one's name, dtype, shape and reference bytes. See docs/weights-format.md. */
+int codec_reference_id(const codec_tensor_source *tensors, size_t count,
+                       uint8_t out[CODEC_REFERENCE_ID_SIZE]);
 
 /* Exact size of the encoded message, or 0 if it would not fit in size_t. */
 size_t codec_encoded_size(const codec_encode_input *input);
@@ -85,7 +114,8 @@ size_t codec_encoded_size(const codec_encode_input *input);
  * Python and so can run without the GIL. */
 void codec_encode_layout(const codec_encode_input *input, uint8_t *out,
                          uint8_t **data_destinations);
-void codec_encode_data(const codec_encode_input *input, uint8_t *const *data_destinations);
+int codec_encode_data(const codec_encode_input *input, uint8_t *const *data_destinations,
+                      codec_error *err);
 
 /* Checks a metadata map (the value of "metadata") by the rules the decoder applies, so the
  * encoder never writes what a receiver would reject. */
@@ -103,13 +133,17 @@ typedef struct {
     size_t shape_start;
     uint64_t element_count;
     size_t data_offset; /* from the start of the message */
-    size_t data_length; /* element_count * size of wire */
+    size_t data_length; /* element_count * size of wire, for the plain encoding */
+    codec_encoding encoding;
+    uint64_t q8_blocks; /* q8: scales in data, one per 256 values */
+    uint64_t topk_keep; /* topk: values kept */
 } codec_tensor_view;
 
 typedef struct {
     uint32_t version;
     codec_kind kind;
-    size_t metadata_offset; /* the metadata map, already validated */
+    uint8_t reference_id[CODEC_REFERENCE_ID_SIZE]; /* version 2 only */
+    size_t metadata_offset;                        /* the metadata map, already validated */
     size_t metadata_length;
     codec_tensor_view *tensors; /* in message order */
     size_t tensor_count;
@@ -122,5 +156,9 @@ typedef struct {
  * Allocation grows only with tensors actually parsed, so it is bounded by the input size. */
 int codec_decode(const uint8_t *data, size_t size, codec_message *message, codec_error *err);
 void codec_message_free(codec_message *message);
+/* Writes one validated tensor, in its dtype, to `out`: converts a plain tensor, or adds a
+ * delta to `reference` (element_count values of the tensor's dtype). Needs no Python. */
+void codec_decode_tensor(const uint8_t *message_data, const codec_tensor_view *tensor,
+                         const void *reference, void *out);
 
 #endif

@@ -3,6 +3,7 @@
  * the first problem with the field, tensor name and byte offset where it was found. */
 #include "codec_core.h"
 #include "codec_reader.h"
+#include "quantize.h"
 
 #include <stdarg.h>
 #include <stdio.h>
@@ -130,8 +131,128 @@ enum tensor_field {
     FIELD_WIRE = 2,
     FIELD_SHAPE = 4,
     FIELD_PAD = 8,
-    FIELD_DATA = 16
+    FIELD_DATA = 16,
+    FIELD_BLOCKS = 32, /* q8 */
+    FIELD_KEPT = 64    /* topk */
 };
+
+/* 'wire': a dtype, or in a version-2 message the name of a delta encoding. */
+static int read_wire(decoder *state, codec_tensor_view *tensor, codec_error *err)
+{
+    mp_reader *reader = &state->reader;
+    size_t start = reader->position;
+    mp_item item;
+    if (mp_read(reader, &item, err) != 0)
+        return -1;
+    bool q8 = mp_str_equals(&item, CODEC_WIRE_Q8), topk = mp_str_equals(&item, CODEC_WIRE_TOPK);
+    if (!q8 && !topk) {
+        reader->position = start;
+        tensor->encoding = CODEC_ENCODING_PLAIN;
+        return read_dtype(reader, tensor, "wire", &tensor->wire, err);
+    }
+    if (state->message->version < CODEC_DELTA_FORMAT_VERSION)
+        return fail(err, "tensor '%.*s': wire '%s' at offset %zu needs format version %d",
+                    SHOW_NAME(tensor), q8 ? CODEC_WIRE_Q8 : CODEC_WIRE_TOPK, item.offset,
+                    CODEC_DELTA_FORMAT_VERSION);
+    tensor->encoding = q8 ? CODEC_ENCODING_Q8 : CODEC_ENCODING_TOPK;
+    return 0;
+}
+
+static int read_count_field(mp_reader *reader, const codec_tensor_view *tensor, const char *field,
+                            uint64_t *value, codec_error *err)
+{
+    mp_item item;
+    if (mp_read(reader, &item, err) != 0)
+        return -1;
+    if (item.type != MP_UINT)
+        return fail(err,
+                    "tensor '%.*s': '%s' at offset %zu must be a non-negative integer, not a %s",
+                    SHOW_NAME(tensor), field, item.offset, mp_type_name(item.type));
+    *value = item.as.uint_value;
+    return 0;
+}
+
+/* q8 scales are float16 and must be finite and non-negative: a NaN or infinite scale would
+ * turn a whole block of the rebuilt tensor into NaN or infinity. */
+static int check_q8_scales(const uint8_t *base, const codec_tensor_view *tensor, codec_error *err)
+{
+    const uint8_t *scales = base + tensor->data_offset;
+    for (uint64_t b = 0; b < tensor->q8_blocks; b++) {
+        uint16_t bits = (uint16_t)(scales[2 * b] | scales[2 * b + 1] << 8);
+        if ((bits & 0x7c00u) == 0x7c00u || (bits & 0x8000u))
+            return fail(err,
+                        "tensor '%.*s': q8 scale of block %llu (offset %zu) is %s; scales must "
+                        "be finite and non-negative",
+                        SHOW_NAME(tensor), (unsigned long long)b,
+                        tensor->data_offset + 2 * (size_t)b,
+                        (bits & 0x7fffu) > 0x7c00u    ? "NaN"
+                        : (bits & 0x7c00u) == 0x7c00u ? "infinite"
+                                                      : "negative");
+    }
+    return 0;
+}
+
+/* The data length and content rules of each encoding, once every field is known. */
+static int check_tensor_data(const uint8_t *base, codec_tensor_view *tensor, unsigned seen,
+                             size_t entry_offset, codec_error *err)
+{
+    bool plain = tensor->encoding == CODEC_ENCODING_PLAIN;
+    if (!plain && tensor->dtype != CODEC_FLOAT32 && tensor->dtype != CODEC_FLOAT64)
+        return fail(err,
+                    "tensor '%.*s': a %s tensor cannot travel as a delta (entry at offset %zu)",
+                    SHOW_NAME(tensor), codec_dtype_name(tensor->dtype), entry_offset);
+    unsigned wanted = tensor->encoding == CODEC_ENCODING_Q8     ? FIELD_BLOCKS
+                      : tensor->encoding == CODEC_ENCODING_TOPK ? FIELD_KEPT
+                                                                : 0;
+    unsigned extra = seen & (FIELD_BLOCKS | FIELD_KEPT) & ~wanted;
+    if (extra)
+        return fail(err,
+                    "tensor '%.*s': field '%s' does not belong to its wire (entry at offset %zu)",
+                    SHOW_NAME(tensor), extra & FIELD_BLOCKS ? "blocks" : "kept", entry_offset);
+    if (wanted && !(seen & wanted))
+        return fail(err, "tensor '%.*s': entry at offset %zu has no '%s'", SHOW_NAME(tensor),
+                    entry_offset, wanted == FIELD_BLOCKS ? "blocks" : "kept");
+    if (tensor->encoding == CODEC_ENCODING_Q8) {
+        uint64_t needed = q8_block_count(tensor->element_count);
+        if (tensor->q8_blocks != needed)
+            return fail(err,
+                        "tensor '%.*s': declares %llu q8 blocks but its %llu elements make %llu "
+                        "blocks of %d",
+                        SHOW_NAME(tensor), (unsigned long long)tensor->q8_blocks,
+                        (unsigned long long)tensor->element_count, (unsigned long long)needed,
+                        Q8_BLOCK_SIZE);
+        uint64_t expected = 2 * needed + tensor->element_count;
+        if (expected != tensor->data_length)
+            return fail(err,
+                        "tensor '%.*s': q8 data of %llu elements needs %llu bytes, but 'data' at "
+                        "offset %zu has %zu bytes",
+                        SHOW_NAME(tensor), (unsigned long long)tensor->element_count,
+                        (unsigned long long)expected, tensor->data_offset, tensor->data_length);
+        return check_q8_scales(base, tensor, err);
+    }
+    if (tensor->encoding == CODEC_ENCODING_TOPK) {
+        const char *fault = topk_validate(base + tensor->data_offset, tensor->data_length,
+                                          tensor->element_count, tensor->topk_keep);
+        if (fault != NULL)
+            return fail(err, "tensor '%.*s': topk data at offset %zu %s", SHOW_NAME(tensor),
+                        tensor->data_offset, fault);
+        return 0;
+    }
+    if (!codec_wire_allowed(tensor->dtype, tensor->wire))
+        return fail(err, "tensor '%.*s': a %s tensor cannot travel as %s (entry at offset %zu)",
+                    SHOW_NAME(tensor), codec_dtype_name(tensor->dtype),
+                    codec_dtype_name(tensor->wire), entry_offset);
+    /* element_count <= 2**56 and sizes <= 8, so the product cannot overflow */
+    uint64_t expected = tensor->element_count * codec_dtype_size(tensor->wire);
+    if (expected != tensor->data_length)
+        return fail(err,
+                    "tensor '%.*s': shape has %llu elements, which need %llu bytes of %s, but "
+                    "'data' at offset %zu has %zu bytes",
+                    SHOW_NAME(tensor), (unsigned long long)tensor->element_count,
+                    (unsigned long long)expected, codec_dtype_name(tensor->wire),
+                    tensor->data_offset, tensor->data_length);
+    return 0;
+}
 
 static int parse_tensor(decoder *state, codec_tensor_view *tensor, codec_error *err)
 {
@@ -159,12 +280,14 @@ static int parse_tensor(decoder *state, codec_tensor_view *tensor, codec_error *
         mp_item key;
         if (mp_read(reader, &key, err) != 0)
             return -1;
-        unsigned field = mp_str_equals(&key, "dtype")   ? FIELD_DTYPE
-                         : mp_str_equals(&key, "wire")  ? FIELD_WIRE
-                         : mp_str_equals(&key, "shape") ? FIELD_SHAPE
-                         : mp_str_equals(&key, "pad")   ? FIELD_PAD
-                         : mp_str_equals(&key, "data")  ? FIELD_DATA
-                                                        : 0;
+        unsigned field = mp_str_equals(&key, "dtype")    ? FIELD_DTYPE
+                         : mp_str_equals(&key, "wire")   ? FIELD_WIRE
+                         : mp_str_equals(&key, "shape")  ? FIELD_SHAPE
+                         : mp_str_equals(&key, "pad")    ? FIELD_PAD
+                         : mp_str_equals(&key, "data")   ? FIELD_DATA
+                         : mp_str_equals(&key, "blocks") ? FIELD_BLOCKS
+                         : mp_str_equals(&key, "kept")   ? FIELD_KEPT
+                                                         : 0;
         if (field == 0)
             return fail(err, "tensor '%.*s': unknown field at offset %zu", SHOW_NAME(tensor),
                         key.offset);
@@ -179,7 +302,13 @@ static int parse_tensor(decoder *state, codec_tensor_view *tensor, codec_error *
             rc = read_dtype(reader, tensor, "dtype", &tensor->dtype, err);
             break;
         case FIELD_WIRE:
-            rc = read_dtype(reader, tensor, "wire", &tensor->wire, err);
+            rc = read_wire(state, tensor, err);
+            break;
+        case FIELD_BLOCKS:
+            rc = read_count_field(reader, tensor, "blocks", &tensor->q8_blocks, err);
+            break;
+        case FIELD_KEPT:
+            rc = read_count_field(reader, tensor, "kept", &tensor->topk_keep, err);
             break;
         case FIELD_SHAPE:
             rc = read_shape(state, tensor, err);
@@ -208,20 +337,9 @@ static int parse_tensor(decoder *state, codec_tensor_view *tensor, codec_error *
         if (!(seen & required[i].field))
             return fail(err, "tensor '%.*s': entry at offset %zu has no '%s'", SHOW_NAME(tensor),
                         entry.offset, required[i].name);
-    if (!codec_wire_allowed(tensor->dtype, tensor->wire))
-        return fail(err, "tensor '%.*s': a %s tensor cannot travel as %s (entry at offset %zu)",
-                    SHOW_NAME(tensor), codec_dtype_name(tensor->dtype),
-                    codec_dtype_name(tensor->wire), entry.offset);
-    /* element_count <= 2**56 and sizes <= 8, so the product cannot overflow */
-    uint64_t expected = tensor->element_count * codec_dtype_size(tensor->wire);
-    if (expected != tensor->data_length)
-        return fail(err,
-                    "tensor '%.*s': shape has %llu elements, which need %llu bytes of %s, but "
-                    "'data' at offset %zu has %zu bytes",
-                    SHOW_NAME(tensor), (unsigned long long)tensor->element_count,
-                    (unsigned long long)expected, codec_dtype_name(tensor->wire),
-                    tensor->data_offset, tensor->data_length);
-    return 0;
+    if (tensor->encoding != CODEC_ENCODING_PLAIN)
+        tensor->wire = tensor->dtype; /* not a wire dtype; keeps every field meaningful */
+    return check_tensor_data(reader->data, tensor, seen, entry.offset, err) ? -1 : 0;
 }
 
 /* Metadata values that are not ours ("extra") must be JSON-like: no ext types, str keys. */
@@ -399,24 +517,27 @@ static int parse_message(decoder *state, codec_error *err)
         return fail(err, "the second key (offset %zu) must be 'version'", key.offset);
     if (mp_read(reader, &value, err) != 0)
         return -1;
-    if (value.type != MP_UINT || value.as.uint_value != CODEC_FORMAT_VERSION)
+    if (value.type != MP_UINT || (value.as.uint_value != CODEC_FORMAT_VERSION &&
+                                  value.as.uint_value != CODEC_DELTA_FORMAT_VERSION))
         return fail(err,
                     "unsupported format version at offset %zu (%s %lld); this build reads "
-                    "version %d",
+                    "versions %d and %d",
                     value.offset, mp_type_name(value.type),
                     value.type == MP_UINT ? (long long)value.as.uint_value : -1LL,
-                    CODEC_FORMAT_VERSION);
-    message->version = CODEC_FORMAT_VERSION;
+                    CODEC_FORMAT_VERSION, CODEC_DELTA_FORMAT_VERSION);
+    message->version = (uint32_t)value.as.uint_value;
 
-    static const char *const fields[] = {"kind", "metadata", "tensors"};
+    /* 'reference' (the id of the model deltas are taken against) exists from version 2 on */
+    static const char *const fields[] = {"kind", "metadata", "tensors", "reference"};
+    unsigned field_count = message->version >= CODEC_DELTA_FORMAT_VERSION ? 4 : 3;
     unsigned seen = 0;
     for (uint32_t i = 2; i < top.as.count; i++) {
         if (mp_read(reader, &key, err) != 0)
             return -1;
         unsigned index = 0;
-        while (index < 3 && !mp_str_equals(&key, fields[index]))
+        while (index < field_count && !mp_str_equals(&key, fields[index]))
             index++;
-        if (index == 3)
+        if (index == field_count)
             return fail(err, "unknown top-level key at offset %zu", key.offset);
         if (seen & (1u << index))
             return fail(err, "top-level key '%s' at offset %zu appears twice", fields[index],
@@ -437,11 +558,18 @@ static int parse_message(decoder *state, codec_error *err)
             if (validate_metadata(reader, err) != 0)
                 return -1;
             message->metadata_length = reader->position - message->metadata_offset;
+        } else if (index == 3) {
+            if (read_expecting(reader, &value, MP_BIN, "'reference'", err) != 0)
+                return -1;
+            if (value.as.body.length != CODEC_REFERENCE_ID_SIZE)
+                return fail(err, "'reference' at offset %zu has %u bytes, not %d", value.offset,
+                            value.as.body.length, CODEC_REFERENCE_ID_SIZE);
+            memcpy(message->reference_id, value.as.body.bytes, CODEC_REFERENCE_ID_SIZE);
         } else if (parse_tensors(state, err) != 0) {
             return -1;
         }
     }
-    for (unsigned index = 0; index < 3; index++)
+    for (unsigned index = 0; index < field_count; index++)
         if (!(seen & (1u << index)))
             return fail(err, "the message has no '%s'", fields[index]);
     if (reader->position != reader->size)

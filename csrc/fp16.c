@@ -426,6 +426,11 @@ void fp16_set_simd_enabled(bool enabled)
     simd_enabled = enabled;
 }
 
+bool fp16_simd_enabled(void)
+{
+    return simd_enabled;
+}
+
 const char *fp16_active_path(void)
 {
     return active_table()->name;

@@ -27,6 +27,8 @@ uint16_t bf16_from_float32_bits(uint32_t float_bits);
 
 /* Tests force the scalar path to check it against numpy on machines that have SIMD. */
 void fp16_set_simd_enabled(bool enabled);
+/* The same switch, read by the other SIMD kernels of the codec (quantize.c, refhash.c). */
+bool fp16_simd_enabled(void);
 /* "f16c+avx2", "neon" or "scalar": the path the bulk conversions take now. */
 const char *fp16_active_path(void);
 

@@ -1,7 +1,10 @@
 /* libFuzzer harness for the weight decoder: any input must be rejected cleanly or decoded into
- * tensors whose bytes lie inside the input; a decoded message must convert, re-encode and
- * decode again to the same tensors. Build: make -C csrc/fuzz (output in build/fuzz/). */
+ * tensors whose bytes lie inside the input; a whole (version 1) message must convert,
+ * re-encode and decode again to the same tensors; a delta (version 2) message must rebuild
+ * every tensor against a zero reference, with finite values wherever its q8 or topk data says
+ * so. Build: make -C csrc/fuzz (output in build/fuzz/). */
 #include "codec_core.h"
+#include "quantize.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -34,16 +37,25 @@ static void reencode_and_compare(const uint8_t *data, const codec_message *messa
                                            tensor->ndim,
                                            tensor->shape,
                                            tensor->element_count,
-                                           converted[i]};
+                                           converted[i],
+                                           CODEC_ENCODING_PLAIN,
+                                           NULL,
+                                           0,
+                                           NULL,
+                                           0};
     }
-    codec_encode_input input = {message->kind, data + message->metadata_offset,
-                                message->metadata_length, sources, count};
+    codec_encode_input input = {.kind = message->kind,
+                                .metadata = data + message->metadata_offset,
+                                .metadata_length = message->metadata_length,
+                                .tensors = sources,
+                                .tensor_count = count};
     size_t size = codec_encoded_size(&input);
     CHECK(size > 0);
     uint8_t *encoded = malloc(size);
     CHECK(encoded);
     codec_encode_layout(&input, encoded, destinations);
-    codec_encode_data(&input, destinations);
+    codec_error encode_err;
+    CHECK(codec_encode_data(&input, destinations, &encode_err) == 0);
 
     codec_message again;
     codec_error err;
@@ -70,6 +82,30 @@ static void reencode_and_compare(const uint8_t *data, const codec_message *messa
     free(destinations);
 }
 
+/* Rebuilds every tensor of a delta message against an all-zero reference: exercises the q8
+ * and topk kernels on whatever the validator let through. Accepted scales are finite and
+ * levels are int8, so every rebuilt value must be finite. */
+static void rebuild_against_zero(const uint8_t *data, const codec_message *message)
+{
+    for (size_t i = 0; i < message->tensor_count; i++) {
+        const codec_tensor_view *tensor = &message->tensors[i];
+        size_t bytes = (size_t)tensor->element_count * codec_dtype_size(tensor->dtype);
+        void *zero = calloc(bytes ? bytes : 1, 1);
+        void *out = malloc(bytes ? bytes : 1);
+        CHECK(zero && out);
+        codec_decode_tensor(data, tensor, zero, out);
+        if (tensor->encoding != CODEC_ENCODING_PLAIN) {
+            for (uint64_t k = 0; k < tensor->element_count; k++) {
+                double value = tensor->dtype == CODEC_FLOAT64 ? ((const double *)out)[k]
+                                                              : ((const float *)out)[k];
+                CHECK(value == value && value - value == 0); /* not NaN, not infinite */
+            }
+        }
+        free(zero);
+        free(out);
+    }
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     codec_message message;
@@ -81,10 +117,20 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     for (size_t i = 0; i < message.tensor_count; i++) {
         const codec_tensor_view *tensor = &message.tensors[i];
         CHECK(tensor->data_offset <= size && tensor->data_length <= size - tensor->data_offset);
-        CHECK(tensor->data_length == tensor->element_count * codec_dtype_size(tensor->wire));
+        if (tensor->encoding == CODEC_ENCODING_PLAIN)
+            CHECK(tensor->data_length == tensor->element_count * codec_dtype_size(tensor->wire));
+        else if (tensor->encoding == CODEC_ENCODING_Q8)
+            CHECK(tensor->data_length ==
+                  2 * q8_block_count(tensor->element_count) + tensor->element_count);
+        else
+            CHECK(tensor->topk_keep <= tensor->element_count &&
+                  tensor->data_length >= 4 + 2 * tensor->topk_keep);
     }
     CHECK(message.metadata_offset + message.metadata_length <= size);
-    reencode_and_compare(data, &message);
+    if (message.version == CODEC_DELTA_FORMAT_VERSION)
+        rebuild_against_zero(data, &message);
+    else
+        reencode_and_compare(data, &message);
     codec_message_free(&message);
     return 0;
 }

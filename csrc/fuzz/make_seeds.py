@@ -21,6 +21,23 @@ EVERY_DTYPE = [
 SEED_DIR = Path(__file__).resolve().parents[2] / "tests/vectors/fuzz/fuzz_decode"
 
 
+def delta_reference() -> dict[str, np.ndarray]:
+    return {
+        "w": np.linspace(-1, 1, 300, dtype=np.float32),
+        "d": np.linspace(0, 3, 40),
+        "n": np.array(5, np.int64),
+    }
+
+
+def delta_update() -> dict[str, np.ndarray]:
+    reference = delta_reference()
+    return {
+        "w": reference["w"] + np.cos(np.arange(300, dtype=np.float32)) * 0.01,
+        "d": reference["d"] * 1.5,
+        "n": np.array(6, np.int64),
+    }
+
+
 def seeds() -> dict[str, bytes]:
     halves = np.array([0x7C01, 0xFC00, 0x0001, 0x03FF, 0x7BFF, 0x8000], np.uint16)
     return {
@@ -46,6 +63,13 @@ def seeds() -> dict[str, bytes]:
         ),
         "nan_payloads.msgpack": serialize_weights(
             {"h": halves.view(np.float16).astype(np.float32)}
+        ),
+        # version 2: deltas against a reference (the harness rebuilds them against zeros)
+        "q8_delta.msgpack": serialize_weights(
+            delta_update(), compression="q8-delta", reference=delta_reference()
+        ),
+        "topk_delta.msgpack": serialize_weights(
+            delta_update(), compression="topk", reference=delta_reference(), topk_fraction=0.05
         ),
     }
 

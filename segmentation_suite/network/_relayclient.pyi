@@ -11,6 +11,8 @@ from typing_extensions import Buffer
 FORMAT_VERSION: int
 FORMAT_NAME: str
 DATA_ALIGNMENT: int
+DELTA_FORMAT_VERSION: int
+Q8_BLOCK_SIZE: int
 
 @final
 class Block:
@@ -23,13 +25,23 @@ class Block:
     def __len__(self) -> int: ...
     def __buffer__(self, flags: int, /) -> memoryview: ...
 
-_TensorSource = tuple[str, str, str, tuple[int, ...], Buffer]
+# (name, dtype, wire, shape, buffer) or, for wire "q8"/"topk", (..., reference buffer, kept)
+_TensorSource = (
+    tuple[str, str, str, tuple[int, ...], Buffer]
+    | tuple[str, str, str, tuple[int, ...], Buffer, Buffer, int]
+)
 _TensorPlace = tuple[str, str, tuple[int, ...], bool, int]
+# name -> (dtype, shape, buffer) of the reference model of a delta message
+_Reference = dict[str, tuple[str, tuple[int, ...], Buffer]]
 
-def _encode(tensors: list[_TensorSource], kind: str, metadata: dict[str, Any], /) -> Block: ...
+def _encode(
+    tensors: list[_TensorSource], kind: str, metadata: dict[str, Any], delta: bool = False, /
+) -> Block: ...
 def _decode(
-    data: Buffer, /
-) -> tuple[Literal["numpy", "torch"], dict[str, Any], Block, list[_TensorPlace]]: ...
+    data: Buffer, reference: _Reference | None = None, /
+) -> tuple[Literal["numpy", "torch"], dict[str, Any], Block, list[_TensorPlace], bytes | None]: ...
+def _message_reference(data: Buffer, /) -> bytes | None: ...
+def _reference_id(tensors: list[tuple[str, str, tuple[int, ...], Buffer]], /) -> bytes: ...
 def _set_simd(enabled: bool, /) -> None: ...
 def _simd_path() -> Literal["f16c+avx2", "neon", "scalar"]: ...
 

@@ -38,6 +38,7 @@ import numpy as np
 
 from . import relay_config, transport
 from .codec import decode_weights, serialize_weights
+from .deltas import ACCEPTS_DELTAS_KEY, GlobalModelLedger, MemberDeltas
 from .host import AggregationRound, as_num_samples, describe_contributors
 from .mixed_room import MixedRoomMixin
 from .peer_kinds import PeerKinds
@@ -210,7 +211,12 @@ class SyncClient(MixedRoomMixin):
         ca_file: str | None = None,
         headers: dict[str, str] | None = None,
         accept_legacy_weights: bool = False,
+        compression: str | None = "auto",
     ):
+        # Weights as deltas against the global model both sides hold (deltas.py): "auto"
+        # (q8-delta), "q8-delta", "topk", or None (always whole float16).
+        self._member_deltas = MemberDeltas(compression)
+        self._ledger = GlobalModelLedger(compression)
         self.user_id = generate_user_id()
         # Read weights in the original app's (pickle) format; mixed_room.py, legacy_format.py.
         self.accept_legacy_weights = bool(accept_legacy_weights)
@@ -486,7 +492,12 @@ class SyncClient(MixedRoomMixin):
         if not self._require_connection("send weights") or self._host_missing("send weights"):
             return None
         try:
-            data = serialize_weights(weights, epoch=epoch, loss=loss, num_samples=num_samples)
+            if self.is_host:
+                data = serialize_weights(weights, epoch=epoch, loss=loss, num_samples=num_samples)
+            else:
+                data = self._member_deltas.encode_push(
+                    weights, epoch=epoch, loss=loss, num_samples=num_samples
+                )
         except (TypeError, ValueError) as exc:
             self._report(f"Cannot send these weights: {exc}")
             return None
@@ -684,8 +695,18 @@ class SyncClient(MixedRoomMixin):
     def _send_global_model(
         self, weights: dict, aggregation_round: int, contributors: int, to: list[str] | None = None
     ) -> None:
-        metadata = {"aggregation_round": aggregation_round, "contributor_count": contributors}
+        """The (canonical) global model, whole: to a member that asked for it."""
+        metadata = {
+            "aggregation_round": aggregation_round,
+            "contributor_count": contributors,
+            ACCEPTS_DELTAS_KEY: self._ledger.compression is not None,
+        }
         data = serialize_weights(weights, metadata=metadata)
+        self._send_global_data(data, aggregation_round, contributors, to)
+
+    def _send_global_data(
+        self, data: memoryview, aggregation_round: int, contributors: int, to: list[str] | None
+    ) -> None:
         announcement = create_global_model_message(aggregation_round, contributors)
         present_before = self._present_ids()
         self._send_mixed_transfer(announcement, FrameKind.GLOBAL_MODEL, data, to)
@@ -798,6 +819,8 @@ class SyncClient(MixedRoomMixin):
         self._away_members.discard(payload["user_id"])
         returned = payload["user_id"] in self._reported_left
         self._reported_left.discard(payload["user_id"])
+        if payload.get("resumed"):  # it may have missed a global: the next one goes whole
+            self._ledger.forget_held(payload["user_id"])
         if not payload.get("resumed") or returned:
             self.user_joined_room.emit(payload.get("display_name") or payload["user_id"])
         self.user_list_updated.emit(self.users)
@@ -831,6 +854,7 @@ class SyncClient(MixedRoomMixin):
         left = payload["user_id"]
         self._users = [u for u in payload.get("users", []) if isinstance(u, dict)]
         self._kinds.take_user_list(self._users)
+        self._ledger.remove(left)
         for key in [k for k in self._transfers if k[0] == left]:
             del self._transfers[key]
         self._pending_crops.pop(left, None)
@@ -911,10 +935,12 @@ class SyncClient(MixedRoomMixin):
         if not self.is_host:
             return
         self.model_requested.emit(requester)
-        if self._global_weights is not None:
+        # what the other members hold (float16-rounded), whole
+        latest = self._ledger.latest if self._ledger.latest is not None else self._global_weights
+        if latest is not None:
             self._submit(
                 self._send_global_model,
-                self._global_weights,
+                latest,
                 self._aggregation_round,
                 self._global_contributors or 0,
                 [requester],
@@ -1020,10 +1046,12 @@ class SyncClient(MixedRoomMixin):
             if not self.is_host:
                 return
             try:
-                weights, metadata = decode_weights(payload)
+                reference = self._ledger.reference_for(payload)
+                weights, metadata = decode_weights(payload, reference=reference)
             except ValueError as exc:
                 self._report(f"Weights from {self._name_of(sender)} are unreadable: {exc}")
                 return
+            self._ledger.note_push(sender, metadata)
             self._accept_push(sender, weights, metadata)
         elif kind == FrameKind.GLOBAL_MODEL:
             if not self._may_send_global_model(sender):
@@ -1033,9 +1061,11 @@ class SyncClient(MixedRoomMixin):
                 )
                 return
             try:
-                weights, metadata = decode_weights(payload)
+                weights, metadata = self._member_deltas.receive_global(payload)
             except ValueError as exc:
                 self._report(f"The global model from {self._name_of(sender)} is unreadable: {exc}")
+                if self._member_deltas.held is not None:  # a delta against another global:
+                    self.request_global_model()  # ask for the whole model
                 return
             self._global_weights = weights
             round_number = metadata["extra"].get("aggregation_round")
@@ -1129,13 +1159,24 @@ class SyncClient(MixedRoomMixin):
         return True
 
     def _on_round_complete(self, weights: dict, aggregation_round: int, contributors: list) -> None:
+        metadata = {"aggregation_round": aggregation_round, "contributor_count": len(contributors)}
+        members = [u["user_id"] for u in self._users if u.get("user_id") != self.user_id]
+        try:
+            # what members hold: the float16-rounded global, rebuilt from a delta or not
+            _, sends = self._ledger.publish(weights, members, metadata=metadata)
+        except (TypeError, ValueError) as exc:
+            self._report(f"Cannot send the global model of round {aggregation_round}: {exc}")
+            return
         self._global_weights = weights
         self._aggregation_round = aggregation_round
         self._global_contributors = len(contributors)
         names = {u["user_id"]: u.get("display_name", u["user_id"]) for u in self._users}
         who = describe_contributors(contributors, names)
         self.sync_status.emit(f"Round {aggregation_round} aggregated from {who}")
-        self._submit(self._send_global_model, weights, aggregation_round, len(contributors))
+        for data, recipients in sends:
+            self._submit(
+                self._send_global_data, data, aggregation_round, len(contributors), recipients
+            )
         self.round_complete.emit(aggregation_round, contributors)
         self.global_model_received.emit(weights)
 

@@ -8,6 +8,12 @@ released; this module only maps Python objects to buffers and back.
 
 Drop-in for the original app: `serialize_weights(state_dict)` sends float32 as float16 and
 `deserialize_weights(data)` gives float32 torch tensors back, as before.
+
+Deltas for slow links: `serialize_weights(update, compression="q8-delta", reference=REF)`
+sends update - REF as blockwise int8 ("topk": the largest 1%), and
+`deserialize_weights(data, reference=REF)` rebuilds REF + delta; the message names REF by its
+id, so a missing or different reference is a ValueError. `ErrorFeedback` carries what the
+compression dropped into the sender's next message.
 """
 
 from __future__ import annotations
@@ -23,8 +29,14 @@ import numpy as np
 from . import _relayclient
 
 FORMAT_VERSION: int = _relayclient.FORMAT_VERSION
+#: The version of messages that carry deltas against a reference model.
+DELTA_FORMAT_VERSION: int = _relayclient.DELTA_FORMAT_VERSION
 #: What float32 and float64 tensors travel as; "float32" means lossless (float64 stays float64).
 WIRE_DTYPES = ("float16", "bfloat16", "float32")
+#: compression= choices and the wire encoding of float32/float64 deltas each uses.
+COMPRESSIONS = {"q8-delta": "q8", "topk": "topk"}
+#: The share of each tensor's values that "topk" keeps (by magnitude of the delta).
+DEFAULT_TOPK_FRACTION = 0.01
 
 # numpy has no bfloat16: its bits travel through numpy as uint16.
 _NUMPY_DTYPES = {
@@ -55,6 +67,9 @@ def serialize_weights(
     architecture: str | None = None,
     wire_dtype: str = "float16",
     metadata: Mapping[str, Any] | None = None,
+    compression: str | None = None,
+    reference: Mapping[str, Any] | None = None,
+    topk_fraction: float = DEFAULT_TOPK_FRACTION,
 ) -> memoryview:
     """Encodes `weights` (name -> numpy array or torch tensor) into one message.
 
@@ -63,7 +78,21 @@ def serialize_weights(
     `use_half_precision` is the original app's switch (True = float16, False = lossless).
     `metadata` is extra JSON-like data (str keys; None, bool, int, float, str, bytes, lists,
     dicts). Returns a read-only memoryview of the encoded message, without a copy.
+
+    `compression` "q8-delta" or "topk" sends each float32/float64 tensor as its difference
+    from the same-named tensor of `reference` (same dtype and shape): "q8-delta" as int8 with
+    one float16 scale per 256 values, "topk" only the `topk_fraction` largest differences (int8,
+    one scale per tensor). Other tensors travel whole and exact. The receiver needs the same
+    reference (see deserialize_weights); the message carries its id.
     """
+    if compression is not None and compression not in COMPRESSIONS:
+        raise ValueError(
+            f"compression must be None or one of {tuple(COMPRESSIONS)}, not {compression!r}"
+        )
+    if compression is not None and reference is None:
+        raise ValueError(f"compression={compression!r} sends a delta and needs reference=")
+    if not 0 < topk_fraction <= 1:
+        raise ValueError(f"topk_fraction must be in (0, 1], not {topk_fraction}")
     if use_half_precision is not None:
         wire_dtype = "float16" if use_half_precision else "float32"
     if wire_dtype not in WIRE_DTYPES:
@@ -79,6 +108,11 @@ def serialize_weights(
         is_torch = torch is not None and isinstance(value, torch.Tensor)
         any_torch |= is_torch
         dtype, array = _torch_to_array(name, value, torch) if is_torch else _to_array(name, value)
+        if compression is not None and dtype in _WIDE_FLOATS:
+            base = _reference_array(reference, name, dtype, array.shape, torch)
+            keep = math.ceil(array.size * topk_fraction) if compression == "topk" else 0
+            entries.append((name, dtype, COMPRESSIONS[compression], array.shape, array, base, keep))
+            continue
         wire = wire_dtype if dtype in _WIDE_FLOATS and wire_dtype != "float32" else dtype
         entries.append((name, dtype, wire, array.shape, array))
     fields = {
@@ -90,11 +124,34 @@ def serialize_weights(
     }
     if fields["num_samples"] is not None and fields["num_samples"] < 0:
         raise ValueError(f"num_samples must not be negative, not {num_samples}")
-    block = _relayclient._encode(entries, "torch" if any_torch else "numpy", fields)
+    block = _relayclient._encode(
+        entries, "torch" if any_torch else "numpy", fields, compression is not None
+    )
     return memoryview(block)
 
 
-def decode_weights(data: Any, *, as_torch: bool | None = None) -> tuple[dict, dict]:
+def reference_id(weights: Mapping[str, Any]) -> bytes:
+    """The 16-byte id a delta message against `weights` names (its float32/float64 tensors,
+    in order): what a receiver holds, in a form cheap to compare and send."""
+    torch = sys.modules.get("torch")
+    parts = []
+    for name, value in weights.items():
+        is_torch = torch is not None and isinstance(value, torch.Tensor)
+        dtype, array = _torch_to_array(name, value, torch) if is_torch else _to_array(name, value)
+        if dtype in _WIDE_FLOATS:
+            parts.append((name, dtype, array.shape, array))
+    return _relayclient._reference_id(parts)
+
+
+def message_reference_id(data: Any) -> bytes | None:
+    """The id of the reference model a message is a delta against (None for a whole one);
+    validates the message (ValueError if malformed) but needs no reference."""
+    return _relayclient._message_reference(data)
+
+
+def decode_weights(
+    data: Any, *, as_torch: bool | None = None, reference: Mapping[str, Any] | None = None
+) -> tuple[dict, dict]:
     """Decodes a message into (weights, metadata).
 
     `data` is any bytes-like object. Arrays come back as the kind that was sent (torch
@@ -105,9 +162,18 @@ def decode_weights(data: Any, *, as_torch: bool | None = None) -> tuple[dict, di
     `data` itself when it is writable (e.g. a bytearray) and are copied otherwise, so every
     returned array is writable. numpy output of bfloat16 tensors is float32 (exact).
     metadata has the keys epoch, loss, num_samples, architecture, extra, kind and
-    format_version. Raises ValueError naming the problem and its offset on bad input.
+    format_version, and reference_id (bytes, for a delta message; else None).
+    Raises ValueError naming the problem and its offset on bad input.
+
+    A delta message (serialize_weights(..., compression=...)) is rebuilt as `reference` +
+    delta; `reference` must be the model it was made against (the same tensors bit for bit,
+    checked by id), else ValueError says it is missing or different. A whole message ignores
+    `reference`, so a receiver may always pass the model it holds.
     """
-    kind, fields, block, entries = _relayclient._decode(data)
+    references = None
+    if reference is not None:
+        references = _reference_buffers(reference)
+    kind, fields, block, entries, message_reference = _relayclient._decode(data, references)
     torch = None
     if as_torch:
         torch = _import_torch()
@@ -139,14 +205,119 @@ def decode_weights(data: Any, *, as_torch: bool | None = None) -> tuple[dict, di
         "architecture": fields.get("architecture"),
         "extra": fields.get("extra") or {},
         "kind": kind,
-        "format_version": FORMAT_VERSION,
+        "format_version": FORMAT_VERSION if message_reference is None else DELTA_FORMAT_VERSION,
+        "reference_id": message_reference,
     }
     return weights, metadata
 
 
-def deserialize_weights(data: Any, *, as_torch: bool | None = None) -> dict:
+def deserialize_weights(
+    data: Any, *, as_torch: bool | None = None, reference: Mapping[str, Any] | None = None
+) -> dict:
     """Decodes a message into its weights only; see decode_weights."""
-    return decode_weights(data, as_torch=as_torch)[0]
+    return decode_weights(data, as_torch=as_torch, reference=reference)[0]
+
+
+class ErrorFeedback:
+    """Error feedback for one sender of compressed deltas: what compression dropped from one
+    message (the residual) is added to the next one, so that errors do not build up over
+    rounds and small changes are sent once they add up.
+
+    It is for a sender whose reference moves on between messages independently of what it
+    sent, like a member pushing its model against each new global model. A sender whose next
+    reference is what the receiver rebuilt from its last message (the host's chain of global
+    models) needs none: its next delta already contains what the last one dropped.
+
+        feedback = ErrorFeedback("q8-delta")
+        data = feedback.encode(model.state_dict(), reference=global_model, epoch=3)
+
+    The residual is kept as float32/float64 numpy arrays, by tensor name; reset() forgets it
+    (e.g. when the sender's reference is replaced by a model sent whole).
+    """
+
+    def __init__(self, compression: str, *, topk_fraction: float = DEFAULT_TOPK_FRACTION):
+        if compression not in COMPRESSIONS:
+            raise ValueError(
+                f"compression must be one of {tuple(COMPRESSIONS)}, not {compression!r}"
+            )
+        self.compression = compression
+        self.topk_fraction = topk_fraction
+        self._residual: dict[str, np.ndarray] = {}
+
+    def reset(self) -> None:
+        self._residual = {}
+
+    def encode(
+        self, weights: Mapping[str, Any], *, reference: Mapping[str, Any], **fields: Any
+    ) -> memoryview:
+        """serialize_weights(weights + residual, compression=..., reference=reference, **fields),
+        keeping the new residual (what the receiver will not get) for the next call.
+
+        The residual's memory is reused in place from call to call: a fresh 124 MB array per
+        message costs more in page faults than the quantization itself."""
+        compensated: dict[str, Any] = {}
+        torch = sys.modules.get("torch")
+        for name, value in weights.items():
+            is_torch = torch is not None and isinstance(value, torch.Tensor)
+            dtype, array = (
+                _torch_to_array(name, value, torch) if is_torch else _to_array(name, value)
+            )
+            residual = self._residual.get(name)
+            if dtype in _WIDE_FLOATS:
+                if (
+                    residual is None
+                    or residual.shape != array.shape
+                    or residual.dtype != array.dtype
+                ):
+                    residual = np.zeros_like(array)
+                residual += array  # now weights + residual: what this message sends
+                self._residual[name] = residual
+                array = residual
+            compensated[name] = array
+        for name in [n for n in self._residual if n not in compensated]:
+            del self._residual[name]
+        data = serialize_weights(
+            compensated,
+            compression=self.compression,
+            reference=reference,
+            topk_fraction=self.topk_fraction,
+            **fields,
+        )
+        received = deserialize_weights(data, as_torch=False, reference=reference)
+        for name, residual in self._residual.items():
+            residual -= received[name]  # what the receiver did not get
+        return data
+
+
+def _reference_array(
+    reference: Mapping[str, Any], name: str, dtype: str, shape: tuple, torch: Any
+) -> np.ndarray:
+    """The reference tensor a delta of `name` is taken against, as a C-contiguous array."""
+    if name not in reference:
+        raise ValueError(f"the reference has no tensor {name!r} to take the delta against")
+    value = reference[name]
+    is_torch = torch is not None and isinstance(value, torch.Tensor)
+    base_dtype, base = _torch_to_array(name, value, torch) if is_torch else _to_array(name, value)
+    if base_dtype != dtype or base.shape != tuple(shape):
+        raise ValueError(
+            f"reference tensor {name!r} is {base_dtype} {base.shape}, "
+            f"the update {dtype} {tuple(shape)}"
+        )
+    return base
+
+
+def _reference_buffers(reference: Mapping[str, Any]) -> dict[str, tuple]:
+    """name -> (dtype, shape, buffer) of the reference's float tensors, for _decode."""
+    if not isinstance(reference, Mapping):
+        raise TypeError(f"reference must be a mapping of name to tensor, not {type(reference)}")
+    torch = sys.modules.get("torch")
+    buffers = {}
+    for name, value in reference.items():
+        is_torch = torch is not None and isinstance(value, torch.Tensor)
+        dtype, array = _torch_to_array(name, value, torch) if is_torch else _to_array(name, value)
+        if dtype in _WIDE_FLOATS:
+            buffers[name] = (dtype, tuple(array.shape), array)
+    return buffers
 
 
 def _optional(value: Any, kind: type, field: str) -> Any:

@@ -180,7 +180,7 @@ def test_duplicate_fields_are_refused():
         deserialize_weights(raw_message(raw_map([]), metadata=meta))
 
 
-@pytest.mark.parametrize("version", [0, 2, 999, -1, "1", 1.0, None])
+@pytest.mark.parametrize("version", [0, 3, 999, -1, "1", 1.0, None])
 def test_other_format_versions_are_refused(version):
     with pytest.raises(ValueError, match="version"):
         deserialize_weights(message({}, version=version))

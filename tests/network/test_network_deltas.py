@@ -1,0 +1,112 @@
+"""deltas.py without a network: who gets a delta and who the whole model, which global each
+member holds, and that a member and the host agree on the global bit for bit."""
+
+from __future__ import annotations
+
+import msgpack
+import numpy as np
+import pytest
+
+from segmentation_suite.network.codec import decode_weights, reference_id, serialize_weights
+from segmentation_suite.network.deltas import (
+    GlobalModelLedger,
+    MemberDeltas,
+    round_as_float16_wire,
+)
+
+
+def state(seed: int, base: dict | None = None) -> dict:
+    rng = np.random.default_rng(seed)
+    if base is None:
+        return {"w": rng.standard_normal(600).astype(np.float32), "n": np.array(seed, np.int64)}
+    step = rng.standard_normal(600).astype(np.float32) * 1e-2
+    return {"w": base["w"] + step, "n": np.array(seed, np.int64)}
+
+
+def versions(sends) -> dict[str, int]:
+    """Format version (1 whole, 2 delta) of what each member is sent, read with msgpack."""
+    return {m: msgpack.unpackb(bytes(data))["version"] for data, ms in sends for m in ms}
+
+
+def publish_to(ledger, members_state: dict[str, MemberDeltas], weights, round_number):
+    canonical, sends = ledger.publish(
+        weights, list(members_state), metadata={"aggregation_round": round_number}
+    )
+    for data, recipients in sends:
+        for member in recipients:
+            members_state[member].receive_global(data)
+    return canonical, sends
+
+
+def test_first_global_is_whole_then_deltas_to_members_that_said_what_they_hold():
+    ledger = GlobalModelLedger("auto")
+    ann, bob = MemberDeltas("auto"), MemberDeltas(None)
+    members = {"ann": ann, "bob": bob}
+    canonical, sends = publish_to(ledger, members, state(1), 1)
+    assert versions(sends) == {"ann": 1, "bob": 1}
+    assert reference_id(ann.held) == reference_id(canonical) == reference_id(bob.held)
+    # pushes: ann's is a delta naming what it holds; bob (compression=None) stays whole
+    for name, member in members.items():
+        data = member.encode_push(state(2, member.held), epoch=1)
+        weights, metadata = decode_weights(data, reference=ledger.reference_for(data))
+        ledger.note_push(name, metadata)
+    assert ledger.holds("ann") == reference_id(canonical) and ledger.holds("bob") is None
+    canonical, sends = publish_to(ledger, members, state(3, canonical), 2)
+    assert versions(sends) == {"ann": 2, "bob": 1}
+    np.testing.assert_array_equal(ann.held["w"], bob.held["w"])  # the same bits either way
+    np.testing.assert_array_equal(ann.held["w"], canonical["w"])
+    assert np.array_equal(canonical["w"], round_as_float16_wire(canonical)["w"])
+
+
+def test_a_member_pushes_whole_until_the_host_says_it_accepts_deltas():
+    member = MemberDeltas("q8-delta")
+    member.receive_global(serialize_weights(state(1)))  # an original host: no accepts_deltas
+    data = member.encode_push(state(2, member.held))
+    assert decode_weights(data)[1]["reference_id"] is None
+    assert "holds_global" in decode_weights(data)[1]["extra"]
+
+
+def test_forgetting_what_a_member_holds_sends_it_the_whole_model_once():
+    ledger = GlobalModelLedger("auto")
+    ann = MemberDeltas("auto")
+    canonical, _ = publish_to(ledger, {"ann": ann}, state(1), 1)
+    data = ann.encode_push(state(2, ann.held))
+    ledger.note_push("ann", decode_weights(data, reference=ledger.reference_for(data))[1])
+    ledger.forget_held("ann")
+    canonical, sends = publish_to(ledger, {"ann": ann}, state(3, canonical), 2)
+    assert versions(sends) == {"ann": 1}
+    _, sends = publish_to(ledger, {"ann": ann}, state(4, canonical), 3)
+    assert versions(sends) == {"ann": 2}
+
+
+def test_pushes_against_forgotten_or_unknown_globals_are_refused():
+    ledger = GlobalModelLedger("auto")
+    ann = MemberDeltas("auto")
+    canonical, _ = publish_to(ledger, {"ann": ann}, state(1), 1)
+    old_push = ann.encode_push(state(2, ann.held))
+    for round_number in range(2, 7):  # five more globals: the first one is no longer kept
+        canonical, _ = publish_to(ledger, {"ann": ann}, state(round_number, canonical), 2)
+    with pytest.raises(ValueError, match="does not keep"):
+        ledger.reference_for(old_push)
+    ledger.note_push("bob", {"extra": {"holds_global": "not hex"}})
+    ledger.note_push("bob", {"extra": {"holds_global": 7}})
+    assert ledger.holds("bob") is None
+
+
+def test_a_delta_against_a_global_the_member_does_not_hold_is_a_value_error():
+    ledger = GlobalModelLedger("auto")
+    ann, late = MemberDeltas("auto"), MemberDeltas("auto")
+    canonical, _ = publish_to(ledger, {"ann": ann}, state(1), 1)
+    data = ann.encode_push(state(2, ann.held))
+    ledger.note_push("ann", decode_weights(data, reference=ledger.reference_for(data))[1])
+    _, sends = ledger.publish(state(3, canonical), ["ann"])
+    ((delta, _),) = sends
+    with pytest.raises(ValueError, match="no reference was given"):
+        late.receive_global(delta)
+
+
+def test_compression_choices_are_checked():
+    with pytest.raises(ValueError, match="compression"):
+        MemberDeltas("zip")
+    with pytest.raises(ValueError, match="compression"):
+        GlobalModelLedger("q4")
