@@ -83,7 +83,7 @@ setup_python() {
         "$venv/bin/python" -m pip install -q --upgrade pip setuptools wheel
         # torch 2.13.0 is the CPU build; an unpinned torch would download a CUDA build.
         "$venv/bin/python" -m pip install -q "torch==2.13.0"
-        "$venv/bin/python" -m pip install -q -e ".[test,train]" --no-build-isolation
+        "$venv/bin/python" -m pip install -q -e ".[test,train,export]" --no-build-isolation
         touch "$stamp"
     fi
 }

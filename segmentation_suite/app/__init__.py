@@ -7,6 +7,7 @@ U-Net training with live curves). See docs/app.md.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import sys
 
@@ -37,9 +38,34 @@ def run(argv: list[str] | None = None) -> int:
 
     app = QApplication.instance() or QApplication([program, *qt_options])
     app.setApplicationName("Segmentation Suite")
-    window = MainWindow(relay_url=args.relay_url, name=args.name)
+    name = args.name or _ask_name_once()
+    window = MainWindow(relay_url=args.relay_url, name=name)
     window.show()
     return app.exec()
+
+
+def _ask_name_once() -> str | None:
+    """On the very first start (no name remembered): ask for the display name, suggesting
+    user@host, and remember it. Later starts use the remembered one."""
+    from qtpy.QtWidgets import QInputDialog
+
+    from .identity import default_name, save_name, saved_name
+
+    remembered = saved_name()
+    if remembered:
+        return remembered
+    name, accepted = QInputDialog.getText(
+        None,
+        "Segmentation Suite",
+        "Your name, as the others in a session will see it:",
+        text=default_name(),
+    )
+    name = name.strip() if accepted else ""
+    if not name:
+        return None  # the Session page suggests user@host; asked again next time
+    with contextlib.suppress(OSError):  # not remembered: asked again next time
+        save_name(name)
+    return name
 
 
 __all__ = ["run"]

@@ -1,4 +1,4 @@
-"""The main window: the Session page and the Training page in a QStackedWidget."""
+"""The main window: the Session, Training and Predict pages in a QStackedWidget."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from . import session_controller as states
+from .predict_page import PredictPage
 from .session_controller import SessionController
 from .setup_page import SetupPage
 from .training_page import TrainingPage
@@ -31,14 +31,18 @@ class MainWindow(QMainWindow):
             self.setup_page.name_edit.setText(name)
 
         self.pages = QStackedWidget()
+        self.predict_page = PredictPage(self.training_page)
         self.pages.addWidget(self.setup_page)
         self.pages.addWidget(self.training_page)
+        self.pages.addWidget(self.predict_page)
 
         navigation = QHBoxLayout()
         self._tabs = QButtonGroup(self)
         self.setup_tab = QPushButton("1  Session")
         self.training_tab = QPushButton("2  Training")
-        for index, button in enumerate((self.setup_tab, self.training_tab)):
+        self.predict_tab = QPushButton("3  Predict")
+        tabs = (self.setup_tab, self.training_tab, self.predict_tab)
+        for index, button in enumerate(tabs):
             button.setCheckable(True)
             button.setFlat(True)
             self._tabs.addButton(button, index)
@@ -54,27 +58,23 @@ class MainWindow(QMainWindow):
         layout.addLayout(navigation)
         layout.addWidget(self.pages, 1)
         self.setCentralWidget(central)
+        # The status bar, the Session page and the Training page all show the controller's
+        # state_text: one source of truth for the connection.
         self.session.state_changed.connect(self._show_connection)
         self.session.session_ready.connect(lambda _: self._show_connection(self.session.state))
         self._show_connection(self.session.state)
-        self.resize(1000, 760)
+        self.resize(1000, 840)
 
     def show_page(self, index: int) -> None:
         self.pages.setCurrentIndex(index)
         self._tabs.button(index).setChecked(True)
 
     def _show_connection(self, state: str) -> None:
-        client = self.session.client
-        if state == states.CONNECTED and client is not None:
-            role = "host" if client.is_host else "member"
-            self.statusBar().showMessage(f"Connected: {client.connection_info} ({role})")
-        elif state == states.CONNECTING:
-            self.statusBar().showMessage("Connecting…")
-        else:
-            self.statusBar().showMessage("Not connected")
+        self.statusBar().showMessage(self.session.state_text)
 
     def closeEvent(self, event) -> None:  # noqa: N802 (Qt's name)
         """Closing the window stops training and says goodbye to the room."""
         self.training_page.shutdown()
+        self.predict_page.stop()
         self.session.leave()
         super().closeEvent(event)

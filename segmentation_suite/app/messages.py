@@ -11,6 +11,7 @@ import html
 
 # (headline, words that identify the client's message); the first match wins.
 _HEADLINES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("Removed", ("removed you",)),
     ("No relay configured", ("no relay configured",)),
     ("Relay unreachable", ("cannot reach the relay",)),
     ("Secure connection failed", ("tls failure",)),

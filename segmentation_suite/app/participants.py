@@ -36,26 +36,28 @@ class ParticipantTable(QTableWidget):
         self.setRowCount(len(users))
         for row, user in enumerate(users):
             user_id = user.get("user_id", "")
-            name = user.get("display_name") or user_id
+            name = self.session.name_of(user_id)
             notes = []
             if client is not None and user_id == client.host_id:
                 notes.append("host")
             if client is not None and user_id == client.user_id:
                 notes.append("you")
+            if user_id in self.session.opted_out:
+                notes.append("opted out")
             label = f"{name} ({', '.join(notes)})" if notes else name
             self.setItem(row, 0, QTableWidgetItem(label))
-            text = self.contributions.get(user_id) or self._unknown(client)
+            text = self.contributions.get(user_id) or "—"
             if user_id in self.rounds:
                 text = f"in round {self.rounds[user_id]}: {text}"
             item = QTableWidgetItem(text)
-            item.setToolTip(text)
+            item.setToolTip(text if text != "—" else self._unknown(client))
             self.setItem(row, 1, item)
         self.resizeRowsToContents()
 
     def _unknown(self, client) -> str:
         if client is not None and not client.is_host:
-            return "— (the host sees every member's pushes)"
-        return "—"
+            return "Only the host sees every member's pushes"
+        return "No push yet"
 
     def note_own(self, text: str) -> None:
         """This member's own upload, as the training events report it."""
@@ -70,17 +72,22 @@ class ParticipantTable(QTableWidget):
         if info.get("num_samples") is not None:
             parts.append(f"{info['num_samples']} images")
         parts.append(time.strftime("%H:%M:%S"))
-        epoch = f" (epoch {info['epoch']})" if info.get("epoch") is not None else ""
-        self._set(user_id, f"weights{epoch}: " + ", ".join(parts))
+        # The push's `epoch` field carries the session's round number (FederatedTraining).
+        number = info.get("epoch")
+        which = f" for round {number}" if number is not None else ""
+        # The client reports the push that closes a round after the round itself: keep the
+        # round then, it is this push's.
+        self._set(user_id, f"weights{which}: " + ", ".join(parts), keep_round=number)
 
     def _on_round_completed(self, round_number: int, contributors: list) -> None:
         for user_id in contributors:
             self.rounds[user_id] = round_number
         self.refresh()
 
-    def _set(self, user_id: str, text: str) -> None:
+    def _set(self, user_id: str, text: str, keep_round: int | None = None) -> None:
         self.contributions[user_id] = text
-        self.rounds.pop(user_id, None)  # a new push: not yet in a finished round
+        if keep_round is None or self.rounds.get(user_id) != keep_round:
+            self.rounds.pop(user_id, None)  # a new push: not yet in a finished round
         self.refresh()
 
     def clear_contributions(self) -> None:

@@ -13,15 +13,18 @@ GLOBAL_COLOUR = "#d62728"
 
 class MetricsPlot(QWidget):
     """Left: the local model's training loss per epoch, and the global model's loss on the
-    same images when it arrives (at the round's last epoch). Right: Dice per round of the
-    local model (after local training) and of the global model (after loading it)."""
+    same images when it arrives (at the round's end). Right: Dice per round of the local
+    model (after local training) and of the global model (after loading it). Both x axes
+    are the session's rounds, the numbering of the status line and the table: an epoch is
+    drawn at its fraction of its round (epoch 1 of 2 in round 3 at 2.5)."""
 
     def __init__(self, parent=None):
         super().__init__(parent)
         layout = QHBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
-        self.loss_plot = _plot("Loss on your images", "epoch", "loss")
-        self.dice_plot = _plot("Dice on evaluation images", "round", "Dice")
+        self.loss_plot = _plot("Loss on your images", "round", "loss")
+        # Dice curves run high: their legend goes to the bottom right, out of their way.
+        self.dice_plot = _plot("Dice on evaluation images", "round", "Dice", legend=(-10, -30))
         self.dice_plot.setYRange(0.0, 1.0)
         layout.addWidget(self.loss_plot)
         layout.addWidget(self.dice_plot)
@@ -34,8 +37,9 @@ class MetricsPlot(QWidget):
         self._local_curve = _curve(self.dice_plot, LOCAL_COLOUR, "o", 7, "local model")
         self._global_curve = _curve(self.dice_plot, GLOBAL_COLOUR, "s", 7, "global model")
 
-    def add_loss(self, epoch: float, loss: float) -> None:
-        self.loss_points.append((epoch, loss))
+    def add_loss(self, round_position: float, loss: float) -> None:
+        """An epoch's loss at `round_position` (the round, or a fraction before its end)."""
+        self.loss_points.append((round_position, loss))
         _show(self.loss_plot, self._loss_curve, self.loss_points)
 
     def add_round(
@@ -44,11 +48,10 @@ class MetricsPlot(QWidget):
         local_dice: float,
         global_dice: float | None,
         global_loss: float | None = None,
-        epoch: float | None = None,
     ) -> None:
-        """A finished round; `global_loss` is drawn at `epoch`, the round's last."""
-        if global_loss is not None and epoch is not None:
-            self.global_loss_points.append((epoch, global_loss))
+        """A finished round; `global_loss` is drawn at the round's end, like its last epoch."""
+        if global_loss is not None:
+            self.global_loss_points.append((round_number, global_loss))
             _show(self.loss_plot, self._global_loss_curve, self.global_loss_points)
         self.local_dice_points.append((round_number, local_dice))
         _show(self.dice_plot, self._local_curve, self.local_dice_points)
@@ -84,13 +87,15 @@ def _show(plot: pg.PlotWidget, curve, points: list[tuple[float, float]]) -> None
     plot.getAxis("bottom").setTickSpacing(step, step)
 
 
-def _plot(title: str, x_label: str, y_label: str) -> pg.PlotWidget:
+def _plot(
+    title: str, x_label: str, y_label: str, legend: tuple[int, int] = (-10, 10)
+) -> pg.PlotWidget:
     plot = pg.PlotWidget(background="w")
     plot.setTitle(title, color="#222")
     plot.setLabel("bottom", x_label)
     plot.setLabel("left", y_label)
     plot.showGrid(x=True, y=True, alpha=0.25)
-    plot.addLegend(offset=(-10, 10))
+    plot.addLegend(offset=legend)
     plot.setMinimumHeight(200)
     return plot
 

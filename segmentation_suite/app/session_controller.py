@@ -1,6 +1,12 @@
 """The app's one session: a SyncClient (relay room or LAN member), a HostClient plus an
 AggregationServer (LAN host), forwarded to the pages as Qt signals.
 
+It is the one source of truth the pages show: the connection state (`state`, `state_text`,
+told by `state_changed`), the names of the people in the room (`names`, duplicates with a
+suffix), the event log (`events`, told by `event_logged`) and the host's plan
+(`plan_received`). The state is read from the client itself (a short timer compares it), so
+a relay that goes away shows as "Reconnecting…" on every page at once.
+
 A fresh client is made for each Create or Join, so a failed attempt (wrong code, relay down)
 leaves nothing half-open behind, and emissions of an abandoned client are ignored. The
 client's psygnal callbacks already run on the GUI thread (network/qt.py).
@@ -10,8 +16,9 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 
-from qtpy.QtCore import QObject, Signal
+from qtpy.QtCore import QObject, QTimer, Signal
 
 from ..network import AggregationServer, HostClient, SyncClient
 from ..network.session import looks_like_session_code, parse_lan_address
@@ -19,17 +26,41 @@ from .validators import is_complete_room_code
 
 log = logging.getLogger(__name__)
 
-IDLE, CONNECTING, CONNECTED = "idle", "connecting", "connected"
+IDLE, CONNECTING, CONNECTED, RECONNECTING = "idle", "connecting", "connected", "reconnecting"
+#: How often the state is compared with the client's (milliseconds).
+STATE_POLL_MS = 250
+
+# The control messages of the app's sessions (SyncClient.send_control): the host's plan and
+# its stop, a member's opting out or back in, the host removing a member.
+PLAN, STOP, OPT_OUT, OPT_IN, REMOVED = "plan", "stop", "opt_out", "opt_in", "removed"
+
+
+def unique_names(users: list[dict]) -> dict[str, str]:
+    """user id -> display name, in joining order; a name already taken gets " (2)", " (3)"
+    (two people who both are "root" stay apart)."""
+    names: dict[str, str] = {}
+    seen: dict[str, int] = {}
+    for user in users:
+        user_id = user.get("user_id", "")
+        name = user.get("display_name") or user_id
+        seen[name] = seen.get(name, 0) + 1
+        names[user_id] = name if seen[name] == 1 else f"{name} ({seen[name]})"
+    return names
 
 
 class SessionController(QObject):
-    state_changed = Signal(str)  # IDLE, CONNECTING or CONNECTED
+    state_changed = Signal(str)  # IDLE, CONNECTING, CONNECTED or RECONNECTING
     session_ready = Signal(str)  # the room code, or the LAN address members type in
     participants_changed = Signal(list)  # [{user_id, display_name}, ...]
     status_changed = Signal(str)
     error_occurred = Signal(str)
+    errors_resolved = Signal()  # connected (again): earlier connection errors are over
+    event_logged = Signal(str)  # "12:03:05  Bob joined"
     contribution_received = Signal(str, dict)  # host only: (user id, {epoch, loss, num_samples})
-    round_completed = Signal(int, list)  # host only: (round, contributor user ids)
+    round_completed = Signal(int, list)  # host only: (round, contributor ids)
+    plan_received = Signal(dict)  # member: the host's plan (see TrainingPage)
+    stop_requested = Signal()  # member: the host stopped the rounds
+    removed = Signal()  # member: the host removed us from the session
 
     def __init__(self, client_factory=SyncClient, host_client_factory=HostClient):
         super().__init__()
@@ -40,6 +71,14 @@ class SessionController(QObject):
         self.state = IDLE
         self.mode = "relay"
         self.session_label = ""  # room code or LAN address, once known
+        self.events: list[str] = []
+        self.names: dict[str, str] = {}  # user id -> unique display name (current and past)
+        self.opted_out: set[str] = set()  # host: members who do not follow the plan
+        self.active_plan: dict | None = None  # host: the plan being run (sent to late joiners)
+        self._timer = QTimer(self)
+        self._timer.setInterval(STATE_POLL_MS)
+        self._timer.timeout.connect(self._check_state)
+        self._timer.start()
 
     # --- starting a session -------------------------------------------------------------
 
@@ -94,8 +133,11 @@ class SessionController(QObject):
 
     def leave(self) -> None:
         """Says goodbye to the room (SyncClient.disconnect) and stops a LAN server."""
+        was_in = self.state != IDLE
         self._drop_session()
         self._set_state(IDLE)
+        if was_in:
+            self.log_event("You left the session")
 
     # --- what the pages read --------------------------------------------------------------
 
@@ -107,11 +149,72 @@ class SessionController(QObject):
     def is_host(self) -> bool:
         return self.client is not None and self.client.is_host
 
+    @property
+    def sets_own_plan(self) -> bool:
+        """Whether this window starts rounds itself: the host of a relay room, and everyone
+        in a LAN session (its hub lets members talk to the hub only, so no plan reaches
+        them: each member presses Start, with the same plan)."""
+        return self.is_host or (self.mode == "lan" and self.state != IDLE)
+
+    @property
+    def position(self) -> int:
+        """Our place in the room in joining order: 1 for the host, 2 for the first to join."""
+        client = self.client
+        ids = [u.get("user_id") for u in self.participants]
+        if client is None or client.user_id not in ids:
+            return 1
+        return ids.index(client.user_id) + 1
+
+    @property
+    def state_text(self) -> str:
+        """The one sentence every page and the status bar show for the connection."""
+        client = self.client
+        if self.state == CONNECTED and client is not None:
+            role = "host" if client.is_host else "member"
+            return f"Connected: {client.connection_info} ({role})"
+        if self.state == RECONNECTING:
+            return "Reconnecting… (the connection to the relay was lost)"
+        if self.state == CONNECTING:
+            return "Connecting…"
+        return "Not connected"
+
     def name_of(self, user_id: str) -> str:
-        for user in self.participants:
-            if user.get("user_id") == user_id:
-                return user.get("display_name") or user_id
-        return user_id
+        return self.names.get(user_id, user_id)
+
+    def log_event(self, text: str) -> None:
+        line = f"{time.strftime('%H:%M:%S')}  {text}"
+        self.events.append(line)
+        self.event_logged.emit(line)
+
+    # --- the host runs the session ----------------------------------------------------------
+
+    def send_plan(self, plan: dict, to: list[str] | None = None) -> None:
+        """Host: tells the room (or the members in `to`) the plan it starts; `active_plan`
+        is sent again to whoever joins while it runs."""
+        if self.client is not None and self.client.is_host:
+            self.client.send_control({"kind": PLAN, "plan": plan}, to)
+
+    def send_stop(self) -> None:
+        if self.client is not None and self.client.is_host:
+            self.client.send_control({"kind": STOP})
+
+    def remove_member(self, user_id: str) -> None:
+        """Host: the member is told to leave (our app obeys) and, whatever it does, its
+        pushes are no longer awaited or averaged."""
+        client = self.client
+        if client is None or not client.is_host or user_id == client.user_id:
+            return
+        client.exclude_member(user_id)
+        client.send_control({"kind": REMOVED}, [user_id])
+        self.log_event(f"You removed {self.name_of(user_id)} from the session")
+
+    def set_following(self, following: bool) -> None:
+        """Member: whether it trains the host's plan; the host stops waiting for it if not."""
+        client = self.client
+        if client is None or client.is_host or client.host_id is None:
+            return
+        client.send_control({"kind": OPT_IN if following else OPT_OUT}, [client.host_id])
+        self.log_event("You follow the host's plan" if following else "You opted out of the plan")
 
     # --- internals ----------------------------------------------------------------------
 
@@ -129,15 +232,21 @@ class SessionController(QObject):
         client.room_joined.connect(mine(self._on_room))
         client.connected.connect(mine(self._on_connected))
         client.disconnected.connect(mine(self._on_disconnected))
-        client.user_list_updated.connect(mine(self.participants_changed.emit))
-        client.sync_status.connect(mine(self.status_changed.emit))
+        client.user_list_updated.connect(mine(self._on_users))
+        client.user_joined_room.connect(mine(self._on_user_joined))
+        client.user_left_room.connect(mine(self._on_user_left))
+        client.sync_status.connect(mine(self._on_sync_status))
         client.error.connect(mine(self._on_error))
         client.weights_received.connect(mine(self._on_weights_received))
         client.round_complete.connect(mine(self._on_round_complete))
+        client.global_model_received.connect(mine(self._on_global_model))
+        client.control_received.connect(mine(self._on_control))
         return client
 
     def _drop_session(self, keep_server: bool = False) -> None:
         client, self.client = self.client, None
+        self.active_plan = None
+        self.opted_out.clear()
         if client is not None:
             client.disconnect()
         if not keep_server:
@@ -148,26 +257,79 @@ class SessionController(QObject):
         self.participants_changed.emit([])
 
     def _set_state(self, state: str) -> None:
-        if state != self.state:
-            self.state = state
-            self.state_changed.emit(state)
+        if state == self.state:
+            return
+        previous, self.state = self.state, state
+        if state == RECONNECTING:
+            self.log_event("Lost the connection to the relay; reconnecting")
+        elif state == CONNECTED and previous == RECONNECTING:
+            self.log_event("The relay connection is back")
+        if state == CONNECTED:
+            self.errors_resolved.emit()
+        self.state_changed.emit(state)
+
+    def _check_state(self) -> None:
+        """The client knows whether it is in the room: follow it (CONNECTED <-> RECONNECTING);
+        connecting and leaving are told by its signals."""
+        client = self.client
+        if client is None or self.state not in (CONNECTED, RECONNECTING):
+            return
+        if client.is_connected:
+            self._set_state(CONNECTED)
+        elif getattr(client, "is_reconnecting", False):
+            self._set_state(RECONNECTING)
 
     def _on_room(self, code: str) -> None:
         self.session_label = code
         self.session_ready.emit(code)
 
     def _on_connected(self) -> None:
-        self._set_state(CONNECTED)
         client = self.client
+        first = self.state == CONNECTING
+        self._set_state(CONNECTED)
         if client is not None:
             role = "the host" if client.is_host else "a member"
             self.status_changed.emit(f"Connected to {client.connection_info} as {role}")
+            if first:
+                where = f"room {client.room_code}" if client.room_code else self.session_label
+                verb = "created" if client.is_host and client.room_code else "joined"
+                self.log_event(f"You {verb} {where}")
         if self.mode == "lan" and self.session_label:
             self.session_ready.emit(self.session_label)
 
     def _on_disconnected(self) -> None:
         self._set_state(IDLE)
         self.status_changed.emit("Disconnected")
+
+    def _on_users(self, users: list) -> None:
+        self.names.update(unique_names(users))
+        self.participants_changed.emit(users)
+
+    def _on_user_joined(self, display_name: str) -> None:
+        users = self.participants
+        self.names.update(unique_names(users))
+        joined = [u for u in users if (u.get("display_name") or u.get("user_id")) == display_name]
+        user_id = joined[-1].get("user_id", "") if joined else ""
+        self.log_event(f"{self.names.get(user_id, display_name)} joined")
+        if self.is_host and self.active_plan is not None and user_id:
+            # A late joiner follows the plan from the round under way, with the global model.
+            current = self.client.aggregation_round + 1
+            self.send_plan(dict(self.active_plan, late=True, current_round=current), [user_id])
+
+    def _on_user_left(self, display_name: str) -> None:
+        present = {u.get("user_id") for u in self.participants}
+        gone = [
+            uid
+            for uid, name in self.names.items()
+            if uid not in present and name.split(" (")[0] == display_name
+        ]
+        self.log_event(f"{self.names.get(gone[-1], display_name) if gone else display_name} left")
+
+    def _on_sync_status(self, text: str) -> None:
+        self.status_changed.emit(text)
+        if text.startswith("The host left"):
+            self.log_event(text)
+        self._check_state()
 
     def _on_error(self, text: str) -> None:
         self.error_occurred.emit(text)
@@ -186,6 +348,48 @@ class SessionController(QObject):
 
     def _on_weights_received(self, user_id: str, info: dict) -> None:
         self.contribution_received.emit(user_id, dict(info))
+        if self.client is not None and user_id != self.client.user_id:
+            number = info.get("epoch")
+            which = f" for round {number}" if isinstance(number, int) else ""
+            self.log_event(f"{self.name_of(user_id)} pushed weights{which}")
 
     def _on_round_complete(self, round_number: int, contributors: list) -> None:
         self.round_completed.emit(round_number, list(contributors))
+        who = ", ".join(self.name_of(uid) for uid in contributors) or "nobody"
+        self.log_event(f"Round {round_number} closed: averaged {who}")
+
+    def _on_global_model(self, weights: dict) -> None:
+        client = self.client
+        if client is not None and not client.is_host:
+            self.log_event(f"Round {client.aggregation_round}: global model received")
+
+    def _on_control(self, sender: str, control: dict) -> None:
+        client = self.client
+        if client is None:
+            return
+        kind = control.get("kind")
+        if client.is_host:
+            if kind in (OPT_OUT, OPT_IN) and sender:
+                out = kind == OPT_OUT
+                (self.opted_out.add if out else self.opted_out.discard)(sender)
+                client.exclude_member(sender, out)
+                self.participants_changed.emit(self.participants)  # "(opted out)" shows
+                self.log_event(
+                    f"{self.name_of(sender)} "
+                    + ("opted out of the plan" if out else "follows the plan again")
+                )
+            return
+        if sender != client.host_id:
+            return  # only the host runs the session
+        if kind == PLAN and isinstance(control.get("plan"), dict):
+            self.plan_received.emit(dict(control["plan"]))
+        elif kind == STOP:
+            self.log_event("The host stopped the rounds")
+            self.stop_requested.emit()
+        elif kind == REMOVED:
+            self.log_event("The host removed you from the session")
+            self.removed.emit()
+            self.leave()
+            self.error_occurred.emit(
+                "The host removed you from the session: ask the host before joining again"
+            )

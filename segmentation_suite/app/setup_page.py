@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import getpass
+import contextlib
 
 from qtpy.QtCore import Qt, Signal
 from qtpy.QtWidgets import (
@@ -14,6 +14,7 @@ from qtpy.QtWidgets import (
     QLabel,
     QLineEdit,
     QListWidget,
+    QListWidgetItem,
     QPushButton,
     QRadioButton,
     QSpinBox,
@@ -24,9 +25,10 @@ from qtpy.QtWidgets import (
 from ..network import relay_config
 from ..network.protocol import DEFAULT_PORT
 from . import session_controller as states
+from .identity import MAX_NAME_LENGTH, default_name, save_name, saved_name
 from .session_controller import SessionController
-from .validators import RoomCodeValidator, is_complete_room_code
-from .widgets import ErrorLabel, big_code_font, heading
+from .validators import clean_code, explain_code, is_complete_room_code
+from .widgets import ErrorLabel, EventLog, big_code_font, heading
 
 
 class SetupPage(QWidget):
@@ -35,24 +37,31 @@ class SetupPage(QWidget):
     def __init__(self, session: SessionController, parent=None):
         super().__init__(parent)
         self.session = session
+        self.remember_name = True  # False for windows that are not the user's (screenshots)
         layout = QVBoxLayout(self)
         layout.addWidget(heading("Session"))
         layout.addWidget(self._build_identity())
         layout.addWidget(self._build_connection())
         layout.addWidget(self._build_actions())
         layout.addWidget(self._build_room())
-        self.status_label = QLabel("Not connected")
+        self.status_label = QLabel(session.state_text)  # the connection: SessionController's
         self.status_label.setWordWrap(True)
         layout.addWidget(self.status_label)
+        self.note_label = QLabel()  # what a button just did (copied, saved)
+        self.note_label.setStyleSheet("color: palette(mid);")
+        layout.addWidget(self.note_label)
         self.error_label = ErrorLabel()
         layout.addWidget(self.error_label)
-        layout.addStretch(1)
+        layout.addWidget(QLabel("Session events:"))
+        self.event_log = EventLog(session)
+        self.event_log.setMinimumHeight(90)
+        layout.addWidget(self.event_log, 1)
 
         session.state_changed.connect(self._on_state)
         session.session_ready.connect(self._show_session)
         session.participants_changed.connect(self._show_participants)
-        session.status_changed.connect(self.status_label.setText)
         session.error_occurred.connect(self.error_label.show_error)
+        session.errors_resolved.connect(self.error_label.clear_error)
         self._on_mode()
         self._on_state(session.state)
 
@@ -61,8 +70,9 @@ class SetupPage(QWidget):
     def _build_identity(self) -> QGroupBox:
         box = QGroupBox("You")
         form = QFormLayout(box)
-        self.name_edit = QLineEdit(_default_name())
-        self.name_edit.setMaxLength(64)
+        self.name_edit = QLineEdit(saved_name() or default_name())
+        self.name_edit.setMaxLength(MAX_NAME_LENGTH)
+        self.name_edit.setToolTip("How the others see you; remembered for next time")
         form.addRow("Display name:", self.name_edit)
         return box
 
@@ -106,14 +116,17 @@ class SetupPage(QWidget):
 
     def _build_actions(self) -> QGroupBox:
         box = QGroupBox("Create or join")
-        row = QHBoxLayout(box)
+        outer = QVBoxLayout(box)
+        row = QHBoxLayout()
+        outer.addLayout(row)
         self.create_button = QPushButton("Create Session")
         self.create_button.clicked.connect(self._create)
         row.addWidget(self.create_button)
         row.addSpacing(24)
         self.code_edit = QLineEdit()
-        self.code_edit.setValidator(RoomCodeValidator(self.code_edit))
         self.code_edit.setPlaceholderText("room code, e.g. K7QX2M")
+        self.code_edit.textEdited.connect(self._on_code_typed)
+        # No QValidator: with one, Enter does nothing until the code is complete.
         self.code_edit.returnPressed.connect(self._join)
         self.address_edit = QLineEdit()
         self.address_edit.setPlaceholderText("host:port, e.g. 192.168.1.5:8765")
@@ -123,6 +136,11 @@ class SetupPage(QWidget):
         self.join_button = QPushButton("Join Session")
         self.join_button.clicked.connect(self._join)
         row.addWidget(self.join_button)
+        self.code_hint_label = QLabel()  # what is wrong with the code as typed
+        self.code_hint_label.setWordWrap(True)
+        self.code_hint_label.setStyleSheet("color: #b00020;")
+        self.code_hint_label.hide()
+        outer.addWidget(self.code_hint_label)
         return box
 
     def _build_room(self) -> QGroupBox:
@@ -143,14 +161,22 @@ class SetupPage(QWidget):
         layout.addWidget(self.code_hint)
         layout.addWidget(QLabel("In the room:"))
         self.participant_list = QListWidget()
+        self.participant_list.setMinimumHeight(80)  # four names without scrolling
         self.participant_list.setMaximumHeight(140)
         layout.addWidget(self.participant_list)
         buttons = QHBoxLayout()
         self.leave_button = QPushButton("Leave session")
         self.leave_button.clicked.connect(self.session.leave)
+        self.remove_button = QPushButton("Remove from session")
+        self.remove_button.setToolTip(
+            "Host: the selected member is asked to leave, and its weights are no longer used"
+        )
+        self.remove_button.clicked.connect(self._remove_selected)
+        self.participant_list.itemSelectionChanged.connect(self._update_remove_button)
         self.training_button = QPushButton("Go to training →")
         self.training_button.clicked.connect(self.go_to_training.emit)
         buttons.addWidget(self.leave_button)
+        buttons.addWidget(self.remove_button)
         buttons.addStretch(1)
         buttons.addWidget(self.training_button)
         layout.addLayout(buttons)
@@ -160,7 +186,7 @@ class SetupPage(QWidget):
 
     @property
     def display_name(self) -> str:
-        return self.name_edit.text().strip() or _default_name()
+        return self.name_edit.text().strip() or default_name()
 
     @property
     def is_lan(self) -> bool:
@@ -194,19 +220,55 @@ class SetupPage(QWidget):
 
     # --- actions ------------------------------------------------------------------------
 
+    def _relay_url(self) -> str | None:
+        """The typed URL, checked here so that a mistake is named as the field ("Relay URL:
+        ..."); None (after showing the error) if it is not usable; "" for the lookup order."""
+        typed = self.relay_url_edit.text().strip()
+        if not typed:
+            return ""
+        try:
+            return relay_config.validate_relay_url(typed, "Relay URL")
+        except ValueError as exc:
+            self.error_label.show_error(str(exc), "Relay URL not usable")
+            return None
+
+    def _remember_name(self) -> None:
+        if not self.remember_name:
+            return
+        with contextlib.suppress(OSError):  # not remembered: the field still holds it
+            save_name(self.display_name)
+
     def _create(self) -> None:
         self.error_label.clear_error()
+        self._remember_name()
         if self.is_lan:
             self.session.create_lan_session(self.display_name, self.port_spin.value())
-        else:
-            self.session.create_relay_session(self.display_name, self.relay_url_edit.text().strip())
+            return
+        url = self._relay_url()
+        if url is not None:
+            self.session.create_relay_session(self.display_name, url)
+
+    def _on_code_typed(self, text: str) -> None:
+        cleaned = clean_code(text)
+        if cleaned != text:
+            cursor = len(clean_code(text[: self.code_edit.cursorPosition()]))
+            self.code_edit.setText(cleaned)
+            self.code_edit.setCursorPosition(cursor)
+        problem = explain_code(cleaned)
+        self.code_hint_label.setText(problem)
+        self.code_hint_label.setVisible(bool(problem))
 
     def _join(self) -> None:
         self.error_label.clear_error()
+        self._remember_name()
         if self.is_lan:
             self.session.join_lan_session(self.address_edit.text(), self.display_name)
             return
-        code = self.code_edit.text()
+        code = clean_code(self.code_edit.text())
+        problem = explain_code(code)
+        if problem:
+            self.error_label.show_error(f"Room code {code}: {problem}", "Room code not usable")
+            return
         if not is_complete_room_code(code):
             if not code:
                 self.error_label.show_error(
@@ -218,7 +280,9 @@ class SetupPage(QWidget):
                     "Room code incomplete",
                 )
             return
-        self.session.join_relay_session(code, self.display_name, self.relay_url_edit.text().strip())
+        url = self._relay_url()
+        if url is not None:
+            self.session.join_relay_session(code, self.display_name, url)
 
     def _save_relay_url(self) -> None:
         try:
@@ -227,12 +291,12 @@ class SetupPage(QWidget):
             self.error_label.show_error(f"Relay URL not saved: {exc}")
             return
         self.error_label.clear_error()
-        self.status_label.setText(f"Relay URL saved to {path}")
+        self.note_label.setText(f"Relay URL saved to {path}")
         self._describe_relay_url()
 
     def _copy_code(self) -> None:
         QApplication.clipboard().setText(self.session.session_label)
-        self.status_label.setText(f"Copied {self.session.session_label} to the clipboard")
+        self.note_label.setText(f"Copied {self.session.session_label} to the clipboard")
 
     # --- reacting to the session --------------------------------------------------------
 
@@ -259,16 +323,32 @@ class SetupPage(QWidget):
         ):
             widget.setEnabled(idle)
         self.leave_button.setEnabled(not idle)
-        if state == states.CONNECTING:
-            self.status_label.setText("Connecting…")
-        elif idle:
-            self.status_label.setText("Not connected")
+        self.status_label.setText(self.session.state_text)
+        self._update_remove_button()
         if idle and not self.session.session_label:
             self.code_label.setText("—")
             self.copy_button.setEnabled(False)
             self.code_hint.setText("Create or join a session; its code appears here.")
 
+    def _update_remove_button(self) -> None:
+        item = self.participant_list.currentItem()
+        client = self.session.client
+        chosen = item.data(Qt.ItemDataRole.UserRole) if item is not None else None
+        self.remove_button.setVisible(self.session.is_host)
+        self.remove_button.setEnabled(
+            self.session.is_host
+            and chosen is not None
+            and client is not None
+            and chosen != client.user_id
+        )
+
+    def _remove_selected(self) -> None:
+        item = self.participant_list.currentItem()
+        if item is not None:
+            self.session.remove_member(item.data(Qt.ItemDataRole.UserRole))
+
     def _show_session(self, label: str) -> None:
+        self.status_label.setText(self.session.state_text)
         self.code_label.setText(label)
         self.copy_button.setEnabled(True)
         what = "address" if self.session.mode == "lan" else "code"
@@ -279,8 +359,8 @@ class SetupPage(QWidget):
         host_id = self.session.client.host_id if self.session.client else None
         own_id = self.session.client.user_id if self.session.client else None
         for user in users:
-            name = user.get("display_name") or user.get("user_id", "?")
             user_id = user.get("user_id")
+            name = self.session.name_of(user_id) if user_id else "?"
             notes = []
             if user_id == host_id:
                 notes.append("host")
@@ -288,11 +368,9 @@ class SetupPage(QWidget):
                 notes.append("hosting the LAN session")  # its aggregator is not a member
             if user_id == own_id:
                 notes.append("you")
-            self.participant_list.addItem(f"{name} ({', '.join(notes)})" if notes else name)
-
-
-def _default_name() -> str:
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return "researcher"
+            if user_id in self.session.opted_out:
+                notes.append("opted out")
+            item = QListWidgetItem(f"{name} ({', '.join(notes)})" if notes else name)
+            item.setData(Qt.ItemDataRole.UserRole, user_id)
+            self.participant_list.addItem(item)
+        self._update_remove_button()

@@ -2,35 +2,37 @@
 
 from __future__ import annotations
 
-from qtpy.QtGui import QValidator
-
 from ..network.protocol import ROOM_CODE_ALPHABET, ROOM_CODE_LENGTH
 
-
-class RoomCodeValidator(QValidator):
-    """Upper-cases what is typed and refuses characters outside the room-code alphabet
-    (which leaves out I, O, 0 and 1, easily confused), so a code can be typed in lower case
-    and a wrong character never appears. Spaces and dashes, as in a pasted "k7q-x2m", are
-    dropped."""
-
-    def validate(self, text: str, pos: int):  # noqa: D401 (Qt's signature)
-        before_cursor = text[:pos]
-        cleaned = _clean(text)
-        cursor = len(_clean(before_cursor))
-        if any(ch not in ROOM_CODE_ALPHABET for ch in cleaned) or len(cleaned) > ROOM_CODE_LENGTH:
-            return QValidator.State.Invalid, text, pos
-        if len(cleaned) < ROOM_CODE_LENGTH:
-            return QValidator.State.Intermediate, cleaned, cursor
-        return QValidator.State.Acceptable, cleaned, cursor
-
-    def fixup(self, text: str) -> str:
-        return _clean(text)
+#: Characters codes leave out because they are easily confused with others.
+CONFUSABLE = "0 1 I O"
 
 
-def _clean(text: str) -> str:
+def clean_code(text: str) -> str:
+    """What a typed or pasted code becomes: upper case, without spaces and dashes ("k7q-x2m"
+    is K7QX2M). Anything else stays, so that the user sees it and is told about it."""
     return "".join(ch for ch in text.upper() if ch not in " -\t")
 
 
+def explain_code(text: str) -> str:
+    """Why `text` cannot be a room code as typed so far, in plain words; "" if it may be one
+    (complete or not yet)."""
+    code = clean_code(text)
+    wrong = []
+    for ch in code:
+        if ch not in ROOM_CODE_ALPHABET and ch not in wrong:
+            wrong.append(ch)
+    if wrong:
+        listed = ", ".join(f"“{ch}”" for ch in wrong)
+        return (
+            f"{listed} never appear{'s' if len(wrong) == 1 else ''} in a room code: codes leave "
+            f"out {CONFUSABLE}, which are easily confused. Check the code you were given"
+        )
+    if len(code) > ROOM_CODE_LENGTH:
+        return f"Room codes have {ROOM_CODE_LENGTH} characters; this has {len(code)}"
+    return ""
+
+
 def is_complete_room_code(text: str) -> bool:
-    code = _clean(text)
+    code = clean_code(text)
     return len(code) == ROOM_CODE_LENGTH and all(ch in ROOM_CODE_ALPHABET for ch in code)

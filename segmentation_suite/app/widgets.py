@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from qtpy.QtCore import Qt
 from qtpy.QtGui import QFont
-from qtpy.QtWidgets import QLabel
+from qtpy.QtWidgets import QLabel, QPlainTextEdit
 
 from .messages import error_html
 
@@ -49,3 +49,21 @@ def big_code_font(base: QFont) -> QFont:
     font.setBold(True)
     font.setLetterSpacing(QFont.SpacingType.AbsoluteSpacing, 4.0)
     return font
+
+
+class EventLog(QPlainTextEdit):
+    """The session's events with their times (joined, left, pushed, round closed, relay
+    lost and back), newest at the bottom; every page shows the same SessionController log."""
+
+    def __init__(self, session, parent=None):
+        super().__init__(parent)
+        self.setReadOnly(True)
+        self.setMaximumBlockCount(2000)
+        self.setPlaceholderText("Session events appear here: who joins and leaves, pushes, rounds")
+        for line in session.events:
+            self.appendPlainText(line)
+        session.event_logged.connect(self.appendPlainText)
+
+    @property
+    def lines(self) -> list[str]:
+        return self.toPlainText().splitlines()

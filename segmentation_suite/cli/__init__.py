@@ -1,9 +1,10 @@
 """The `segmentation-suite` command line (also `python -m segmentation_suite`).
 
 Without a command it opens the app. Commands: `create` and `join` (train together in a relay
-room), `train` (on this machine only), `demo` (a local relay and simulated colleagues) and
-`relay` (run the relay server). Failures are told in plain words on stderr with exit code 1;
-argparse's own errors exit with 2, and Ctrl-C with 130.
+room), `train` (on this machine only), `predict` (masks from a saved model), `export` (a
+bioimage.io package), `demo` (a local relay and simulated colleagues) and `relay` (run the
+relay server). Failures are told in
+plain words on stderr with exit code 1; argparse's own errors exit with 2, and Ctrl-C with 130.
 """
 
 from __future__ import annotations
@@ -15,10 +16,13 @@ import os
 import sys
 
 from ..network.protocol import DEFAULT_PORT
+from ..training.settings import TRAINING_DEFAULTS
 from .options import (
     CommandError,
     add_data_options,
     add_demo_options,
+    add_export_options,
+    add_predict_options,
     add_room_options,
     add_training_options,
     count,
@@ -64,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"host a LAN session on this machine's PORT (default {DEFAULT_PORT}) instead of a "
         "relay room; colleagues join with: join --lan HOST:PORT",
     )
-    add_data_options(create, default_member=0)
+    add_data_options(create, in_a_room=True)
     add_training_options(create)
 
     join = commands.add_parser("join", help="join a room by its code and train with the host")
@@ -77,13 +81,28 @@ def build_parser() -> argparse.ArgumentParser:
         "--lan", action="store_true", help="join a LAN session at CODE = HOST:PORT (no relay)"
     )
     add_room_options(join)
-    add_data_options(join, default_member=1)
+    add_data_options(join, in_a_room=True)
     add_training_options(join)
 
     train = commands.add_parser("train", help="train on this machine only (no relay)")
-    train.add_argument("--epochs", type=positive_int, default=5, help="default %(default)s")
-    add_data_options(train, default_member=0)
+    train.add_argument(
+        "--epochs",
+        type=positive_int,
+        default=TRAINING_DEFAULTS.local_epochs,
+        help="default %(default)s",
+    )
+    add_data_options(train, in_a_room=False)
     add_training_options(train)
+
+    add_predict_options(
+        commands.add_parser(
+            "predict", help="masks for a folder of images (or synthetic ones) from a saved model"
+        )
+    )
+
+    add_export_options(
+        commands.add_parser("export", help="a saved model as a bioimage.io model package")
+    )
 
     add_demo_options(
         commands.add_parser("demo", help="a local relay and simulated colleagues training together")
@@ -129,6 +148,14 @@ def _run_command(args: argparse.Namespace) -> int:
         from .local import run_train
 
         return run_train(args, console)
+    if args.command == "predict":
+        from .predict import run_predict
+
+        return run_predict(args, console)
+    if args.command == "export":
+        from .export import run_export
+
+        return run_export(args, console)
     from .session import run_create, run_join
 
     return run_create(args, console) if args.command == "create" else run_join(args, console)

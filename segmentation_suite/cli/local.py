@@ -7,7 +7,7 @@ import argparse
 from rich.console import Console
 
 from .data import load_training_data
-from .model import build_trainer, save_model
+from .model import Checkpoints, build_trainer, save_model, training_plan
 from .progress import TrainingView, format_dice
 from .session import INTERRUPTED
 
@@ -17,6 +17,8 @@ def run_train(args: argparse.Namespace, console: Console) -> int:
 
     data, evaluation, dice_of = load_training_data(args, console)
     trainer = build_trainer(data, args)
+    plan = training_plan(args, data)
+    checkpoints = Checkpoints(args, trainer, plan, console)
     dice = None
     try:
         with TrainingView(console) as view:
@@ -39,13 +41,16 @@ def run_train(args: argparse.Namespace, console: Console) -> int:
                 dice = trainer.evaluate(evaluation) if evaluation is not None else None
                 measured = "" if dice is None else f", {dice_of} Dice {format_dice(dice)}"
                 view.line(f"epoch {epoch}/{args.epochs}: loss {loss:.4f}{measured}")
+                checkpoints.save(epoch, kind="epoch")
     except KeyboardInterrupt:
         console.print("Stopped")
+        checkpoints.report()
         return INTERRUPTED
     if dice is not None:
         epochs = f"{args.epochs} epoch{'s' if args.epochs != 1 else ''}"
         console.print(f"{dice_of.capitalize()} Dice after {epochs}: {dice:.3f}")
+    checkpoints.report()
     if args.save:
-        save_model(trainer, args.save)
-        console.print(f"Saved the model to {args.save}", highlight=False)
+        save_model(trainer, args.save, plan)
+        console.print(f"Saved the model to {args.save}", markup=False, highlight=False)
     return 0

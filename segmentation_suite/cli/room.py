@@ -39,11 +39,13 @@ def parse_room_code(text: str) -> str:
     return code
 
 
-def find_relay(explicit: str | None) -> str:
-    """The relay URL from --relay-url or the configuration; CommandError if there is none."""
+def find_relay_url(explicit: str | None) -> relay_config.RelayURL:
+    """The relay URL from --relay-url or the configuration, with where it came from;
+    CommandError if there is none."""
     try:
         if explicit is not None:
-            return relay_config.validate_relay_url(explicit, origin="--relay-url")
+            url = relay_config.validate_relay_url(explicit, origin="--relay-url")
+            return relay_config.RelayURL(url, "argument")
         found = relay_config.find_relay_url()
     except ValueError as exc:
         raise CommandError(str(exc)) from None
@@ -52,7 +54,7 @@ def find_relay(explicit: str | None) -> str:
             "No relay configured: pass --relay-url wss://HOST/ws, set "
             f"{relay_config.ENV_VAR}, or put the URL in {relay_config.user_config_path()}"
         )
-    return found.url
+    return found
 
 
 def parse_lan_session(text: str) -> tuple[str, int]:
@@ -103,6 +105,13 @@ class RoomMember:
         if self.lan_address:
             return f"the LAN session at {self.lan_address}"
         return f"room {self.code}"
+
+    @property
+    def position(self) -> int:
+        """This member's place in the room, in joining order: 1 for the host (the room's
+        first member), 2 for the first to join, ..."""
+        ids = [u.get("user_id") for u in self.client.users]
+        return ids.index(self.client.user_id) + 1 if self.client.user_id in ids else 1
 
     @property
     def others(self) -> list[dict]:

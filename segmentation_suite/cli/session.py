@@ -9,6 +9,7 @@ round. A member joins with the code and trains in step with the host. Ctrl-C lea
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 import threading
 
@@ -16,11 +17,12 @@ from rich.console import Console
 from rich.panel import Panel
 from rich.text import Text
 
+from ..training.settings import TRAINING_DEFAULTS, microscope_for_position
 from .data import load_training_data
-from .model import build_trainer, save_model
+from .model import Checkpoints, build_trainer, save_model, training_plan
 from .options import CommandError
 from .progress import TrainingView
-from .room import RoomMember, find_relay, parse_lan_session, parse_room_code
+from .room import RoomMember, find_relay_url, parse_lan_session, parse_room_code
 
 INTERRUPTED = 130
 # How long the host stays after the last round so that every member gets the final model.
@@ -31,12 +33,12 @@ STOP_SECONDS = 30.0
 def run_create(args: argparse.Namespace, console: Console) -> int:
     if args.lan is not None:
         return _session(args, console, _host_lan_session(args, console), lan_host=True)
-    relay_url = find_relay(args.relay_url)
+    relay = find_relay_url(args.relay_url)
 
     def enter(member: RoomMember) -> None:
-        code = member.create(args.name, relay_url)
+        code = member.create(args.name, relay.url)
         console.print(room_code_panel(code))
-        console.print(f"Share this code: segmentation-suite join {code}")
+        console.print(f"Share this code: {share_command(code, args, relay)}", markup=False)
         _wait_for_members(member, args, console)
         from ..training.unet import ARCHITECTURE
 
@@ -45,6 +47,31 @@ def run_create(args: argparse.Namespace, console: Console) -> int:
         console.print(f"Training {ARCHITECTURE} with {_names(member)}")
 
     return _session(args, console, enter)
+
+
+def share_command(code: str, args: argparse.Namespace, relay=None) -> str:
+    """The `join` command a colleague pastes on their own machine: the code (or LAN
+    address), the relay unless it is the installed default (a URL from the command line, the
+    environment or this user's config is unknown over there), and the host's data kind and
+    training options where they differ from the defaults, so that both sides train alike."""
+    words = ["segmentation-suite", "join"]
+    words += ["--lan", code] if relay is None else [code]
+    if relay is not None and relay.source != "package config":
+        words += ["--relay-url", relay.url]
+    words += ["--synthetic"] if args.synthetic else ["--data", "FOLDER"]
+    for option, value, default in (
+        ("--rounds", args.rounds, TRAINING_DEFAULTS.rounds),
+        ("--epochs-per-round", args.epochs_per_round, TRAINING_DEFAULTS.epochs_per_round),
+        ("--learning-rate", args.learning_rate, TRAINING_DEFAULTS.learning_rate),
+        ("--batch-size", args.batch_size, TRAINING_DEFAULTS.batch_size),
+        ("--round-timeout", args.round_timeout, TRAINING_DEFAULTS.round_timeout),
+    ):
+        if value != default:
+            words += [option, f"{value:g}" if isinstance(value, float) else str(value)]
+    if args.synthetic and args.samples != TRAINING_DEFAULTS.images_per_member:
+        words += ["--samples", str(args.samples)]
+    command = " ".join(shlex.quote(word) for word in words)
+    return command + ("   (FOLDER: your own images and masks)" if not args.synthetic else "")
 
 
 def _host_lan_session(args: argparse.Namespace, console: Console):
@@ -56,7 +83,7 @@ def _host_lan_session(args: argparse.Namespace, console: Console):
 
         address = member.host_lan(args.name, args.lan, ARCHITECTURE)
         console.print(room_code_panel(address, title="LAN session", spaced=False))
-        console.print(f"Share this address: segmentation-suite join --lan {address}")
+        console.print(f"Share this address: {share_command(address, args)}", markup=False)
         _wait_for_members(member, args, console)
         console.print(f"Training {ARCHITECTURE} with {_names(member)}")
 
@@ -75,7 +102,7 @@ def run_join(args: argparse.Namespace, console: Console) -> int:
         host, port = parse_lan_session(args.code)
     else:
         code = parse_room_code(args.code)
-        relay_url = find_relay(args.relay_url)
+        relay_url = find_relay_url(args.relay_url).url
 
     def enter(member: RoomMember) -> None:
         if args.lan:
@@ -97,16 +124,25 @@ def run_join(args: argparse.Namespace, console: Console) -> int:
 
 
 def _session(args: argparse.Namespace, console: Console, enter, lan_host: bool = False) -> int:
-    """Reads the data (before connecting: a bad folder fails first), enters the room with
+    """Reads the data (before connecting: a bad folder fails first; synthetic images without
+    --member once in the room, whose place picks the microscope), enters the room with
     `enter(member)`, trains the rounds and leaves; Ctrl-C leaves at any point."""
-    data, evaluation, dice_of = load_training_data(args, console)
+    by_position = args.synthetic and args.member is None
+    if not by_position:
+        data, evaluation, dice_of = load_training_data(args, console)
     member = RoomMember(
         _printer(console), aggregation_timeout=args.round_timeout / 2, lan_host=lan_host
     )
+    checkpoints = None
     try:
         enter(member)
+        if by_position:
+            args.member = microscope_for_position(member.position)
+            data, evaluation, dice_of = load_training_data(args, console)
         trainer = build_trainer(data, args)
-        view = _train_rounds(member, trainer, evaluation, args, console)
+        plan = training_plan(args, data)
+        checkpoints = Checkpoints(args, trainer, plan, console)
+        view = _train_rounds(member, trainer, evaluation, args, console, checkpoints)
         if (member.client.is_host or member.server is not None) and member.others:
             console.print("Waiting for the members to receive the final model")
             member.wait_for_others_to_leave(FAREWELL_SECONDS)
@@ -115,6 +151,8 @@ def _session(args: argparse.Namespace, console: Console, enter, lan_host: bool =
         member.leave()
         if entered:
             console.print(f"Left {member.where}")
+        if checkpoints is not None:
+            checkpoints.report()
         return INTERRUPTED
     except BaseException:
         member.leave()
@@ -122,9 +160,10 @@ def _session(args: argparse.Namespace, console: Console, enter, lan_host: bool =
     where = member.where
     member.leave()
     console.print(view.round_table(dice_of))
+    checkpoints.report()
     if args.save:
-        save_model(trainer, args.save)
-        console.print(f"Saved the model to {args.save}", markup=False)
+        save_model(trainer, args.save, plan)
+        console.print(f"Saved the model to {args.save}", markup=False, highlight=False)
     console.print(f"Done: {len(view.results)} rounds; left {where}")
     return 0
 
@@ -135,9 +174,13 @@ def room_code_panel(code: str, title: str = "room code", spaced: bool = True) ->
     return Panel(big, title=title, subtitle="share it", padding=(1, 6), expand=False)
 
 
-def _train_rounds(member: RoomMember, trainer, evaluation, args, console: Console):
+def _train_rounds(
+    member: RoomMember, trainer, evaluation, args, console: Console, checkpoints: Checkpoints
+):
     """Runs FederatedTraining on a worker thread, so that Ctrl-C reaches the main thread at
-    once; a lost connection ends the command."""
+    once; a lost connection ends the command. After a round whose global model arrived, the
+    trainer holds that model (until the next round's training starts on the same thread),
+    which goes into the session folder."""
     from ..training.federated import FederatedTraining
 
     training = FederatedTraining(
@@ -151,9 +194,14 @@ def _train_rounds(member: RoomMember, trainer, evaluation, args, console: Consol
     stop, finished = threading.Event(), threading.Event()
     outcome: dict = {}
 
+    def on_event(event) -> None:
+        view.on_event(event)
+        if event.kind == "round" and event.result and event.result.global_dice is not None:
+            checkpoints.save(event.round)
+
     def work() -> None:
         try:
-            outcome["results"] = training.run(view.on_event, stop)
+            outcome["results"] = training.run(on_event, stop)
         except BaseException as exc:  # handed to the main thread
             outcome["error"] = exc
         finally:

@@ -196,6 +196,7 @@ class SyncClient(MixedRoomMixin):
     user_left_room = Signal(str)
     weights_received = Signal(str, dict)  # host: (user_id, metadata of the push)
     round_complete = Signal(int, list)  # host: (aggregation round, contributor ids)
+    control_received = Signal(str, dict)  # (sender user id, a send_control object)
 
     def __init__(
         self,
@@ -278,6 +279,7 @@ class SyncClient(MixedRoomMixin):
         self._host_trains = False
         self._global_contributors: int | None = None
         self._crop_images: dict[str, bytes] = {}
+        self._excluded: set[str] = set()  # host: members whose pushes rounds neither await nor take
 
     # --- properties ---------------------------------------------------------------------
 
@@ -332,6 +334,11 @@ class SyncClient(MixedRoomMixin):
     def host_trains(self, value: bool) -> None:
         self._host_trains = bool(value)
         self._update_round_members()
+
+    @property
+    def is_reconnecting(self) -> bool:
+        """The connection dropped and the client is trying to get back into the room."""
+        return self._reconnecting
 
     @property
     def capabilities(self) -> RelayCapabilities | None:
@@ -532,6 +539,25 @@ class SyncClient(MixedRoomMixin):
         self._architecture = architecture
         if self._require_connection("send the architecture"):
             self._submit(self._send_json, create_session_info_message(architecture))
+
+    def send_control(self, control: dict, to: list[str] | None = None) -> None:
+        """Sends a small JSON object to the room, or to the members in `to`; each receiver's
+        `control_received(sender_id, control)` follows (apps agree on its meaning, e.g. a
+        training plan). Carried as the `control` field of a `session_info` payload next to
+        the architecture: peers that do not know the field ignore it."""
+        if self._require_connection("send a control message"):
+            message = create_session_info_message(self._architecture)
+            message.payload["control"] = dict(control)
+            self._submit(self._send_json, message, to)
+
+    def exclude_member(self, user_id: str, excluded: bool = True) -> None:
+        """Host: rounds stop waiting for this member and ignore its pushes (a member who
+        opted out, or one the host removed); `excluded=False` takes it back."""
+        if excluded:
+            self._excluded.add(user_id)
+        else:
+            self._excluded.discard(user_id)
+        self._update_round_members()
 
     def send_training_data(
         self, image_array: Any, mask_array: Any, slice_index: int = 0
@@ -768,8 +794,11 @@ class SyncClient(MixedRoomMixin):
         if not self._relay_attests_host:
             # A relay that does not name the host: never guess it from the order of `users`
             # (the original Worker reorders it after idling); the creator says so (peer_hello).
+            # After a relay restart a member may resume before the host and re-open the room
+            # alone: the host is then only late, not gone. A host that really left is told by
+            # user_left.
             ids = [u.get("user_id") for u in users]
-            if self._host_id not in ids:
+            if self._host_id not in ids and not (resumed and self._host_id):
                 self._host_id = None
             self._say_peer_hello()
         if self._rejoin_tries:
@@ -947,6 +976,10 @@ class SyncClient(MixedRoomMixin):
             )
 
     def _on_session_info(self, message: Message) -> None:
+        control = message.payload.get("control")
+        if isinstance(control, dict):
+            self.control_received.emit(message.sender_id or "", control)
+            return
         if message.sender_id:
             self._learn_original_host(message.sender_id)
         self._architecture = message.payload["architecture"]
@@ -1138,7 +1171,8 @@ class SyncClient(MixedRoomMixin):
         present = [
             u["user_id"]
             for u in self._users
-            if u.get("user_id") != self.user_id or self._host_trains
+            if (u.get("user_id") != self.user_id or self._host_trains)
+            and u.get("user_id") not in self._excluded
         ]
         return present + sorted(self._away_members.difference(present))
 
@@ -1148,6 +1182,9 @@ class SyncClient(MixedRoomMixin):
 
     def _accept_push(self, sender: str, weights: dict, metadata: dict) -> bool:
         """Adds a push to the round; False (reported) if the round refused it."""
+        if sender in self._excluded:
+            log.info("ignoring a push from %s, excluded from the rounds", sender)
+            return False
         num_samples = as_num_samples(metadata.get("num_samples"))
         try:
             self._ensure_round().add(sender, weights, num_samples)

@@ -7,8 +7,9 @@ images in [0, 1] and masks 0.0 / 1.0, ready for torch.
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -22,8 +23,9 @@ FOLDER_LAYOUT_HELP = (
     "Put each image next to its mask, named <name>.png and <name>_mask.png (.tif or .tiff "
     "work too), or put the images in an images/ subfolder and the masks in a masks/ subfolder "
     "with the same names. Images are grayscale (8- or 16-bit; colour is converted to gray), "
-    "all of one size; a mask has the size of its image, with background 0 and cells any one "
-    "other value (1 or 255)."
+    "of any size; a multi-page TIFF is a stack of samples, its mask a TIFF with as many pages. "
+    "A mask has the size of its image, with background 0 and cells any one other value "
+    "(1 or 255)."
 )
 
 
@@ -31,13 +33,30 @@ class DatasetError(ValueError):
     """Unusable training data; the message names the offending file and what is wrong."""
 
 
+@dataclass(frozen=True)
+class SkippedFile:
+    """A file load_folder left out, and why (in words)."""
+
+    path: str  # relative to the folder
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.reason}"
+
+
 @dataclass
 class SegmentationData:
-    """Images (float32 in [0, 1]) and binary masks (float32 0/1), both (N, 1, H, W)."""
+    """Images (float32 in [0, 1]) and binary masks (float32 0/1), both (N, 1, H, W).
+
+    `sources` names the image each sample came from (a page of a stack, a crop of a larger
+    image), so that a validation split keeps all of one image on one side; `skipped` lists
+    the files a folder had that could not be used."""
 
     images: np.ndarray
     masks: np.ndarray
     names: list[str]
+    sources: list[str] | None = None  # None: each sample is its own source (its name)
+    skipped: list[SkippedFile] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.images.shape != self.masks.shape or self.images.ndim != 4:
@@ -46,6 +65,10 @@ class SegmentationData:
             )
         if len(self.names) != len(self.images):
             raise ValueError(f"{len(self.names)} names for {len(self.images)} images")
+        if self.sources is None:
+            self.sources = list(self.names)
+        if len(self.sources) != len(self.images):
+            raise ValueError(f"{len(self.sources)} sources for {len(self.images)} images")
 
     def __len__(self) -> int:
         return len(self.images)
@@ -56,6 +79,8 @@ class SegmentationData:
             images=self.images[indices],
             masks=self.masks[indices],
             names=[self.names[i] for i in indices],
+            sources=[self.sources[i] for i in indices],
+            skipped=list(self.skipped),
         )
 
     @staticmethod
@@ -64,6 +89,8 @@ class SegmentationData:
             images=np.concatenate([p.images for p in parts]),
             masks=np.concatenate([p.masks for p in parts]),
             names=[name for p in parts for name in p.names],
+            sources=[source for p in parts for source in p.sources],
+            skipped=[skipped for p in parts for skipped in p.skipped],
         )
 
 
@@ -139,6 +166,7 @@ def held_out_set(
         return synthetic_dataset(0, size=size, seed=seed)
     data = SegmentationData.concatenate(parts)
     data.names = [f"synthetic-{i}" for i in range(len(data))]
+    data.sources = list(data.names)
     return data
 
 
@@ -193,52 +221,145 @@ def gaussian_blur(image: np.ndarray, sigma: float) -> np.ndarray:
 
 # --- folders of PNG / TIFF pairs --------------------------------------------------------------
 
+#: Largest side of the square crops that training takes from images of different sizes.
+DEFAULT_CROP_SIZE = 128
+#: How many crops per image, as a multiple of what tiles it once: overlapping random crops see
+#: each cell at several positions.
+CROP_COVERAGE = 2
+
 
 def load_folder(
-    path: str | Path, *, progress: Callable[[int, int], None] | None = None
+    path: str | Path,
+    *,
+    progress: Callable[[int, int], None] | None = None,
+    strict: bool = False,
+    crop_size: int | None = None,
+    seed: int = 0,
 ) -> SegmentationData:
     """Image/mask pairs from a folder (layouts in FOLDER_LAYOUT_HELP), sorted by name.
 
-    Each image is scaled to [0, 1] by its own minimum and maximum (a constant image becomes
-    0), so 8- and 16-bit images and different exposures look alike to the model. A mask's
-    foreground is every pixel above its minimum value. `progress(done, total)` is called after
-    each pair. Raises DatasetError naming the file for anything unusable.
+    Each page of a multi-page TIFF is a sample of its own (its mask: a TIFF with as many
+    pages). Each image is scaled to [0, 1] by its own minimum and maximum (normalize_image),
+    so 8- and 16-bit images and different exposures look alike to the model. A mask's
+    foreground is every pixel above its minimum value.
+
+    When the images differ in size (or `crop_size` is given), the samples are square crops of
+    `crop_size` pixels (default: the smallest side, at most DEFAULT_CROP_SIZE) at random
+    positions drawn from `seed`, about CROP_COVERAGE times as many as tile each image; a
+    sample's `sources` entry names the image it came from.
+
+    A pair that cannot be used (a file Pillow cannot read, a mask of another size or page
+    count, a mask that is not binary) is left out and listed in `skipped` (for the caller to
+    show: never silently) or, with `strict`, raises DatasetError. Layout mistakes (an image
+    without its mask, no images at all) always raise DatasetError naming the file.
+    `progress(done, total)` is called after each pair.
     """
     folder = Path(path)
     if not folder.exists():
         raise DatasetError(f"Folder {folder} does not exist")
     if not folder.is_dir():
         raise DatasetError(f"{folder} is not a folder. {FOLDER_LAYOUT_HELP}")
-    pairs = _find_pairs(folder)
-    images, masks, names = [], [], []
-    first: tuple[Path, tuple[int, int]] | None = None
+    pairs = find_images(folder, masks_required=True)
+    # (name, source, normalized image, 0/1 mask)
+    samples: list[tuple[str, str, np.ndarray, np.ndarray]] = []
+    skipped: list[SkippedFile] = []
     for done, (name, image_path, mask_path) in enumerate(pairs, start=1):
-        image = _read_gray(image_path)
-        mask = _read_gray(mask_path)
-        if image.shape != mask.shape:
-            raise DatasetError(
-                f"Image {_rel(image_path, folder)} is {_size(image)} but its mask "
-                f"{_rel(mask_path, folder)} is {_size(mask)}: they must be the same size"
-            )
-        if first is None:
-            first = (image_path, image.shape)
-        elif image.shape != first[1]:
-            raise DatasetError(
-                f"Image {_rel(image_path, folder)} is {_size(image)} but "
-                f"{_rel(first[0], folder)} is {_size_of(first[1])}: all images must have the "
-                "same size"
-            )
-        images.append(normalize_image(image))
-        masks.append(_binary_mask(mask, _rel(mask_path, folder)))
-        names.append(name)
+        try:
+            samples.extend(_read_pair(name, image_path, mask_path, folder))
+        except DatasetError as exc:
+            if strict:
+                raise
+            culprit = getattr(exc, "path", None) or image_path
+            skipped.append(SkippedFile(_rel(culprit, folder), str(exc)))
+            # INFO: the caller shows `skipped` as it sees fit (the CLI, as warnings).
+            log.info("skipped %s: %s", _rel(culprit, folder), exc)
         if progress is not None:
             progress(done, len(pairs))
-    log.info("loaded %d image/mask pairs from %s", len(names), folder)
+    if not samples:
+        raise DatasetError(
+            f"None of the {len(pairs)} image/mask pairs in {folder} can be used: "
+            + "; ".join(str(s) for s in skipped)
+        )
+    sizes = {image.shape for _, _, image, _ in samples}
+    if crop_size is not None or len(sizes) > 1:
+        samples = _random_crops(samples, crop_size, seed)
+    log.info("loaded %d samples from %s (%d skipped)", len(samples), folder, len(skipped))
     return SegmentationData(
-        images=np.stack(images)[:, None].astype(np.float32),
-        masks=np.stack(masks)[:, None].astype(np.float32),
-        names=names,
+        images=np.stack([image for _, _, image, _ in samples])[:, None].astype(np.float32),
+        masks=np.stack([mask for _, _, _, mask in samples])[:, None].astype(np.float32),
+        names=[name for name, _, _, _ in samples],
+        sources=[source for _, source, _, _ in samples],
+        skipped=skipped,
     )
+
+
+def _read_pair(name: str, image_path: Path, mask_path: Path, folder: Path):
+    """(name, source, normalized image, 0/1 mask) for every page of one pair; DatasetError (with the
+    culprit's path in `.path`) if the pair is unusable."""
+    image_pages = _named(read_pages, image_path)
+    mask_pages = _named(read_pages, mask_path)
+    image_name, mask_name = _rel(image_path, folder), _rel(mask_path, folder)
+    if len(image_pages) != len(mask_pages):
+        raise _error(
+            f"Image {image_name} has {len(image_pages)} page(s) but its mask {mask_name} has "
+            f"{len(mask_pages)}: a stack's mask is a stack of as many pages",
+            mask_path,
+        )
+    stacked = len(image_pages) > 1
+    result = []
+    for page, (image, mask) in enumerate(zip(image_pages, mask_pages, strict=True), start=1):
+        where = f" (page {page})" if stacked else ""
+        if image.shape != mask.shape:
+            raise _error(
+                f"Image {image_name}{where} is {_size(image)} but its mask {mask_name} is "
+                f"{_size(mask)}: they must be the same size",
+                mask_path,
+            )
+        binary = _named(binary_mask, mask_path, mask, mask_name + where)
+        label = f"{name}[page {page}]" if stacked else name
+        # Normalized whole, before any crop: as prediction sees the image.
+        result.append((label, name, normalize_image(image), binary))
+    return result
+
+
+def _named(function, path: Path, *args):
+    """Calls function(*args or path), marking a DatasetError with the file it is about."""
+    try:
+        return function(*(args or (path,)))
+    except DatasetError as exc:
+        exc.path = path
+        raise
+
+
+def _error(message: str, path: Path) -> DatasetError:
+    error = DatasetError(message)
+    error.path = path
+    return error
+
+
+def _random_crops(samples, crop_size: int | None, seed: int):
+    """Square crops of every sample at seeded random positions (see load_folder)."""
+    smallest = min(min(image.shape) for _, _, image, _ in samples)
+    side = min(crop_size or DEFAULT_CROP_SIZE, smallest)
+    if side < 8:
+        raise DatasetError(
+            f"The smallest image is {smallest} pixels wide or high; crops of at least 8 pixels "
+            "are needed to train on images of different sizes"
+        )
+    rng = np.random.default_rng([seed, side])
+    crops = []
+    for name, source, image, mask in samples:
+        height, width = image.shape
+        count = max(1, int(np.ceil(CROP_COVERAGE * height * width / side**2)))
+        if (height, width) == (side, side):
+            count = 1  # every crop would be the whole image
+        for index in range(count):
+            top = int(rng.integers(0, height - side + 1))
+            left = int(rng.integers(0, width - side + 1))
+            window = (slice(top, top + side), slice(left, left + side))
+            label = name if count == 1 else f"{name}[crop {index + 1}]"
+            crops.append((label, source, image[window], mask[window]))
+    return crops
 
 
 def normalize_image(image: np.ndarray) -> np.ndarray:
@@ -250,9 +371,11 @@ def normalize_image(image: np.ndarray) -> np.ndarray:
     return ((values - low) / (high - low)).astype(np.float32)
 
 
-def _find_pairs(folder: Path) -> list[tuple[str, Path, Path]]:
-    """(name, image, mask) for every pair, sorted by name; DatasetError for a file without
-    its partner, or a folder without images."""
+def find_images(folder: Path, *, masks_required: bool) -> list[tuple[str, Path, Path | None]]:
+    """(name, image, mask or None) for every image, sorted by name; DatasetError for a
+    folder without images, a mask without its image, or (with `masks_required`) an image
+    without its mask."""
+    folder = Path(folder)
     images_dir, masks_dir = folder / "images", folder / "masks"
     subfolders = images_dir.is_dir() or masks_dir.is_dir()
     if subfolders:
@@ -270,7 +393,7 @@ def _find_pairs(folder: Path) -> list[tuple[str, Path, Path]]:
     if not images and not masks:
         raise DatasetError(f"No images (.png, .tif, .tiff) in {where}. {FOLDER_LAYOUT_HELP}")
     for stem, image_path in sorted(images.items()):
-        if stem not in masks:
+        if masks_required and stem not in masks:
             expected = f"masks/{stem}.png" if subfolders else f"{stem}{MASK_SUFFIX}.png"
             raise DatasetError(
                 f"Image {_rel(image_path, folder)} has no mask (expected {expected}, or .tif)"
@@ -281,7 +404,7 @@ def _find_pairs(folder: Path) -> list[tuple[str, Path, Path]]:
             raise DatasetError(
                 f"Mask {_rel(mask_path, folder)} has no image (expected {expected}, or .tif)"
             )
-    return [(stem, images[stem], masks[stem]) for stem in sorted(images)]
+    return [(stem, images[stem], masks.get(stem)) for stem in sorted(images)]
 
 
 def _image_files(folder: Path) -> dict[str, Path]:
@@ -301,34 +424,36 @@ def _image_files(folder: Path) -> dict[str, Path]:
     return found
 
 
-def _read_gray(path: Path) -> np.ndarray:
-    """A 2-D array of the file's values (colour converted to gray); DatasetError naming the
-    file if Pillow cannot read it or it is a multi-page stack."""
-    from PIL import Image, UnidentifiedImageError
+def read_pages(path: Path) -> list[np.ndarray]:
+    """The file's pages as 2-D arrays of its values (one for a PNG or single-page TIFF, one
+    per page of a stack; colour converted to gray, 8/16-bit and float kept as they are);
+    DatasetError naming the file if Pillow cannot read it."""
+    from PIL import Image, ImageSequence, UnidentifiedImageError
 
+    path = Path(path)
+    pages = []
     try:
-        with Image.open(path) as picture:
-            frames = getattr(picture, "n_frames", 1)
-            if frames > 1:
-                raise DatasetError(
-                    f"{path.name} is a stack of {frames} pages; only 2-D images are supported"
-                )
-            picture.load()
-            if picture.mode in ("RGB", "RGBA", "P", "LA", "CMYK", "YCbCr"):
-                picture = picture.convert("L")
-            values = np.asarray(picture)
-    except DatasetError:
-        raise
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        # Pillow warns about damage it can read past; what it cannot read raises below.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(path) as picture:
+                for frame in ImageSequence.Iterator(picture):
+                    frame.load()
+                    if frame.mode in ("RGB", "RGBA", "P", "LA", "CMYK", "YCbCr"):
+                        frame = frame.convert("L")
+                    pages.append(np.array(frame))
+    except UnidentifiedImageError as exc:
         raise DatasetError(f"Cannot read {path.name}: {exc}") from exc
-    if values.ndim != 2 or values.size == 0:
-        raise DatasetError(f"{path.name} is not a 2-D image (shape {values.shape})")
-    if values.dtype == np.bool_:
-        values = values.astype(np.uint8)
-    return values
+    except Exception as exc:  # Pillow's decoders fail on damaged files with any error type
+        raise DatasetError(f"Cannot read {path.name}: {type(exc).__name__}: {exc}") from exc
+    for number, values in enumerate(pages, start=1):
+        if values.ndim != 2 or values.size == 0:
+            where = f" (page {number})" if len(pages) > 1 else ""
+            raise DatasetError(f"{path.name}{where} is not a 2-D image (shape {values.shape})")
+    return [v.astype(np.uint8) if v.dtype == np.bool_ else v for v in pages]
 
 
-def _binary_mask(mask: np.ndarray, name: str) -> np.ndarray:
+def binary_mask(mask: np.ndarray, name: str) -> np.ndarray:
     """0/1 from a mask whose pixels (at least 99% of them) sit at its minimum or maximum:
     a few anti-aliased edge pixels are tolerated, gray images and label images are not."""
     low, high = mask.min(), mask.max()

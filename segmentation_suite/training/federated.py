@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from .data import SegmentationData
+from .settings import TRAINING_DEFAULTS
 from .trainer import Trainer
 
 log = logging.getLogger(__name__)
@@ -48,8 +49,8 @@ class TrainingEvent:
     """What a UI displays; `kind` says which fields mean something."""
 
     kind: str  # "epoch" | "batch" | "upload" | "download" | "round" | "waiting" | "stopped"
-    round: int
-    rounds: int
+    round: int  # the session's round number
+    rounds: int  # the number of the run's last round ("round 3/5")
     epoch: int = 0
     epochs: int = 0
     batch: int = 0
@@ -140,16 +141,19 @@ class FederatedTraining:
         client: Any,
         trainer: Trainer,
         *,
-        rounds: int = 5,
-        epochs_per_round: int = 1,
-        round_timeout: float = 120.0,
+        rounds: int = TRAINING_DEFAULTS.rounds,
+        epochs_per_round: int = TRAINING_DEFAULTS.epochs_per_round,
+        round_timeout: float = TRAINING_DEFAULTS.round_timeout,
         evaluation: SegmentationData | None = None,
         match_wire_precision: bool = True,
+        first_round: int = 1,
     ):
         if rounds < 1 or epochs_per_round < 1:
             raise ValueError(
                 f"rounds and epochs_per_round must be >= 1: {rounds}, {epochs_per_round}"
             )
+        if first_round < 1:
+            raise ValueError(f"first_round must be >= 1, not {first_round}")
         if round_timeout <= 0:
             raise ValueError(f"round_timeout must be positive, not {round_timeout}")
         self.client = client
@@ -159,6 +163,10 @@ class FederatedTraining:
         self.round_timeout = round_timeout
         self.evaluation = evaluation if evaluation is not None else trainer.data
         self.match_wire_precision = match_wire_precision
+        # The session's round numbers: a run started after earlier rounds (a Resume, a member
+        # joining mid-session) counts on from them, so every widget shows one numbering.
+        self.first_round = first_round
+        self.last_round = first_round + rounds - 1
 
     def run(
         self,
@@ -171,12 +179,12 @@ class FederatedTraining:
         emit = _safe_emitter(on_event)
         results: list[RoundResult] = []
         with _GlobalModelInbox(self.client) as inbox, _host_trains(self.client):
-            for round_number in range(1, self.rounds + 1):
+            for round_number in range(self.first_round, self.last_round + 1):
                 result = self._round(round_number, inbox, emit, stop)
                 if result is None:
                     emit(
                         TrainingEvent(
-                            "stopped", round_number, self.rounds, message="Training stopped"
+                            "stopped", round_number, self.last_round, message="Training stopped"
                         )
                     )
                     break
@@ -185,7 +193,7 @@ class FederatedTraining:
                     TrainingEvent(
                         "round",
                         round_number,
-                        self.rounds,
+                        self.last_round,
                         result=result,
                         seconds=result.seconds,
                         loss=result.local_loss,
@@ -209,6 +217,7 @@ class FederatedTraining:
                     "the next round",
                 )
             )
+        self._wait_while_reconnecting(round_number, emit, stop)
         inbox.clear()
         pushed = self._push(round_number, weights, loss, emit)
         global_weights, contributors = None, None
@@ -260,7 +269,7 @@ class FederatedTraining:
                     TrainingEvent(
                         "batch",
                         round_number,
-                        self.rounds,
+                        self.last_round,
                         epoch=epoch,
                         epochs=self.epochs_per_round,
                         batch=batch,
@@ -275,7 +284,7 @@ class FederatedTraining:
                 TrainingEvent(
                     "epoch",
                     round_number,
-                    self.rounds,
+                    self.last_round,
                     epoch=epoch,
                     epochs=self.epochs_per_round,
                     loss=loss,
@@ -283,6 +292,18 @@ class FederatedTraining:
                 )
             )
         return loss
+
+    def _wait_while_reconnecting(self, round_number: int, emit, stop) -> None:
+        """A push made while the relay is away would be lost: wait for the client to be back
+        (up to round_timeout; the push then says what happened)."""
+        if not getattr(self.client, "is_reconnecting", False):
+            return
+        emit(self._waiting(round_number, "Reconnecting to the relay…"))
+        deadline = time.perf_counter() + self.round_timeout
+        while getattr(self.client, "is_reconnecting", False) and not stop.is_set():
+            if time.perf_counter() >= deadline:
+                return
+            time.sleep(_POLL_SECONDS)
 
     def _push(self, round_number: int, weights: dict, loss: float, emit) -> int | None:
         """Sends the weights; their size on the wire, or None if they did not go."""
@@ -311,7 +332,7 @@ class FederatedTraining:
             TrainingEvent(
                 "upload",
                 round_number,
-                self.rounds,
+                self.last_round,
                 bytes=size,
                 seconds=time.perf_counter() - started,
                 loss=loss,
@@ -344,7 +365,7 @@ class FederatedTraining:
             TrainingEvent(
                 "download",
                 round_number,
-                self.rounds,
+                self.last_round,
                 bytes=size,
                 seconds=time.perf_counter() - started,
             )
@@ -364,7 +385,7 @@ class FederatedTraining:
 
     def _waiting(self, round_number: int, message: str) -> TrainingEvent:
         log.info("round %d: %s", round_number, message)
-        return TrainingEvent("waiting", round_number, self.rounds, message=message)
+        return TrainingEvent("waiting", round_number, self.last_round, message=message)
 
 
 @contextlib.contextmanager

@@ -18,12 +18,18 @@ import torch
 from torch.nn import functional as F
 
 from .data import SegmentationData
+from .settings import TRAINING_DEFAULTS
 from .unet import DEFAULT_BASE_CHANNELS, DEFAULT_DEPTH, architecture_name, build_unet
 
 log = logging.getLogger(__name__)
 
 #: Seed of the initial weights shared by all members of a room.
 DEFAULT_INIT_SEED = 1234
+
+# The initial weights come from torch's process-wide generator: two Trainers built at once on
+# two threads (several app windows in one process) would interleave its draws and start from
+# different models, which FedAvg then averages into a poor first round.
+_INIT_LOCK = threading.Lock()
 
 
 def dice_score(logits_or_probs: Any, masks: Any, threshold: float = 0.5) -> float:
@@ -74,8 +80,8 @@ class Trainer:
         data: SegmentationData,
         *,
         seed: int = 0,
-        learning_rate: float = 1e-2,
-        batch_size: int = 8,
+        learning_rate: float = TRAINING_DEFAULTS.learning_rate,
+        batch_size: int = TRAINING_DEFAULTS.batch_size,
         base_channels: int = DEFAULT_BASE_CHANNELS,
         depth: int = DEFAULT_DEPTH,
         init_seed: int = DEFAULT_INIT_SEED,
@@ -91,7 +97,7 @@ class Trainer:
         self.learning_rate = learning_rate
         self.augment = augment
         self.architecture = architecture_name(base_channels=base_channels, depth=depth)
-        with torch.random.fork_rng(devices=[]):
+        with _INIT_LOCK, torch.random.fork_rng(devices=[]):
             torch.manual_seed(init_seed)
             self.model = build_unet(base_channels=base_channels, depth=depth)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=learning_rate)

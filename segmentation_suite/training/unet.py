@@ -6,6 +6,8 @@ weights (FedAvg) averages parameters only, and a batch of one trains like any ot
 
 from __future__ import annotations
 
+import re
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -20,6 +22,23 @@ def architecture_name(*, base_channels: int = DEFAULT_BASE_CHANNELS, depth: int 
 
 
 ARCHITECTURE = architecture_name()
+
+_ARCHITECTURE_PATTERN = re.compile(r"unet2d-v1:base=([0-9]+):depth=([0-9]+)")
+
+
+def parse_architecture(name: str) -> dict[str, int]:
+    """The build_unet arguments an architecture_name stands for; ValueError for any other
+    string (a model of another kind, or of a newer version of this program)."""
+    match = _ARCHITECTURE_PATTERN.fullmatch(str(name))
+    if match is None:
+        raise ValueError(
+            f"unknown architecture {name!r}: this version of segmentation-suite builds "
+            f"{ARCHITECTURE!r}-style U-Nets only"
+        )
+    base_channels, depth = int(match.group(1)), int(match.group(2))
+    if not 1 <= base_channels <= 256 or not 0 <= depth <= 8:
+        raise ValueError(f"architecture {name!r} is out of range (base 1..256, depth 0..8)")
+    return {"base_channels": base_channels, "depth": depth}
 
 
 def _groups(channels: int) -> int:

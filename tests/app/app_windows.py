@@ -56,7 +56,7 @@ def use_tiny_synthetic_data(window: MainWindow, member: int, count: int = 8) -> 
     panel = window.training_page.data_panel
     panel.synthetic_radio.setChecked(True)
     panel.synthetic_size = 32
-    panel.member_spin.setValue(member)
+    panel.microscope_spin.setValue(member)
     panel.count_spin.setValue(count)
 
 

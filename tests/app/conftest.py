@@ -38,6 +38,8 @@ def isolated_relay_config(tmp_path, monkeypatch):
 
     monkeypatch.delenv(relay_config.ENV_VAR, raising=False)
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    # Session folders of kept round models (platformdirs' user data dir) stay here too.
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
     monkeypatch.setattr(relay_config, "_PACKAGE_DIR", tmp_path / "package")
     assert str(relay_config.user_config_path()).startswith(str(tmp_path))
     return relay_config

@@ -8,6 +8,7 @@ PNG files of the window's size whose pixels vary.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import select
@@ -20,6 +21,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+
+from segmentation_suite.training.settings import TRAINING_DEFAULTS
 
 ROOT = Path(__file__).resolve().parents[2]
 SCREENSHOTS = ROOT / "artifacts" / "screenshots"
@@ -117,7 +120,7 @@ def xvfb_display():
     server.stop()
 
 
-def test_screenshots_of_both_pages(xvfb_display, relay):
+def test_screenshots_of_every_page(xvfb_display, relay):
     url = relay().url
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     for old in SCREENSHOTS.glob("*.png"):
@@ -132,22 +135,26 @@ def test_screenshots_of_both_pages(xvfb_display, relay):
             str(SCREENSHOTS),
             "--relay-url",
             url,
-            "--rounds",
-            "2",
-            "--epochs",
-            "2",
         ],
         env=env,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=400,
         cwd=ROOT,
     )
     if result.returncode != 0 and "could not load the Qt platform plugin" in result.stderr:
         pytest.skip(f"the Qt xcb platform plugin does not load here: {result.stderr[-800:]}")
     assert result.returncode == 0, result.stderr[-3000:]
 
-    for name in ("setup.png", "training.png"):
+    # The default plan learned: the Dice curve in the picture is no flat zero line.
+    saved = json.loads(result.stdout.strip().splitlines()[-1])
+    assert len(saved["dice"]) == TRAINING_DEFAULTS.rounds and max(saved["dice"]) >= 0.75, saved
+
+    assert len(saved["predict_dice"]) == 6 and np.mean(saved["predict_dice"]) >= 0.5, saved
+    names = ["setup.png", "training.png", "member_training.png", "session_log.png", "predict.png"]
+    if "export" in saved:
+        names.append("export.png")
+    for name in names:
         path = SCREENSHOTS / name
         assert path.is_file(), f"{path} was not written"
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", f"{path} is not a PNG"
@@ -160,11 +167,12 @@ def test_screenshots_of_both_pages(xvfb_display, relay):
         # Not blank: a window of one colour (black or unpainted) has no variance.
         assert pixels.std() > 10.0, f"{path} looks blank (pixel std {pixels.std():.1f})"
         assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 50, f"{path} has too few colours"
-    # The training page shows the plotted curves: the local model's blue is in the picture.
-    with Image.open(SCREENSHOTS / "training.png") as image:
-        rgb = np.asarray(image.convert("RGB")).reshape(-1, 3)
+    # The training pages show the plotted curves: the local model's blue is in the picture.
     from segmentation_suite.app.plots import LOCAL_COLOUR
 
     colour = tuple(int(LOCAL_COLOUR[i : i + 2], 16) for i in (1, 3, 5))
-    blue = np.all(np.abs(rgb.astype(int) - colour) < 12, axis=1).sum()
-    assert blue > 200, f"training.png shows no local-model curve ({blue} blue pixels)"
+    for name in ("training.png", "member_training.png"):
+        with Image.open(SCREENSHOTS / name) as image:
+            rgb = np.asarray(image.convert("RGB")).reshape(-1, 3)
+        blue = np.all(np.abs(rgb.astype(int) - colour) < 12, axis=1).sum()
+        assert blue > 200, f"{name} shows no local-model curve ({blue} blue pixels)"

@@ -22,6 +22,7 @@ from app_windows import (
     wait_for_members,
 )
 from PIL import Image
+from qtpy.QtCore import Qt
 
 from segmentation_suite.app import session_controller as states
 
@@ -53,12 +54,12 @@ def test_create_join_and_train_one_round(qtbot, relay, tmp_path):
 
     for member, window in enumerate((alice, bob), start=1):
         use_tiny_synthetic_data(window, member)
-        window.training_page.rounds_spin.setValue(1)
-        window.training_page.epochs_spin.setValue(1)
         window.show_page(1)
-    # Bob starts first: his push may reach the host before hers, and the round still waits
-    # for the host's own (a host that trains is one of its round's contributors).
-    click(qtbot, bob.training_page.start_button)
+    # The host sets the plan and starts; Bob's page follows it without a click.
+    alice.training_page.rounds_spin.setValue(1)
+    alice.training_page.epochs_spin.setValue(1)
+    assert not bob.training_page.start_button.isEnabled()
+    assert not bob.training_page.rounds_spin.isEnabled()  # the host's plan, shown
     click(qtbot, alice.training_page.start_button)
 
     def round_done(window):
@@ -78,7 +79,9 @@ def test_create_join_and_train_one_round(qtbot, relay, tmp_path):
         assert [x for x, _ in page.plot.global_loss_points] == [1]
         assert all(loss > 0 for _, loss in page.plot.global_loss_points)
         assert page.progress_bar.value() == page.progress_bar.maximum()
-        assert page.resume_button.isEnabled() and page.start_button.isEnabled()
+    assert alice.training_page.resume_button.isEnabled()
+    assert alice.training_page.start_button.isEnabled()
+    assert bob.training_page.rounds_spin.value() == 1  # the plan he followed
     # The two members ended the round with the same (global) model.
     alice_weights = alice.training_page.trainer.state_dict()
     bob_weights = bob.training_page.trainer.state_dict()
@@ -109,7 +112,10 @@ def test_wrong_code_says_room_not_found_and_the_right_one_still_joins(qtbot, rel
     qtbot.waitUntil(lambda: page.join_button.isEnabled(), timeout=TIMEOUT_MS)
     assert page.create_button.isEnabled() and page.code_edit.isEnabled()
 
-    join_room(qtbot, guest, code.lower())
+    # Enter joins, as the button does.
+    page.code_edit.clear()
+    qtbot.keyClicks(page.code_edit, code.lower())
+    qtbot.keyClick(page.code_edit, Qt.Key.Key_Return)
     wait_for_members(qtbot, [host, guest], ["Host", "Guest"])
     assert not page.error_label.isVisible()
 
@@ -145,8 +151,6 @@ def test_too_many_join_attempts_are_said_plainly(qtbot, relay):
 
 
 def test_stop_then_resume_continues_from_the_current_weights(qtbot, relay):
-    from qtpy.QtCore import Qt
-
     solo = open_window(qtbot, "Solo", relay().url)
     create_room(qtbot, solo)
     page = solo.training_page
@@ -165,7 +169,7 @@ def test_stop_then_resume_continues_from_the_current_weights(qtbot, relay):
         lambda: not page.is_training and bool(page.plot.local_dice_points), timeout=30_000
     )
     assert [x for x, _ in page.plot.local_dice_points] == [1]
-    assert "Stopped after 1 of 3 rounds" in page.status_label.text()
+    assert "Stopped after 1 of rounds 1–3" in page.status_label.text()
     trainer = page.trainer
     after_round_one = {k: v.clone() for k, v in trainer.state_dict().items()}
 
@@ -180,16 +184,26 @@ def test_stop_then_resume_continues_from_the_current_weights(qtbot, relay):
         not np.array_equal(after_round_one[k], v) for k, v in trainer.state_dict().items()
     )
     assert changed, "resuming did not train"
-    assert "Finished 3 rounds" in page.status_label.text()
+    assert "Finished rounds 2–3" in page.status_label.text()
 
 
-def test_room_code_field_upper_cases_and_refuses_characters_outside_the_alphabet(qtbot):
+def test_room_code_field_upper_cases_and_explains_characters_codes_never_contain(qtbot):
     window = open_window(qtbot, "Typist")
-    edit = window.setup_page.code_edit
-    qtbot.keyClicks(edit, "k7-q i o 0 1 x2mzz")
-    # I, O, 0 and 1 are not in room codes; spaces and dashes are dropped; 6 characters at most.
-    assert edit.text() == "K7QX2M"
-    assert edit.hasAcceptableInput()
+    page = window.setup_page
+    edit, hint = page.code_edit, page.code_hint_label
+    qtbot.keyClicks(edit, "k7-q 1")
+    # Upper-cased, spaces and dashes dropped; the 1 stays in sight and is explained at once.
+    assert edit.text() == "K7Q1"
+    assert hint.isVisible() and "“1”" in hint.text() and "0 1 I O" in hint.text()
+    # Enter with the 1 still there: refused, saying why (nothing silently dropped).
+    qtbot.keyClick(edit, Qt.Key.Key_Return)
+    assert "Room code not usable" in page.error_label.text() and "“1”" in page.error_label.message
+    qtbot.keyClick(edit, Qt.Key.Key_Backspace)
+    assert not hint.isVisible()
+    qtbot.keyClicks(edit, "x2mo")
+    assert edit.text() == "K7QX2MO" and "“O”" in hint.text()
+    qtbot.keyClick(edit, Qt.Key.Key_Backspace)
+    assert edit.text() == "K7QX2M" and not hint.isVisible()
 
 
 def test_copy_button_puts_the_code_on_the_clipboard(qtbot, relay, qapp):
@@ -300,3 +314,19 @@ def test_lan_session_create_and_join(qtbot):
     click(qtbot, bob.setup_page.join_button)
     wait_for_members(qtbot, [alice, bob], ["Alice", "Bob"])
     assert bob.session.state == states.CONNECTED and alice.session.server.is_running
+
+    # A LAN session's hub lets members talk to it only, so no plan reaches the others: each
+    # window starts its own rounds (the same plan), and the hub averages them.
+    for window in (alice, bob):
+        use_tiny_synthetic_data(window, 0)
+        window.show_page(1)
+        window.training_page.rounds_spin.setValue(1)
+        assert window.training_page.start_button.isEnabled()
+        assert not window.training_page.follow_check.isVisible()
+    click(qtbot, bob.training_page.start_button)
+    click(qtbot, alice.training_page.start_button)
+
+    def round_done(window):
+        return len(window.training_page.plot.global_dice_points) == 1
+
+    qtbot.waitUntil(lambda: round_done(alice) and round_done(bob), timeout=60_000)

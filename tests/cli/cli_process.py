@@ -18,11 +18,17 @@ from pathlib import Path
 
 
 def cli_env(config_home: Path, **extra: str) -> dict[str, str]:
-    """The environment of a user with no relay configured (a fresh config dir), one torch
-    thread per process (the machine is shared)."""
+    """The environment of a user with no relay configured (a fresh config dir, and a fresh
+    data dir beside it for session folders), one torch thread per process (the machine is
+    shared)."""
     env = dict(os.environ)
     env.pop("SEGMENTATION_SUITE_RELAY_URL", None)
-    env.update(XDG_CONFIG_HOME=str(config_home), OMP_NUM_THREADS="1", **extra)
+    env.update(
+        XDG_CONFIG_HOME=str(config_home),
+        XDG_DATA_HOME=str(config_home.parent / "data"),
+        OMP_NUM_THREADS="1",
+        **extra,
+    )
     return env
 
 

@@ -4,7 +4,9 @@ progress, then Ctrl-C on the member (it says goodbye, the host sees it leave and
 from __future__ import annotations
 
 import re
+import shlex
 import socket
+from pathlib import Path
 
 ROUND_LINE = r"^round {n}/1000: loss [0-9.]+, local Dice [0-9.]+, global Dice [0-9.]+, {who}"
 TRAINING = ["--synthetic", "--samples", "8", "--rounds", "1000"]
@@ -12,14 +14,25 @@ TRAINING = ["--synthetic", "--samples", "8", "--rounds", "1000"]
 
 def test_create_join_train_and_leave_with_ctrl_c(relay, cli):
     server = relay()
-    host = cli("create", "--name", "Alice", "--relay-url", server.url, *TRAINING, "--member", "0")
-    code = host.wait_for(r"join ([A-Z2-9]{6})$", 60).group(1)
+    host = cli("create", "--name", "Alice", "--relay-url", server.url, *TRAINING)
+    share = host.wait_for(r"^Share this code: (segmentation-suite join .*)$", 60).group(1)
+    words = shlex.split(share)
+    code = words[2]
     assert re.search(rf"room code.*\n.*\n.*{'  '.join(code)}", host.stdout), host.stdout
+    # The share line is the whole command: the relay (not the installed default here), the
+    # data kind and the options that differ from the defaults.
+    assert words[3:] == ["--relay-url", server.url, "--synthetic", "--rounds", "1000"] + [
+        "--samples",
+        "8",
+    ], share
 
-    # Typed in lower case: codes are case-insensitive.
-    member = cli("join", code.lower(), "--name", "Bob", "--relay-url", server.url, *TRAINING)
+    # Pasted as printed (the code typed in lower case: codes are case-insensitive).
+    member = cli(*words[1:2], code.lower(), *words[3:], "--name", "Bob")
     member.wait_for(rf"^Joined room {code} with Alice, Bob$", 60)
     host.wait_for(r"^Bob joined the room$", 30)
+    # Each one's default microscope follows its place in the room, counted from 1.
+    host.wait_for(r"^8 synthetic images from microscope 1; ", 30)
+    member.wait_for(r"^8 synthetic images from microscope 2; ", 30)
 
     # A whole round on both sides, with its progress: the epoch, the member's two transfers
     # (size and rate), the host's averaging, and the round's row.
@@ -50,7 +63,7 @@ def test_create_join_train_and_leave_with_ctrl_c(relay, cli):
 def test_ctrl_c_while_waiting_for_members_leaves_the_room(relay, cli):
     server = relay()
     host = cli("create", "--name", "Alice", "--relay-url", server.url, "--synthetic")
-    code = host.wait_for(r"join ([A-Z2-9]{6})$", 60).group(1)
+    code = host.wait_for(r"join ([A-Z2-9]{6}) ", 60).group(1)
     host.wait_for(r"^Waiting for 1 member\(s\) to join", 10)
     host.interrupt()
     assert host.wait(30) == 130, host.stdout + host.stderr
@@ -60,7 +73,7 @@ def test_ctrl_c_while_waiting_for_members_leaves_the_room(relay, cli):
 
 def test_host_alone_finishes_every_round_and_saves(relay, cli, tmp_path):
     server = relay()
-    saved = tmp_path / "shared.pt"
+    saved = tmp_path / "shared.safetensors"
     host = cli(
         "create",
         "--relay-url",
@@ -78,9 +91,16 @@ def test_host_alone_finishes_every_round_and_saves(relay, cli, tmp_path):
     assert host.wait(120) == 0, host.stdout + host.stderr
     for n in (1, 2):
         host.wait_for(ROUND_LINE.replace("1000", "2").format(n=n, who="1 contributor"), 1)
-    code = re.search(r"join ([A-Z2-9]{6})$", host.stdout, re.M).group(1)
+    code = re.search(r"join ([A-Z2-9]{6}) ", host.stdout, re.M).group(1)
     assert re.search(rf"^Done: 2 rounds; left room {code}$", host.stdout, re.M), host.stdout
-    assert saved.stat().st_size > 0
+    from segmentation_suite.training.model_file import load_model
+
+    assert load_model(saved).training["rounds"] == 2
+    # Every round's global model is kept in the session folder, which the command names.
+    kept = re.search(r"^Kept 2 checkpoints in (.+)$", host.stdout, re.M)
+    assert kept, host.stdout
+    rounds = sorted(p.name for p in Path(kept.group(1)).iterdir())
+    assert rounds == ["round-001.safetensors", "round-002.safetensors"]
 
 
 def test_lan_session_create_and_join_complete_a_round(cli):
@@ -90,8 +110,8 @@ def test_lan_session_create_and_join_complete_a_round(cli):
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     rounds = ["--synthetic", "--samples", "8", "--rounds", "2"]
-    host = cli("create", "--lan", str(port), "--name", "Alice", *rounds, "--member", "0")
-    host.wait_for(rf"join --lan (\S+):{port}$", 60)
+    host = cli("create", "--lan", str(port), "--name", "Alice", *rounds, "--member", "1")
+    host.wait_for(rf"join --lan (\S+):{port} --synthetic --rounds 2 --samples 8$", 60)
     member = cli("join", "--lan", f"127.0.0.1:{port}", "--name", "Bob", *rounds)
     member.wait_for(rf"^Joined the LAN session at 127.0.0.1:{port} with Alice, Bob$", 60)
     host.wait_for(r"^Bob joined the room$", 30)

@@ -234,33 +234,53 @@ def test_image_and_mask_of_different_sizes_names_both(tmp_path):
     save(tmp_path / "big.png", np.zeros((30, 40), dtype=np.uint8))
     save(tmp_path / "big_mask.png", np.zeros((24, 32), dtype=np.uint8))
     with pytest.raises(DatasetError) as caught:
-        load_folder(tmp_path)
+        load_folder(tmp_path, strict=True)
     message = str(caught.value)
     assert "big.png is 40x30" in message and "big_mask.png is 32x24" in message
 
 
-def test_images_of_different_sizes_name_both(tmp_path):
-    good_pair(tmp_path, "a", (24, 32))
-    good_pair(tmp_path, "b", (20, 32))
-    with pytest.raises(DatasetError) as caught:
-        load_folder(tmp_path)
-    message = str(caught.value)
-    assert "b.png is 32x20" in message and "a.png is 32x24" in message
-
-
-def test_corrupt_and_truncated_files_are_named(tmp_path):
+def test_corrupt_and_truncated_files_are_named_when_strict(tmp_path):
     good_pair(tmp_path, "a")
     (tmp_path / "b.png").write_bytes(b"\x89PNG\r\n\x1a\n this is not a png")
     save(tmp_path / "b_mask.png", cells().astype(np.uint8))
     with pytest.raises(DatasetError, match=r"Cannot read b\.png"):
-        load_folder(tmp_path)
+        load_folder(tmp_path, strict=True)
 
     other = tmp_path / "truncated"
     good_pair(other, "c")
     whole = (other / "c_mask.png").read_bytes()
     (other / "c_mask.png").write_bytes(whole[: len(whole) // 2])
     with pytest.raises(DatasetError, match=r"Cannot read c_mask\.png"):
-        load_folder(other)
+        load_folder(other, strict=True)
+
+
+def test_unusable_pairs_are_skipped_and_listed_by_default(tmp_path, caplog):
+    good_pair(tmp_path, "a")
+    good_pair(tmp_path, "d")
+    (tmp_path / "b.png").write_bytes(b"\x89PNG\r\n\x1a\n this is not a png")
+    save(tmp_path / "b_mask.png", cells().astype(np.uint8))
+    whole = (tmp_path / "d_mask.png").read_bytes()
+    good_pair(tmp_path, "c")
+    (tmp_path / "c_mask.png").write_bytes(whole[: len(whole) // 2])
+    save(tmp_path / "e.png", np.zeros((16, 16), dtype=np.uint8))
+    save(tmp_path / "e_mask.png", np.tile(np.arange(16, dtype=np.uint8) * 16, (16, 1)))
+    with caplog.at_level("INFO"):
+        data = load_folder(tmp_path)
+    assert data.names == ["a", "d"]
+    assert [s.path for s in data.skipped] == ["b.png", "c_mask.png", "e_mask.png"]
+    assert "Cannot read b.png" in data.skipped[0].reason
+    assert "not binary" in data.skipped[2].reason
+    logged = caplog.text
+    assert all(name in logged for name in ("b.png", "c_mask.png", "e_mask.png"))
+    # A subset (the validation split) still knows what the folder had.
+    assert [s.path for s in data.subset([1]).skipped] == ["b.png", "c_mask.png", "e_mask.png"]
+
+
+def test_a_folder_of_nothing_but_unusable_pairs_is_refused(tmp_path):
+    (tmp_path / "b.png").write_bytes(b"garbage")
+    save(tmp_path / "b_mask.png", cells().astype(np.uint8))
+    with pytest.raises(DatasetError, match=r"None of the 1 image/mask pairs.*b\.png"):
+        load_folder(tmp_path)
 
 
 def test_mask_with_many_gray_levels(tmp_path):
@@ -268,12 +288,118 @@ def test_mask_with_many_gray_levels(tmp_path):
     gradient = np.tile(np.arange(16, dtype=np.uint8) * 16, (16, 1))
     save(tmp_path / "g_mask.png", gradient)
     with pytest.raises(DatasetError, match=r"Mask g_mask\.png is not binary: it has 16 gray"):
-        load_folder(tmp_path)
+        load_folder(tmp_path, strict=True)
 
 
-def test_multi_page_tiff_is_refused(tmp_path):
-    pages = [Image.fromarray(np.zeros((8, 8), dtype=np.uint8)) for _ in range(3)]
-    pages[0].save(tmp_path / "stack.tif", save_all=True, append_images=pages[1:])
+def save_stack(path, pages):
+    pictures = [Image.fromarray(page) for page in pages]
+    pictures[0].save(path, save_all=True, append_images=pictures[1:])
+
+
+def test_each_page_of_a_stack_is_a_sample_with_its_mask_page(tmp_path):
+    masks = [cells(), cells()[::-1], cells()[:, ::-1]]
+    images = [
+        microscope_image(m, np.uint16, 500 * (i + 1), 30000, seed=i) for i, m in enumerate(masks)
+    ]
+    save_stack(tmp_path / "stack.tif", images)
+    save_stack(tmp_path / "stack_mask.tif", [m.astype(np.uint8) * 255 for m in masks])
+    good_pair(tmp_path, "single")
+    data = load_folder(tmp_path)
+    assert data.names == ["single", "stack[page 1]", "stack[page 2]", "stack[page 3]"]
+    assert data.sources == ["single", "stack", "stack", "stack"]
+    assert data.images.shape == (4, 1, 24, 32)
+    for page, mask in enumerate(masks, start=1):
+        np.testing.assert_array_equal(data.masks[page, 0], mask.astype(np.float32))
+        assert data.images[page, 0][mask].min() > 0.9  # 16-bit pages normalized one by one
+
+
+def test_a_stack_whose_mask_has_other_page_count_is_skipped(tmp_path):
+    save_stack(tmp_path / "stack.tif", [np.zeros((8, 8), dtype=np.uint8)] * 3)
     save(tmp_path / "stack_mask.tif", np.zeros((8, 8), dtype=np.uint8))
-    with pytest.raises(DatasetError, match=r"stack\.tif is a stack of 3 pages"):
+    good_pair(tmp_path, "ok")
+    data = load_folder(tmp_path)
+    assert data.names == ["ok"]
+    assert "has 3 page(s) but its mask stack_mask.tif has 1" in data.skipped[0].reason
+    with pytest.raises(DatasetError, match=r"stack\.tif has 3 page"):
+        load_folder(tmp_path, strict=True)
+
+
+def test_images_of_different_sizes_become_random_crops_that_keep_image_and_mask_aligned(
+    tmp_path,
+):
+    shapes = [(24, 32), (40, 56), (30, 30)]
+    for i, shape in enumerate(shapes):
+        good_pair(tmp_path, f"img{i}", shape)
+    data = load_folder(tmp_path, seed=3)
+    side = 24  # the smallest side
+    assert data.images.shape[1:] == (1, side, side)
+    # About twice as many crops as tile each image (rounded up), named after their image.
+    assert [data.sources.count(f"img{i}") for i in range(3)] == [3, 8, 4]
+    # Each crop's mask is the crop of its image's mask: bright pixels are exactly the cells.
+    for image, mask in zip(data.images[:, 0], data.masks[:, 0], strict=True):
+        if 0 < mask.sum() < mask.size:
+            assert image[mask > 0].min() > image[mask == 0].max()
+    again = load_folder(tmp_path, seed=3)
+    np.testing.assert_array_equal(again.images, data.images)
+    other = load_folder(tmp_path, seed=4)
+    assert not np.array_equal(other.images, data.images)
+
+
+def test_crop_size_caps_the_crops_and_too_small_images_are_refused(tmp_path):
+    good_pair(tmp_path, "a", (24, 32))
+    assert load_folder(tmp_path, crop_size=16).images.shape[1:] == (1, 16, 16)
+    good_pair(tmp_path, "tiny", (6, 40))
+    with pytest.raises(DatasetError, match="6 pixels wide or high"):
         load_folder(tmp_path)
+
+
+def test_truncated_stacks_are_skipped_by_name_never_crash(tmp_path):
+    good_pair(tmp_path, "ok")
+    pages = [microscope_image(cells(), np.uint16, 100, 30000, seed=s) for s in range(3)]
+    save_stack(tmp_path / "whole.tif", pages)
+    whole = (tmp_path / "whole.tif").read_bytes()
+    (tmp_path / "whole.tif").unlink()
+    for cut in (10, len(whole) // 3, len(whole) // 2, len(whole) - 10):
+        folder = tmp_path / f"cut{cut}"
+        folder.mkdir()
+        good_pair(folder, "ok")
+        (folder / "stack.tif").write_bytes(whole[:cut])
+        save_stack(folder / "stack_mask.tif", [cells().astype(np.uint8) * 255] * 3)
+        data = load_folder(folder)
+        # A damaged stack is never half-used: either all 3 pages, or skipped with its name.
+        if len(data) == 1:
+            assert data.names == ["ok"]
+            assert [s.path for s in data.skipped] == ["stack.tif"], data.skipped
+        else:
+            assert data.names == ["ok", "stack[page 1]", "stack[page 2]", "stack[page 3]"]
+
+
+def test_damaged_images_of_every_kind_are_skipped_or_read_never_crash(tmp_path):
+    """Byte flips and cuts in PNG, 16-bit TIFF and stack files: load_folder either reads the
+    pair or skips it by name; any other exception fails the test."""
+    sources = {}
+    good_pair(tmp_path / "src", "p")
+    sources["p.png"] = (tmp_path / "src" / "p.png").read_bytes()
+    save(tmp_path / "src" / "t.tif", microscope_image(cells(), np.uint16, 100, 30000))
+    sources["t.tif"] = (tmp_path / "src" / "t.tif").read_bytes()
+    save_stack(tmp_path / "src" / "s.tif", [microscope_image(cells(), np.uint8, 5, 200)] * 2)
+    sources["s.tif"] = (tmp_path / "src" / "s.tif").read_bytes()
+    rng = np.random.default_rng(0)
+    for trial in range(60):
+        name, original = list(sources.items())[trial % 3]
+        damaged = bytearray(original)
+        if trial % 2:
+            damaged = damaged[: int(rng.integers(1, len(damaged)))]
+        else:
+            for index in rng.integers(0, len(damaged), size=int(rng.integers(1, 6))):
+                damaged[index] = int(rng.integers(0, 256))
+        folder = tmp_path / f"trial{trial}"
+        folder.mkdir()
+        good_pair(folder, "ok")
+        stem, suffix = name.split(".")
+        (folder / name).write_bytes(bytes(damaged))
+        pages = 2 if stem == "s" else 1
+        save_stack(folder / f"{stem}_mask.{suffix}", [cells().astype(np.uint8) * 255] * pages)
+        data = load_folder(folder)
+        assert "ok" in data.names
+        assert len(data) == 1 + pages or [s.path for s in data.skipped] != [], trial

@@ -264,3 +264,31 @@ def test_a_disconnected_client_keeps_training_locally(room_factory):
     assert errors == ["Cannot send weights: not connected to a session"] * 2
     notes = [e.message for e in events if e.kind == "waiting"]
     assert len(notes) == 2 and all("not connected" in note for note in notes)
+
+
+def test_a_run_started_later_numbers_its_rounds_as_the_session_does(room_factory):
+    """first_round: a Resume or a member joining mid-session counts on from the session's
+    rounds; events, results and the pushes' round field all carry that number."""
+    room = room_factory(members=1)
+    pushes: list = []
+    room.host.weights_received.connect(lambda user, info: pushes.append(info["epoch"]))
+    runs = [
+        FederatedTraining(
+            client,
+            Trainer(member_shard(style, 8, size=32), seed=style, batch_size=4),
+            rounds=2,
+            round_timeout=WAIT,
+            first_round=4,
+        )
+        for style, client in enumerate((room.host, room.members[0]))
+    ]
+    threads = [run_in_thread(run) for run in runs]
+    for thread, _, _ in threads:
+        thread.join(3 * WAIT)
+        assert not thread.is_alive()
+    for _, results, events in threads:
+        assert [r.round for r in results] == [4, 5]
+        assert {(e.round, e.rounds) for e in events if e.kind == "epoch"} == {(4, 5), (5, 5)}
+    assert sorted(pushes) == [4, 4, 5, 5]
+    with pytest.raises(ValueError, match="first_round"):
+        FederatedTraining(room.host, runs[0].trainer, first_round=0)

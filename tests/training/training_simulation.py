@@ -95,11 +95,15 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=DEMO_SETTINGS.image_size)
     parser.add_argument("--held-out", type=int, default=DEMO_SETTINGS.held_out_images)
     parser.add_argument("--lr", type=float, default=DEMO_SETTINGS.learning_rate)
+    parser.add_argument("--batch-size", type=int, default=DEMO_SETTINGS.batch_size)
+    parser.add_argument("--members", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     torch.set_num_threads(1)
     torch.use_deterministic_algorithms(True)
     result = simulate(
+        members=args.members,
+        batch_size=args.batch_size,
         images=args.images,
         size=args.size,
         held_out=args.held_out,
