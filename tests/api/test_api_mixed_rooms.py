@@ -111,7 +111,7 @@ def test_ours_host_averages_an_original_members_push_with_ours(
     host = make_client(recorder, "host", accept_legacy_weights=True, aggregation_timeout=120)
     crops: list = []
     host.training_data_received.connect(lambda image, mask, info: crops.append((image, mask, info)))
-    host.create_relay_room("host", url)
+    host.create_relay_room("host", url, private=False)
     (code,) = wait_until(recorder, lambda: recorder.of("host", "room_created"), "room")[0]
     olga = originals(url, "Olga")
     olga.join_room(code)
@@ -237,7 +237,7 @@ def test_original_push_without_opt_in_is_refused_once_and_nothing_unpickled(
     host = make_client(recorder, "host", accept_legacy_weights=accept)
     crops: list = []
     host.training_data_received.connect(lambda *args: crops.append(args))
-    host.create_relay_room("host", url)
+    host.create_relay_room("host", url, private=False)
     (code,) = wait_until(recorder, lambda: recorder.of("host", "room_created"), "room")[0]
     olga = originals(url, "Olga")
     olga.join_room(code)
@@ -322,7 +322,7 @@ def test_gzip_bomb_as_an_original_push_is_refused_in_bounded_memory(recorder, or
     v1 = V1Relay()
     try:
         host = make_client(recorder, "host", accept_legacy_weights=True)
-        host.create_relay_room("host", v1.url)
+        host.create_relay_room("host", v1.url, private=False)
         (code,) = wait_until(recorder, lambda: recorder.of("host", "room_created"), "room")[0]
         olga = originals(v1.url, "Olga")
         olga.join_room(code)
@@ -351,7 +351,7 @@ def test_idle_reordered_room_late_joiner_pushes_to_the_real_host(recorder, origi
         host = make_client(recorder, "host", aggregation_timeout=120)
         rounds: list = []
         host.round_complete.connect(lambda number, who: rounds.append((number, sorted(who))))
-        host.create_relay_room("host", v1.url)
+        host.create_relay_room("host", v1.url, private=False)
         (code,) = wait_until(recorder, lambda: recorder.of("host", "room_created"), "room")[0]
         amy = join(recorder, "amy", code, v1.url)
         wait_until(recorder, lambda: amy.host_id == host.user_id, "amy knows the host")
