@@ -8,6 +8,7 @@ from qtpy.QtCore import Qt, Signal
 from qtpy.QtWidgets import (
     QApplication,
     QButtonGroup,
+    QCheckBox,
     QFormLayout,
     QGroupBox,
     QHBoxLayout,
@@ -122,9 +123,16 @@ class SetupPage(QWidget):
         self.create_button = QPushButton("Create Session")
         self.create_button.clicked.connect(self._create)
         row.addWidget(self.create_button)
+        self.open_room_check = QCheckBox("Open room")
+        self.open_room_check.setToolTip(
+            "A 6-character code the original app can join too; whoever runs the relay can "
+            "read the models. Unticked (default): a private room, end-to-end encrypted, whose "
+            "code (K7QX2M-4HRT) has a secret part the relay never sees"
+        )
+        row.addWidget(self.open_room_check)
         row.addSpacing(24)
         self.code_edit = QLineEdit()
-        self.code_edit.setPlaceholderText("room code, e.g. K7QX2M")
+        self.code_edit.setPlaceholderText("room code, e.g. K7QX2M-4HRT")
         self.code_edit.textEdited.connect(self._on_code_typed)
         # No QValidator: with one, Enter does nothing until the code is complete.
         self.code_edit.returnPressed.connect(self._join)
@@ -246,7 +254,8 @@ class SetupPage(QWidget):
             return
         url = self._relay_url()
         if url is not None:
-            self.session.create_relay_session(self.display_name, url)
+            private = not self.open_room_check.isChecked()
+            self.session.create_relay_session(self.display_name, url, private=private)
 
     def _on_code_typed(self, text: str) -> None:
         cleaned = clean_code(text)
@@ -272,11 +281,12 @@ class SetupPage(QWidget):
         if not is_complete_room_code(code):
             if not code:
                 self.error_label.show_error(
-                    "No room code given: type the 6-character code the host shared"
+                    "No room code given: type the code the host shared (e.g. K7QX2M-4HRT)"
                 )
             else:
                 self.error_label.show_error(
-                    f"Room code {code} is too short: codes have 6 characters",
+                    f"Room code {code[:6]}… is incomplete: codes have 6 characters, and a "
+                    "private room's a dash and a secret part of at least 4 more",
                     "Room code incomplete",
                 )
             return
@@ -312,7 +322,13 @@ class SetupPage(QWidget):
 
     def _on_state(self, state: str) -> None:
         idle = state == states.IDLE
-        for widget in (self.create_button, self.join_button, self.code_edit, self.address_edit):
+        for widget in (
+            self.create_button,
+            self.open_room_check,
+            self.join_button,
+            self.code_edit,
+            self.address_edit,
+        ):
             widget.setEnabled(idle)
         for widget in (
             self.relay_radio,
