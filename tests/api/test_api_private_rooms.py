@@ -233,3 +233,49 @@ def test_private_room_on_the_v1_relay_is_refused_with_a_clear_error(recorder) ->
         recorder.wait_for(lambda: not host.is_connected, TIMEOUT, "host left")
     finally:
         v1.stop()
+
+
+def test_tampered_replayed_and_foreign_pushes_are_refused_nothing_applied(wire, recorder) -> None:
+    """Through the relay to a SyncClient host: a sealed push with one flipped bit, the same
+    sealed bytes again under a new transfer id (a replay), and a push sealed for another room
+    (its key and code) are each refused in words, and no push reaches the round."""
+    _, _, url = wire
+    host, code = create(recorder, url)
+    other_host, other_code = create_second_room(recorder, url)
+    alice = join(recorder, "alice", url, code)
+    recorder.wait_for(lambda: recorder.of("alice", "room_joined"), TIMEOUT, "alice in")
+    member = alice._private_member
+    plain = serialize_weights(model(6))
+    sealed = bytearray(member._transfers.seal(plain, 501, transport.FRAME_KIND_WEIGHTS, None))
+    flipped = bytearray(sealed)
+    flipped[len(flipped) // 2] ^= 0x01
+    # the key of the other room, as a member of both would hold it
+    stranger = other_host._private_host
+    foreign = bytes(stranger.seal_transfer(plain, 503, transport.FRAME_KIND_WEIGHTS))
+    conn, to = alice._connection, [host.user_id]
+    for transfer_id, data in ((501, flipped), (502, sealed), (503, foreign)):
+        conn.send_chunked(
+            transport.FRAME_KIND_WEIGHTS, transfer_id, alice.user_id, to, data, 1 << 14
+        )
+    recorder.wait_for(lambda: len(host_errors_now(recorder)) >= 3, TIMEOUT, "three refusals")
+    errors = host_errors_now(recorder)
+    assert all(e.startswith("Refused a transfer from alice: ") for e in errors), errors
+    assert [e.split(": ", 1)[1].split(":")[0] for e in errors] == [
+        "transfer 501 from " + alice.user_id,
+        "transfer 502 from " + alice.user_id,
+        "transfer 503 from " + alice.user_id,
+    ], errors
+    assert not recorder.of("host", "weights_received")
+    # an honest push sealed the same way does open: the refusals were the tampering
+    honest = member._transfers.seal(plain, 504, transport.FRAME_KIND_WEIGHTS, None)
+    conn.send_chunked(transport.FRAME_KIND_WEIGHTS, 504, alice.user_id, to, honest, 1 << 14)
+    recorder.wait_for(lambda: recorder.of("host", "weights_received"), TIMEOUT, "the real push")
+    assert len(host_errors_now(recorder)) == 3
+    assert other_code != code
+
+
+def create_second_room(recorder, url):
+    other = make_client(recorder, "other", compression=None)
+    other.create_relay_room("other", url)
+    (code,) = recorder.wait_for(lambda: recorder.of("other", "room_created"), TIMEOUT, "room")[0]
+    return other, code
