@@ -1226,6 +1226,10 @@ class SyncClient(PrivateRoomMixin, MixedRoomMixin):
             self._submit(
                 self._send_global_data, data, aggregation_round, len(contributors), recipients
             )
+        if self._away_members:
+            # They had a whole round to come back; a restarted relay will never say they left.
+            self._away_members.clear()
+            self._update_round_members()
         self.round_complete.emit(aggregation_round, contributors)
         self.global_model_received.emit(weights)
 

@@ -131,3 +131,14 @@ def test_impostor_can_neither_take_an_id_nor_send_a_global_model(room, recorder)
         np.testing.assert_allclose(got, pushed["layer.weight"], rtol=2**-10, atol=1e-3)
         assert not (member.global_weights["layer.weight"] == -666.0).any()
         assert host.host_id == host.user_id and member.host_id == host.user_id
+
+
+def test_our_client_under_a_taken_id_is_told_so_in_words(room, recorder):
+    process, host, member, code = room
+    twin = make_client(recorder, "twin")
+    twin.user_id = member.user_id  # as a copied profile, or an impostor, would
+    twin.connect_relay(code, "twin", process.url)
+    (text,) = recorder.wait_for(lambda: recorder.of("twin", "error"), TIMEOUT, "refusal")[0]
+    assert f"Room {code} already has a member with this client's id" in text
+    assert not recorder.of("twin", "room_joined") and not twin.is_connected
+    assert last_users(recorder, "host") == ["host", "mia"]
