@@ -113,7 +113,27 @@ class SetupPage(QWidget):
         self.port_spin.setValue(DEFAULT_PORT)
         self.port_row_label = QLabel("LAN port:")
         form.addRow(self.port_row_label, self.port_spin)
+
+        self.legacy_weights_check = QCheckBox("Accept weights from the original app")
+        why = (
+            "Colleagues still on the original app send weights as a Python pickle, which could "
+            "run code on this computer: tick this only for colleagues you trust."
+        )
+        self.legacy_weights_check.setToolTip(why)
+        self.legacy_weights_check.toggled.connect(self._apply_legacy_weights_choice)
+        form.addRow("", self.legacy_weights_check)
+        self.legacy_weights_note = QLabel(why)
+        self.legacy_weights_note.setWordWrap(True)
+        self.legacy_weights_note.setStyleSheet("color: palette(mid);")
+        form.addRow("", self.legacy_weights_note)
         return box
+
+    def _apply_legacy_weights_choice(self, *_) -> None:
+        """The session's client (made afresh for each Create or Join) reads weights from the
+        original app only while this box is ticked."""
+        client = self.session.client
+        if client is not None:
+            client.accept_legacy_weights = self.legacy_weights_check.isChecked()
 
     def _build_actions(self) -> QGroupBox:
         box = QGroupBox("Create or join")
@@ -256,6 +276,7 @@ class SetupPage(QWidget):
         if url is not None:
             private = not self.open_room_check.isChecked()
             self.session.create_relay_session(self.display_name, url, private=private)
+            self._apply_legacy_weights_choice()
 
     def _on_code_typed(self, text: str) -> None:
         cleaned = clean_code(text)
@@ -293,6 +314,7 @@ class SetupPage(QWidget):
         url = self._relay_url()
         if url is not None:
             self.session.join_relay_session(code, self.display_name, url)
+            self._apply_legacy_weights_choice()
 
     def _save_relay_url(self) -> None:
         try:

@@ -200,6 +200,12 @@ def add_room_options(parser: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help="how long to wait for a round's global model (default %(default)s)",
     )
+    room.add_argument(
+        "--accept-legacy-weights",
+        action="store_true",
+        help="read weights from colleagues on the original app (a pickle format; read only "
+        "with PyTorch's restricted loader). Off: their weights are refused, with a message",
+    )
 
 
 def add_demo_options(parser: argparse.ArgumentParser) -> None:

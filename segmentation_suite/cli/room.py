@@ -66,14 +66,21 @@ class RoomMember:
     interrupt. A LAN host also runs the session's AggregationServer and is its HostClient."""
 
     def __init__(
-        self, say: Callable[[str], None], *, aggregation_timeout: float, lan_host: bool = False
+        self,
+        say: Callable[[str], None],
+        *,
+        aggregation_timeout: float,
+        lan_host: bool = False,
+        accept_legacy_weights: bool = False,
     ):
         self.say = say  # tells the user who joins and leaves
         self.aggregation_timeout = aggregation_timeout
         self.server: AggregationServer | None = None
         self.lan_address: str | None = None  # HOST:PORT in a LAN session
         client_class = HostClient if lan_host else SyncClient
-        self.client = client_class(aggregation_timeout=aggregation_timeout)
+        self.client = client_class(
+            aggregation_timeout=aggregation_timeout, accept_legacy_weights=accept_legacy_weights
+        )
         self.architecture: str | None = None
         self._entered = threading.Event()
         self._failure: str | None = None

@@ -131,7 +131,10 @@ def _session(args: argparse.Namespace, console: Console, enter, lan_host: bool =
     if not by_position:
         data, evaluation, dice_of = load_training_data(args, console)
     member = RoomMember(
-        _printer(console), aggregation_timeout=args.round_timeout / 2, lan_host=lan_host
+        _printer(console),
+        aggregation_timeout=args.round_timeout / 2,
+        lan_host=lan_host,
+        accept_legacy_weights=args.accept_legacy_weights,
     )
     checkpoints = None
     try:

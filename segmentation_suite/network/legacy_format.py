@@ -121,8 +121,9 @@ def decode_weights(data: bytes | bytearray | memoryview, limit: int) -> dict:
     try:
         state = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
     except Exception as exc:  # the restricted loader raises several kinds; all mean "refused"
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise LegacyFormatError(f"PyTorch's restricted loader refused it: {first_line}") from None
+        raise LegacyFormatError(
+            f"PyTorch's restricted loader refused it: {_loader_reason(exc)}"
+        ) from None
     if not isinstance(state, Mapping) or not state:
         raise LegacyFormatError(f"it holds a {type(state).__name__}, not a state dict")
     weights = {}
@@ -131,6 +132,16 @@ def decode_weights(data: bytes | bytearray | memoryview, limit: int) -> dict:
             raise LegacyFormatError(f"entry {name!r} is not a named tensor")
         weights[name] = tensor.float() if tensor.is_floating_point() else tensor
     return weights
+
+
+def _loader_reason(exc: Exception) -> str:
+    """The line of torch.load's error that says what it refused (its message also advises
+    loading with weights_only=False, which must never be shown to a user as a fix)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    for line in lines:
+        if "Unsupported" in line:  # "Unsupported global: GLOBAL exec was not allowed..."
+            return line[line.index("Unsupported") :].split(". ")[0].rstrip(".")
+    return lines[0] if lines else type(exc).__name__
 
 
 def _torch() -> Any:

@@ -10,49 +10,15 @@ from __future__ import annotations
 import multiprocessing
 import os
 import queue
-import re
-import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
+from helpers.v1_relay_process import V1Relay
+
 # Before pytest-qt makes its QApplication (lazily, in the qapp fixture).
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
-
-ROOT = Path(__file__).resolve().parents[2]
-V1_RELAY = ROOT / "tests" / "fixtures" / "v1_relay.py"
-
-
-class V1Relay:
-    """The v1 fixture relay as a subprocess on a free loopback port."""
-
-    def __init__(self, *args: str):
-        self.process = subprocess.Popen(
-            [sys.executable, str(V1_RELAY), "--port", "0", *args],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-        )
-        line = self.process.stdout.readline()
-        match = re.search(r"listening on (\S+):(\d+)", line)
-        if not match:
-            self.stop()
-            raise AssertionError(f"v1 relay did not start: {line!r}")
-        self.port = int(match.group(2))
-        self.url = f"ws://127.0.0.1:{self.port}"
-
-    def stop(self):
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
-        self.process.stdout.close()
 
 
 @pytest.fixture(params=["ours", "v1"])

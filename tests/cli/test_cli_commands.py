@@ -82,3 +82,19 @@ def test_no_command_runs_the_app_with_its_options(monkeypatch):
         ["segmentation-suite"],
         ["segmentation-suite", "--name", "Alice", "-platform", "offscreen"],
     ]
+
+
+@pytest.mark.parametrize("command", [["join", "K7QX2M", "--synthetic"], ["create", "--synthetic"]])
+def test_accept_legacy_weights_reaches_the_client(command):
+    """Off unless asked for; when asked for, the room's SyncClient reads original weights."""
+    from segmentation_suite.cli import build_parser
+    from segmentation_suite.cli.room import RoomMember
+
+    parser = build_parser()
+    assert parser.parse_args(command).accept_legacy_weights is False
+    args = parser.parse_args([*command, "--accept-legacy-weights"])
+    assert args.accept_legacy_weights is True
+    member = RoomMember(lambda text: None, aggregation_timeout=5, accept_legacy_weights=True)
+    assert member.client.accept_legacy_weights is True
+    default = RoomMember(lambda text: None, aggregation_timeout=5)
+    assert default.client.accept_legacy_weights is False

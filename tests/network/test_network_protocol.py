@@ -52,6 +52,7 @@ SPEC_MESSAGES = {
     "error": {"error": "Room not found", "code": "ROOM_NOT_FOUND"},
     "weights_push": {"user_id": "u1", "epoch": 3, "loss": 0.25, "num_samples": 10},
     "global_model": {"aggregation_round": 2, "contributor_count": 4},
+    "peer_hello": {"user_id": "u1", "protocol": 2, "features": ["frame_header"], "host": True},
     "chunk_start": {
         "transfer_id": "t-1",
         "total_chunks": 3,
