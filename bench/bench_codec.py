@@ -148,27 +148,6 @@ def main() -> int:
             f"{all_float32.nbytes / 1e6:.1f}",
         ),
     ]
-    # An update one training step away from the weights, sent as a delta against them.
-    rng = np.random.default_rng(1)
-    update = {
-        k: (
-            w + rng.standard_normal(w.shape, dtype=np.float32) * 1e-3
-            if w.dtype == np.float32
-            else w
-        )
-        for k, w in weights.items()
-    }
-    for compression in ("q8-delta", "topk"):
-        delta = serialize_weights(update, compression=compression, reference=weights)
-        cases.append(
-            Case(
-                f"ours: {compression} against a reference",
-                lambda c=compression: serialize_weights(update, compression=c, reference=weights),
-                lambda d=delta: deserialize_weights(d, reference=weights),
-                f"{len(delta) / 1e6:.1f}",
-            )
-        )
-    q8_index = 2
     halves = [w.astype(np.float16) for w in floats]
     cases.append(
         Case(
@@ -211,9 +190,42 @@ def main() -> int:
             )
 
     medians = interleaved_medians(cases, repeat)
+    # The delta rows run as a group of their own, with their own floor: their output blocks
+    # would otherwise take the codec's one cached block from the rows above and make those
+    # pay fresh page faults (issue 3's figures are measured without them).
+    rng = np.random.default_rng(1)
+    update = {
+        k: (
+            w + rng.standard_normal(w.shape, dtype=np.float32) * 1e-3
+            if w.dtype == np.float32
+            else w
+        )
+        for k, w in weights.items()
+    }
+    delta_cases = [
+        Case(
+            "numpy copy of the float32 bytes (delta floor)",
+            all_float32.copy,
+            all_float32.copy,
+            f"{all_float32.nbytes / 1e6:.1f}",
+        )
+    ]
+    for compression in ("q8-delta", "topk"):
+        delta = serialize_weights(update, compression=compression, reference=weights)
+        delta_cases.append(
+            Case(
+                f"ours: {compression} against a reference",
+                lambda c=compression: serialize_weights(update, compression=c, reference=weights),
+                lambda d=delta: deserialize_weights(d, reference=weights),
+                f"{len(delta) / 1e6:.1f}",
+            )
+        )
+    delta_medians = interleaved_medians(delta_cases, repeat)
+    delta_floor_ms, q8_ms = delta_medians[0][0], delta_medians[1]
+    cases += delta_cases
+    medians += delta_medians
     ours, (copy_ms, _) = medians[0], medians[1]
     moss_ms = medians[moss_index] if moss_index is not None else None
-    q8_ms = medians[q8_index]
     print(
         f"\n| {'method':<48} | {'serialize ms':>12} | {'x ours':>7} | "
         f"{'deserialize ms':>14} | {'x ours':>7} | {'MB':>6} |"
@@ -232,12 +244,12 @@ def main() -> int:
         ("serialize within 2x of the floor", ours[0] <= 2 * copy_ms),
         ("deserialize within 2x of the floor", ours[1] <= 2 * copy_ms),
         (
-            f"q8-delta encode within 4x of the floor ({q8_ms[0] / copy_ms:.2f}x)",
-            q8_ms[0] <= 4 * copy_ms,
+            f"q8-delta encode within 4x of the floor ({q8_ms[0] / delta_floor_ms:.2f}x)",
+            q8_ms[0] <= 4 * delta_floor_ms,
         ),
         (
-            f"q8-delta decode within 4x of the floor ({q8_ms[1] / copy_ms:.2f}x)",
-            q8_ms[1] <= 4 * copy_ms,
+            f"q8-delta decode within 4x of the floor ({q8_ms[1] / delta_floor_ms:.2f}x)",
+            q8_ms[1] <= 4 * delta_floor_ms,
         ),
     ]
     if moss_ms is not None:

@@ -1091,7 +1091,7 @@ class SyncClient(PrivateRoomMixin, MixedRoomMixin):
             if not self.is_host:
                 return
             try:
-                reference = self._ledger.reference_for(payload)
+                reference = self._ledger.reference_for(payload, also_held=self._member_deltas.held)
                 weights, metadata = decode_weights(payload, reference=reference)
             except ValueError as exc:
                 self._report(f"Weights from {self._name_of(sender)} are unreadable: {exc}")
@@ -1212,7 +1212,7 @@ class SyncClient(PrivateRoomMixin, MixedRoomMixin):
         members = [u["user_id"] for u in self._users if u.get("user_id") != self.user_id]
         try:
             # what members hold: the float16-rounded global, rebuilt from a delta or not
-            _, sends = self._ledger.publish(weights, members, metadata=metadata)
+            canonical, sends = self._ledger.publish(weights, members, metadata=metadata)
         except (TypeError, ValueError) as exc:
             self._report(f"Cannot send the global model of round {aggregation_round}: {exc}")
             return
@@ -1231,7 +1231,8 @@ class SyncClient(PrivateRoomMixin, MixedRoomMixin):
             self._away_members.clear()
             self._update_round_members()
         self.round_complete.emit(aggregation_round, contributors)
-        self.global_model_received.emit(weights)
+        # the host trains on from exactly what its members hold (global_weights stays exact)
+        self.global_model_received.emit(canonical)
 
     def trigger_aggregation(self) -> bool:
         """Host: closes the current round now with the pushes it has."""

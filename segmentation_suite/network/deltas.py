@@ -3,7 +3,8 @@
 Without I/O: SyncClient (client.py) feeds messages in and sends what comes out.
 
 * A member (`MemberDeltas`) pushes its model as a delta against the last global model it
-  holds, with error feedback, once the host has said it accepts deltas; it tells the host
+  holds, with error feedback, once the host has said it accepts deltas (ours do; an original
+  host never says so); it tells the host
   which global it holds in every push, and rebuilds a delta global against the one it holds.
 * The host (`GlobalModelLedger`) sends each round's global model as a delta against the
   previous one to the members known to hold it, and whole (float16) to everyone else: late
@@ -103,13 +104,18 @@ class GlobalModelLedger:
 
     # --- what the host learns -------------------------------------------------------------
 
-    def reference_for(self, data: Any) -> dict | None:
+    def reference_for(self, data: Any, *, also_held: dict | None = None) -> dict | None:
         """The global a push is a delta against (None for a whole push); ValueError when the
-        push is malformed or made against a global this host no longer keeps."""
+        push is malformed or made against a global this host no longer keeps.
+
+        `also_held` is the global this client holds as a member: after the host left and this
+        client took over, the members' pushes are deltas against it; it is kept from then on."""
         wanted = message_reference_id(data)
         if wanted is None:
             return None
         reference = self._globals.get(wanted)
+        if reference is None and also_held is not None and reference_id(also_held) == wanted:
+            self._globals[wanted] = reference = also_held
         if reference is None:
             raise ValueError(
                 "it is a delta against a global model this host does not keep "

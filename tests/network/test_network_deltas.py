@@ -110,3 +110,21 @@ def test_compression_choices_are_checked():
         MemberDeltas("zip")
     with pytest.raises(ValueError, match="compression"):
         GlobalModelLedger("q4")
+
+
+def test_a_new_host_rebuilds_pushes_against_the_global_it_held_as_a_member():
+    old_host = GlobalModelLedger("auto")
+    ann, bob = MemberDeltas("auto"), MemberDeltas("auto")
+    canonical, _ = publish_to(old_host, {"ann": ann, "bob": bob}, state(1), 1)
+    # the host leaves; bob takes over with an empty ledger and ann pushes against global 1
+    new_host = GlobalModelLedger("auto")
+    push = ann.encode_push(state(2, ann.held))
+    with pytest.raises(ValueError, match="does not keep"):
+        new_host.reference_for(push)
+    reference = new_host.reference_for(push, also_held=bob.held)
+    weights, metadata = decode_weights(push, reference=reference)
+    new_host.note_push("ann", metadata)
+    assert new_host.holds("ann") == reference_id(canonical)
+    _, sends = publish_to(new_host, {"ann": ann}, state(3, weights), 2)
+    assert versions(sends) == {"ann": 2}  # and the chain of deltas goes on
+    assert new_host.reference_for(push) is not None  # kept from then on
