@@ -62,6 +62,7 @@ class SetupPage(QWidget):
         session.session_ready.connect(self._show_session)
         session.participants_changed.connect(self._show_participants)
         session.error_occurred.connect(self.error_label.show_error)
+        session.error_occurred.connect(lambda *_: self._update_reopen_button())
         session.errors_resolved.connect(self.error_label.clear_error)
         self._on_mode()
         self._on_state(session.state)
@@ -205,6 +206,14 @@ class SetupPage(QWidget):
         self.training_button.clicked.connect(self.go_to_training.emit)
         buttons.addWidget(self.leave_button)
         buttons.addWidget(self.remove_button)
+        self.reopen_button = QPushButton("Reopen room")
+        self.reopen_button.setToolTip(
+            "Host of a private room: after 3 attempts to join with a wrong secret part the room "
+            "admits nobody new; this admits newcomers again"
+        )
+        self.reopen_button.clicked.connect(self._reopen_room)
+        self.reopen_button.hide()
+        buttons.addWidget(self.reopen_button)
         buttons.addStretch(1)
         buttons.addWidget(self.training_button)
         layout.addLayout(buttons)
@@ -379,6 +388,19 @@ class SetupPage(QWidget):
             and client is not None
             and chosen != client.user_id
         )
+
+    def _update_reopen_button(self) -> None:
+        client = self.session.client
+        closed = client is not None and self.session.is_host and client.private_room_closed
+        self.reopen_button.setVisible(closed)
+
+    def _reopen_room(self) -> None:
+        client = self.session.client
+        if client is not None:
+            client.reopen_private_room()
+            self.session.log_event("Reopened the room to new members")
+        self.error_label.clear_error()
+        self._update_reopen_button()
 
     def _remove_selected(self) -> None:
         item = self.participant_list.currentItem()

@@ -53,6 +53,7 @@ class PrivateRoomMixin:
         self._private_host: PrivateRoomHost | None = None
         self._private_member: PrivateRoomMember | None = None
         self._private_announced = False  # member: room_joined was emitted for this session
+        self._private_alerts: list[str] = []  # host: alerts of the control message in hand
 
     # --- public API -------------------------------------------------------------------------
 
@@ -200,7 +201,9 @@ class PrivateRoomMixin:
             self.sync_status.emit(f"New room key (epoch {host.epoch}) after a member left")
 
     def _private_alert(self, text: str) -> None:
-        self._report(text)
+        # Said after the failed attempt that caused it (see _host_control), so the last word
+        # the host sees is that the room is closed.
+        self._private_alerts.append(text)
 
     def _leave_in_background(self) -> None:
         # Called on the dispatcher thread: disconnect() waits for queued sends (a pake_failed
@@ -252,6 +255,8 @@ class PrivateRoomMixin:
                 f"({min(host.failed_attempts, MAX_FAILED_ATTEMPTS)} of {MAX_FAILED_ATTEMPTS} "
                 "failed attempts)"
             )
+        while self._private_alerts:
+            self._report(self._private_alerts.pop(0))
         if member in host.members and not had_key:
             code = host.verification.get(member, "")
             self.sync_status.emit(f"{name} proved the code (verification {code})")

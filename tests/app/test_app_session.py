@@ -134,6 +134,36 @@ def test_full_room_is_said_plainly(qtbot, relay):
     qtbot.waitUntil(lambda: page.join_button.isEnabled(), timeout=TIMEOUT_MS)
 
 
+def test_wrong_secret_parts_are_said_both_sides_and_the_host_reopens_the_room(qtbot, relay):
+    url = relay().url
+    host = open_window(qtbot, "Host", url)
+    code = create_room(qtbot, host)
+    assert "-" in code  # private by default: routing code, dash, secret part
+    for attempt in range(3):
+        guesser = open_window(qtbot, f"Guess{attempt}", url)
+        join_room(qtbot, guesser, code[:7] + "ZZZ" + "ABC"[attempt])
+        page = guesser.setup_page
+        qtbot.waitUntil(lambda p=page: bool(p.error_label.message), timeout=TIMEOUT_MS)
+        assert page.error_label.message.endswith("the code's secret part does not match")
+        qtbot.waitUntil(lambda p=page: p.join_button.isEnabled(), timeout=TIMEOUT_MS)
+    hostpage = host.setup_page
+    qtbot.waitUntil(lambda: hostpage.reopen_button.isVisible(), timeout=TIMEOUT_MS)
+    assert "closed to new members" in hostpage.error_label.message
+    click(qtbot, hostpage.reopen_button)
+    assert not hostpage.reopen_button.isVisible()
+    guest = open_window(qtbot, "Guest", url)
+    join_room(qtbot, guest, code.replace("-", "").lower())
+    wait_for_members(qtbot, [host, guest], ["Host", "Guest"])
+    qtbot.waitUntil(
+        lambda: any("Verification with the host: " in line for line in guest.session.events),
+        timeout=TIMEOUT_MS,
+    )
+    (digits,) = [
+        line.split(": ", 1)[1] for line in guest.session.events if "Verification with" in line
+    ]
+    assert any(f"Verification with Guest: {digits}" in line for line in host.session.events)
+
+
 def test_too_many_join_attempts_are_said_plainly(qtbot, relay):
     url = relay(join_rate="1").url
     window = open_window(qtbot, "Eager", url)
