@@ -3,14 +3,16 @@ full code, a wrong secret part refused in words, 3 failures closing the room, wh
 a `websockets` member that joined by the routing code get to see, and a global model from a
 non-host refused.
 
-Every connection goes through a recording TCP forwarder (tests/crypto/test_private_room_relay.py)
-that keeps all the relay sends to each client, and the relay logs at debug level.
+Every connection goes through a recording TCP forwarder (after tests/crypto/test_private_room_relay.py)
+that keeps all the relay sends to each client and, unmasked, all each client sends the relay;
+the relay logs at debug level.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import socket
 import sys
 import threading
 import time
@@ -62,10 +64,56 @@ def model(seed: int) -> dict[str, np.ndarray]:
     }
 
 
+class TwoWayForwarder(RecordingForwarder):
+    """Also keeps what each client sends the relay (client-to-relay frames are masked:
+    `to_relay_payloads` unmasks them, so the test reads what the relay receives)."""
+
+    def __init__(self, relay_port: int) -> None:
+        self.sent: list[bytearray] = []
+        super().__init__(relay_port)
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.relay_port))
+            received, sent = bytearray(), bytearray()
+            with self.lock:
+                self.recorded.append(received)
+                self.sent.append(sent)
+                self.sockets += [client, upstream]
+            for source, target, record in ((client, upstream, sent), (upstream, client, received)):
+                threading.Thread(
+                    target=self._pump, args=(source, target, record), daemon=True
+                ).start()
+
+    def to_relay_payloads(self) -> list[bytes]:
+        """Every WebSocket frame payload the clients sent, unmasked (after each HTTP upgrade
+        request)."""
+        payloads = []
+        with self.lock:
+            streams = [bytes(s) for s in self.sent]
+        for stream in streams:
+            at = stream.find(b"\r\n\r\n") + 4
+            while at + 2 <= len(stream):
+                length, at = stream[at + 1] & 0x7F, at + 2
+                if length == 126:
+                    length, at = int.from_bytes(stream[at : at + 2], "big"), at + 2
+                elif length == 127:
+                    length, at = int.from_bytes(stream[at : at + 8], "big"), at + 8
+                mask, at = stream[at : at + 4], at + 4
+                body = stream[at : at + length]
+                payloads.append(bytes(b ^ mask[i % 4] for i, b in enumerate(body)))
+                at += length
+        return payloads
+
+
 @pytest.fixture
 def wire(relay):
     server = relay("--log-level", "debug")
-    forwarder = RecordingForwarder(server.port)
+    forwarder = TwoWayForwarder(server.port)
     yield server, forwarder, f"ws://127.0.0.1:{forwarder.port}/ws"
     forwarder.close()
 
@@ -130,13 +178,22 @@ def test_fedavg_in_a_private_room_probe_sees_only_ciphertext(wire, recorder) -> 
     everything, relay_log = forwarder.everything(), "\n".join(server.log)
     assert leaked_windows(everything, sent) == 0
     assert parsed.secret.encode() not in everything
+    # what the relay received from our clients: the routing code in the JSON, never the secret
+    texts = [p for p in forwarder.to_relay_payloads() if p.startswith(b"{")]
+    joins = [json.loads(t) for t in texts if b'"join_room"' in t]
+    assert [j["payload"]["room_code"] for j in joins] == [parsed.routing, parsed.routing]
+    assert any(b'"pake_init"' in t for t in texts)  # the key exchange went through the relay
+    assert not any(parsed.secret.encode() in t for t in texts)
+    to_relay = b"".join(forwarder.to_relay_payloads())
+    assert len(to_relay) > 2 * sum(a.nbytes // 2 for a in model(1).values())  # pushes, globals
+    assert leaked_windows(to_relay, sent) == 0
     assert parsed.secret not in relay_log and code not in relay_log
     assert "room=" in relay_log  # the relay logged the room (by a hash), at debug level
     assert not [e for e in recorder.events if e[1] == "error"]
 
 
 def test_open_room_control_the_probe_does_see_the_weights(wire, recorder) -> None:
-    _, _, url = wire
+    _, forwarder, url = wire
     host, code = create(recorder, url, private=False)
     assert len(code) == 6 and not host.is_private
     probe = FramedProbe(url, code)
@@ -154,6 +211,9 @@ def test_open_room_control_the_probe_does_see_the_weights(wire, recorder) -> Non
     time.sleep(0.5)
     probe.close()
     assert leaked_windows(probe.binary(), [np.asarray(v) for v in got.values()]) > 100
+    # and the unmasked client-to-relay frames hold Alice's push: the parser reads the wire
+    to_relay = b"".join(forwarder.to_relay_payloads())
+    assert leaked_windows(to_relay, list(model(4).values())) > 100
 
 
 def test_wrong_secret_refused_in_words_three_failures_close_the_room(wire, recorder) -> None:
