@@ -3,9 +3,9 @@ full code, a wrong secret part refused in words, 3 failures closing the room, wh
 a `websockets` member that joined by the routing code get to see, and a global model from a
 non-host refused.
 
-Every connection goes through a recording TCP forwarder (after tests/crypto/test_private_room_relay.py)
-that keeps all the relay sends to each client and, unmasked, all each client sends the relay;
-the relay logs at debug level.
+Every connection goes through a recording TCP forwarder (as in
+tests/crypto/test_private_room_relay.py) that keeps all the relay sends to each client and,
+unmasked, all each client sends the relay; the relay logs at debug level.
 """
 
 from __future__ import annotations
