@@ -22,11 +22,13 @@ import logging
 import threading
 from typing import Any
 
+from . import _relayclient as crypto
 from .private_code import SECRET_MIN_LENGTH, InvalidRoomCode, RoomCode, new_secret, parse_room_code
 from .private_room import (
     CONTROL_TYPES,
     MAX_FAILED_ATTEMPTS,
     MISMATCH,
+    SIGNATURE_BYTES,
     PrivateRoomError,
     PrivateRoomHost,
     PrivateRoomMember,
@@ -54,6 +56,7 @@ class PrivateRoomMixin:
         self._private_member: PrivateRoomMember | None = None
         self._private_announced = False  # member: room_joined was emitted for this session
         self._private_alerts: list[str] = []  # host: alerts of the control message in hand
+        self._told_sealed = False  # open-room client: told once that the room is private
 
     # --- public API -------------------------------------------------------------------------
 
@@ -142,6 +145,7 @@ class PrivateRoomMixin:
         self._private_host = None
         self._private_member = None
         self._private_announced = False
+        self._told_sealed = False
 
     def _relay_supports_private(self) -> bool:
         capabilities = self._capabilities
@@ -307,6 +311,16 @@ class PrivateRoomMixin:
         """The plaintext of a whole framed binary, or None (said why) when it must not be
         used. Unchanged in an open room."""
         if self._private_code is None:
+            if self._mode == "relay" and _is_sealed(payload):
+                # Joined a private room by its routing code alone: say what is missing.
+                if not self._told_sealed:
+                    self._told_sealed = True
+                    self._report(
+                        f"Room {self._room_code} is private: what its members send is "
+                        "encrypted. Join with the full code the host shared (the 6 "
+                        "characters, a dash and the secret part)"
+                    )
+                return None
             return payload
         party = self._private_party()
         if party is None or not self.private_ready:
@@ -331,3 +345,16 @@ class PrivateRoomMixin:
 
 
 PRIVATE_CONTROL_TYPES = frozenset(MessageType(t) for t in CONTROL_TYPES)
+
+
+def _is_sealed(payload: Any) -> bool:
+    """A sealed transfer (its header parses: magic, version, sizes), not the weight codec; a
+    global model carries the host's signature after it."""
+    view = memoryview(payload).cast("B")
+    for sealed in (view, view[: max(len(view) - SIGNATURE_BYTES, 0)]):
+        try:
+            crypto.sealed_header(sealed)
+        except (ValueError, TypeError):
+            continue
+        return True
+    return False

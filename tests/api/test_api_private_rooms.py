@@ -348,3 +348,27 @@ def create_second_room(recorder, url):
     other.create_relay_room("other", url)
     (code,) = recorder.wait_for(lambda: recorder.of("other", "room_created"), TIMEOUT, "room")[0]
     return other, code
+
+
+def test_joining_a_private_room_by_its_routing_code_alone_is_explained(wire, recorder) -> None:
+    _, _, url = wire
+    host, code = create(recorder, url)
+    alice = join(recorder, "alice", url, code)
+    eve = join(recorder, "eve", url, code[:6])  # the 6 routing characters: an open-room join
+    for name in ("alice", "eve"):
+        recorder.wait_for(lambda n=name: recorder.of(n, "room_joined"), TIMEOUT, f"{name} in")
+    host.send_weights(model(1), epoch=1, loss=0.5, num_samples=1)
+    alice.send_weights(model(2), epoch=1, loss=0.5, num_samples=1)
+    recorder.wait_for(lambda: recorder.of("alice", "global"), TIMEOUT, "alice's global")
+    recorder.wait_for(lambda: recorder.of("eve", "error"), TIMEOUT, "eve told")
+    assert recorder.of("eve", "error") == [
+        (
+            f"Room {code[:6]} is private: what its members send is encrypted. Join with the "
+            "full code the host shared (the 6 characters, a dash and the secret part)",
+        )
+    ]
+    assert eve.global_weights is None and not recorder.of("eve", "global")
+    # the round waited for nobody who did not prove the code: host and alice only
+    assert sorted(recorder.of("host", "weights_received")[i][0] for i in range(2)) == sorted(
+        [host.user_id, alice.user_id]
+    )
