@@ -199,6 +199,9 @@ def cpu_snapshot(label: str) -> dict[str, float]:
 # --- processes ------------------------------------------------------------------------------
 
 
+FRAMED = ["frame_header"]  # what our clients announce (protocol.CLIENT_FEATURES)
+
+
 def control(conn: Any, message_type: str, **payload: Any) -> None:
     conn.send_text(json.dumps({"type": message_type, "payload": payload}))
 
@@ -262,7 +265,8 @@ def receiver_main(config: dict, barrier: Any, results: Any, pipe: Any) -> None:
         with contextlib.ExitStack() as stack:
             ours, ws = connect_both(stack, config["url"], config["timeout"])
             deadline = time.monotonic() + config["timeout"]
-            control(ours, "create_room", user_id=RECEIVER, display_name="Receiver")
+            # frame_header: the relay hands framed binaries only to members that read them
+            control(ours, "create_room", user_id=RECEIVER, display_name="Receiver", features=FRAMED)
             created = expect(next_json(ours.recv, deadline), "room_created")
             ws.send(json.dumps({"type": "create_room", "payload": {"user_id": RECEIVER}}))
             ws_created = expect(next_json(ws.recv, deadline), "room_created")
@@ -309,7 +313,14 @@ def sender_main(config: dict, barrier: Any, results: Any, pipe: Any) -> None:
                 raise TimeoutError("the receiver sent no room codes")
             room, ws_room, chunk_size = pipe.recv()
             deadline = time.monotonic() + config["timeout"]
-            control(ours, "join_room", room_code=room, user_id=SENDER, display_name="Sender")
+            control(
+                ours,
+                "join_room",
+                room_code=room,
+                user_id=SENDER,
+                display_name="Sender",
+                features=FRAMED,
+            )
             expect(next_json(ours.recv, deadline), "room_joined")
             join = {"room_code": ws_room, "user_id": SENDER, "display_name": "Sender"}
             ws.send(json.dumps({"type": "join_room", "payload": join}))

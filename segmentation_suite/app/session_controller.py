@@ -82,13 +82,15 @@ class SessionController(QObject):
 
     # --- starting a session -------------------------------------------------------------
 
-    def create_relay_session(self, name: str, relay_url: str | None) -> None:
+    def create_relay_session(self, name: str, relay_url: str | None, private: bool = True) -> None:
+        """A private room (the default: end-to-end encrypted, code K7QX2M-4HRT) or, with
+        private=False, an open one the original app can join."""
         client = self._new_client(self._client_factory, "relay")
-        client.create_relay_room(name, relay_url or None)
+        client.create_relay_room(name, relay_url or None, private=private)
 
     def join_relay_session(self, code: str, name: str, relay_url: str | None) -> None:
         client = self._new_client(self._client_factory, "relay")
-        client.connect_relay(code, name, relay_url or None)
+        client.join_relay_room(code, name, relay_url or None)
 
     def create_lan_session(self, name: str, port: int) -> None:
         """Starts an AggregationServer on `port` (on a thread: starting it waits for its
@@ -241,6 +243,7 @@ class SessionController(QObject):
         client.round_complete.connect(mine(self._on_round_complete))
         client.global_model_received.connect(mine(self._on_global_model))
         client.control_received.connect(mine(self._on_control))
+        client.verification_code.connect(mine(self._on_verification))
         return client
 
     def _drop_session(self, keep_server: bool = False) -> None:
@@ -324,6 +327,12 @@ class SessionController(QObject):
             if uid not in present and name.split(" (")[0] == display_name
         ]
         self.log_event(f"{self.names.get(gone[-1], display_name) if gone else display_name} left")
+
+    def _on_verification(self, peer: str, digits: str) -> None:
+        # Private room: an optional check by voice; both sides see the same six digits.
+        client = self.client
+        other = "the host" if client is not None and peer == client.host_id else None
+        self.log_event(f"Verification with {other or self.name_of(peer)}: {digits}")
 
     def _on_sync_status(self, text: str) -> None:
         self.status_changed.emit(text)

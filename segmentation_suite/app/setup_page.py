@@ -62,6 +62,7 @@ class SetupPage(QWidget):
         session.session_ready.connect(self._show_session)
         session.participants_changed.connect(self._show_participants)
         session.error_occurred.connect(self.error_label.show_error)
+        session.error_occurred.connect(lambda *_: self._update_reopen_button())
         session.errors_resolved.connect(self.error_label.clear_error)
         self._on_mode()
         self._on_state(session.state)
@@ -143,9 +144,16 @@ class SetupPage(QWidget):
         self.create_button = QPushButton("Create Session")
         self.create_button.clicked.connect(self._create)
         row.addWidget(self.create_button)
+        self.open_room_check = QCheckBox("Open room")
+        self.open_room_check.setToolTip(
+            "A 6-character code the original app can join too; whoever runs the relay can "
+            "read the models. Unticked (default): a private room, end-to-end encrypted, whose "
+            "code (K7QX2M-4HRT) has a secret part the relay never sees"
+        )
+        row.addWidget(self.open_room_check)
         row.addSpacing(24)
         self.code_edit = QLineEdit()
-        self.code_edit.setPlaceholderText("room code, e.g. K7QX2M")
+        self.code_edit.setPlaceholderText("room code, e.g. K7QX2M-4HRT")
         self.code_edit.textEdited.connect(self._on_code_typed)
         # No QValidator: with one, Enter does nothing until the code is complete.
         self.code_edit.returnPressed.connect(self._join)
@@ -198,6 +206,14 @@ class SetupPage(QWidget):
         self.training_button.clicked.connect(self.go_to_training.emit)
         buttons.addWidget(self.leave_button)
         buttons.addWidget(self.remove_button)
+        self.reopen_button = QPushButton("Reopen room")
+        self.reopen_button.setToolTip(
+            "Host of a private room: after 3 attempts to join with a wrong secret part the room "
+            "admits nobody new; this admits newcomers again"
+        )
+        self.reopen_button.clicked.connect(self._reopen_room)
+        self.reopen_button.hide()
+        buttons.addWidget(self.reopen_button)
         buttons.addStretch(1)
         buttons.addWidget(self.training_button)
         layout.addLayout(buttons)
@@ -267,7 +283,8 @@ class SetupPage(QWidget):
             return
         url = self._relay_url()
         if url is not None:
-            self.session.create_relay_session(self.display_name, url)
+            private = not self.open_room_check.isChecked()
+            self.session.create_relay_session(self.display_name, url, private=private)
             self._apply_legacy_weights_choice()
 
     def _on_code_typed(self, text: str) -> None:
@@ -294,11 +311,12 @@ class SetupPage(QWidget):
         if not is_complete_room_code(code):
             if not code:
                 self.error_label.show_error(
-                    "No room code given: type the 6-character code the host shared"
+                    "No room code given: type the code the host shared (e.g. K7QX2M-4HRT)"
                 )
             else:
                 self.error_label.show_error(
-                    f"Room code {code} is too short: codes have 6 characters",
+                    f"Room code {code[:6]}… is incomplete: codes have 6 characters, and a "
+                    "private room's a dash and a secret part of at least 4 more",
                     "Room code incomplete",
                 )
             return
@@ -335,7 +353,13 @@ class SetupPage(QWidget):
 
     def _on_state(self, state: str) -> None:
         idle = state == states.IDLE
-        for widget in (self.create_button, self.join_button, self.code_edit, self.address_edit):
+        for widget in (
+            self.create_button,
+            self.open_room_check,
+            self.join_button,
+            self.code_edit,
+            self.address_edit,
+        ):
             widget.setEnabled(idle)
         for widget in (
             self.relay_radio,
@@ -364,6 +388,19 @@ class SetupPage(QWidget):
             and client is not None
             and chosen != client.user_id
         )
+
+    def _update_reopen_button(self) -> None:
+        client = self.session.client
+        closed = client is not None and self.session.is_host and client.private_room_closed
+        self.reopen_button.setVisible(closed)
+
+    def _reopen_room(self) -> None:
+        client = self.session.client
+        if client is not None:
+            client.reopen_private_room()
+            self.session.log_event("Reopened the room to new members")
+        self.error_label.clear_error()
+        self._update_reopen_button()
 
     def _remove_selected(self) -> None:
         item = self.participant_list.currentItem()

@@ -68,6 +68,13 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"host a LAN session on this machine's PORT (default {DEFAULT_PORT}) instead of a "
         "relay room; colleagues join with: join --lan HOST:PORT",
     )
+    create.add_argument(
+        "--open",
+        action="store_true",
+        help="an open room: a 6-character code the original app can join too, but whoever "
+        "runs the relay can read the models (default: a private room, end-to-end encrypted, "
+        "code K7QX2M-4HRT)",
+    )
     add_data_options(create, in_a_room=True)
     add_training_options(create)
 
@@ -75,7 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     join.add_argument(
         "code",
         metavar="CODE",
-        help="the room code the host shared, e.g. K7QX2M (with --lan: the host's HOST:PORT)",
+        help="the room code the host shared, e.g. K7QX2M-4HRT (private) or K7QX2M (open); "
+        "with --lan: the host's HOST:PORT",
     )
     join.add_argument(
         "--lan", action="store_true", help="join a LAN session at CODE = HOST:PORT (no relay)"

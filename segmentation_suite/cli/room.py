@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from ..network import relay_config
+from ..network import private_code, relay_config
 from ..network.client import HostClient, SyncClient
 from ..network.protocol import ROOM_CODE_ALPHABET, ROOM_CODE_LENGTH
 from ..network.server import AggregationServer
@@ -23,20 +23,16 @@ CONNECT_TIMEOUT = 30.0
 
 
 def parse_room_code(text: str) -> str:
-    """The code in upper case; CommandError naming it if it cannot be a room code."""
-    code = text.strip().upper()
-    wrong = sorted({c for c in code if c not in ROOM_CODE_ALPHABET})
-    if len(code) != ROOM_CODE_LENGTH or wrong:
-        problem = (
-            f"has {len(code)} characters instead of {ROOM_CODE_LENGTH}"
-            if len(code) != ROOM_CODE_LENGTH
-            else f"contains {', '.join(repr(c) for c in wrong)}"
-        )
+    """The code as typed, checked: `K7QX2M-4HRT` (a private room; dash optional, any case)
+    or the 6 characters of an open room. CommandError saying what is wrong if neither."""
+    try:
+        return str(private_code.parse_room_code(text))
+    except private_code.InvalidRoomCode as exc:
         raise CommandError(
-            f"{text!r} is not a room code: it {problem}. Room codes are {ROOM_CODE_LENGTH} "
-            f"letters and digits from {ROOM_CODE_ALPHABET} (no I, O, 0 or 1), in any case"
-        )
-    return code
+            f"That is not a room code: {exc}. Room codes are {ROOM_CODE_LENGTH} letters and "
+            f"digits from {ROOM_CODE_ALPHABET} (no I, O, 0 or 1), in any case, and a private "
+            "room's code adds a dash and its secret part"
+        ) from None
 
 
 def find_relay_url(explicit: str | None) -> relay_config.RelayURL:
@@ -97,6 +93,7 @@ class RoomMember:
         client.room_joined.connect(self._on_entered)
         client.connected.connect(lambda: self._on_entered(""))  # LAN: after the host's welcome
         client.error.connect(self._on_error)
+        client.verification_code.connect(self._on_verification)
         client.user_joined_room.connect(self._on_joined)
         client.user_left_room.connect(self._on_left)
         client.architecture_received.connect(self._on_architecture)
@@ -124,10 +121,16 @@ class RoomMember:
     def others(self) -> list[dict]:
         return [u for u in self.client.users if u.get("user_id") != self.client.user_id]
 
+    def _on_verification(self, peer: str, digits: str) -> None:
+        # an optional check: read it aloud; both sides see the same digits unless someone
+        # in the middle ran the key exchange in their place
+        other = "the host" if peer == self.client.host_id else self.client._name_of(peer)
+        self.say(f"Verification with {other}: {digits} (the same on both sides)")
+
     # --- entering and leaving -------------------------------------------------------------
 
-    def create(self, name: str, relay_url: str) -> str:
-        self.client.create_relay_room(name, relay_url=relay_url)
+    def create(self, name: str, relay_url: str, private: bool = True) -> str:
+        self.client.create_relay_room(name, relay_url=relay_url, private=private)
         return self._wait_entered(f"The relay at {relay_url}")
 
     def join(self, code: str, name: str, relay_url: str) -> str:

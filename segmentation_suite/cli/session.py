@@ -36,7 +36,7 @@ def run_create(args: argparse.Namespace, console: Console) -> int:
     relay = find_relay_url(args.relay_url)
 
     def enter(member: RoomMember) -> None:
-        code = member.create(args.name, relay.url)
+        code = member.create(args.name, relay.url, private=not args.open)
         console.print(room_code_panel(code))
         console.print(f"Share this code: {share_command(code, args, relay)}", markup=False)
         _wait_for_members(member, args, console)

@@ -42,6 +42,7 @@ from .deltas import ACCEPTS_DELTAS_KEY, GlobalModelLedger, MemberDeltas
 from .host import AggregationRound, as_num_samples, describe_contributors
 from .mixed_room import MixedRoomMixin
 from .peer_kinds import PeerKinds
+from .private_client import PRIVATE_CONTROL_TYPES, PrivateRoomMixin
 from .protocol import (
     MAX_CHUNK_SIZE,
     ErrorCode,
@@ -176,7 +177,7 @@ class _Announcement:
     parts: list[bytes] = field(default_factory=list)
 
 
-class SyncClient(MixedRoomMixin):
+class SyncClient(PrivateRoomMixin, MixedRoomMixin):
     """One member of a relay room (or of a LAN session). See docs/network-api.md."""
 
     connected = Signal()
@@ -196,6 +197,7 @@ class SyncClient(MixedRoomMixin):
     weights_received = Signal(str, dict)  # host: (user_id, metadata of the push)
     round_complete = Signal(int, list)  # host: (aggregation round, contributor ids)
     control_received = Signal(str, dict)  # (sender user id, a send_control object)
+    verification_code = Signal(str, str)  # private room: (peer user id, its six digits)
 
     def __init__(
         self,
@@ -279,6 +281,7 @@ class SyncClient(MixedRoomMixin):
         self._global_contributors: int | None = None
         self._crop_images: dict[str, bytes] = {}
         self._excluded: set[str] = set()  # host: members whose pushes rounds neither await nor take
+        self._init_private()
 
     # --- properties ---------------------------------------------------------------------
 
@@ -298,6 +301,15 @@ class SyncClient(MixedRoomMixin):
 
     @property
     def room_code(self) -> str | None:
+        """The code to share: with its secret part in a private room (`K7QX2M-4HRT`). Only
+        `routing_code` ever goes to the relay."""
+        if self._private_code is not None:
+            return str(self._private_code)
+        return self._room_code
+
+    @property
+    def routing_code(self) -> str | None:
+        """The relay's 6-character code of the room."""
         return self._room_code
 
     @property
@@ -359,18 +371,6 @@ class SyncClient(MixedRoomMixin):
         return self._global_contributors
 
     # --- connecting ---------------------------------------------------------------------
-
-    def create_relay_room(self, user_name: str, relay_url: str | None = None) -> None:
-        """Creates a room on the relay; `room_created(code)` follows, or `error`."""
-        self._start_relay(user_name, relay_url, room_code=None)
-
-    def connect_relay(self, room_code: str, user_name: str, relay_url: str | None = None) -> None:
-        """Joins a room (the code may be typed in lower case); `room_joined(code)` follows."""
-        code = (room_code or "").strip().upper()
-        if not code:
-            self._report("No room code given: type the code the host shared")
-            return
-        self._start_relay(user_name, relay_url, room_code=code)
 
     def disconnect(self, flush_timeout: float = 10.0) -> None:
         """Says goodbye, leaves the room and closes the connection; `disconnected` follows.
@@ -449,6 +449,9 @@ class SyncClient(MixedRoomMixin):
             self._global_model_reached.clear()
             self._last_transfer = None
             self._rejoin_tries = 0
+            self._reset_private_session()
+            if mode != "relay":
+                self._private_code = None  # LAN sessions are open (docs/security.md)
         return True
 
     def _open_relay_session(self, room_code: str | None) -> None:
@@ -618,9 +621,9 @@ class SyncClient(MixedRoomMixin):
         """Sends a whole transfer; one cut off by a dropped connection goes again, under the
         same transfer id, once the session resumed (relays that resume sessions only). Returns
         the size once the relay took the last byte; raises when the session is over."""
-        transfer = _SentTransfer(
-            announcement, kind, data, to, next(self._transfer_ids) & (2**64 - 1)
-        )
+        transfer_id = next(self._transfer_ids) & (2**64 - 1)
+        data = self._seal_outgoing(data, transfer_id, kind)  # after encoding and compression
+        transfer = _SentTransfer(announcement, kind, data, to, transfer_id)
         for resends in itertools.count():
             transfer.connection = self._connection
             try:
@@ -713,7 +716,8 @@ class SyncClient(MixedRoomMixin):
         parts = ((FrameKind.TRAINING_IMAGE, image_png), (FrameKind.TRAINING_MASK, mask_png))
         for kind, png in parts:
             transfer_id = next(self._transfer_ids) & (2**64 - 1)
-            connection.send_chunked(kind, transfer_id, self.user_id, recipients, png, 2**31 - 1)
+            wire = self._seal_outgoing(png, transfer_id, kind)
+            connection.send_chunked(kind, transfer_id, self.user_id, recipients, wire, 2**31 - 1)
 
     def _send_global_model(
         self, weights: dict, aggregation_round: int, contributors: int, to: list[str] | None = None
@@ -771,9 +775,11 @@ class SyncClient(MixedRoomMixin):
         self._enter_room(payload, [{"user_id": self.user_id, "display_name": self.display_name}])
         self._host_id = self.user_id
         self._rejoin_tries = 0
+        if not self._private_room_created():
+            return
         if resumed:
             self.sync_status.emit(f"Room {self._room_code} re-created after reconnecting")
-        self.room_created.emit(self._room_code)
+        self.room_created.emit(self.room_code)
         self.connected.emit()
         self.user_list_updated.emit(self.users)
 
@@ -802,7 +808,7 @@ class SyncClient(MixedRoomMixin):
             self.sync_status.emit(f"Back in room {self._room_code}: the host re-opened it")
         if resumed:
             self.sync_status.emit(f"Back in room {self._room_code}")
-        else:
+        if not self._private_room_joined(resumed) and not resumed:
             self.room_joined.emit(self._room_code)
             self.connected.emit()
         self.user_list_updated.emit(self.users)
@@ -893,6 +899,7 @@ class SyncClient(MixedRoomMixin):
             # Nobody is named host by list order; a new creator would announce itself.
             self._host_id = None
             self.sync_status.emit("The host left the room")
+        self._private_member_left(left)
         self._reported_left.add(left)
         self.user_left_room.emit(payload.get("display_name") or left)
         self.user_list_updated.emit(self.users)
@@ -1046,10 +1053,15 @@ class SyncClient(MixedRoomMixin):
         if not self._received_transfers.first_time(key):
             log.info("dropping transfer %d from %s: already received", key[1], key[0])
             return
-        self._on_transfer(key[0], kind, payload)
+        payload = self._open_incoming(key[0], key[1], kind, payload)
+        if payload is not None:
+            self._on_transfer(key[0], kind, payload)
 
     def _on_unframed_binary(self, data: memoryview) -> None:
         """A binary from an original client: it belongs to the oldest open announcement."""
+        if self._private_code is not None:
+            log.warning("ignoring an unframed binary: a private room carries sealed ones only")
+            return
         if not self._announcements:
             log.warning("ignoring a binary message that no announcement preceded")
             return
@@ -1175,7 +1187,7 @@ class SyncClient(MixedRoomMixin):
             if (u.get("user_id") != self.user_id or self._host_trains)
             and u.get("user_id") not in self._excluded
         ]
-        return present + sorted(self._away_members.difference(present))
+        return self._private_round_members(present + sorted(self._away_members.difference(present)))
 
     def _update_round_members(self) -> None:
         if self._round is not None and self.is_host:
@@ -1451,6 +1463,7 @@ class SyncClient(MixedRoomMixin):
         MessageType.USER_LIST: _on_user_list,
         MessageType.WEIGHTS_ACK: _on_weights_ack,
         MessageType.PEER_HELLO: MixedRoomMixin._on_peer_hello,
+        **{t: PrivateRoomMixin._on_private_control for t in PRIVATE_CONTROL_TYPES},
     }
 
 

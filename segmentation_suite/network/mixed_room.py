@@ -115,7 +115,10 @@ class MixedRoomMixin:
     def _send_mixed_transfer(
         self, announcement: Message, kind: int, data: memoryview, to: list[str] | None
     ) -> int:
-        """A push or global model to `to`, each recipient in the format it reads."""
+        """A push or global model to `to`, each recipient in the format it reads. A private
+        room's go sealed to everyone addressed (original clients cannot be members)."""
+        if self._private_code is not None:
+            return self._send_transfer(announcement, kind, data, to)
         framed, framed_to, legacy, legacy_to = self._plan_recipients(to)
         if legacy:
             weights, _ = decode_weights(data)  # the values that went out framed, float16 exact
@@ -153,6 +156,9 @@ class MixedRoomMixin:
     def _send_mixed_crop(
         self, header: Message, image_png: bytes, mask_png: bytes, to: list[str] | None
     ) -> None:
+        if self._private_code is not None:
+            self._send_crop(header, image_png, mask_png, to)
+            return
         framed, framed_to, legacy, legacy_to = self._plan_recipients(to)
         if legacy:
             connection = self._connection

@@ -74,6 +74,13 @@ class MessageType(Enum):
     TRAINING_DATA = "training_data"
     SNAPSHOT_MODEL = "snapshot_model"  # sent by later versions of the original app
     PEER_HELLO = "peer_hello"  # ours: "I speak protocol 2" on a relay that does not attest it
+    # Ours, private rooms: the key exchange, directed between host and member (private_room.py)
+    PAKE_INIT = "pake_init"
+    PAKE_REPLY = "pake_reply"
+    PAKE_CONFIRM = "pake_confirm"
+    PAKE_FAILED = "pake_failed"
+    PAKE_REFUSED = "pake_refused"
+    GROUP_KEY = "group_key"
     ERROR = "error"
 
     # Relay control: client -> relay.
@@ -201,6 +208,17 @@ _PAYLOAD_SCHEMA: dict[MessageType, tuple[dict[str, str], dict[str, str]]] = {
         {"user_id": _STR, "protocol": _INT},
         {"features": _LIST, "host": _BOOL},
     ),
+    **{
+        kind: ({"v": _INT}, {"cpace": _STR, "reason": _STR, "epoch": _INT, "wrapped": _STR})
+        for kind in (
+            MessageType.PAKE_INIT,
+            MessageType.PAKE_REPLY,
+            MessageType.PAKE_CONFIRM,
+            MessageType.PAKE_FAILED,
+            MessageType.PAKE_REFUSED,
+            MessageType.GROUP_KEY,
+        )
+    },
     MessageType.ERROR: ({"error": _STR}, {"details": _STR, "code": _STR, "field": _STR}),
     MessageType.CREATE_ROOM: ({"user_id": _STR}, {"display_name": _STR, "features": _LIST}),
     MessageType.JOIN_ROOM: (

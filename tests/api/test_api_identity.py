@@ -62,7 +62,7 @@ def room(relay, recorder):
     """(relay, host, member, code): a room on our relay with a host and one member."""
     process = relay()
     host = make_client(recorder, "host", aggregation_timeout=120)
-    host.create_relay_room("host", process.url)
+    host.create_relay_room("host", process.url, private=False)
     (code,) = recorder.wait_for(lambda: recorder.of("host", "room_created"), TIMEOUT, "room")[0]
     member = make_client(recorder, "mia")
     member.connect_relay(code, "mia", process.url)

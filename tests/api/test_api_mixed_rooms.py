@@ -112,7 +112,7 @@ def test_ours_host_averages_an_original_members_push_with_ours(
     host = make_client(recorder, "host", accept_legacy_weights=True, aggregation_timeout=120)
     crops: list = []
     host.training_data_received.connect(lambda image, mask, info: crops.append((image, mask, info)))
-    host.create_relay_room("host", url)
+    host.create_relay_room("host", url, private=False)
     (code,) = wait_until(recorder, lambda: recorder.of("host", "room_created"), "room")[0]
     olga = originals(url, "Olga")
     olga.join_room(code)
@@ -243,7 +243,7 @@ def test_original_push_without_opt_in_is_refused_once_and_nothing_unpickled(
     host = make_client(recorder, "host", accept_legacy_weights=accept)
     crops: list = []
     host.training_data_received.connect(lambda *args: crops.append(args))
-    host.create_relay_room("host", url)
+    host.create_relay_room("host", url, private=False)
     (code,) = wait_until(recorder, lambda: recorder.of("host", "room_created"), "room")[0]
     olga = originals(url, "Olga")
     olga.join_room(code)
@@ -337,7 +337,7 @@ def run_bomb_host(url: str, out, commands) -> None:
     host.error.connect(errors.put)
     host.room_created.connect(lambda code: out.put(("code", code)))
     host.user_joined_room.connect(lambda name: out.put(("joined", name)))
-    host.create_relay_room("host", url)
+    host.create_relay_room("host", url, private=False)
     assert commands.get(timeout=TIMEOUT) == "push"
     # The room's model: 3 MiB of float32, so an original push may expand to 12 MiB.
     layout = [{"name": "w", "shape": [768 * 1024], "dtype": "float32"}]
@@ -387,7 +387,7 @@ def test_idle_reordered_room_late_joiner_pushes_to_the_real_host(recorder, origi
         host = make_client(recorder, "host", aggregation_timeout=120)
         rounds: list = []
         host.round_complete.connect(lambda number, who: rounds.append((number, sorted(who))))
-        host.create_relay_room("host", v1.url)
+        host.create_relay_room("host", v1.url, private=False)
         (code,) = wait_until(recorder, lambda: recorder.of("host", "room_created"), "room")[0]
         amy = join(recorder, "amy", code, v1.url)
         wait_until(recorder, lambda: amy.host_id == host.user_id, "amy knows the host")

@@ -52,7 +52,7 @@ def test_callbacks_run_on_the_gui_thread(qapp, qtbot, relay):
     )
     guest = SyncClient()
     try:
-        host.create_relay_room("host", url)
+        host.create_relay_room("host", url, private=False)
         qtbot.waitUntil(lambda: bool(seen["room_created"]), timeout=10_000)
         code = seen["room_created"][0][0]
         guest.connect_relay(code.lower(), "guest", url)

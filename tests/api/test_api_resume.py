@@ -127,7 +127,7 @@ def test_relay_on_another_secret_host_opens_a_new_room_and_member_gives_up_in_bo
 def _another_secret(relay, recorder, tmp_path, port, first, forwarder):
     host = make_client(recorder, "host")
     host.sync_status.connect(recorder.record("host", "status"))
-    host.create_relay_room("host", first.url)
+    host.create_relay_room("host", first.url, private=False)
     (code,) = recorder.wait_for(lambda: recorder.of("host", "room_created"), WAIT, "room")[0]
     attempts = 3
     mia = make_client(

@@ -35,7 +35,7 @@ def test_three_clients_join_see_each_other_and_one_leaves(any_relay, recorder, m
     threads: list[str] = []
     creator = make_client(recorder, "carol")
     creator.user_joined_room.connect(lambda _: threads.append(threading.current_thread().name))
-    creator.create_relay_room("carol", url)
+    creator.create_relay_room("carol", url, private=False)
     (code,) = recorder.wait_for(lambda: recorder.of("carol", "room_created"), 10, "room")[0]
     assert creator.room_code == code and len(code) == 6
     assert creator.is_connected and creator.is_relay_mode and creator.is_host

@@ -21,9 +21,10 @@ from helpers.http_metrics import scrape
 from segmentation_suite.network import serialize_weights
 
 
-def start_room(recorder, url, members, names, timeout=60.0):
+def start_room(recorder, url, members, names, timeout=60.0, private=True):
+    """Private rooms need our relay (directed delivery): against v1, pass private=False."""
     host = make_client(recorder, "host", aggregation_timeout=timeout)
-    host.create_relay_room("host", url)
+    host.create_relay_room("host", url, private=private)
     (code,) = recorder.wait_for(lambda: recorder.of("host", "room_created"), 10, "room")[0]
     for name in names:
         members.start(url, code.lower(), name)
@@ -68,7 +69,7 @@ def check_weighted_mean(global_weights, layout, seeds, samples):
 def test_fedavg_round_of_four_members_on_the_unet_layout(any_relay, recorder, members):
     kind, url, relay = any_relay
     names = ["m1", "m2", "m3", "m4"]
-    host = start_room(recorder, url, members, names)
+    host = start_room(recorder, url, members, names, private=kind == "ours")
     layout = unet_layout()
     seeds, samples = [11, 12, 13, 14], [10, 20, 30, 40]
     before = scrape(relay) if relay else None
@@ -108,7 +109,7 @@ def test_fedavg_round_of_four_members_on_the_unet_layout(any_relay, recorder, me
 @pytest.mark.slow
 def test_concurrent_chunked_pushes_are_attributed_to_their_senders(any_relay, recorder, members):
     kind, url, _ = any_relay
-    host = start_room(recorder, url, members, ["ann", "ben"], timeout=120)
+    host = start_room(recorder, url, members, ["ann", "ben"], timeout=120, private=kind == "ours")
     layout = big_layout(64)  # 64 MB of float32 per member; 32 MB on the wire, several chunks
     start_at = time.time() + 3  # both serialize first, then send at the same moment
     members.send("ann", "push", 101, 3, 101, layout, start_at)

@@ -58,7 +58,7 @@ def test_member_stalled_past_ping_timeout_leaves_and_comes_back(relay, recorder,
     forwarder = Forwarder(server.port)
     try:
         host = make_client(recorder, "host")
-        host.create_relay_room("host", server.url)
+        host.create_relay_room("host", server.url, private=False)
         (code,) = recorder.wait_for(lambda: recorder.of("host", "room_created"), 10, "room")[0]
         members.start(server.url, code, "steady")
         members.start(forwarder.url, code, "stalled")

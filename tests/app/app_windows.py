@@ -5,7 +5,7 @@ from __future__ import annotations
 from qtpy.QtCore import Qt
 
 from segmentation_suite.app.main_window import MainWindow
-from segmentation_suite.network.protocol import ROOM_CODE_ALPHABET, ROOM_CODE_LENGTH
+from segmentation_suite.network.private_code import InvalidRoomCode, parse_room_code
 
 TIMEOUT_MS = 15_000
 
@@ -61,4 +61,9 @@ def use_tiny_synthetic_data(window: MainWindow, member: int, count: int = 8) -> 
 
 
 def _is_room_code(text: str) -> bool:
-    return len(text) == ROOM_CODE_LENGTH and all(ch in ROOM_CODE_ALPHABET for ch in text)
+    """A private room's full code (the default) or an open room's 6 characters."""
+    try:
+        parse_room_code(text)
+    except InvalidRoomCode:
+        return False
+    return text == text.strip().upper()

@@ -25,6 +25,7 @@ from PIL import Image
 from qtpy.QtCore import Qt
 
 from segmentation_suite.app import session_controller as states
+from segmentation_suite.app.validators import is_complete_room_code
 
 
 def test_create_join_and_train_one_round(qtbot, relay, tmp_path):
@@ -128,8 +129,39 @@ def test_full_room_is_said_plainly(qtbot, relay):
     join_room(qtbot, late, code)
     page = late.setup_page
     qtbot.waitUntil(lambda: bool(page.error_label.message), timeout=TIMEOUT_MS)
-    assert "Room full" in page.error_label.text() and code in page.error_label.message
+    # the relay knows the routing part only, and says that
+    assert "Room full" in page.error_label.text() and code[:6] in page.error_label.message
     qtbot.waitUntil(lambda: page.join_button.isEnabled(), timeout=TIMEOUT_MS)
+
+
+def test_wrong_secret_parts_are_said_both_sides_and_the_host_reopens_the_room(qtbot, relay):
+    url = relay().url
+    host = open_window(qtbot, "Host", url)
+    code = create_room(qtbot, host)
+    assert "-" in code  # private by default: routing code, dash, secret part
+    for attempt in range(3):
+        guesser = open_window(qtbot, f"Guess{attempt}", url)
+        join_room(qtbot, guesser, code[:7] + "ZZZ" + "ABC"[attempt])
+        page = guesser.setup_page
+        qtbot.waitUntil(lambda p=page: bool(p.error_label.message), timeout=TIMEOUT_MS)
+        assert page.error_label.message.endswith("the code's secret part does not match")
+        qtbot.waitUntil(lambda p=page: p.join_button.isEnabled(), timeout=TIMEOUT_MS)
+    hostpage = host.setup_page
+    qtbot.waitUntil(lambda: hostpage.reopen_button.isVisible(), timeout=TIMEOUT_MS)
+    assert "closed to new members" in hostpage.error_label.message
+    click(qtbot, hostpage.reopen_button)
+    assert not hostpage.reopen_button.isVisible()
+    guest = open_window(qtbot, "Guest", url)
+    join_room(qtbot, guest, code.replace("-", "").lower())
+    wait_for_members(qtbot, [host, guest], ["Host", "Guest"])
+    qtbot.waitUntil(
+        lambda: any("Verification with the host: " in line for line in guest.session.events),
+        timeout=TIMEOUT_MS,
+    )
+    (digits,) = [
+        line.split(": ", 1)[1] for line in guest.session.events if "Verification with" in line
+    ]
+    assert any(f"Verification with Guest: {digits}" in line for line in host.session.events)
 
 
 def test_too_many_join_attempts_are_said_plainly(qtbot, relay):
@@ -201,9 +233,15 @@ def test_room_code_field_upper_cases_and_explains_characters_codes_never_contain
     qtbot.keyClick(edit, Qt.Key.Key_Backspace)
     assert not hint.isVisible()
     qtbot.keyClicks(edit, "x2mo")
-    assert edit.text() == "K7QX2MO" and "“O”" in hint.text()
+    # past the 6 routing characters comes a private room's secret part, after its dash
+    assert edit.text() == "K7QX2M-O" and "“O”" in hint.text()
     qtbot.keyClick(edit, Qt.Key.Key_Backspace)
     assert edit.text() == "K7QX2M" and not hint.isVisible()
+    qtbot.keyClicks(edit, "-4hr")
+    assert edit.text() == "K7QX2M-4HR" and not hint.isVisible()
+    assert not is_complete_room_code(edit.text())  # a secret part has at least 4 characters
+    qtbot.keyClicks(edit, "t")
+    assert edit.text() == "K7QX2M-4HRT" and is_complete_room_code(edit.text())
 
 
 def test_copy_button_puts_the_code_on_the_clipboard(qtbot, relay, qapp):

@@ -30,6 +30,10 @@ def test_create_join_train_and_leave_with_ctrl_c(relay, cli):
     member = cli(*words[1:2], code.lower(), *words[3:], "--name", "Bob")
     member.wait_for(rf"^Joined room {code} with Alice, Bob$", 60)
     host.wait_for(r"^Bob joined the room$", 30)
+    # a private room (the default): both sides show the same verification digits
+    assert re.fullmatch(r"[A-Z2-9]{6}-[A-Z2-9]{4,}", code), code
+    digits = member.wait_for(r"^Verification with the host: (\d{3} \d{3}) ", 30).group(1)
+    host.wait_for(rf"^Verification with Bob: {digits} \(the same on both sides\)$", 30)
     # Each one's default microscope follows its place in the room, counted from 1.
     host.wait_for(r"^8 synthetic images from microscope 1; ", 30)
     member.wait_for(r"^8 synthetic images from microscope 2; ", 30)
@@ -63,12 +67,22 @@ def test_create_join_train_and_leave_with_ctrl_c(relay, cli):
 def test_ctrl_c_while_waiting_for_members_leaves_the_room(relay, cli):
     server = relay()
     host = cli("create", "--name", "Alice", "--relay-url", server.url, "--synthetic")
-    code = host.wait_for(r"join ([A-Z2-9]{6}) ", 60).group(1)
+    code = host.wait_for(r"join ([A-Z2-9]{6}-[A-Z2-9]{4,}) ", 60).group(1)  # private by default
     host.wait_for(r"^Waiting for 1 member\(s\) to join", 10)
     host.interrupt()
     assert host.wait(30) == 130, host.stdout + host.stderr
     assert f"Left room {code}" in host.stdout
     assert "Traceback" not in host.stderr, host.stderr
+
+
+def test_create_open_shares_the_six_character_code(relay, cli):
+    server = relay()
+    host = cli("create", "--open", "--name", "Alice", "--relay-url", server.url, "--synthetic")
+    code = host.wait_for(r"^Share this code: segmentation-suite join (\S+) ", 60).group(1)
+    assert re.fullmatch(r"[A-Z2-9]{6}", code), code
+    host.wait_for(r"^Waiting for 1 member\(s\) to join", 10)
+    host.interrupt()
+    assert host.wait(30) == 130, host.stdout + host.stderr
 
 
 def test_host_alone_finishes_every_round_and_saves(relay, cli, tmp_path):
@@ -91,7 +105,7 @@ def test_host_alone_finishes_every_round_and_saves(relay, cli, tmp_path):
     assert host.wait(120) == 0, host.stdout + host.stderr
     for n in (1, 2):
         host.wait_for(ROUND_LINE.replace("1000", "2").format(n=n, who="1 contributor"), 1)
-    code = re.search(r"join ([A-Z2-9]{6}) ", host.stdout, re.M).group(1)
+    code = re.search(r"join ([A-Z2-9]{6}-[A-Z2-9]{4,}) ", host.stdout, re.M).group(1)
     assert re.search(rf"^Done: 2 rounds; left room {code}$", host.stdout, re.M), host.stdout
     from segmentation_suite.training.model_file import load_model
 

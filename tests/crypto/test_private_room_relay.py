@@ -103,7 +103,14 @@ class Probe:
             json.dumps(
                 {
                     "type": "join_room",
-                    "payload": {"room_code": routing, "user_id": "probe", "display_name": "Probe"},
+                    # as a member that reads framed binaries: the relay hands framed binaries
+                    # only to members announcing `frame_header` (member_features)
+                    "payload": {
+                        "room_code": routing,
+                        "user_id": "probe",
+                        "display_name": "Probe",
+                        "features": ["frame_header"],
+                    },
                 }
             )
         )
@@ -225,7 +232,11 @@ def private_room(relay):
 def open_room(connect, url):
     host_conn = connect("host")
     send_control(
-        host_conn, {"type": "create_room", "payload": {"user_id": "host", "display_name": "Host"}}
+        host_conn,
+        {
+            "type": "create_room",
+            "payload": {"user_id": "host", "display_name": "Host", "features": ["frame_header"]},
+        },
     )
     routing = next_control(host_conn, {"room_created"})["payload"]["room_code"]
     return host_conn, routing
@@ -236,7 +247,12 @@ def join(conn, routing: str, user_id: str) -> None:
         conn,
         {
             "type": "join_room",
-            "payload": {"room_code": routing, "user_id": user_id, "display_name": user_id},
+            "payload": {
+                "room_code": routing,
+                "user_id": user_id,
+                "display_name": user_id,
+                "features": ["frame_header"],
+            },
         },
     )
     next_control(conn, {"room_joined"})
