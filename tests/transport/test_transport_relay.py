@@ -160,7 +160,16 @@ def test_transfers_reassembled_in_c_arrive_whole_between_other_messages(relay):
         control(alice, "create_room", user_id="alice", display_name="Alice")
         created = next_control(alice)
         code = created["payload"]["room_code"]
-        control(bob, "join_room", room_code=code, user_id="bob", display_name="Bob")
+        # bob reads framed binaries (the relay withholds them from members that do not say
+        # so); alice does not say so, so her unframed binary reaches bob too (docs/protocol.md).
+        control(
+            bob,
+            "join_room",
+            room_code=code,
+            user_id="bob",
+            display_name="Bob",
+            features=["frame_header"],
+        )
         assert next_control(bob)["type"] == "room_joined"
         assert next_control(alice)["type"] == "user_joined"
 
