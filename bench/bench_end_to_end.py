@@ -129,7 +129,7 @@ def ours_receive(conn: Any, deadline: float, transfers=None) -> tuple[dict, dict
     times.update(cpu_snapshot("last"))
     payload = memoryview(data)
     if transfers is not None:
-        header = transport.parse_frame_header(data.header)
+        header = data.header
         payload = transfers.open(header.sender, header.transfer_id, header.kind, payload, None)
     state, _ = decode_weights(payload, as_torch=True)
     return state, times
