@@ -995,7 +995,8 @@ class SyncClient(PrivateRoomMixin, MixedRoomMixin):
         if isinstance(data, transport.Transfer):  # issue 15: reassembled in C, in one buffer
             header = data.header
             if not header.recipients or self.user_id in header.recipients:
-                self._on_transfer(header.sender, header.kind, memoryview(data))
+                key = (header.sender, header.transfer_id)
+                self._on_whole_transfer(key, header.kind, memoryview(data))
             return
         try:
             header = transport.parse_frame_header(data)
