@@ -77,7 +77,7 @@ def test_rounds_across_nodes_survive_a_killed_member_node(
         host.create_relay_room("host", nodes[0].url)
         created = recorder.wait_for(lambda: recorder.of("host", "room_created"), 10, "room")
         code = created[-1][0]
-        hashed = ids.index(proxy.node_for_room(code))
+        hashed = ids.index(proxy.node_for_room(code.split("-")[0]))  # the routing part
         if hashed != 0:
             break
         host.disconnect()
@@ -127,6 +127,10 @@ def test_rounds_across_nodes_survive_a_killed_member_node(
     for name in m1:
         on_wire = [w[name].astype(np.float16).astype(np.float64) for w in (m1, m2)]
         expected = (10 * on_wire[0] + 30 * on_wire[1]) / 40
-        np.testing.assert_allclose(host.global_weights[name], expected, rtol=1e-5, atol=1e-5)
+        # Round 2's pushes are q8 deltas against round 1's global (docs/weights-format.md):
+        # each value within one int8 step of its delta, and no delta exceeds twice the largest
+        # value either global or push holds here.
+        step = 2 * max(np.abs(w[name]).max() for w in (m1, m2)) / 127
+        np.testing.assert_allclose(host.global_weights[name], expected, rtol=0, atol=step)
     # m2 never left the room as far as the others could tell.
     assert not [e for e in recorder.of("host", "user_left_room")]
