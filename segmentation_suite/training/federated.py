@@ -294,16 +294,28 @@ class FederatedTraining:
         return loss
 
     def _wait_while_reconnecting(self, round_number: int, emit, stop) -> None:
-        """A push made while the relay is away would be lost: wait for the client to be back
-        (up to round_timeout; the push then says what happened)."""
-        if not getattr(self.client, "is_reconnecting", False):
+        """A push made while the relay is away, or while the room's host is (after a relay
+        restart members are often back before the host), would be lost or refused: wait for
+        both to be back (up to round_timeout; the push then says what happened)."""
+        if not self._push_would_fail():
             return
-        emit(self._waiting(round_number, "Reconnecting to the relay…"))
+        reason = (
+            "Reconnecting to the relay…"
+            if getattr(self.client, "is_reconnecting", False)
+            else "Waiting for the host to be back in the room…"
+        )
+        emit(self._waiting(round_number, reason))
         deadline = time.perf_counter() + self.round_timeout
-        while getattr(self.client, "is_reconnecting", False) and not stop.is_set():
+        while self._push_would_fail() and not stop.is_set():
             if time.perf_counter() >= deadline:
                 return
             time.sleep(_POLL_SECONDS)
+
+    def _push_would_fail(self) -> bool:
+        if getattr(self.client, "is_reconnecting", False):
+            return True
+        in_room = getattr(self.client, "is_connected", False)
+        return in_room and getattr(self.client, "host_id", "") is None
 
     def _push(self, round_number: int, weights: dict, loss: float, emit) -> int | None:
         """Sends the weights; their size on the wire, or None if they did not go."""
