@@ -53,6 +53,14 @@ class MixedRoomMixin:
 
     # --- who speaks what ------------------------------------------------------------------
 
+    @property
+    def original_members(self) -> list[str]:
+        """The other members taken for original-app clients: on a v1 relay, those that have
+        not (yet) announced themselves with peer_hello. While there are any, transfers go in
+        the original format (docs/protocol.md, "Mixed rooms")."""
+        others = [u.get("user_id") for u in self._users if u.get("user_id") != self.user_id]
+        return self._kinds.originals(others)
+
     def _reset_kinds(self, capabilities: Any, users: list[dict]) -> None:
         attested = capabilities is not None and capabilities.supports(Feature.MEMBER_FEATURES)
         self._kinds.reset(attested)

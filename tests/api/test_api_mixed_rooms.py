@@ -397,6 +397,13 @@ def test_idle_reordered_room_late_joiner_pushes_to_the_real_host(recorder, origi
         lee = join(recorder, "lee", code, v1.url)
         assert lee.users[0]["user_id"] != host.user_id, "the fixture did not reorder"
         wait_until(recorder, lambda: lee.host_id == host.user_id, "lee knows the real host")
+        # A member counts as original until its peer_hello arrived (a v1 relay attests
+        # nothing); until then a push would go in the original format.
+        wait_until(
+            recorder,
+            lambda: not amy.original_members and not lee.original_members,
+            "amy and lee know each other speak our protocol",
+        )
 
         amy.send_weights(layout_state(1, SMALL), epoch=1, loss=0.5, num_samples=1)
         lee.send_weights(layout_state(2, SMALL), epoch=1, loss=0.5, num_samples=1)
