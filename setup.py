@@ -84,8 +84,8 @@ class BuildExtensionAndRelay(build_ext):
 
 
 cflags, libs = find_library_flags()
-# The frame header is part of the protocol the relay speaks too: one C definition for both.
-sources = sorted(str(p) for p in Path("csrc").glob("*.c")) + ["relay_server/src/frame_header.c"]
+# protocol/ holds what the relay compiles too (frame header, constants): one C definition for both.
+sources = sorted(str(p) for p in [*Path("csrc").glob("*.c"), *Path("protocol").glob("*.c")])
 
 setup(
     cmdclass={"build_ext": BuildExtensionAndRelay},
@@ -93,7 +93,7 @@ setup(
         Extension(
             "segmentation_suite.network._relayclient",
             sources=sources,
-            include_dirs=["csrc", "relay_server/src"],
+            include_dirs=["csrc", "protocol"],
             extra_compile_args=[
                 "-std=c11",
                 "-O2",

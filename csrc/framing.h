@@ -9,9 +9,8 @@
 
 #include "frame_header.h"
 
-/* The default largest binary message of a chunked send, header included: the original client's
- * 16 MiB chunks, which the original relay's 32 MiB limit was sized for. */
-#define FRAMING_DEFAULT_MESSAGE_SIZE (16u * 1024 * 1024)
+/* The default largest binary message of a chunked send, header included (the protocol's). */
+#define FRAMING_DEFAULT_MESSAGE_SIZE PROTOCOL_CHUNK_SIZE
 
 /* Everything needed to produce chunk i's header and payload slice on demand. The ids point into
  * memory owned by the caller, which must outlive the plan. */

@@ -58,8 +58,8 @@ static bool is_node_id(const char *text, size_t length)
 
 static bool is_code(const char *text)
 {
-    char normalized[CLUSTER_CODE_LENGTH + 1];
-    return strlen(text) == CLUSTER_CODE_LENGTH && room_code_normalize(text, normalized) &&
+    char normalized[ROOM_CODE_LENGTH + 1];
+    return strlen(text) == ROOM_CODE_LENGTH && room_code_normalize(text, normalized) &&
            !strcmp(normalized, text);
 }
 
@@ -67,9 +67,9 @@ size_t cluster_envelope_encode(const struct cluster_envelope *envelope, unsigned
                                size_t capacity)
 {
     size_t node_length = strlen(envelope->node), user_length = strlen(envelope->user_id);
-    size_t size = CODE_OFFSET + CLUSTER_CODE_LENGTH + node_length + user_length;
+    size_t size = CODE_OFFSET + ROOM_CODE_LENGTH + node_length + user_length;
     if (envelope->kind < CLUSTER_JOIN || envelope->kind > CLUSTER_BINARY ||
-        !is_node_id(envelope->node, node_length) || user_length > CLUSTER_USER_ID_MAX ||
+        !is_node_id(envelope->node, node_length) || user_length > USER_ID_MAX_BYTES ||
         !is_code(envelope->code) || envelope->flags > 3 || size > capacity)
         return 0;
     memset(out, 0, CODE_OFFSET);
@@ -82,9 +82,9 @@ size_t cluster_envelope_encode(const struct cluster_envelope *envelope, unsigned
     out[6] = (unsigned char)user_length;
     put_u64(out + 8, envelope->stream);
     put_u32(out + 16, envelope->piece);
-    memcpy(out + CODE_OFFSET, envelope->code, CLUSTER_CODE_LENGTH);
-    memcpy(out + CODE_OFFSET + CLUSTER_CODE_LENGTH, envelope->node, node_length);
-    memcpy(out + CODE_OFFSET + CLUSTER_CODE_LENGTH + node_length, envelope->user_id, user_length);
+    memcpy(out + CODE_OFFSET, envelope->code, ROOM_CODE_LENGTH);
+    memcpy(out + CODE_OFFSET + ROOM_CODE_LENGTH, envelope->node, node_length);
+    memcpy(out + CODE_OFFSET + ROOM_CODE_LENGTH + node_length, envelope->user_id, user_length);
     return size;
 }
 
@@ -93,7 +93,7 @@ bool cluster_envelope_decode(const unsigned char *bytes, size_t length,
 {
     const char *problem = NULL;
     memset(envelope, 0, sizeof(*envelope));
-    if (length < CODE_OFFSET + CLUSTER_CODE_LENGTH)
+    if (length < CODE_OFFSET + ROOM_CODE_LENGTH)
         problem = "shorter than an envelope";
     else if (bytes[0] != MAGIC0 || bytes[1] != MAGIC1)
         problem = "bad magic";
@@ -103,9 +103,9 @@ bool cluster_envelope_decode(const unsigned char *bytes, size_t length,
         problem = "unknown kind";
     else if (bytes[4] > 3 || bytes[7] != 0 || get_u32(bytes + 20) != 0)
         problem = "reserved bits set";
-    else if (bytes[5] != CLUSTER_NODE_ID_LENGTH || bytes[6] > CLUSTER_USER_ID_MAX)
+    else if (bytes[5] != CLUSTER_NODE_ID_LENGTH || bytes[6] > USER_ID_MAX_BYTES)
         problem = "bad field length";
-    else if (length < CODE_OFFSET + CLUSTER_CODE_LENGTH + (size_t)bytes[5] + bytes[6])
+    else if (length < CODE_OFFSET + ROOM_CODE_LENGTH + (size_t)bytes[5] + bytes[6])
         problem = "ends inside its header";
     if (problem) {
         if (why)
@@ -114,8 +114,8 @@ bool cluster_envelope_decode(const unsigned char *bytes, size_t length,
     }
     size_t node_length = bytes[5], user_length = bytes[6];
     const unsigned char *cursor = bytes + CODE_OFFSET;
-    memcpy(envelope->code, cursor, CLUSTER_CODE_LENGTH);
-    cursor += CLUSTER_CODE_LENGTH;
+    memcpy(envelope->code, cursor, ROOM_CODE_LENGTH);
+    cursor += ROOM_CODE_LENGTH;
     memcpy(envelope->node, cursor, node_length);
     cursor += node_length;
     memcpy(envelope->user_id, cursor, user_length);

@@ -8,17 +8,16 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "protocol_constants.h"
+
 /* A node's id: random per process, so a restarted node is a new node. Hex digits only, so it
  * is a valid NATS subject token and KV key token. */
 #define CLUSTER_NODE_ID_LENGTH 16
-#define CLUSTER_CODE_LENGTH 6
-#define CLUSTER_USER_ID_MAX 128
 
 /* Fixed part of an envelope; the node id and user id follow, then the payload. */
 #define CLUSTER_ENVELOPE_FIXED_SIZE 24
 #define CLUSTER_ENVELOPE_MAX_HEADER                                                                \
-    (CLUSTER_ENVELOPE_FIXED_SIZE + CLUSTER_CODE_LENGTH + CLUSTER_NODE_ID_LENGTH +                  \
-     CLUSTER_USER_ID_MAX)
+    (CLUSTER_ENVELOPE_FIXED_SIZE + ROOM_CODE_LENGTH + CLUSTER_NODE_ID_LENGTH + USER_ID_MAX_BYTES)
 
 /* The JetStream KV bucket of the room directory, and how long an entry that is not refreshed
  * lives: a dead node's rooms and members disappear within this (plus one liveness check). */
@@ -41,9 +40,9 @@ struct cluster_envelope {
     unsigned flags;
     uint64_t stream; /* binary: the sending node's number for this message */
     uint32_t piece;  /* binary: 0-based index, so a lost piece is noticed */
-    char code[CLUSTER_CODE_LENGTH + 1];
+    char code[ROOM_CODE_LENGTH + 1];
     char node[CLUSTER_NODE_ID_LENGTH + 1]; /* the sending node */
-    char user_id[CLUSTER_USER_ID_MAX + 1]; /* the member it is about or from */
+    char user_id[USER_ID_MAX_BYTES + 1];   /* the member it is about or from */
     const unsigned char *payload;
     size_t payload_length;
 };

@@ -554,7 +554,7 @@ static int relay_callback(struct lws *wsi, enum lws_callback_reasons reason, voi
             server.shutdown_started = now_seconds();
             log_event(LOG_LEVEL_INFO, "shutting_down", "signal",
                       stop_signal == SIGINT ? "SIGINT" : "SIGTERM", NULL);
-            relay_close_all(server.relay, 1001, "relay shutting down");
+            relay_close_all(server.relay, CLOSE_GOING_AWAY, "relay shutting down");
             on_shutdown_tick(&server.shutdown_timer);
         }
         return 0;

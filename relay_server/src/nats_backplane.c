@@ -47,7 +47,7 @@ struct kept_entry {
 };
 
 struct room_subscription {
-    char code[CLUSTER_CODE_LENGTH + 1];
+    char code[ROOM_CODE_LENGTH + 1];
     natsSubscription *subscription;
 };
 

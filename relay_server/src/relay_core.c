@@ -23,8 +23,6 @@
 #include "room_code.h"
 #include "version.h"
 
-#define PROTOCOL_VERSION 2
-#define RECOMMENDED_CHUNK_SIZE (16u * 1024 * 1024)
 #define RESERVED_ROOM_SECONDS 120.0
 #define RATE_LIMITER_MAX_ADDRESSES 100000
 /* The one "address" of the relay-wide budget of failed joins. */
@@ -200,7 +198,8 @@ static void queued_for(struct relay *relay, struct connection *receiver, bool wa
     uint64_t hard_limit =
         HARD_QUEUE_LIMIT_FACTOR * relay->config.receiver_buffer_bytes + relay->config.max_text_size;
     if (receiver->queue.queued_bytes > hard_limit) {
-        begin_close(relay, receiver, 4008, "receiver too slow", REJECT_SLOW_RECEIVER);
+        begin_close(relay, receiver, CLOSE_SLOW_RECEIVER, "receiver too slow",
+                    REJECT_SLOW_RECEIVER);
         return;
     }
     relay->io.want_write(relay->io.context, receiver->transport);
@@ -312,7 +311,8 @@ static void apply_flow_control(struct relay *relay, struct connection *sender,
         if (receiver->closing || !must_wait(receiver, delivery, limit))
             continue;
         if (relay->config.flow_policy == FLOW_DROP_RECEIVER && receiver != sender)
-            begin_close(relay, receiver, 4008, "receiver too slow", REJECT_SLOW_RECEIVER);
+            begin_close(relay, receiver, CLOSE_SLOW_RECEIVER, "receiver too slow",
+                        REJECT_SLOW_RECEIVER);
         else
             add_waiter(relay, receiver, sender, message);
     }
@@ -344,8 +344,8 @@ static void release_waiters(struct relay *relay, struct connection *receiver, bo
 
 /* The features a client may announce in create_room/join_room/resume/hello, as listed back in
  * its user-list entry so that every member knows who speaks what (mixed rooms). */
-static const char *const member_feature_names[] = {"frame_header", "directed", "resume",
-                                                   "flow_control", "host_id"};
+static const char *const member_feature_names[] = {
+    FEATURE_FRAME_HEADER, FEATURE_DIRECTED, FEATURE_RESUME, FEATURE_FLOW_CONTROL, FEATURE_HOST_ID};
 #define MEMBER_FEATURE_COUNT (sizeof(member_feature_names) / sizeof(member_feature_names[0]))
 #define MEMBER_SPEAKS_FRAMES 1u /* bit of "frame_header" */
 
@@ -566,7 +566,7 @@ static void remove_member(struct relay *relay, struct member *member)
         relay->lan_room = NULL;
         for (struct member *m = room->members; m; m = m->next)
             if (m->connection && !m->connection->closing)
-                begin_close(relay, m->connection, 1001, "the LAN host left", -1);
+                begin_close(relay, m->connection, CLOSE_GOING_AWAY, "the LAN host left", -1);
     } else if (room->member_count > 0) {
         tell_room(relay, room, member, "user_left", NULL);
     }
@@ -650,8 +650,9 @@ static bool read_identity(struct relay *relay, struct connection *connection, js
     json_t *features = json_object_get(payload, "features");
     size_t i;
     json_t *feature;
-    json_array_foreach(features, i, feature) if (json_is_string(feature) &&
-                                                 !strcmp(json_string_value(feature), "resume"))
+    json_array_foreach(features, i,
+                       feature) if (json_is_string(feature) &&
+                                    !strcmp(json_string_value(feature), FEATURE_RESUME))
         identity->wants_resume = true;
     identity->features = announced_features(payload);
     return true;
@@ -994,7 +995,7 @@ static void handle_resume(struct relay *relay, struct connection *connection, js
         bool moved = is_remote(member);
         if (old) {
             old->member = NULL;
-            begin_close(relay, old, 1000, "resumed on another connection", -1);
+            begin_close(relay, old, CLOSE_NORMAL, "resumed on another connection", -1);
         } else if (!moved) {
             relay->members_away--;
         }
@@ -1381,12 +1382,13 @@ struct relay *relay_create(const struct relay_config *config, const struct relay
     relay->refusals = refusal_log_create(RATE_LIMITER_MAX_ADDRESSES);
     relay->relay_info = json_pack(
         "{s:s, s:i, s:[s,s,s,s,s,s], s:{s:I, s:I, s:i, s:I, s:i}}", "version", RELAY_VERSION,
-        "protocol", PROTOCOL_VERSION, "features", "frame_header", "directed", "resume",
-        "flow_control", "host_id", "member_features", "limits", "max_message_size",
-        (json_int_t)config->max_message_size, "max_text_size", (json_int_t)config->max_text_size,
-        "max_room_members", (int)config->max_room_members, "chunk_size",
-        (json_int_t)(config->max_message_size < RECOMMENDED_CHUNK_SIZE ? config->max_message_size
-                                                                       : RECOMMENDED_CHUNK_SIZE),
+        "protocol", PROTOCOL_VERSION, "features", FEATURE_FRAME_HEADER, FEATURE_DIRECTED,
+        FEATURE_RESUME, FEATURE_FLOW_CONTROL, FEATURE_HOST_ID, FEATURE_MEMBER_FEATURES, "limits",
+        "max_message_size", (json_int_t)config->max_message_size, "max_text_size",
+        (json_int_t)config->max_text_size, "max_room_members", (int)config->max_room_members,
+        "chunk_size",
+        (json_int_t)(config->max_message_size < PROTOCOL_CHUNK_SIZE ? config->max_message_size
+                                                                    : PROTOCOL_CHUNK_SIZE),
         "resume_grace_seconds", (int)config->resume_grace_seconds);
     if (!relay->failed_joins || !relay->failed_joins_everywhere || !relay->room_creations ||
         !relay->rooms_by_address || !relay->sockets_by_address || !relay->handshakes_by_address ||
@@ -1500,7 +1502,8 @@ void relay_socket_closed(struct relay *relay, const char *peer_address, bool in_
 
 static void message_too_big(struct relay *relay, struct connection *connection)
 {
-    begin_close(relay, connection, 1009, "message too big", REJECT_MESSAGE_TOO_BIG);
+    begin_close(relay, connection, CLOSE_MESSAGE_TOO_BIG, "message too big",
+                REJECT_MESSAGE_TOO_BIG);
 }
 
 /* Gathers a whole message in connection->text, up to `limit` bytes (else closes with 1009). */
@@ -1706,7 +1709,7 @@ static void check_connections(struct relay *relay, double now)
         /* A throttled sender is silent because the relay stopped reading it, not idle. */
         if (config->idle_timeout_seconds && c->blocked_on == 0 &&
             now - c->last_heard > config->idle_timeout_seconds) {
-            begin_close(relay, c, 1001, "idle timeout", REJECT_IDLE_TIMEOUT);
+            begin_close(relay, c, CLOSE_GOING_AWAY, "idle timeout", REJECT_IDLE_TIMEOUT);
             continue;
         }
         /* A receiver of other nodes' senders (cluster) has no waiters: its queue says it. */
@@ -1714,7 +1717,7 @@ static void check_connections(struct relay *relay, double now)
                       (relay->cluster && c->queue.queued_bytes > config->receiver_buffer_bytes);
         if (behind && config->slow_receiver_timeout_seconds &&
             now - c->last_progress > config->slow_receiver_timeout_seconds) {
-            begin_close(relay, c, 4008, "receiver too slow", REJECT_SLOW_RECEIVER);
+            begin_close(relay, c, CLOSE_SLOW_RECEIVER, "receiver too slow", REJECT_SLOW_RECEIVER);
             continue;
         }
         if (config->ping_interval_seconds && now - c->last_ping >= config->ping_interval_seconds) {
@@ -2075,7 +2078,7 @@ static void cluster_member_joined(struct relay *relay, struct room *room,
             if (old) {
                 old->member = NULL;
                 member->connection = NULL;
-                begin_close(relay, old, 1000, "resumed on another connection", -1);
+                begin_close(relay, old, CLOSE_NORMAL, "resumed on another connection", -1);
             } else {
                 relay->members_away--;
             }
@@ -2212,7 +2215,8 @@ static void cluster_binary(struct relay *relay, struct room *room,
         queued_for(relay, receiver, was_empty[i]);
         if (relay->config.flow_policy == FLOW_DROP_RECEIVER &&
             delivery->backlog_bytes > relay->config.receiver_buffer_bytes)
-            begin_close(relay, receiver, 4008, "receiver too slow", REJECT_SLOW_RECEIVER);
+            begin_close(relay, receiver, CLOSE_SLOW_RECEIVER, "receiver too slow",
+                        REJECT_SLOW_RECEIVER);
     }
     if (final)
         end_inbound(relay, link);

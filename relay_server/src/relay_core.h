@@ -13,10 +13,9 @@
 #include "cluster.h"
 #include "config.h"
 #include "metrics.h"
+#include "protocol_constants.h"
 #include "send_queue.h"
 
-#define ROOM_CODE_LENGTH 6
-#define USER_ID_MAX_BYTES 128
 #define DISPLAY_NAME_MAX_BYTES 256
 
 struct relay;

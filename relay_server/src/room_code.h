@@ -4,12 +4,13 @@
 
 #include <stdbool.h>
 
-#define ROOM_CODE_ALPHABET "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"
+#include "protocol_constants.h"
 
-/* Fills code[0..5] and a NUL; returns false if the CSPRNG failed. */
-bool room_code_generate(char code[7]);
+/* Fills code[0..ROOM_CODE_LENGTH-1] and a NUL; returns false if the CSPRNG failed. */
+bool room_code_generate(char code[ROOM_CODE_LENGTH + 1]);
 
-/* Upper-cases `text` into code[] if it is 6 characters of the alphabet (any case). */
-bool room_code_normalize(const char *text, char code[7]);
+/* Upper-cases `text` into code[] if it is ROOM_CODE_LENGTH characters of the alphabet (any case).
+ */
+bool room_code_normalize(const char *text, char code[ROOM_CODE_LENGTH + 1]);
 
 #endif

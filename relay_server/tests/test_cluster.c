@@ -124,8 +124,8 @@ static void test_encode_refuses_what_decode_would(void **state)
     envelope = sample();
     assert_int_equal(cluster_envelope_encode(&envelope, bytes, 24 + 6 + 16 + 4), 0);
     /* The longest user id fits CLUSTER_ENVELOPE_MAX_HEADER exactly. */
-    memset(envelope.user_id, 'u', CLUSTER_USER_ID_MAX);
-    envelope.user_id[CLUSTER_USER_ID_MAX] = '\0';
+    memset(envelope.user_id, 'u', USER_ID_MAX_BYTES);
+    envelope.user_id[USER_ID_MAX_BYTES] = '\0';
     assert_int_equal(cluster_envelope_encode(&envelope, bytes, CLUSTER_ENVELOPE_MAX_HEADER),
                      CLUSTER_ENVELOPE_MAX_HEADER);
 }

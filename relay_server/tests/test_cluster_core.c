@@ -18,8 +18,8 @@ struct fake_node {
     struct relay_cluster_io io;
     char id[CLUSTER_NODE_ID_LENGTH + 1];
     struct harness *harness;
-    char rooms[16][CLUSTER_CODE_LENGTH + 1]; /* subscribed room subjects */
-    unsigned data_published;                 /* envelopes to a node subject (TEXT, BINARY) */
+    char rooms[16][ROOM_CODE_LENGTH + 1]; /* subscribed room subjects */
+    unsigned data_published;              /* envelopes to a node subject (TEXT, BINARY) */
 };
 
 struct pending {

@@ -16,6 +16,7 @@
     GROUP(quota)                                                                                   \
     GROUP(send_queue)                                                                              \
     GROUP(frame_header)                                                                            \
+    GROUP(protocol_constants)                                                                      \
     GROUP(rate_limit)                                                                              \
     GROUP(resume_token)                                                                            \
     GROUP(state_dir)                                                                               \

@@ -1,18 +1,20 @@
 /* frame_header.h — the self-describing header at the start of every binary message our
- * clients send (docs/protocol.md, "Self-describing binary frames"). Shared by the relay and by
- * the Python extension, so the C side of the protocol has exactly one definition. */
+ * clients send (docs/protocol.md, "Self-describing binary frames"): its layout, kinds and limits,
+ * and the parser and writer. Compiled into both the relay and the Python extension. */
 #ifndef FRAME_HEADER_H
 #define FRAME_HEADER_H
 
 #include <stddef.h>
 #include <stdint.h>
 
+#include "protocol_constants.h"
+
 #define FRAME_MAGIC "SSBF"
 #define FRAME_MAGIC_SIZE 4
 #define FRAME_HEADER_VERSION 1
 #define FRAME_HEADER_FIXED_SIZE 36
 #define FRAME_HEADER_MAX_SIZE 4096
-#define FRAME_ID_MAX_LENGTH 128
+#define FRAME_ID_MAX_LENGTH USER_ID_MAX_BYTES /* sender and recipients are user ids */
 #define FRAME_MAX_RECIPIENTS 255
 
 enum frame_kind {
