@@ -1113,6 +1113,11 @@ static PyObject *transport_parse_frame_header(PyObject *module, PyObject *data)
         result = Py_NewRef(Py_None);
         goto done;
     case FRAME_NEED_MORE:
+        /* A whole message shorter than the magic cannot start with it: a v1 payload. */
+        if (view.len < FRAME_MAGIC_SIZE) {
+            result = Py_NewRef(Py_None);
+            goto done;
+        }
         PyErr_Format(PyExc_ValueError, "frame header truncated: %zd bytes, at least %zu needed",
                      view.len, needed);
         goto done;

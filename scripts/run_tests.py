@@ -83,7 +83,7 @@ def venv_tool(name: str) -> str:
 def stage_lint(tally: Tally) -> None:
     c_files = sorted(
         str(p)
-        for base in ("relay_server", "csrc")
+        for base in ("protocol", "relay_server", "csrc")
         for p in (ROOT / base).rglob("*.[ch]")
         if "build" not in p.parts
     )

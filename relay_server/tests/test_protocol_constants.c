@@ -16,6 +16,19 @@ static json_int_t integer(json_t *object, const char *name)
     return json_integer_value(value);
 }
 
+struct named_number {
+    const char *name;
+    json_int_t value;
+};
+
+/* `object` has exactly these names, each with its number. */
+static void assert_names_and_numbers(json_t *object, const struct named_number *ours, size_t count)
+{
+    assert_int_equal(json_object_size(object), count);
+    for (size_t i = 0; i < count; i++)
+        assert_int_equal(integer(object, ours[i].name), ours[i].value);
+}
+
 static void test_room_codes_ids_and_chunks(void **state)
 {
     json_t *vectors = harness_protocol_vectors();
@@ -30,20 +43,15 @@ static void test_room_codes_ids_and_chunks(void **state)
 static void test_close_codes(void **state)
 {
     json_t *vectors = harness_protocol_vectors();
-    json_t *codes = json_object_get(vectors, "close_codes");
-    const struct {
-        const char *name;
-        int value;
-    } ours[] = {
+    const struct named_number ours[] = {
         {"normal", CLOSE_NORMAL},
         {"going_away", CLOSE_GOING_AWAY},
         {"invalid_utf8", CLOSE_INVALID_UTF8},
         {"message_too_big", CLOSE_MESSAGE_TOO_BIG},
         {"slow_receiver", CLOSE_SLOW_RECEIVER},
     };
-    assert_int_equal(json_object_size(codes), sizeof ours / sizeof ours[0]);
-    for (size_t i = 0; i < sizeof ours / sizeof ours[0]; i++)
-        assert_int_equal(integer(codes, ours[i].name), ours[i].value);
+    assert_names_and_numbers(json_object_get(vectors, "close_codes"), ours,
+                             sizeof ours / sizeof ours[0]);
     json_decref(vectors);
 }
 
@@ -73,20 +81,15 @@ static void test_frame_header_layout_and_kinds(void **state)
     assert_int_equal(integer(header, "max_size"), FRAME_HEADER_MAX_SIZE);
     assert_int_equal(integer(header, "max_id_length"), FRAME_ID_MAX_LENGTH);
     assert_int_equal(integer(header, "max_recipients"), FRAME_MAX_RECIPIENTS);
-    json_t *kinds = json_object_get(header, "kinds");
-    const struct {
-        const char *name;
-        enum frame_kind value;
-    } ours[] = {
+    const struct named_number kinds[] = {
         {"weights", FRAME_KIND_WEIGHTS},
         {"global_model", FRAME_KIND_GLOBAL_MODEL},
         {"training_image", FRAME_KIND_TRAINING_IMAGE},
         {"training_mask", FRAME_KIND_TRAINING_MASK},
         {"other", FRAME_KIND_OTHER},
     };
-    assert_int_equal(json_object_size(kinds), sizeof ours / sizeof ours[0]);
-    for (size_t i = 0; i < sizeof ours / sizeof ours[0]; i++)
-        assert_int_equal(integer(kinds, ours[i].name), ours[i].value);
+    assert_names_and_numbers(json_object_get(header, "kinds"), kinds,
+                             sizeof kinds / sizeof kinds[0]);
     json_decref(vectors);
 }
 

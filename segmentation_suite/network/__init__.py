@@ -8,7 +8,7 @@ written for it keeps working with nothing changed but the install.
 from .aggregator import FedAvgAggregator, MomentumAggregator, blend_weights, weighted_average
 from .client import HostClient, SyncClient
 from .codec import decode_weights, deserialize_weights, serialize_weights
-from .protocol import DEFAULT_RELAY_URL, Message, MessageType
+from .protocol import Message, MessageType
 from .server import AggregationServer
 from .session import (
     MultiUserSession,
@@ -42,3 +42,13 @@ __all__ = [
     "serialize_weights",
     "weighted_average",
 ]
+
+
+def __getattr__(name: str) -> str | None:
+    # DEFAULT_RELAY_URL reads the environment and config files: when first asked for, not at
+    # import (relay_config.py).
+    if name == "DEFAULT_RELAY_URL":
+        from . import relay_config
+
+        return relay_config.DEFAULT_RELAY_URL
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,23 +1,24 @@
-"""The wire protocol in Python: message types, the JSON message, constants, the frame header.
+"""The wire protocol in Python: message types, the JSON message, constants, frame kinds.
 
 This is the Python half of the one protocol definition (docs/protocol.md); the C half is
-relay_server/src/frame_header.h and the relay core. Both are checked against the shared
-vectors in tests/vectors/protocol.json. Nothing here does I/O: the transport (the
-`_relayclient` extension) and the weight codec live elsewhere.
+protocol/ at the top of the repository (frame header, constants), which the relay and the
+`_relayclient` extension both compile. Both halves are checked against the shared vectors in
+tests/vectors/protocol.json. Binary frame headers are written and read in C only: the extension
+frames what it sends and parses what it receives (`transport.parse_frame_header`).
+
+Nothing here does I/O, at import or later: the relay URL lookup is relay_config.py's, the
+transport and the weight codec live elsewhere.
 """
 
 from __future__ import annotations
 
 import json
 import numbers
-import struct
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import Enum, IntEnum
 from typing import Any
-
-from .relay_config import default_relay_url
 
 # --- constants shared with the relay (tests/vectors/protocol.json) -------------------------
 
@@ -47,10 +48,15 @@ DEFAULT_PORT = 8765
 #: How long the relay keeps a disconnected member that asked for `resume` (seconds).
 RESUME_GRACE_SECONDS = 30
 
-#: The relay URL found at import time (argument-less lookup of relay_config.py), or None when
-#: none is configured, as in the original client. A snapshot for apps written for the
-#: original; new code calls `relay_config.get_relay_url()` when it connects.
-DEFAULT_RELAY_URL: str | None = default_relay_url()
+
+def __getattr__(name: str) -> Any:
+    """`DEFAULT_RELAY_URL`, the original client's name, is relay_config's: it reads the
+    environment and config files, so it is looked up when first asked for, not at import."""
+    if name == "DEFAULT_RELAY_URL":
+        from . import relay_config
+
+        return relay_config.DEFAULT_RELAY_URL
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class MessageType(Enum):
@@ -142,7 +148,8 @@ CLIENT_FEATURES = (Feature.FRAME_HEADER.value, Feature.RESUME.value)
 
 
 class FrameKind(IntEnum):
-    """What the payload of a framed binary message is."""
+    """What the payload of a framed binary message is (the header's `kind` byte; the
+    extension's FRAME_KIND_* constants are the same numbers, from protocol/frame_header.h)."""
 
     WEIGHTS = 1
     GLOBAL_MODEL = 2
@@ -694,211 +701,3 @@ def parse_relay_capabilities(payload: dict) -> RelayCapabilities | None:
     if not isinstance(limits, dict):
         raise ValueError(f"payload.relay.limits: expected an object, got {_kind_of(limits)}")
     return RelayCapabilities(version, protocol, frozenset(features), dict(limits))
-
-
-# --- the binary frame header (docs/protocol.md, "Self-describing binary frames") -----------
-
-FRAME_MAGIC = b"SSBF"
-FRAME_HEADER_VERSION = 1
-FRAME_HEADER_FIXED_SIZE = 36
-FRAME_HEADER_MAX_SIZE = 4096
-FRAME_ID_MAX_LENGTH = 128
-FRAME_MAX_RECIPIENTS = 255
-
-# magic, version, kind, header size, transfer id, chunk index, chunk count, total size,
-# sender length, recipient count, reserved; little-endian, no padding.
-_FIXED = struct.Struct("<4sBBHQIIQBBH")
-assert _FIXED.size == FRAME_HEADER_FIXED_SIZE
-
-_U32_MAX = 2**32 - 1
-_U64_MAX = 2**64 - 1
-
-
-@dataclass(frozen=True)
-class FrameHeader:
-    """The header in front of every binary message our client sends. `recipients` empty means
-    every other member of the room. `header_size` is where the chunk's payload starts."""
-
-    kind: FrameKind
-    transfer_id: int
-    chunk_index: int
-    chunk_count: int
-    total_size: int
-    sender: str
-    recipients: tuple[str, ...] = ()
-
-    @property
-    def header_size(self) -> int:
-        return frame_header_size(self.sender, self.recipients)
-
-    def pack(self) -> bytes:
-        return pack_frame_header(
-            self.kind,
-            self.transfer_id,
-            self.chunk_index,
-            self.chunk_count,
-            self.total_size,
-            self.sender,
-            self.recipients,
-        )
-
-
-def _encode_id(value: str, name: str) -> bytes:
-    if not isinstance(value, str):
-        raise ValueError(f"{name}: expected a string, got {_kind_of(value)}")
-    encoded = value.encode("utf-8")
-    if not 1 <= len(encoded) <= FRAME_ID_MAX_LENGTH:
-        raise ValueError(
-            f"{name}: {len(encoded)} bytes of UTF-8, must be 1 to {FRAME_ID_MAX_LENGTH}"
-        )
-    return encoded
-
-
-def frame_header_size(sender: str, recipients: Iterable[str] = ()) -> int:
-    """Size in bytes of a header carrying these ids (lengths counted in UTF-8)."""
-    size = FRAME_HEADER_FIXED_SIZE + len(_encode_id(sender, "sender"))
-    for i, recipient in enumerate(recipients):
-        size += 1 + len(_encode_id(recipient, f"recipients[{i}]"))
-    return size
-
-
-def _check_unsigned(value: Any, name: str, maximum: int, minimum: int = 0) -> None:
-    if _kind_of(value) != _INT or not minimum <= value <= maximum:
-        raise ValueError(f"{name}: expected an integer from {minimum} to {maximum}, got {value!r}")
-
-
-def pack_frame_header(
-    kind: FrameKind | int,
-    transfer_id: int,
-    chunk_index: int,
-    chunk_count: int,
-    total_size: int,
-    sender: str,
-    recipients: Iterable[str] = (),
-) -> bytes:
-    """Builds a header; ValueError naming the field that is out of range."""
-    try:
-        kind = FrameKind(kind)
-    except ValueError:
-        raise ValueError(f"kind: {kind!r} is not a frame kind (1 to 5)") from None
-    _check_unsigned(transfer_id, "transfer_id", _U64_MAX)
-    _check_unsigned(chunk_count, "chunk_count", _U32_MAX, minimum=1)
-    _check_unsigned(chunk_index, "chunk_index", chunk_count - 1)
-    _check_unsigned(total_size, "total_size", _U64_MAX)
-    sender_bytes = _encode_id(sender, "sender")
-    recipient_list = list(recipients)
-    if len(recipient_list) > FRAME_MAX_RECIPIENTS:
-        raise ValueError(f"recipients: {len(recipient_list)}, at most {FRAME_MAX_RECIPIENTS}")
-    parts = [sender_bytes]
-    for i, recipient in enumerate(recipient_list):
-        encoded = _encode_id(recipient, f"recipients[{i}]")
-        parts.append(bytes((len(encoded),)) + encoded)
-    size = FRAME_HEADER_FIXED_SIZE + sum(len(p) for p in parts)
-    if size > FRAME_HEADER_MAX_SIZE:
-        raise ValueError(
-            f"recipients: header would be {size} bytes, at most {FRAME_HEADER_MAX_SIZE}"
-        )
-    fixed = _FIXED.pack(
-        FRAME_MAGIC,
-        FRAME_HEADER_VERSION,
-        kind,
-        size,
-        transfer_id,
-        chunk_index,
-        chunk_count,
-        total_size,
-        len(sender_bytes),
-        len(recipient_list),
-        0,
-    )
-    return fixed + b"".join(parts)
-
-
-def is_framed(data: bytes | bytearray | memoryview) -> bool:
-    """True if a binary message starts with the frame magic (ours), False for v1 payloads."""
-    return bytes(memoryview(data)[: len(FRAME_MAGIC)]) == FRAME_MAGIC
-
-
-def _decode_id(raw: memoryview, name: str) -> str:
-    try:
-        return bytes(raw).decode("utf-8")
-    except UnicodeDecodeError:
-        raise ValueError(f"{name}: not valid UTF-8") from None
-
-
-def unpack_frame_header(data: bytes | bytearray | memoryview) -> FrameHeader | None:
-    """Parses the header at the start of a whole binary message.
-
-    Returns None when the message does not start with the magic (a v1 payload, to be taken as
-    is); raises ValueError saying what is wrong when it does but the header is truncated or
-    malformed. The payload starts at `header.header_size`.
-    """
-    view = memoryview(data).cast("B")
-    if not is_framed(view):
-        return None
-    if len(view) < FRAME_HEADER_FIXED_SIZE:
-        raise ValueError(
-            f"frame header: truncated, {len(view)} bytes, the fixed part alone is "
-            f"{FRAME_HEADER_FIXED_SIZE}"
-        )
-    (
-        _magic,
-        version,
-        kind,
-        header_size,
-        transfer_id,
-        chunk_index,
-        chunk_count,
-        total_size,
-        sender_length,
-        recipient_count,
-        reserved,
-    ) = _FIXED.unpack_from(view)
-    if version != FRAME_HEADER_VERSION:
-        raise ValueError(f"frame header version: {version}, this client reads version 1")
-    if kind not in FrameKind._value2member_map_:
-        raise ValueError(f"frame header kind: {kind} is not a frame kind (1 to 5)")
-    if not FRAME_HEADER_FIXED_SIZE <= header_size <= FRAME_HEADER_MAX_SIZE:
-        raise ValueError(
-            f"frame header size: {header_size}, must be {FRAME_HEADER_FIXED_SIZE} to "
-            f"{FRAME_HEADER_MAX_SIZE}"
-        )
-    if len(view) < header_size:
-        raise ValueError(f"frame header: truncated, {len(view)} of {header_size} bytes")
-    if chunk_count < 1:
-        raise ValueError("frame header chunk count: 0, must be at least 1")
-    if chunk_index >= chunk_count:
-        raise ValueError(f"frame header chunk index: {chunk_index} of only {chunk_count} chunks")
-    if not 1 <= sender_length <= FRAME_ID_MAX_LENGTH:
-        raise ValueError(f"frame header sender length: {sender_length}, must be 1 to 128")
-    if reserved != 0:
-        raise ValueError(f"frame header reserved field: {reserved}, must be 0")
-    cursor = FRAME_HEADER_FIXED_SIZE + sender_length
-    if cursor > header_size:
-        raise ValueError("frame header: the sender runs past the header size")
-    sender = _decode_id(view[FRAME_HEADER_FIXED_SIZE:cursor], "frame header sender")
-    recipients = []
-    for i in range(recipient_count):
-        if cursor >= header_size:
-            raise ValueError(f"frame header recipient {i}: runs past the header size")
-        length = view[cursor]
-        if not 1 <= length <= FRAME_ID_MAX_LENGTH:
-            raise ValueError(f"frame header recipient {i}: length {length}, must be 1 to 128")
-        end = cursor + 1 + length
-        if end > header_size:
-            raise ValueError(f"frame header recipient {i}: runs past the header size")
-        recipients.append(_decode_id(view[cursor + 1 : end], f"frame header recipient {i}"))
-        cursor = end
-    if cursor != header_size:
-        raise ValueError(
-            f"frame header size: says {header_size} bytes, the ids end at byte {cursor}"
-        )
-    return FrameHeader(
-        FrameKind(kind),
-        transfer_id,
-        chunk_index,
-        chunk_count,
-        total_size,
-        sender,
-        tuple(recipients),
-    )

@@ -188,11 +188,22 @@ def clear_user_relay_url() -> bool:
 
 
 def default_relay_url() -> str | None:
-    """The argument-less lookup, for the import-time DEFAULT_RELAY_URL: None (with a logged
-    warning) instead of an exception when a setting is malformed, so that importing the
-    package never fails; connecting reports the error."""
+    """The argument-less lookup behind DEFAULT_RELAY_URL: None (with a logged warning) instead
+    of an exception when a setting is malformed, so that reading the constant never fails;
+    connecting reports the error."""
     try:
         return get_relay_url()
     except (ValueError, OSError) as exc:
         log.warning("ignoring the relay URL setting: %s", exc)
         return None
+
+
+def __getattr__(name: str) -> str | None:
+    """DEFAULT_RELAY_URL: the relay URL of the argument-less lookup, or None when none is
+    configured, as in the original client. A snapshot taken when it is first read (not at
+    import: importing the package reads no file), kept for apps written for the original;
+    new code calls `get_relay_url()` when it connects."""
+    if name == "DEFAULT_RELAY_URL":
+        value = globals()[name] = default_relay_url()
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

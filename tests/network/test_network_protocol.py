@@ -1,5 +1,6 @@
-"""segmentation_suite.network.protocol: the JSON message, the shared constants and the binary
-frame header, checked against docs/protocol.md and tests/vectors/protocol.json."""
+"""segmentation_suite.network.protocol: the JSON message and the shared constants, checked
+against docs/protocol.md and tests/vectors/protocol.json. (The frame header is C's:
+tests/transport/test_transport_frame_header.py.)"""
 
 from __future__ import annotations
 
@@ -19,12 +20,9 @@ from segmentation_suite.network.protocol import (
     CloseCode,
     ErrorCode,
     Feature,
-    FrameHeader,
     FrameKind,
     Message,
     MessageType,
-    pack_frame_header,
-    unpack_frame_header,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -106,27 +104,58 @@ def test_constants_match_the_shared_vectors():
     assert {c.name.lower(): c.value for c in CloseCode} == VECTORS["close_codes"]
     assert [f.value for f in Feature] == VECTORS["features"]
     assert {k.name.lower(): k.value for k in FrameKind} == HEADER_VECTORS["kinds"]
-    assert protocol.FRAME_MAGIC.hex() == HEADER_VECTORS["magic_hex"]
-    assert HEADER_VECTORS["version"] == protocol.FRAME_HEADER_VERSION
-    assert HEADER_VECTORS["fixed_size"] == protocol.FRAME_HEADER_FIXED_SIZE
-    assert HEADER_VECTORS["max_size"] == protocol.FRAME_HEADER_MAX_SIZE
-    assert HEADER_VECTORS["max_id_length"] == protocol.FRAME_ID_MAX_LENGTH
-    assert protocol.MAX_CHUNK_SIZE == 16 * 1024 * 1024
+    assert VECTORS["protocol_version"] == protocol.PROTOCOL_VERSION
+    assert VECTORS["chunk_size"] == protocol.MAX_CHUNK_SIZE == protocol.CHUNK_SIZE
+    # The frame-header layout is C's alone now (protocol/frame_header.h).
+    assert not [name for name in dir(protocol) if name.startswith("FRAME_")]
+    assert not hasattr(protocol, "pack_frame_header")
+    assert not hasattr(protocol, "unpack_frame_header")
 
 
-def test_default_relay_url_is_read_at_import_and_never_breaks_the_import(tmp_path):
+def _python(code: str, env: dict) -> str:
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+    return out.stdout.strip()
+
+
+def test_importing_the_package_reads_no_config_file_nor_the_url_variable(tmp_path):
+    (tmp_path / "segmentation-suite").mkdir()
+    config = tmp_path / "segmentation-suite" / "relay_config.txt"
+    config.write_text("wss://from-the-file.test/ws\n")
     env = dict(os.environ, XDG_CONFIG_HOME=str(tmp_path), PYTHONPATH=str(ROOT))
+    env.pop("SEGMENTATION_SUITE_RELAY_URL", None)
+    # Every file opened while importing, and the variable set only after the import: the
+    # constants reflect the time they are first read, not the import.
+    code = (
+        "import os, sys\n"
+        "opened = []\n"
+        "sys.addaudithook(lambda e, a: opened.append(str(a[0])) if e == 'open' else None)\n"
+        "import segmentation_suite.network as network\n"
+        "from segmentation_suite.network import protocol\n"
+        "sys.addaudithook(lambda e, a: None)\n"
+        "print([p for p in opened if p.endswith('relay_config.txt')])\n"
+        "os.environ['SEGMENTATION_SUITE_RELAY_URL'] = 'wss://set-after-import.test/ws'\n"
+        "print(protocol.DEFAULT_RELAY_URL, network.DEFAULT_RELAY_URL)\n"
+        "os.environ['SEGMENTATION_SUITE_RELAY_URL'] = 'wss://changed-again.test/ws'\n"
+        "print(protocol.DEFAULT_RELAY_URL)\n"  # a snapshot: the first reading stays
+    )
+    opened, first, again = _python(code, env).splitlines()
+    assert opened == "[]"
+    assert first == "wss://set-after-import.test/ws wss://set-after-import.test/ws"
+    assert again == "wss://set-after-import.test/ws"
+    # Without the variable, the user's file is what the constant reports.
     code = "from segmentation_suite.network.protocol import DEFAULT_RELAY_URL as U; print(U)"
+    assert _python(code, env) == "wss://from-the-file.test/ws"
 
-    def run(url: str) -> str:
-        env["SEGMENTATION_SUITE_RELAY_URL"] = url
-        out = subprocess.run(
-            [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
-        )
-        return out.stdout.strip()
 
-    assert run("wss://relay.test/ws") == "wss://relay.test/ws"
-    assert run("https://relay.test/ws") == "None"  # malformed: import still works
+def test_default_relay_url_never_breaks_the_import(tmp_path):
+    env = dict(os.environ, XDG_CONFIG_HOME=str(tmp_path), PYTHONPATH=str(ROOT))
+    code = "from segmentation_suite.network import DEFAULT_RELAY_URL as U; print(U)"
+    env["SEGMENTATION_SUITE_RELAY_URL"] = "wss://relay.test/ws"
+    assert _python(code, env) == "wss://relay.test/ws"
+    env["SEGMENTATION_SUITE_RELAY_URL"] = "https://relay.test/ws"
+    assert _python(code, env) == "None"  # malformed: a logged warning, no exception
 
 
 # --- Message: round trips ------------------------------------------------------------------
@@ -357,147 +386,3 @@ def test_chunks_cover_the_data_without_copies(size, chunk):
     assert all(1 <= len(c) <= chunk for c in chunks)
     assert all(c.obj is data for c in chunks)  # views, not copies
     assert protocol.needs_chunking(data, chunk) == (len(chunks) > 1)
-
-
-# --- frame header --------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("example", HEADER_VECTORS["examples"], ids=lambda e: e["comment"])
-def test_header_matches_the_shared_vectors(example):
-    fields = (
-        example["kind"],
-        example["transfer_id"],
-        example["chunk_index"],
-        example["chunk_count"],
-        example["total_size"],
-        example["sender"],
-        example["recipients"],
-    )
-    expected = bytes.fromhex(example["hex"])
-    assert pack_frame_header(*fields) == expected
-    header = unpack_frame_header(expected + b"payload bytes")
-    assert header == FrameHeader(
-        FrameKind(example["kind"]), *fields[1:6], tuple(example["recipients"])
-    )
-    assert header.header_size == len(expected)
-
-
-user_ids = st.text(min_size=1, max_size=40).filter(lambda s: len(s.encode()) <= 128)
-
-
-@SLOW_MACHINE
-@given(
-    kind=st.sampled_from(list(FrameKind)),
-    transfer_id=st.integers(0, 2**64 - 1),
-    chunk=st.integers(1, 2**32 - 1).flatmap(lambda n: st.tuples(st.integers(0, n - 1), st.just(n))),
-    total_size=st.integers(0, 2**64 - 1),
-    sender=user_ids,
-    recipients=st.lists(user_ids, max_size=10),
-    payload=st.binary(max_size=50),
-)
-def test_header_round_trips(kind, transfer_id, chunk, total_size, sender, recipients, payload):
-    index, count = chunk
-    packed = pack_frame_header(kind, transfer_id, index, count, total_size, sender, recipients)
-    header = unpack_frame_header(packed + payload)
-    assert header == FrameHeader(
-        kind, transfer_id, index, count, total_size, sender, tuple(recipients)
-    )
-    assert len(packed) == header.header_size == protocol.frame_header_size(sender, recipients)
-    assert (packed + payload)[header.header_size :] == payload
-
-
-def _vector_bytes(index: int = 1) -> bytearray:
-    return bytearray.fromhex(HEADER_VECTORS["examples"][index]["hex"])
-
-
-def test_payloads_without_the_magic_are_v1():
-    assert unpack_frame_header(b"\x1f\x8b\x08\x00gzip data") is None
-    assert unpack_frame_header(b"SSB") is None
-    assert unpack_frame_header(b"") is None
-
-
-def test_every_truncated_header_is_refused():
-    data = bytes(_vector_bytes())
-    for cut in range(4, len(data)):
-        with pytest.raises(ValueError, match="truncated|runs past"):
-            unpack_frame_header(data[:cut])
-
-
-@pytest.mark.parametrize(
-    ("offset", "value", "complaint"),
-    [
-        (4, 2, "version"),
-        (5, 0, "kind"),
-        (5, 6, "kind"),
-        (16, 3, "chunk index"),  # index 3 of 3 chunks
-        (32, 0, "sender length"),
-        (34, 1, "reserved"),
-        (36 + 3, 0, "recipient 0: length 0"),
-        (36 + 3, 5, "recipient 0: runs past"),
-        (33, 0, "ids end at byte"),  # recipient count 0, but the size counts one
-    ],
-)
-def test_malformed_headers_are_refused(offset, value, complaint):
-    data = _vector_bytes()
-    data[offset] = value
-    with pytest.raises(ValueError, match=complaint):
-        unpack_frame_header(data)
-
-
-def test_header_size_fields_out_of_range_are_refused():
-    for size in (35, 4097, 0xFFFF):
-        data = _vector_bytes() + bytes(5000)
-        data[6:8] = size.to_bytes(2, "little")
-        with pytest.raises(ValueError, match="header size"):
-            unpack_frame_header(data)
-    data = _vector_bytes()
-    data[20:24] = (0).to_bytes(4, "little")  # chunk count 0
-    with pytest.raises(ValueError, match="chunk count"):
-        unpack_frame_header(data)
-    data = _vector_bytes()
-    data[36] = 0xFF  # sender byte that is not UTF-8
-    with pytest.raises(ValueError, match="UTF-8"):
-        unpack_frame_header(data)
-
-
-@settings(SLOW_MACHINE, max_examples=500)
-@given(st.binary(min_size=0, max_size=120))
-def test_random_bytes_after_the_magic_never_crash(tail):
-    data = protocol.FRAME_MAGIC + tail
-    try:
-        header = unpack_frame_header(data)
-    except ValueError:
-        return
-    # whatever parses is canonical: packing it again gives the same bytes
-    assert header.pack() == data[: header.header_size]
-
-
-@pytest.mark.parametrize(
-    ("change", "field"),
-    [
-        ({"kind": 9}, "kind"),
-        ({"transfer_id": -1}, "transfer_id"),
-        ({"transfer_id": 2**64}, "transfer_id"),
-        ({"chunk_count": 0}, "chunk_count"),
-        ({"chunk_index": 3}, "chunk_index"),
-        ({"total_size": 2**64}, "total_size"),
-        ({"sender": ""}, "sender"),
-        ({"sender": "é" * 65}, "sender"),
-        ({"recipients": ["ok", ""]}, r"recipients\[1\]"),
-        ({"recipients": ["r" * 128] * 40}, "recipients: header would be"),
-        ({"recipients": ["r"] * 256}, "recipients: 256"),
-    ],
-)
-def test_packing_out_of_range_fields_names_them(change, field):
-    fields = {
-        "kind": 1,
-        "transfer_id": 1,
-        "chunk_index": 0,
-        "chunk_count": 3,
-        "total_size": 10,
-        "sender": "alice",
-        "recipients": [],
-    }
-    fields.update(change)
-    with pytest.raises(ValueError, match=f"^{field}"):
-        pack_frame_header(**fields)
