@@ -381,6 +381,26 @@ static void mask_copy(unsigned char *out, const unsigned char *in, size_t size,
         out[i] = in[i] ^ rotated[i & 7];
 }
 
+size_t ws_frame_header_write(unsigned char out[WS_FRAME_HEADER_MAX], int opcode, int fin,
+                             const unsigned char mask_key[4], uint64_t payload_size)
+{
+    size_t used = 0;
+    out[used++] = (unsigned char)((fin ? 0x80 : 0) | opcode);
+    if (payload_size < 126) {
+        out[used++] = (unsigned char)(0x80 | payload_size);
+    } else if (payload_size <= 0xFFFF) {
+        out[used++] = 0x80 | 126;
+        out[used++] = (unsigned char)(payload_size >> 8);
+        out[used++] = (unsigned char)payload_size;
+    } else {
+        out[used++] = 0x80 | 127;
+        for (int shift = 56; shift >= 0; shift -= 8)
+            out[used++] = (unsigned char)(payload_size >> shift);
+    }
+    memcpy(out + used, mask_key, 4);
+    return used + 4;
+}
+
 size_t ws_frame_write(unsigned char *out, size_t capacity, int opcode, int fin,
                       const unsigned char mask_key[4], const unsigned char *first,
                       size_t first_size, const unsigned char *rest, size_t rest_size)
@@ -388,21 +408,7 @@ size_t ws_frame_write(unsigned char *out, size_t capacity, int opcode, int fin,
     size_t size = first_size + rest_size;
     if (capacity < WS_FRAME_HEADER_MAX || capacity - WS_FRAME_HEADER_MAX < size)
         return 0;
-    size_t used = 0;
-    out[used++] = (unsigned char)((fin ? 0x80 : 0) | opcode);
-    if (size < 126) {
-        out[used++] = (unsigned char)(0x80 | size);
-    } else if (size <= 0xFFFF) {
-        out[used++] = 0x80 | 126;
-        out[used++] = (unsigned char)(size >> 8);
-        out[used++] = (unsigned char)size;
-    } else {
-        out[used++] = 0x80 | 127;
-        for (int shift = 56; shift >= 0; shift -= 8)
-            out[used++] = (unsigned char)((uint64_t)size >> shift);
-    }
-    memcpy(out + used, mask_key, 4);
-    used += 4;
+    size_t used = ws_frame_header_write(out, opcode, fin, mask_key, size);
     if (first_size)
         mask_copy(out + used, first, first_size, mask_key, 0);
     if (rest_size)

@@ -92,6 +92,13 @@ void ws_client_free(struct ws_client *client);
 size_t ws_client_receive(struct ws_client *client, const unsigned char *data, size_t size,
                          struct ws_event *event);
 
+/* Writes the header of a masked frame of `payload_size` bytes, mask key included, into `out`;
+ * returns its size. The payload, masked with `mask_key`, follows it on the wire: ws_frame_write
+ * masks it into the same buffer, a sender whose payload is masked already (bench/loadgen) sends
+ * it from where it is. */
+size_t ws_frame_header_write(unsigned char out[WS_FRAME_HEADER_MAX], int opcode, int fin,
+                             const unsigned char mask_key[4], uint64_t payload_size);
+
 /* Writes one masked frame whose payload is `first` then `rest` into `out`, masking straight from
  * the caller's buffers with `mask_key`. Returns the frame's size, or 0 if it does not fit. */
 size_t ws_frame_write(unsigned char *out, size_t capacity, int opcode, int fin,

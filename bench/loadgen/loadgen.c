@@ -1,7 +1,7 @@
 /* Load generator for bench/relay_bench.py: drives any relay that speaks docs/protocol.md part 1
  * (fan-out throughput, small-message round trips, busy background rooms, idle connections) and
  * prints one JSON line of results. Every mode is bounded in count and in time. */
-#include "ws_client.h"
+#include "ws_socket.h"
 
 #include <errno.h>
 #include <getopt.h>
@@ -70,7 +70,7 @@ static enum ws_result next_text(struct ws_conn *conn, double deadline)
 {
     while (now_seconds() < deadline) {
         enum ws_result r = ws_next_message(conn, true);
-        if (r != WS_MESSAGE || conn->last_opcode == WS_TEXT)
+        if (r != WS_MESSAGE || conn->last_opcode == WS_OPCODE_TEXT)
             return r;
     }
     return WS_CLOSED;
@@ -94,7 +94,7 @@ static int wait_for_text(struct ws_conn *conn, const char *needle, double timeou
 
 static int send_json(struct ws_conn *conn, const char *text)
 {
-    return ws_send(conn, WS_TEXT, text, strlen(text));
+    return ws_send(conn, WS_OPCODE_TEXT, text, strlen(text));
 }
 
 /* Connect `creator` and `joiner` and put them in one new room. */
@@ -213,7 +213,7 @@ static int run_fanout(const struct options *opt)
         pthread_create(&receivers[i].thread, NULL, receive_binary, &receivers[i]);
     long sent = 0;
     for (; sent < opt->count && now_seconds() - started < opt->seconds; sent++) {
-        if (ws_send_premasked(&sender, WS_BINARY, payload, opt->size))
+        if (ws_send_premasked(&sender, WS_OPCODE_BINARY, payload, opt->size))
             break;
     }
     /* Messages not sent (time limit) are not waited for. */
@@ -351,7 +351,7 @@ static int run_busy(const struct options *opt)
             struct ws_conn *conn = &conns[events[e].data.u32];
             enum ws_result r;
             while ((r = ws_next_message(conn, false)) == WS_MESSAGE) {
-                if (conn->last_opcode != WS_TEXT ||
+                if (conn->last_opcode != WS_OPCODE_TEXT ||
                     !memmem(conn->message, conn->message_len, "\"busy\"", 6))
                     continue;
                 bounces++;

@@ -1,22 +1,16 @@
-/* A minimal RFC 6455 client for the relay load generator: just enough WebSocket to drive a relay
- * at loopback speed. Payloads the caller does not want are discarded inside the kernel
- * (recv with MSG_TRUNC), so a receiver costs the relay's side of the copy and nothing more. */
-#ifndef WS_CLIENT_H
-#define WS_CLIENT_H
+/* ws_socket.h — the load generator's WebSocket connections: blocking or non-blocking sockets
+ * driven through the extension's sans-I/O client (csrc/ws_client.c), so the benchmark speaks
+ * the same RFC 6455 as the product. Payloads the caller does not want are discarded inside the
+ * kernel (recv with MSG_TRUNC), so a receiver costs the relay's side of the copy and no more. */
+#ifndef WS_SOCKET_H
+#define WS_SOCKET_H
 
 #include <pthread.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
-enum ws_opcode {
-    WS_CONTINUATION = 0,
-    WS_TEXT = 1,
-    WS_BINARY = 2,
-    WS_CLOSE = 8,
-    WS_PING = 9,
-    WS_PONG = 10,
-};
+#include "ws_client.h"
 
 /* What ws_next_message() found. */
 enum ws_result {
@@ -27,21 +21,17 @@ enum ws_result {
 
 struct ws_conn {
     int fd;
-    /* Bytes read from the socket but not parsed yet (frame headers, small payloads). */
+    struct ws_client client; /* the protocol state: handshake, frame parser */
+    /* Bytes read from the socket but not parsed yet. */
     unsigned char *buffer;
     size_t buffer_start, buffer_end, buffer_capacity;
-    /* The frame being read. */
-    bool in_frame;
-    uint64_t frame_left;
-    uint8_t frame_opcode;
-    bool frame_fin;
+    /* Payload bytes of the current data frame still to come (from the last data event). */
+    uint64_t frame_rest;
     /* The data message being read: its opcode, and its bytes if the caller collects them. */
     uint8_t message_opcode;
     bool collecting;
     unsigned char *message;
     size_t message_len, message_capacity;
-    unsigned char control[128];
-    size_t control_len;
     /* Which data messages the caller wants the bytes of; others are only counted. */
     bool collect_text, collect_binary;
     uint8_t last_opcode;
@@ -57,7 +47,7 @@ void ws_free(struct ws_conn *conn);
 
 /* Connect (optionally from source_address) and send the upgrade request, without waiting. */
 int ws_start_connect(struct ws_conn *conn, const char *host, int port, const char *source_address);
-/* Read the 101 answer; bytes after it stay buffered for ws_next_message(). */
+/* Read and check the 101 answer; bytes after it stay buffered for ws_next_message(). */
 int ws_finish_connect(struct ws_conn *conn);
 /* Both of the above, with a receive/send timeout set on the socket. */
 int ws_connect(struct ws_conn *conn, const char *host, int port, const char *source_address,
@@ -67,7 +57,8 @@ int ws_set_timeout(struct ws_conn *conn, int timeout_ms);
 /* Read until one data message is complete. Pings are answered, pongs ignored. */
 enum ws_result ws_next_message(struct ws_conn *conn, bool blocking);
 
-/* Send one whole message, masked with the connection's key (the copy suits small messages). */
+/* Send one whole message (WS_OPCODE_*), masked with the connection's key into a copy (the copy
+ * suits small messages). */
 int ws_send(struct ws_conn *conn, int opcode, const void *data, size_t len);
 /* Send a message whose payload is already masked with the connection's key, without copying:
  * the load generator fills it with random bytes once and sends it again and again. */
