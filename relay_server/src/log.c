@@ -9,6 +9,8 @@
 #include <string.h>
 #include <time.h>
 
+#include "utf8.h"
+
 static struct {
     enum log_format format;
     enum log_level threshold;
@@ -68,36 +70,6 @@ static void format_time(char *out, size_t size)
     snprintf(out + length, size - length, ".%03ldZ", now.tv_nsec / 1000000L);
 }
 
-/* Length of the well-formed UTF-8 sequence at `text` (RFC 3629: no overlong forms, no
- * surrogates, nothing above U+10FFFF), or 0 if the bytes there are not one. */
-static size_t utf8_sequence_length(const unsigned char *text, uint32_t *code_point)
-{
-    unsigned char lead = text[0];
-    size_t length;
-    uint32_t value, minimum;
-    if (lead < 0x80) {
-        *code_point = lead;
-        return 1;
-    } else if (lead >= 0xC2 && lead <= 0xDF) {
-        length = 2, value = lead & 0x1F, minimum = 0x80;
-    } else if (lead >= 0xE0 && lead <= 0xEF) {
-        length = 3, value = lead & 0x0F, minimum = 0x800;
-    } else if (lead >= 0xF0 && lead <= 0xF4) {
-        length = 4, value = lead & 0x07, minimum = 0x10000;
-    } else {
-        return 0;
-    }
-    for (size_t i = 1; i < length; i++) {
-        if ((text[i] & 0xC0) != 0x80) /* also stops at the terminating NUL */
-            return 0;
-        value = (value << 6) | (text[i] & 0x3F);
-    }
-    if (value < minimum || value > 0x10FFFF || (value >= 0xD800 && value <= 0xDFFF))
-        return 0;
-    *code_point = value;
-    return length;
-}
-
 /* Characters some tools treat as line breaks or controls even though they are not ASCII
  * newlines: C1 controls (NEL is U+0085) and the Unicode line and paragraph separators. */
 static bool is_unicode_control(uint32_t code_point)
@@ -112,9 +84,10 @@ static bool needs_quotes(const char *value)
 {
     if (value[0] == '\0')
         return true;
+    const unsigned char *end = (const unsigned char *)value + strlen(value);
     for (const unsigned char *p = (const unsigned char *)value; *p;) {
         uint32_t code_point;
-        size_t length = utf8_sequence_length(p, &code_point);
+        size_t length = utf8_decode_one(p, (size_t)(end - p), &code_point);
         if (length == 0 || code_point <= 0x20 || code_point == 0x7F || code_point == '"' ||
             code_point == '=' || code_point == '\\' || is_unicode_control(code_point))
             return true;
@@ -130,9 +103,10 @@ static void write_text_value(FILE *line, const char *value)
         return;
     }
     fputc('"', line);
+    const unsigned char *end = (const unsigned char *)value + strlen(value);
     for (const unsigned char *p = (const unsigned char *)value; *p;) {
         uint32_t code_point;
-        size_t length = utf8_sequence_length(p, &code_point);
+        size_t length = utf8_decode_one(p, (size_t)(end - p), &code_point);
         if (length == 0) {
             fprintf(line, "\\x%02x", *p); /* not UTF-8: show the byte, keep the line valid */
             p++;
@@ -169,9 +143,10 @@ static json_t *json_string_lossy(const char *value)
     if (!repaired)
         return NULL;
     char *out = repaired;
+    const unsigned char *end = (const unsigned char *)value + strlen(value);
     for (const unsigned char *p = (const unsigned char *)value; *p;) {
         uint32_t code_point;
-        size_t length = utf8_sequence_length(p, &code_point);
+        size_t length = utf8_decode_one(p, (size_t)(end - p), &code_point);
         if (length == 0) {
             memcpy(out, "\xEF\xBF\xBD", 3);
             out += 3;
