@@ -461,11 +461,15 @@ def _parse_type(value: str) -> MessageType:
 # --- message constructors (names as in the original app) -----------------------------------
 
 
+def _identity_payload(user_id: str, display_name: str, features: Iterable[str]) -> dict[str, Any]:
+    """Who a member is, as `hello`, `create_room`, `join_room` and `resume` all say it."""
+    return {"user_id": user_id, "display_name": display_name, "features": list(features)}
+
+
 def create_hello_message(
     user_id: str, display_name: str, features: Iterable[str] = CLIENT_FEATURES
 ) -> Message:
-    payload = {"user_id": user_id, "display_name": display_name, "features": list(features)}
-    return Message(MessageType.HELLO, payload)
+    return Message(MessageType.HELLO, _identity_payload(user_id, display_name, features))
 
 
 def create_welcome_message(
@@ -591,8 +595,18 @@ def create_room_message(
     user_id: str, display_name: str, features: Iterable[str] = CLIENT_FEATURES
 ) -> Message:
     """`create_room`; the features are harmless against a v1 relay, which ignores them."""
-    payload = {"user_id": user_id, "display_name": display_name, "features": list(features)}
-    return Message(MessageType.CREATE_ROOM, payload)
+    return Message(MessageType.CREATE_ROOM, _identity_payload(user_id, display_name, features))
+
+
+def _entry_payload(
+    room_code: str, user_id: str, display_name: str, features: Iterable[str]
+) -> dict[str, Any]:
+    """What `join_room` and `resume` both carry. People type room codes, so surrounding spaces
+    and lower case are forgiven here, once."""
+    return {
+        "room_code": room_code.strip().upper(),
+        **_identity_payload(user_id, display_name, features),
+    }
 
 
 def join_room_message(
@@ -601,12 +615,7 @@ def join_room_message(
     display_name: str,
     features: Iterable[str] = CLIENT_FEATURES,
 ) -> Message:
-    payload = {
-        "room_code": room_code.strip().upper(),
-        "user_id": user_id,
-        "display_name": display_name,
-        "features": list(features),
-    }
+    payload = _entry_payload(room_code, user_id, display_name, features)
     return Message(MessageType.JOIN_ROOM, payload)
 
 
@@ -621,13 +630,8 @@ def resume_message(
     resume_token: str,
     features: Iterable[str] = CLIENT_FEATURES,
 ) -> Message:
-    payload = {
-        "room_code": room_code.strip().upper(),
-        "user_id": user_id,
-        "display_name": display_name,
-        "resume_token": resume_token,
-        "features": list(features),
-    }
+    payload = _entry_payload(room_code, user_id, display_name, features)
+    payload["resume_token"] = resume_token
     return Message(MessageType.RESUME, payload)
 
 
