@@ -20,7 +20,7 @@ from datetime import datetime
 from enum import Enum, IntEnum
 from typing import Any
 
-# --- constants shared with the relay (tests/vectors/protocol.json) -------------------------
+# --- constants shared with the relay (tests/vectors/protocol.json; in C protocol/) ---------
 
 #: Room codes: 6 characters without the look-alikes I, O, 0 and 1.
 ROOM_CODE_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"
@@ -33,7 +33,7 @@ PROTOCOL_VERSION = 2
 #: WebSocket message to 32 MiB; the original client chunked at 16 MiB, and so do we, unless the
 #: relay advertises another `chunk_size`.
 MAX_CHUNK_SIZE = 16 * 1024 * 1024
-CHUNK_SIZE = MAX_CHUNK_SIZE
+CHUNK_SIZE = MAX_CHUNK_SIZE  # the original app's name for it
 
 #: The relay's default limit on a text message (`--max-text-size`); larger JSON is refused.
 MAX_TEXT_SIZE = 1024 * 1024
