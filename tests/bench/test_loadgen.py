@@ -40,20 +40,8 @@ def run(loadgen: Path, *args: str) -> dict:
 def test_fanout_counts_every_byte_of_every_message(relay, loadgen, size):
     server = relay()
     count, receivers = 12, 3
-    result = run(
-        loadgen,
-        "fanout",
-        "--port",
-        str(server.port),
-        "--receivers",
-        str(receivers),
-        "--size",
-        str(size),
-        "--count",
-        str(count),
-        "--seconds",
-        "60",
-    )
+    command = f"fanout --port {server.port} --receivers {receivers} --size {size} --count {count}"
+    result = run(loadgen, *command.split(), "--seconds", "60")
     assert result["sent"] == count
     assert result["failed_receivers"] == 0
     assert result["delivered_messages"] == receivers * count
