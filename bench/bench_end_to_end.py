@@ -37,7 +37,9 @@ median. Every received dict is checked against the sent one (outside the timed s
 After the table, two reference figures from the same run: a numpy copy of the model's float32
 bytes (what ours-f16 end to end is compared with: issue 15 wants at most 4x), and transport
 throughput through the relay's echo on loopback, ws:// against wss:// (raw engine, and lws's
-client for reference; issue 15 wants wss at least 0.8x ws). --no-transport skips the latter.
+client for reference; issue 15 wants wss at least 0.8x ws), next to the TLS floor: the same echo
+between two C threads over plain TCP and over TLS 1.3 (bench/floor/tls_floor.c, built with make),
+whose tls/tcp ratio is about the best wss/ws this machine allows. --no-transport skips these.
 
 --check exits 1 if ours-f16 is not at least 10x faster than moss (issue 3's target).
 --save-received writes what was sent (sent.npz) and the last dict each method received
@@ -565,14 +567,42 @@ def echo_throughput(url: str, engine: str, ca_file: str | None, total: int, size
     return count * size / elapsed / 1e6
 
 
+def tls_floor_throughput(floor: Path, cert: Path, key: Path, tls: bool, total: int) -> float:
+    """MB/s of bench/floor/tls_floor.c: the same echo (4 MiB messages) between two C threads,
+    plain TCP or TLS 1.3 AES-128-GCM through memory BIOs, no relay and no WebSocket."""
+    import subprocess
+
+    command = [str(floor), "--bytes", str(total), "--message-size", str(4 * MiB)]
+    if tls:
+        command += ["--tls", str(cert), str(key)]
+    output = subprocess.run(command, check=True, capture_output=True, text=True, timeout=120)
+    return float(output.stdout.split()[1])
+
+
+def build_tls_floor() -> Path | None:
+    """Builds bench/floor's TLS echo floor (make); None with a note when it does not build."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    built = subprocess.run(["make", "-s", "-C", str(root / "bench" / "floor")], capture_output=True)
+    floor = root / "build" / "bench" / "tls_floor"
+    if built.returncode != 0 or not floor.exists():
+        print("note: bench/floor did not build (libssl-dev?): no TLS floor", file=sys.stderr)
+        return None
+    return floor
+
+
 def transport_throughput(runs: int) -> dict[str, float]:
-    """Median echo throughput per (scheme, engine), measured interleaved."""
+    """Median echo throughput per (scheme, engine), measured interleaved with the TLS floor."""
     import tempfile
 
     from segmentation_suite.relay_process import RelayProcess
 
     options = ("--enable-echo", "--max-message-size", "64M", "--receiver-buffer", "256M")
     rates: dict[str, list[float]] = {"ws raw": [], "wss raw": [], "wss lws": []}
+    floor = build_tls_floor()
+    if floor:
+        rates |= {"floor tcp": [], "floor tls": []}
     with contextlib.ExitStack() as stack:
         directory = Path(stack.enter_context(tempfile.TemporaryDirectory()))
         cert, key = self_signed_certificate(directory)
@@ -583,9 +613,27 @@ def transport_throughput(runs: int) -> dict[str, float]:
         for _ in range(runs):
             for label in rates:
                 scheme, engine = label.split()
-                url, ca = (tls.url, str(cert)) if scheme == "wss" else (plain.url, None)
-                rates[label].append(echo_throughput(url, engine, ca, 256 * MiB, 4 * MiB))
+                if scheme == "floor":
+                    rate = tls_floor_throughput(floor, cert, key, engine == "tls", 256 * MiB)
+                else:
+                    url, ca = (tls.url, str(cert)) if scheme == "wss" else (plain.url, None)
+                    rate = echo_throughput(url, engine, ca, 256 * MiB, 4 * MiB)
+                rates[label].append(rate)
     return {label: statistics.median(values) for label, values in rates.items()}
+
+
+def print_transport(rates: dict[str, float]) -> None:
+    print("transport throughput through the relay's echo (256 MiB in 4 MiB messages):")
+    for label, rate in rates.items():
+        print(f"  {label:<9} {rate:8.0f} MB/s")
+    ratio = rates["wss raw"] / rates["ws raw"]
+    print(f"{'met   ' if ratio >= 0.8 else 'MISSED'} wss >= 0.8x ws ({ratio:.2f}x)")
+    if "floor tls" in rates:
+        floor = rates["floor tls"] / rates["floor tcp"]
+        print(
+            f"TLS floor (bench/floor/tls_floor.c, same echo in C without relay or WebSocket): "
+            f"tls/tcp {floor:.2f}x; ours wss/ws is {ratio / floor:.2f}x of that"
+        )
 
 
 def main() -> int:
@@ -627,12 +675,7 @@ def main() -> int:
             f"({ratio:.1f}x)"
         )
     if not args.no_transport:
-        print("transport throughput through the relay's echo (256 MiB in 4 MiB messages):")
-        rates = transport_throughput(max(1, min(args.runs, 3)))
-        for label, rate in rates.items():
-            print(f"  {label:<8} {rate:8.0f} MB/s")
-        ratio = rates["wss raw"] / rates["ws raw"]
-        print(f"{'met   ' if ratio >= 0.8 else 'MISSED'} wss >= 0.8x ws ({ratio:.2f}x)")
+        print_transport(transport_throughput(max(1, min(args.runs, 3))))
     load = Path("/proc/loadavg").read_text().split()[:3]
     print(f"load average during the run: {' '.join(load)} ({multiprocessing.cpu_count()} cores)")
     if not all(c["names_match"] for row in summary.values() for c in row["checks"]):

@@ -9,6 +9,7 @@ here, from the .npz files the script writes, not by the script's own check.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -83,6 +84,15 @@ def test_every_method_has_positive_timings_and_the_table_shows_them(bench_run):
         assert row["payload_bytes"] > 0
         assert f"{row['total_ms']:.1f}" in stdout
     assert "MOSS-style / ours-f16:" in stdout
+
+
+def test_wss_and_ws_and_the_tls_floor_are_side_by_side(bench_run):
+    _, _, stdout = bench_run
+    rows = dict(re.findall(r"^  (\w+ \w+) +(\d+) MB/s$", stdout, re.MULTILINE))
+    assert set(rows) == {"ws raw", "wss raw", "wss lws", "floor tcp", "floor tls"}, stdout
+    assert all(int(rate) > 0 for rate in rows.values()), rows
+    assert re.search(r"wss >= 0\.8x ws \(\d+\.\d\dx\)", stdout), stdout
+    assert "TLS floor (bench/floor/tls_floor.c" in stdout
 
 
 def test_ours_is_chunked_by_the_requested_size(bench_run):
