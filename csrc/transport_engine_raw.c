@@ -383,8 +383,10 @@ static int on_writeable(struct client_connection *conn, struct raw_engine_state 
     }
     struct outgoing_fragment fragment;
     unsigned char *header = conn->staging; /* a chunk's frame header is written there */
-    if (!conn->close_sent &&
-        connection_next_fragment(conn, header, TRANSPORT_STAGING_SIZE, &fragment)) {
+    /* A whole fragment with its WebSocket header is then 256 KiB: 16 full TLS records, not 16
+     * and a 14-byte one that costs the relay a read of its own. */
+    size_t capacity = TRANSPORT_STAGING_SIZE - WS_FRAME_HEADER_MAX;
+    if (!conn->close_sent && connection_next_fragment(conn, header, capacity, &fragment)) {
         int opcode = !fragment.is_start ? WS_OPCODE_CONTINUATION
                      : fragment.is_text ? WS_OPCODE_TEXT
                                         : WS_OPCODE_BINARY;
