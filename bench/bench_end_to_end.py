@@ -541,9 +541,23 @@ def self_signed_certificate(directory: Path) -> tuple[Path, Path]:
     return cert, key
 
 
-def echo_throughput(url: str, engine: str, ca_file: str | None, total: int, size: int) -> float:
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process `pid`, all its threads (/proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_now(relay_pid: int) -> float:
+    """CPU seconds used so far by the relay and this process (the clients)."""
+    return process_cpu_seconds(relay_pid) + time.process_time()
+
+
+def echo_throughput(
+    url: str, relay_pid: int, engine: str, ca_file: str | None, total: int, size: int
+) -> tuple[float, float]:
     """MB/s of `total` bytes sent as `size`-byte messages to the relay's echo and received back
-    on one connection (a sender thread, this thread receiving); both directions count once."""
+    on one connection (a sender thread, this thread receiving); both directions count once.
+    Also the CPU seconds (relay and client) per GB received back."""
     import threading
 
     from segmentation_suite.network import transport
@@ -555,28 +569,31 @@ def echo_throughput(url: str, engine: str, ca_file: str | None, total: int, size
     ) as conn:
         conn.send_binary(message)  # warm-up: buffers, TLS session
         conn.recv(timeout=60)
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), cpu_now(relay_pid)
         sender = threading.Thread(target=lambda: [conn.send_binary(message) for _ in range(count)])
         sender.start()
         for _ in range(count):
             is_binary, data = conn.recv(timeout=60)
             if not is_binary or len(data) != size:
                 raise ValueError("the echo came back different")
-        elapsed = time.perf_counter() - start
+        elapsed, cpu = time.perf_counter() - start, cpu_now(relay_pid) - cpu_start
         sender.join()
-    return count * size / elapsed / 1e6
+    return count * size / elapsed / 1e6, cpu / (count * size / 1e9)
 
 
-def tls_floor_throughput(floor: Path, cert: Path, key: Path, tls: bool, total: int) -> float:
-    """MB/s of bench/floor/tls_floor.c: the same echo (4 MiB messages) between two C threads,
-    plain TCP or TLS 1.3 AES-128-GCM through memory BIOs, no relay and no WebSocket."""
+def tls_floor_throughput(
+    floor: Path, cert: Path, key: Path, tls: bool, total: int
+) -> tuple[float, float]:
+    """MB/s and CPU-s/GB of bench/floor/tls_floor.c: the same echo (4 MiB messages) between two
+    C threads, plain TCP or TLS 1.3 AES-128-GCM through memory BIOs, no relay, no WebSocket."""
     import subprocess
 
     command = [str(floor), "--bytes", str(total), "--message-size", str(4 * MiB)]
     if tls:
         command += ["--tls", str(cert), str(key)]
     output = subprocess.run(command, check=True, capture_output=True, text=True, timeout=120)
-    return float(output.stdout.split()[1])
+    words = output.stdout.split()  # MB/s <rate> cpu_s_per_gb <cpu>
+    return float(words[1]), float(words[3])
 
 
 def build_tls_floor() -> Path | None:
@@ -592,10 +609,13 @@ def build_tls_floor() -> Path | None:
     return floor
 
 
-def room_throughput(url: str, ca_file: str | None, total: int, size: int) -> float:
+def room_throughput(
+    url: str, relay_pid: int, ca_file: str | None, total: int, size: int
+) -> tuple[float, float]:
     """MB/s of `total` bytes sent as `size`-byte binary messages from one member of a room to
     the other through the relay (raw engine, both connections in this process): the path of a
-    weight push, where the relay decrypts and encrypts again what it forwards."""
+    weight push, where the relay decrypts and encrypts again what it forwards. Also the CPU
+    seconds (relay and both clients) per GB received."""
     import threading
 
     from segmentation_suite.network import transport
@@ -615,7 +635,7 @@ def room_throughput(url: str, ca_file: str | None, total: int, size: int) -> flo
         expect(next_json(sender.recv, deadline), "user_joined")
         sender.send_binary(message)  # warm-up: buffers
         receiver.recv(timeout=60)
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), cpu_now(relay_pid)
         thread = threading.Thread(
             target=lambda: [sender.send_binary(message) for _ in range(count)]
         )
@@ -624,15 +644,15 @@ def room_throughput(url: str, ca_file: str | None, total: int, size: int) -> flo
             is_binary, data = receiver.recv(timeout=60)
             if not is_binary or len(data) != size:
                 raise ValueError("the room delivered something else")
-        elapsed = time.perf_counter() - start
+        elapsed, cpu = time.perf_counter() - start, cpu_now(relay_pid) - cpu_start
         thread.join()
-    return count * size / elapsed / 1e6
+    return count * size / elapsed / 1e6, cpu / (count * size / 1e9)
 
 
-def transport_throughput(runs: int) -> dict[str, float]:
-    """Median throughput per row, the rows measured interleaved: ws:// against wss:// through
-    the relay's echo (raw engine; lws's client for reference) and from one room member to
-    another, and the TLS floor."""
+def transport_throughput(runs: int) -> dict[str, tuple[float, float]]:
+    """Median (MB/s, CPU-s/GB) per row, the rows measured interleaved: ws:// against wss://
+    through the relay's echo (raw engine; lws's client for reference) and from one room member
+    to another, and the TLS floor."""
     import tempfile
 
     from segmentation_suite.relay_process import RelayProcess
@@ -642,7 +662,7 @@ def transport_throughput(runs: int) -> dict[str, float]:
     floor = build_tls_floor()
     if floor:
         labels += ["floor tcp", "floor tls"]
-    rates: dict[str, list[float]] = {label: [] for label in labels}
+    figures: dict[str, list[tuple[float, float]]] = {label: [] for label in labels}
     with contextlib.ExitStack() as stack:
         directory = Path(stack.enter_context(tempfile.TemporaryDirectory()))
         cert, key = self_signed_certificate(directory)
@@ -653,33 +673,45 @@ def transport_throughput(runs: int) -> dict[str, float]:
         for _ in range(runs):
             for label in labels:
                 scheme, kind = label.split()
-                url, ca = (tls.url, str(cert)) if scheme == "wss" else (plain.url, None)
+                relay, ca = (tls, str(cert)) if scheme == "wss" else (plain, None)
+                pid = relay.process.pid
                 if scheme == "floor":
-                    rate = tls_floor_throughput(floor, cert, key, kind == "tls", 256 * MiB)
+                    figure = tls_floor_throughput(floor, cert, key, kind == "tls", 256 * MiB)
                 elif kind == "room":
-                    rate = room_throughput(url, ca, 256 * MiB, 4 * MiB)
+                    figure = room_throughput(relay.url, pid, ca, 256 * MiB, 4 * MiB)
                 else:
-                    rate = echo_throughput(url, kind, ca, 256 * MiB, 4 * MiB)
-                rates[label].append(rate)
-    return {label: statistics.median(values) for label, values in rates.items()}
+                    figure = echo_throughput(relay.url, pid, kind, ca, 256 * MiB, 4 * MiB)
+                figures[label].append(figure)
+    return {
+        label: (statistics.median(f[0] for f in values), statistics.median(f[1] for f in values))
+        for label, values in figures.items()
+    }
 
 
-def print_transport(rates: dict[str, float]) -> None:
+def print_transport(figures: dict[str, tuple[float, float]]) -> None:
     print(
         "transport throughput, 256 MiB in 4 MiB messages (echo: through the relay's echo and "
-        "back; room: one member to another):"
+        "back; room: one member to another), and CPU seconds (relay + clients) per GB delivered:"
     )
-    for label, rate in rates.items():
-        print(f"  {label:<9} {rate:8.0f} MB/s")
-    echo = rates["wss raw"] / rates["ws raw"]
-    room = rates["wss room"] / rates["ws room"]
-    for name, ratio in (("echo", echo), ("room", room)):
-        print(f"{'met   ' if ratio >= 0.8 else 'MISSED'} wss >= 0.8x ws, {name} ({ratio:.2f}x)")
-    if "floor tls" in rates:
-        floor = rates["floor tls"] / rates["floor tcp"]
+    for label, (rate, cpu) in figures.items():
+        print(f"  {label:<9} {rate:8.0f} MB/s {cpu:7.2f} CPU-s/GB")
+    pairs = [("wss/ws, echo", "ws raw", "wss raw"), ("wss/ws, room", "ws room", "wss room")]
+    if "floor tls" in figures:
+        pairs.append(("tls/tcp, floor", "floor tcp", "floor tls"))
+    for name, plain, tls in pairs:
+        ratio = figures[tls][0] / figures[plain][0]
+        cpu_ratio = figures[plain][1] / figures[tls][1]  # the throughput ratio when CPU-bound
+        added = figures[tls][1] - figures[plain][1]
+        line = (
+            f"{name:<15} {ratio:.2f}x (CPU-s/GB plain/TLS {cpu_ratio:.2f}x, TLS adds {added:.2f})"
+        )
+        if not name.endswith("floor"):
+            line += f"  {'met' if ratio >= 0.8 else 'MISSED'} wss >= 0.8x ws"
+        print(line)
+    if "floor tls" in figures:
         print(
-            f"TLS floor (bench/floor/tls_floor.c: the echo between two C threads, no relay, no "
-            f"WebSocket): tls/tcp {floor:.2f}x"
+            "(floor: bench/floor/tls_floor.c, the echo between two C threads over TCP or TLS 1.3, "
+            "no relay, no WebSocket: about the best ratio TLS allows on this machine)"
         )
 
 

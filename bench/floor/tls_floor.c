@@ -6,8 +6,8 @@
  * writes), each end one thread with a non-blocking poll loop, so the only difference between the
  * two modes is TLS itself: records, AES-GCM both ways at both ends, the BIO copies.
  *   tls_floor --bytes N [--tls CERT KEY] [--cipher TLS_AES_128_GCM_SHA256] [--message-size M]
- * prints "MB/s <rate> cpu_s_per_gb <cpu>" (MB/s of the bytes echoed, counted once, as the
- * benchmark's echo figure; CPU of the process (both ends) per GB moved both ways). */
+ * prints "MB/s <rate> cpu_s_per_gb <cpu>": MB/s of the bytes echoed (counted once, as the
+ * benchmark's echo figure) and the CPU time of both ends per GB echoed. */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
@@ -299,7 +299,7 @@ int main(int argc, char **argv)
                  (double)(after.ru_utime.tv_usec - before.ru_utime.tv_usec) / 1e6 +
                  (double)(after.ru_stime.tv_usec - before.ru_stime.tv_usec) / 1e6;
     printf("MB/s %.0f cpu_s_per_gb %.3f\n", (double)received / elapsed / 1e6,
-           cpu / (2.0 * (double)received / 1e9));
+           cpu / ((double)received / 1e9));
     close(end.fd);
     pthread_join(server, NULL);
     return 0;
