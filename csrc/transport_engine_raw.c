@@ -38,9 +38,9 @@ struct raw_engine_state {
     unsigned char *output;
     size_t output_size, output_capacity;
     /* What the socket has not taken yet, inside output or ciphertext: nothing new is produced
-     * until it is gone. Not lws_write(): lws keeps a partial write itself and then stops
-     * reading the socket until that is sent, spinning on POLLIN while the peer (the relay,
-     * sending back to us) waits for us to read. */
+     * until it is gone. Not lws_write(): lws sends at most tx_packet_size per call (an
+     * encrypted fragment is 20 bytes more), keeps the rest, and reads nothing until the rest is
+     * sent, spinning on POLLIN while the peer (the relay, sending to us) waits for us to read. */
     const unsigned char *unsent;
     size_t unsent_size;
 
