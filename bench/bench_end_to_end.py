@@ -37,7 +37,9 @@ median. Every received dict is checked against the sent one (outside the timed s
 After the table, two reference figures from the same run: a numpy copy of the model's float32
 bytes (what ours-f16 end to end is compared with: issue 15 wants at most 4x), and transport
 throughput through the relay's echo on loopback, ws:// against wss:// (raw engine, and lws's
-client for reference; issue 15 wants wss at least 0.8x ws). --no-transport skips the latter.
+client for reference; issue 15 wants wss at least 0.8x ws), next to the TLS floor: the same echo
+between two C threads over plain TCP and over TLS 1.3 (bench/floor/tls_floor.c, built with make),
+whose tls/tcp ratio is about the best wss/ws this machine allows. --no-transport skips these.
 
 --check exits 1 if ours-f16 is not at least 10x faster than moss (issue 3's target).
 --save-received writes what was sent (sent.npz) and the last dict each method received
@@ -539,9 +541,23 @@ def self_signed_certificate(directory: Path) -> tuple[Path, Path]:
     return cert, key
 
 
-def echo_throughput(url: str, engine: str, ca_file: str | None, total: int, size: int) -> float:
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process `pid`, all its threads (/proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_now(relay_pid: int) -> float:
+    """CPU seconds used so far by the relay and this process (the clients)."""
+    return process_cpu_seconds(relay_pid) + time.process_time()
+
+
+def echo_throughput(
+    url: str, relay_pid: int, engine: str, ca_file: str | None, total: int, size: int
+) -> tuple[float, float]:
     """MB/s of `total` bytes sent as `size`-byte messages to the relay's echo and received back
-    on one connection (a sender thread, this thread receiving); both directions count once."""
+    on one connection (a sender thread, this thread receiving); both directions count once.
+    Also the CPU seconds (relay and client) per GB received back."""
     import threading
 
     from segmentation_suite.network import transport
@@ -553,26 +569,100 @@ def echo_throughput(url: str, engine: str, ca_file: str | None, total: int, size
     ) as conn:
         conn.send_binary(message)  # warm-up: buffers, TLS session
         conn.recv(timeout=60)
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), cpu_now(relay_pid)
         sender = threading.Thread(target=lambda: [conn.send_binary(message) for _ in range(count)])
         sender.start()
         for _ in range(count):
             is_binary, data = conn.recv(timeout=60)
             if not is_binary or len(data) != size:
                 raise ValueError("the echo came back different")
-        elapsed = time.perf_counter() - start
+        elapsed, cpu = time.perf_counter() - start, cpu_now(relay_pid) - cpu_start
         sender.join()
-    return count * size / elapsed / 1e6
+    return count * size / elapsed / 1e6, cpu / (count * size / 1e9)
 
 
-def transport_throughput(runs: int) -> dict[str, float]:
-    """Median echo throughput per (scheme, engine), measured interleaved."""
+def tls_floor_throughput(
+    floor: Path, cert: Path, key: Path, tls: bool, total: int
+) -> tuple[float, float]:
+    """MB/s and CPU-s/GB of bench/floor/tls_floor.c: the same echo (4 MiB messages) between two
+    C threads, plain TCP or TLS 1.3 AES-128-GCM through memory BIOs, no relay, no WebSocket."""
+    import subprocess
+
+    command = [str(floor), "--bytes", str(total), "--message-size", str(4 * MiB)]
+    if tls:
+        command += ["--tls", str(cert), str(key)]
+    output = subprocess.run(command, check=True, capture_output=True, text=True, timeout=120)
+    words = output.stdout.split()  # MB/s <rate> cpu_s_per_gb <cpu>
+    return float(words[1]), float(words[3])
+
+
+def build_tls_floor() -> Path | None:
+    """Builds bench/floor's TLS echo floor (make); None with a note when it does not build."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    built = subprocess.run(["make", "-s", "-C", str(root / "bench" / "floor")], capture_output=True)
+    floor = root / "build" / "bench" / "tls_floor"
+    if built.returncode != 0 or not floor.exists():
+        print("note: bench/floor did not build (libssl-dev?): no TLS floor", file=sys.stderr)
+        return None
+    return floor
+
+
+def room_throughput(
+    url: str, relay_pid: int, ca_file: str | None, total: int, size: int
+) -> tuple[float, float]:
+    """MB/s of `total` bytes sent as `size`-byte binary messages from one member of a room to
+    the other through the relay (raw engine, both connections in this process): the path of a
+    weight push, where the relay decrypts and encrypts again what it forwards. Also the CPU
+    seconds (relay and both clients) per GB received."""
+    import threading
+
+    from segmentation_suite.network import transport
+
+    message = bytes(range(256)) * (size // 256)
+    count = total // size
+    options = {"engine": "raw", "proxy": False, "ca_file": ca_file, "max_message_size": 2 * size}
+    with (
+        transport.connect(url + "/ws", **options) as sender,
+        transport.connect(url + "/ws", **options) as receiver,
+    ):
+        deadline = time.monotonic() + 60
+        control(sender, "create_room", user_id=SENDER, display_name="Sender")
+        room_code = expect(next_json(sender.recv, deadline), "room_created")["room_code"]
+        control(receiver, "join_room", room_code=room_code, user_id=RECEIVER, display_name="R")
+        expect(next_json(receiver.recv, deadline), "room_joined")
+        expect(next_json(sender.recv, deadline), "user_joined")
+        sender.send_binary(message)  # warm-up: buffers
+        receiver.recv(timeout=60)
+        start, cpu_start = time.perf_counter(), cpu_now(relay_pid)
+        thread = threading.Thread(
+            target=lambda: [sender.send_binary(message) for _ in range(count)]
+        )
+        thread.start()
+        for _ in range(count):
+            is_binary, data = receiver.recv(timeout=60)
+            if not is_binary or len(data) != size:
+                raise ValueError("the room delivered something else")
+        elapsed, cpu = time.perf_counter() - start, cpu_now(relay_pid) - cpu_start
+        thread.join()
+    return count * size / elapsed / 1e6, cpu / (count * size / 1e9)
+
+
+def transport_throughput(runs: int) -> dict[str, tuple[float, float]]:
+    """Median (MB/s, CPU-s/GB) per row, the rows measured interleaved: ws:// against wss://
+    through the relay's echo (raw engine; lws's client for reference) and from one room member
+    to another, and the TLS floor."""
     import tempfile
 
     from segmentation_suite.relay_process import RelayProcess
 
     options = ("--enable-echo", "--max-message-size", "64M", "--receiver-buffer", "256M")
-    rates: dict[str, list[float]] = {"ws raw": [], "wss raw": [], "wss lws": []}
+    labels = ["ws raw", "wss raw", "wss lws", "ws room", "wss room"]
+    floor = build_tls_floor()
+    if floor:
+        labels += ["floor tcp", "floor tls"]
+    figures: dict[str, list[tuple[float, float]]] = {label: [] for label in labels}
     with contextlib.ExitStack() as stack:
         directory = Path(stack.enter_context(tempfile.TemporaryDirectory()))
         cert, key = self_signed_certificate(directory)
@@ -581,11 +671,48 @@ def transport_throughput(runs: int) -> dict[str, float]:
             RelayProcess(*options, "--tls-cert", str(cert), "--tls-key", str(key))
         )
         for _ in range(runs):
-            for label in rates:
-                scheme, engine = label.split()
-                url, ca = (tls.url, str(cert)) if scheme == "wss" else (plain.url, None)
-                rates[label].append(echo_throughput(url, engine, ca, 256 * MiB, 4 * MiB))
-    return {label: statistics.median(values) for label, values in rates.items()}
+            for label in labels:
+                scheme, kind = label.split()
+                relay, ca = (tls, str(cert)) if scheme == "wss" else (plain, None)
+                pid = relay.process.pid
+                if scheme == "floor":
+                    figure = tls_floor_throughput(floor, cert, key, kind == "tls", 256 * MiB)
+                elif kind == "room":
+                    figure = room_throughput(relay.url, pid, ca, 256 * MiB, 4 * MiB)
+                else:
+                    figure = echo_throughput(relay.url, pid, kind, ca, 256 * MiB, 4 * MiB)
+                figures[label].append(figure)
+    return {
+        label: (statistics.median(f[0] for f in values), statistics.median(f[1] for f in values))
+        for label, values in figures.items()
+    }
+
+
+def print_transport(figures: dict[str, tuple[float, float]]) -> None:
+    print(
+        "transport throughput, 256 MiB in 4 MiB messages (echo: through the relay's echo and "
+        "back; room: one member to another), and CPU seconds (relay + clients) per GB delivered:"
+    )
+    for label, (rate, cpu) in figures.items():
+        print(f"  {label:<9} {rate:8.0f} MB/s {cpu:7.2f} CPU-s/GB")
+    pairs = [("wss/ws, echo", "ws raw", "wss raw"), ("wss/ws, room", "ws room", "wss room")]
+    if "floor tls" in figures:
+        pairs.append(("tls/tcp, floor", "floor tcp", "floor tls"))
+    for name, plain, tls in pairs:
+        ratio = figures[tls][0] / figures[plain][0]
+        cpu_ratio = figures[plain][1] / figures[tls][1]  # the throughput ratio when CPU-bound
+        added = figures[tls][1] - figures[plain][1]
+        line = (
+            f"{name:<15} {ratio:.2f}x (CPU-s/GB plain/TLS {cpu_ratio:.2f}x, TLS adds {added:.2f})"
+        )
+        if not name.endswith("floor"):
+            line += f"  {'met' if ratio >= 0.8 else 'MISSED'} wss >= 0.8x ws"
+        print(line)
+    if "floor tls" in figures:
+        print(
+            "(floor: bench/floor/tls_floor.c, the echo between two C threads over TCP or TLS 1.3, "
+            "no relay, no WebSocket: about the best ratio TLS allows on this machine)"
+        )
 
 
 def main() -> int:
@@ -627,12 +754,7 @@ def main() -> int:
             f"({ratio:.1f}x)"
         )
     if not args.no_transport:
-        print("transport throughput through the relay's echo (256 MiB in 4 MiB messages):")
-        rates = transport_throughput(max(1, min(args.runs, 3)))
-        for label, rate in rates.items():
-            print(f"  {label:<8} {rate:8.0f} MB/s")
-        ratio = rates["wss raw"] / rates["ws raw"]
-        print(f"{'met   ' if ratio >= 0.8 else 'MISSED'} wss >= 0.8x ws ({ratio:.2f}x)")
+        print_transport(transport_throughput(max(1, min(args.runs, 3))))
     load = Path("/proc/loadavg").read_text().split()[:3]
     print(f"load average during the run: {' '.join(load)} ({multiprocessing.cpu_count()} cores)")
     if not all(c["names_match"] for row in summary.values() for c in row["checks"]):

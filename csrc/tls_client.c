@@ -34,6 +34,10 @@ int tls_client_init(struct tls_client *client, const char *server_name, const ch
     if (!client->context)
         return fail(client, "could not set up TLS");
     SSL_CTX_set_min_proto_version(client->context, TLS1_2_VERSION);
+    /* AES-128-GCM first: 10 AES rounds against 14 for every byte of a model (servers that
+     * follow the client's order, nginx's default, pick it). */
+    if (SSL_CTX_set_ciphersuites(client->context, TLS_CLIENT_CIPHERSUITES) != 1)
+        return fail(client, "could not set the TLS 1.3 cipher suites");
     SSL_CTX_set_verify(client->context, SSL_VERIFY_PEER, NULL);
     int loaded = ca_file ? SSL_CTX_load_verify_locations(client->context, ca_file, NULL)
                          : SSL_CTX_set_default_verify_paths(client->context);

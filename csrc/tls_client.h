@@ -8,6 +8,10 @@
 
 #include <openssl/ssl.h>
 
+/* TLS 1.3 suites offered, in order of preference. */
+#define TLS_CLIENT_CIPHERSUITES                                                                    \
+    "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256"
+
 struct tls_client {
     SSL_CTX *context;
     SSL *ssl;

@@ -7,6 +7,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <errno.h>
+#include <sys/socket.h>
+
 #include <openssl/rand.h>
 
 #include "tls_client.h"
@@ -23,7 +26,7 @@ struct raw_engine_state {
     /* wss:// only (NULL otherwise): TLS, the plaintext of one read, the ciphertext to send. */
     struct tls_client *tls;
     unsigned char *plaintext;
-    unsigned char *ciphertext; /* LWS_PRE headroom first */
+    unsigned char *ciphertext;
     size_t ciphertext_capacity;
     int request_written;
     int input_closed; /* a Close arrived or the stream is broken: ignore what follows */
@@ -31,9 +34,15 @@ struct raw_engine_state {
     unsigned char mask_keys[256]; /* random, 4 bytes per frame */
     size_t mask_keys_left;
 
-    /* Output collected by put_frame() and written with one lws_write(). */
-    unsigned char *output; /* LWS_PRE headroom first */
+    /* Output collected by put_frame(), sent from `output` (ws://) or `ciphertext` (wss://). */
+    unsigned char *output;
     size_t output_size, output_capacity;
+    /* What the socket has not taken yet, inside output or ciphertext: nothing new is produced
+     * until it is gone. Not lws_write(): lws sends at most tx_packet_size per call (an
+     * encrypted fragment is 20 bytes more), keeps the rest, and reads nothing until the rest is
+     * sent, spinning on POLLIN while the peer (the relay, sending to us) waits for us to read. */
+    const unsigned char *unsent;
+    size_t unsent_size;
 
     /* Control frames to send from the next writeable callback. */
     int pong_due;
@@ -53,7 +62,7 @@ static int attach(struct client_connection *conn, struct lws_client_connect_info
     if (!raw)
         return -1;
     raw->output_capacity = TRANSPORT_STAGING_SIZE + OUTPUT_SLACK;
-    raw->output = malloc(LWS_PRE + raw->output_capacity);
+    raw->output = malloc(raw->output_capacity);
     conn->engine_state = raw; /* free_state() undoes a partial set-up */
     if (!raw->output)
         return -1;
@@ -61,7 +70,7 @@ static int attach(struct client_connection *conn, struct lws_client_connect_info
         raw->ciphertext_capacity = raw->output_capacity + TLS_SLACK;
         raw->tls = malloc(sizeof *raw->tls);
         raw->plaintext = malloc(TRANSPORT_RAW_READ_SIZE);
-        raw->ciphertext = malloc(LWS_PRE + raw->ciphertext_capacity);
+        raw->ciphertext = malloc(raw->ciphertext_capacity);
         if (!raw->tls || !raw->plaintext || !raw->ciphertext)
             return -1;
         if (tls_client_init(raw->tls, conn->server_name, conn->ca_file) < 0) {
@@ -100,9 +109,9 @@ static int put_frame(struct raw_engine_state *raw, int opcode, int fin, const un
         raw->mask_keys_left = sizeof raw->mask_keys / 4;
     }
     const unsigned char *key = raw->mask_keys + 4 * --raw->mask_keys_left;
-    size_t written = ws_frame_write(raw->output + LWS_PRE + raw->output_size,
-                                    raw->output_capacity - raw->output_size, opcode, fin, key,
-                                    first, first_size, rest, rest_size);
+    size_t written =
+        ws_frame_write(raw->output + raw->output_size, raw->output_capacity - raw->output_size,
+                       opcode, fin, key, first, first_size, rest, rest_size);
     if (!written)
         return -1; /* cannot happen: every frame is sized to fit */
     raw->output_size += written;
@@ -116,7 +125,36 @@ static int put_close(struct raw_engine_state *raw, int code, const char *reason)
     return put_frame(raw, WS_OPCODE_CLOSE, 1, payload, size, NULL, 0);
 }
 
-/* Sends the TLS records waiting in the output BIO: one lws_write() per callback, as lws wants. */
+/* Sends as much of `unsent` as the socket takes now; asks for a writeable callback for the
+ * rest. Returns 0, or -1 when the socket is broken. */
+static int send_unsent(struct raw_engine_state *raw, struct lws *wsi)
+{
+    while (raw->unsent_size) {
+        ssize_t sent = send(lws_get_socket_fd(wsi), raw->unsent, raw->unsent_size,
+                            MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (sent < 0 && errno == EINTR)
+            continue;
+        if (sent < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            lws_callback_on_writable(wsi);
+            return 0;
+        }
+        if (sent <= 0)
+            return -1;
+        raw->unsent += sent;
+        raw->unsent_size -= (size_t)sent;
+    }
+    return 0;
+}
+
+static int start_sending(struct raw_engine_state *raw, struct lws *wsi, const unsigned char *data,
+                         size_t size)
+{
+    raw->unsent = data;
+    raw->unsent_size = size;
+    return send_unsent(raw, wsi);
+}
+
+/* Sends the TLS records waiting in the output BIO. */
 static int flush_ciphertext(struct client_connection *conn, struct raw_engine_state *raw,
                             struct lws *wsi)
 {
@@ -127,25 +165,23 @@ static int flush_ciphertext(struct client_connection *conn, struct raw_engine_st
         snprintf(conn->error, sizeof conn->error, "TLS output larger than expected");
         return -1;
     }
-    size = tls_client_take(raw->tls, raw->ciphertext + LWS_PRE, size);
-    return lws_write(wsi, raw->ciphertext + LWS_PRE, size, LWS_WRITE_RAW) < (int)size ? -1 : 0;
+    size = tls_client_take(raw->tls, raw->ciphertext, size);
+    return start_sending(raw, wsi, raw->ciphertext, size);
 }
 
-/* Sends what put_frame() collected: as it is, or encrypted first for wss://. */
+/* Sends what put_frame() collected: as it is, or encrypted first for wss://. Only called with
+ * nothing unsent. */
 static int flush_output(struct client_connection *conn, struct raw_engine_state *raw,
                         struct lws *wsi)
 {
     size_t size = raw->output_size;
     raw->output_size = 0;
     if (raw->tls) {
-        if (size && tls_client_write(raw->tls, raw->output + LWS_PRE, size) < 0)
+        if (size && tls_client_write(raw->tls, raw->output, size) < 0)
             return -1;
         return flush_ciphertext(conn, raw, wsi);
     }
-    if (!size)
-        return 0;
-    /* lws keeps whatever the socket did not take and sends it before the next writeable. */
-    return lws_write(wsi, raw->output + LWS_PRE, size, LWS_WRITE_RAW) < (int)size ? -1 : 0;
+    return start_sending(raw, wsi, raw->output, size);
 }
 
 static int start_handshake(struct client_connection *conn, struct raw_engine_state *raw)
@@ -157,7 +193,7 @@ static int start_handshake(struct client_connection *conn, struct raw_engine_sta
     }
     size_t size =
         ws_client_begin(&raw->protocol, nonce, conn->path, conn->host_header, conn->headers,
-                        conn->header_count, (char *)raw->output + LWS_PRE, WS_HANDSHAKE_MAX_SIZE);
+                        conn->header_count, (char *)raw->output, WS_HANDSHAKE_MAX_SIZE);
     if (!size) {
         snprintf(conn->error, sizeof conn->error, "the request headers do not fit in %u bytes",
                  WS_HANDSHAKE_MAX_SIZE);
@@ -288,6 +324,12 @@ broken:
 static int on_writeable(struct client_connection *conn, struct raw_engine_state *raw,
                         struct lws *wsi)
 {
+    if (raw->unsent_size) {
+        if (send_unsent(raw, wsi) < 0)
+            return -1;
+        if (raw->unsent_size)
+            return 0; /* send_unsent() asked for the next writeable callback */
+    }
     if (raw->tls && !raw->tls->handshake_done) {
         if (tls_client_handshake(raw->tls) < 0) { /* the first call writes the ClientHello */
             snprintf(conn->error, sizeof conn->error, "%s", raw->tls->error);
@@ -302,7 +344,7 @@ static int on_writeable(struct client_connection *conn, struct raw_engine_state 
         return flush_output(conn, raw, wsi); /* the request start_handshake() left there */
     }
     if (raw->hang_up)
-        return -1; /* lws has flushed everything before calling us again */
+        return -1; /* everything is sent */
     if (raw->pong_due && put_frame(raw, WS_OPCODE_PONG, 1, raw->pong, raw->pong_size, NULL, 0) < 0)
         return -1;
     raw->pong_due = 0;
@@ -341,8 +383,10 @@ static int on_writeable(struct client_connection *conn, struct raw_engine_state 
     }
     struct outgoing_fragment fragment;
     unsigned char *header = conn->staging; /* a chunk's frame header is written there */
-    if (!conn->close_sent &&
-        connection_next_fragment(conn, header, TRANSPORT_STAGING_SIZE, &fragment)) {
+    /* A whole fragment with its WebSocket header is then 256 KiB: 16 full TLS records, not 16
+     * and a 14-byte one that costs the relay a read of its own. */
+    size_t capacity = TRANSPORT_STAGING_SIZE - WS_FRAME_HEADER_MAX;
+    if (!conn->close_sent && connection_next_fragment(conn, header, capacity, &fragment)) {
         int opcode = !fragment.is_start ? WS_OPCODE_CONTINUATION
                      : fragment.is_text ? WS_OPCODE_TEXT
                                         : WS_OPCODE_BINARY;

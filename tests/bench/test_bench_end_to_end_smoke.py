@@ -9,6 +9,7 @@ here, from the .npz files the script writes, not by the script's own check.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -83,6 +84,23 @@ def test_every_method_has_positive_timings_and_the_table_shows_them(bench_run):
         assert row["payload_bytes"] > 0
         assert f"{row['total_ms']:.1f}" in stdout
     assert "MOSS-style / ours-f16:" in stdout
+
+
+def test_wss_and_ws_and_the_tls_floor_are_side_by_side(bench_run):
+    _, _, stdout = bench_run
+    rows = re.findall(r"^  (\w+ \w+) +(\d+) MB/s +(\d+\.\d\d) CPU-s/GB$", stdout, re.MULTILINE)
+    expected = {"ws raw", "wss raw", "wss lws", "ws room", "wss room", "floor tcp", "floor tls"}
+    assert {label for label, _, _ in rows} == expected, stdout
+    assert all(int(rate) > 0 and float(cpu) > 0 for _, rate, cpu in rows), rows
+    for kind in ("echo", "room"):
+        assert re.search(
+            rf"^wss/ws, {kind} +\d+\.\d\dx \(CPU-s/GB plain/TLS \d+\.\d\dx, "
+            r"TLS adds -?\d+\.\d\d\)  "
+            r"(met|MISSED) wss >= 0\.8x ws$",
+            stdout,
+            re.MULTILINE,
+        ), stdout
+    assert re.search(r"^tls/tcp, floor +\d+\.\d\dx", stdout, re.MULTILINE), stdout
 
 
 def test_ours_is_chunked_by_the_requested_size(bench_run):
