@@ -47,7 +47,6 @@ ALLOWED_SKIPS: tuple[tuple[str, str], ...] = (
     ("sanitize", "the reference echo runs none of our C code; normal stage"),
     ("sanitize", "torch only, none of our C code: the normal stage runs it"),
     ("sanitize", "reproducibility is not about memory safety: the normal stage runs it"),
-    ("sanitize", "48 MB original-format pushes under ASan: the normal stage runs them"),
     ("sanitize", "minutes of torch under ASan; the relay's C code is covered by the other app"),
 )
 

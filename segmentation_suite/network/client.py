@@ -1200,13 +1200,17 @@ class SyncClient(PrivateRoomMixin, MixedRoomMixin):
             log.info("ignoring a push from %s, excluded from the rounds", sender)
             return False
         num_samples = as_num_samples(metadata.get("num_samples"))
+        aggregation = self._ensure_round()
         try:
-            self._ensure_round().add(sender, weights, num_samples)
+            aggregation.take(sender, weights, num_samples)
         except ValueError as exc:
             self._report(f"Push from {self._name_of(sender)} rejected: {exc}")
             return False
         info = {k: metadata.get(k) for k in ("epoch", "loss", "num_samples")}
+        # Reported before the round it completes closes: whoever reads the round's pushes when
+        # round_complete or the global model arrives must find this one among them.
         self.weights_received.emit(sender, info)
+        aggregation.close_if_complete()
         return True
 
     def _on_round_complete(self, weights: dict, aggregation_round: int, contributors: list) -> None:

@@ -57,10 +57,17 @@ class AggregationRound:
         longer holds the round up, so this may close it."""
         with self._lock:
             self._expected = set(member_ids)
-        self._close_if_complete()
+        self.close_if_complete()
 
     def add(self, user_id: str, weights: dict, num_samples: float) -> None:
-        """One member's push; ValueError (and nothing changes) for a second push of the same
+        """One member's push (see `take`), then the round closes if that push completed it."""
+        self.take(user_id, weights, num_samples)
+        self.close_if_complete()
+
+    def take(self, user_id: str, weights: dict, num_samples: float) -> None:
+        """One member's push, without closing the round it may complete: a caller that reports
+        the push (SyncClient's weights_received) reports it before its round closes, then calls
+        `close_if_complete`. ValueError (and nothing changes) for a second push of the same
         member in a round, or weights of another layout."""
         with self._lock:
             if self._closed:
@@ -79,7 +86,6 @@ class AggregationRound:
                 len(self.aggregator.contributors),
                 len(self._expected),
             )
-        self._close_if_complete()
 
     @property
     def pending_contributors(self) -> tuple[str, ...]:
@@ -96,8 +102,9 @@ class AggregationRound:
             self._closed = True
             self._cancel_timer()
 
-    def _close_if_complete(self) -> None:
-        self._close(force=False)
+    def close_if_complete(self) -> bool:
+        """Closes the round if every expected member has pushed; True if it did."""
+        return self._close(force=False)
 
     def _on_timeout(self) -> None:
         with self._lock:
