@@ -146,6 +146,34 @@ def load_model(path: str | Path) -> SavedModel:
     return parse_model(data, source)
 
 
+def load_starting_model(path: str | Path, architecture: str) -> SavedModel:
+    """A model file a session or a run starts from (`--init FILE`, the app's "Start from a
+    model…"): ModelFileError in words unless it holds `architecture` (what the plan trains)
+    with every tensor of the right shape."""
+    saved = load_model(path)
+    if saved.architecture != architecture:
+        raise ModelFileError(
+            f"{path} holds a {saved.architecture} model; this session trains {architecture}: "
+            "choose a model saved by a session of this version"
+        )
+    from .unet import build_unet, parse_architecture
+
+    expected = build_unet(**parse_architecture(architecture)).state_dict()
+    missing = sorted(set(expected) - set(saved.weights))
+    extra = sorted(set(saved.weights) - set(expected))
+    misshapen = [
+        key
+        for key in expected
+        if key in saved.weights and tuple(saved.weights[key].shape) != tuple(expected[key].shape)
+    ]
+    if missing or extra or misshapen:
+        raise ModelFileError(
+            f"{path} says {architecture} but its tensors do not fit it (missing {missing[:3]}, "
+            f"unexpected {extra[:3]}, wrong shape {misshapen[:3]})"
+        )
+    return saved
+
+
 def parse_model(data: bytes, source: Path | None = None) -> SavedModel:
     """A model from the bytes of a model file (see load_model)."""
     name = str(source) if source is not None else "the model"
