@@ -168,11 +168,15 @@ class SessionController(QObject):
     @property
     def sets_own_plan(self) -> bool:
         """Whether this window starts rounds itself: the host (of a relay room or a LAN
-        session), and a LAN member whose host sent no plan (the original app's LAN host
-        sends none: each member presses Start, with the same plan)."""
-        if self.state == IDLE:
+        session), and a member of the original app's LAN session, whose host sends no plan
+        (each member presses Start, with the same plan). Ours is told by its welcome, which
+        names the relay it runs on (the client's capabilities)."""
+        if self.state == IDLE or self.client is None:
             return False
-        return self.host_connection is not None or (self.mode == "lan" and not self.plan_seen)
+        if self.host_connection is not None:
+            return True
+        original_lan_host = getattr(self.client, "capabilities", None) is None
+        return self.mode == "lan" and original_lan_host and not self.plan_seen
 
     @property
     def position(self) -> int:
@@ -433,16 +437,14 @@ class SessionController(QObject):
 
     def _on_round_complete(self, round_number: int, contributors: list) -> None:
         if not contributors:  # a round closes with pushes: this is a starting model
-            # (session_plan.publish_starting_model)
-            self.log_event("You sent the starting model to the members")
-            return
+            return  # (session_plan.publish_starting_model; the Training page logs it)
         self.round_completed.emit(round_number, list(contributors))
         who = ", ".join(self.name_of(uid) for uid in contributors) or "nobody"
         self.log_event(f"Round {round_number} closed: averaged {who}")
 
     def _on_global_model(self, weights: dict) -> None:
         client = self.client
-        if client is not None and not client.is_host:
+        if client is not None and not client.is_host and self.server is None:
             if client.aggregation_round == 0:
                 self.log_event("Received the host's starting model")
             else:

@@ -271,6 +271,9 @@ class TrainingPage(QWidget):
                 self.error_label.show_error(f"Cannot send the starting model: {exc}", "Not sent")
                 return
             self._starting_weights = held if client.is_host else None
+            self.session.log_event(
+                f"You sent the starting model {plan['starts_from']} to the members"
+            )
         self.session.active_plan = plan
         self.session.send_plan(plan)
         self.session.log_event(f"You started {session_plan.describe(plan)}")

@@ -171,6 +171,11 @@ def load_starting_model(path: str | Path, architecture: str) -> SavedModel:
             f"{path} says {architecture} but its tensors do not fit it (missing {missing[:3]}, "
             f"unexpected {extra[:3]}, wrong shape {misshapen[:3]})"
         )
+    # In the model's own order (safetensors stores them sorted by name): the id of a global
+    # model that members' deltas name follows the tensors' order (codec.reference_id), so a
+    # starting model sent in another order than the members' own weights would make their
+    # first pushes name a model the host does not keep.
+    saved.weights = {key: saved.weights[key] for key in expected}
     return saved
 
 

@@ -134,7 +134,11 @@ def test_every_member_starts_from_the_hosts_saved_model(
     assert any(
         "starting from lab-model.safetensors" in x for x in bob.training_page.event_log.lines
     )
-    assert any("You sent the starting model" in x for x in alice.training_page.event_log.lines)
+    host_log = alice.training_page.event_log.lines
+    assert any("You sent the starting model lab-model.safetensors" in x for x in host_log)
+    # Bob's push of round 1, a delta against the starting model, was read and averaged.
+    closed = [x for x in host_log if "Round 1 closed: averaged " in x]
+    assert len(closed) == 1 and "Alice" in closed[0] and "Bob" in closed[0], host_log
     # The round after it is round 1, in every widget.
     assert [x for x, _ in bob.training_page.plot.global_dice_points] == [1]
     assert [x for x, _ in alice.training_page.plot.global_dice_points] == [1]
