@@ -615,6 +615,7 @@ class TrainingPage(QWidget):
         self.epochs_spin.setValue(int(plan.get("epochs_per_round", 1)))
         self.learning_rate_spin.setValue(float(plan.get("learning_rate", 0.003)))
         self._show_data_kind(plan.get("data"))
+        self.start_from_label.setText(plan.get("starts_from") or "a new model")
 
     def _show_data_kind(self, kind: str | None = None) -> None:
         if kind is None:
@@ -641,9 +642,11 @@ class TrainingPage(QWidget):
         self.follow_check.setVisible(member)
         for widget in (self.rounds_spin, self.epochs_spin, self.learning_rate_spin):
             widget.setEnabled(not running and not member)
-        self.start_from_button.setEnabled(not running and not member)
-        self.start_anew_button.setVisible(self.starting_model is not None)
-        self.start_anew_button.setEnabled(not running and not member)
+        # A member sees where the host's plan starts (the label); choosing is the host's.
+        self.start_from_button.setVisible(not member)
+        self.start_from_button.setEnabled(not running)
+        self.start_anew_button.setVisible(self.starting_model is not None and not member)
+        self.start_anew_button.setEnabled(not running)
         self.data_panel.setEnabled(not running)
         if not in_session:
             self.hint_label.setText("Create or join a session on the Session page to train.")

@@ -103,7 +103,7 @@ def test_every_member_starts_from_the_hosts_saved_model(
     _choose_in_dialog(monkeypatch, qtbot, alice, path)
     assert page.error_label.message == ""
     assert page.start_from_label.text().startswith("lab-model.safetensors")
-    assert not bob.training_page.start_from_button.isEnabled()  # the host chooses
+    assert not bob.training_page.start_from_button.isVisible()  # the host chooses
     page.rounds_spin.setValue(1)
     click(qtbot, page.start_button)
 
@@ -129,7 +129,8 @@ def test_every_member_starts_from_the_hosts_saved_model(
         # Not a fresh model that merely looks alike: the file's values differ from one.
         assert any(not torch.allclose(started[k], fresh[k]) for k in fresh if k.endswith("weight"))
 
-    # The plan told Bob where it starts; both logs say so.
+    # The plan told Bob where it starts: his page and both logs say so.
+    assert bob.training_page.start_from_label.text() == "lab-model.safetensors"
     assert any("Received the host's starting model" in x for x in bob.training_page.event_log.lines)
     assert any(
         "starting from lab-model.safetensors" in x for x in bob.training_page.event_log.lines
