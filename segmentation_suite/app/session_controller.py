@@ -370,10 +370,12 @@ class SessionController(QObject):
         ]
         user_id = joined[-1].get("user_id", "") if joined else ""
         client = self.client
-        if self.active_plan is None or not user_id or client is None:
+        if not user_id or client is None or user_id == client.user_id:
             return
-        if self.mode == "lan":
+        if self.mode == "lan":  # the relay tells only the LAN session's host of joins
             self.log_event(f"{display_name} joined")
+        if self.active_plan is None:
+            return
         current = min(client.aggregation_round + 1, self.active_plan["last_round"])
         current = max(current, self.active_plan["first_round"])
         self.send_plan(dict(self.active_plan, late=True, current_round=current), [user_id])
@@ -444,11 +446,12 @@ class SessionController(QObject):
 
     def _on_global_model(self, weights: dict) -> None:
         client = self.client
-        if client is not None and not client.is_host and self.server is None:
-            if client.aggregation_round == 0:
-                self.log_event("Received the host's starting model")
-            else:
-                self.log_event(f"Round {client.aggregation_round}: global model received")
+        if client is None or client.is_host:
+            return
+        if client.aggregation_round != 0:
+            self.log_event(f"Round {client.aggregation_round}: global model received")
+        elif self.server is None:  # a LAN host logged sending it
+            self.log_event("Received the host's starting model")
 
     def _on_control(self, sender: str, control: dict) -> None:
         client = self.client

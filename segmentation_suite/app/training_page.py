@@ -156,7 +156,10 @@ class TrainingPage(QWidget):
         form.addRow("Start from:", start_from)
         buttons = QHBoxLayout()
         self.start_button = QPushButton("Start")
-        self.start_button.setToolTip("Host: train a new model from scratch, everyone follows")
+        self.start_button.setToolTip(
+            "Host: train the plan's rounds from a new model (or the one under Start from); "
+            "everyone follows"
+        )
         self.stop_button = QPushButton("Stop")
         self.resume_button = QPushButton("Resume")
         self.resume_button.setToolTip("Host: more rounds from the current weights")
@@ -217,9 +220,13 @@ class TrainingPage(QWidget):
             return False
         self.error_label.clear_error()
         self.starting_model = saved
-        trained = saved.training
-        rounds = trained.get("rounds") or trained.get("epochs")
-        how = f" ({trained.get('command', 'saved')}, {rounds} rounds/epochs)" if rounds else ""
+        trained = saved.training  # what the file says of how it was trained, if anything
+        if trained.get("rounds"):
+            how = f" ({trained['rounds']} rounds)"
+        elif trained.get("epochs"):
+            how = f" ({trained['epochs']} epochs)"
+        else:
+            how = ""
         self.start_from_label.setText(f"{Path(path).name}{how}")
         self.start_from_label.setToolTip(str(path))
         self.session.log_event(f"Next Start begins from the model {Path(path).name}")

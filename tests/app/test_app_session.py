@@ -390,3 +390,7 @@ def test_lan_session_create_and_join(qtbot, tmp_path):
     assert any("starting from lan.safetensors" in line for line in bob_log), bob_log
     # Both pushes of round 1 (deltas against the starting model) were read and averaged.
     assert alice.session.server.host_client.global_contributors == 2
+    # The hosting window hears of joins from its session's host connection.
+    alice_log = alice.training_page.event_log.lines
+    assert any(line.endswith("  Bob joined") for line in alice_log), alice_log
+    assert not any(line.endswith("  Alice joined") for line in alice_log), alice_log
