@@ -10,7 +10,6 @@ Two windows in one QApplication against a real relay, driven through widgets.
 
 from __future__ import annotations
 
-import os
 import threading
 
 import pytest
@@ -68,10 +67,6 @@ def _choose_in_dialog(monkeypatch, qtbot, window, path) -> None:
     click(qtbot, window.training_page.start_from_button)
 
 
-@pytest.mark.skipif(
-    os.environ.get("SANITIZED_BUILD") == "1",
-    reason="torch training under ASan takes minutes; the relay's C code is covered elsewhere",
-)
 def test_every_member_starts_from_the_hosts_saved_model(
     qtbot, relay, tmp_path, monkeypatch, first_weights
 ):
