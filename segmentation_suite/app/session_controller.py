@@ -22,6 +22,8 @@ from qtpy.QtCore import QObject, QTimer, Signal
 
 from ..network import AggregationServer, HostClient, SyncClient
 from ..network.session import looks_like_session_code, parse_lan_address
+from ..training import session_plan
+from ..training.session_plan import OPT_IN, OPT_OUT, PLAN, REMOVED, STOP
 from .validators import is_complete_room_code
 
 log = logging.getLogger(__name__)
@@ -30,9 +32,9 @@ IDLE, CONNECTING, CONNECTED, RECONNECTING = "idle", "connecting", "connected", "
 #: How often the state is compared with the client's (milliseconds).
 STATE_POLL_MS = 250
 
-# The control messages of the app's sessions (SyncClient.send_control): the host's plan and
-# its stop, a member's opting out or back in, the host removing a member.
-PLAN, STOP, OPT_OUT, OPT_IN, REMOVED = "plan", "stop", "opt_out", "opt_in", "removed"
+# The control messages (the host's plan and its stop, a member's opting out or back in, the
+# host removing a member) have their home in training/session_plan.py, shared with the CLI.
+__all__ = ["OPT_IN", "OPT_OUT", "PLAN", "REMOVED", "STOP", "SessionController", "unique_names"]
 
 
 def unique_names(users: list[dict]) -> dict[str, str]:
@@ -75,6 +77,7 @@ class SessionController(QObject):
         self.names: dict[str, str] = {}  # user id -> unique display name (current and past)
         self.opted_out: set[str] = set()  # host: members who do not follow the plan
         self.active_plan: dict | None = None  # host: the plan being run (sent to late joiners)
+        self.plan_seen = False  # member: the host sent a plan (an original host never does)
         self._timer = QTimer(self)
         self._timer.setInterval(STATE_POLL_MS)
         self._timer.timeout.connect(self._check_state)
@@ -109,6 +112,7 @@ class SessionController(QObject):
                 return
             self.session_label = address
             client = self._new_client(self._host_client_factory, "lan", keep_server=True)
+            self._listen_as_lan_host(server)
             client.connect_to_local_server(server.port or port, name)
 
         server.error.connect(lambda text: self._server_error(server, text))
@@ -152,11 +156,27 @@ class SessionController(QObject):
         return self.client is not None and self.client.is_host
 
     @property
+    def host_connection(self):
+        """Where the host's plan, stop and starting model go out: the relay room's host
+        client, or (hosting a LAN session) the session's own host connection, whose messages
+        reach every member (members of a LAN session talk to that connection only). None
+        when this window is not the host."""
+        if self.server is not None and self.mode == "lan":
+            return self.server.host_client
+        return self.client if self.is_host else None
+
+    @property
     def sets_own_plan(self) -> bool:
-        """Whether this window starts rounds itself: the host of a relay room, and everyone
-        in a LAN session (its hub lets members talk to the hub only, so no plan reaches
-        them: each member presses Start, with the same plan)."""
-        return self.is_host or (self.mode == "lan" and self.state != IDLE)
+        """Whether this window starts rounds itself: the host (of a relay room or a LAN
+        session), and a member of the original app's LAN session, whose host sends no plan
+        (each member presses Start, with the same plan). Ours is told by its welcome, which
+        names the relay it runs on (the client's capabilities)."""
+        if self.state == IDLE or self.client is None:
+            return False
+        if self.host_connection is not None:
+            return True
+        original_lan_host = getattr(self.client, "capabilities", None) is None
+        return self.mode == "lan" and original_lan_host and not self.plan_seen
 
     @property
     def position(self) -> int:
@@ -193,21 +213,31 @@ class SessionController(QObject):
     def send_plan(self, plan: dict, to: list[str] | None = None) -> None:
         """Host: tells the room (or the members in `to`) the plan it starts; `active_plan`
         is sent again to whoever joins while it runs."""
-        if self.client is not None and self.client.is_host:
-            self.client.send_control({"kind": PLAN, "plan": plan}, to)
+        host = self.host_connection
+        if host is not None:
+            host.send_control(session_plan.plan_control(plan), to)
+
+    def publish_starting_model(self, weights: dict, plan: dict) -> dict:
+        """Host: the saved model `plan` starts from, to every member as the global model of
+        the round before its first; returns what they hold (ValueError if it did not go)."""
+        host = self.host_connection
+        if host is None:
+            raise ValueError("only the host sends a starting model")
+        return session_plan.publish_starting_model(host, weights, plan)
 
     def send_stop(self) -> None:
-        if self.client is not None and self.client.is_host:
-            self.client.send_control({"kind": STOP})
+        host = self.host_connection
+        if host is not None:
+            host.send_control({"kind": STOP})
 
     def remove_member(self, user_id: str) -> None:
         """Host: the member is told to leave (our app obeys) and, whatever it does, its
         pushes are no longer awaited or averaged."""
-        client = self.client
-        if client is None or not client.is_host or user_id == client.user_id:
+        client, host = self.client, self.host_connection
+        if client is None or host is None or user_id in (client.user_id, host.user_id):
             return
-        client.exclude_member(user_id)
-        client.send_control({"kind": REMOVED}, [user_id])
+        host.exclude_member(user_id)
+        host.send_control({"kind": REMOVED}, [user_id])
         self.log_event(f"You removed {self.name_of(user_id)} from the session")
 
     def set_following(self, following: bool) -> None:
@@ -246,9 +276,25 @@ class SessionController(QObject):
         client.verification_code.connect(mine(self._on_verification))
         return client
 
+    def _listen_as_lan_host(self, server: AggregationServer) -> None:
+        """Hosting a LAN session: the members' opt-outs reach the session's host connection,
+        and late joiners appear there (a LAN member hears of nobody joining)."""
+        host = server.host_client
+        if host is None:
+            return
+
+        def mine(handler):
+            return lambda *args: handler(*args) if server is self.server else None
+
+        host.control_received.connect(
+            mine(lambda sender, control: self._host_control(host, sender, control))
+        )
+        host.user_joined_room.connect(mine(lambda name: self._send_plan_to_newcomer(host, name)))
+
     def _drop_session(self, keep_server: bool = False) -> None:
         client, self.client = self.client, None
         self.active_plan = None
+        self.plan_seen = False
         self.opted_out.clear()
         if client is not None:
             client.disconnect()
@@ -314,10 +360,25 @@ class SessionController(QObject):
         joined = [u for u in users if (u.get("display_name") or u.get("user_id")) == display_name]
         user_id = joined[-1].get("user_id", "") if joined else ""
         self.log_event(f"{self.names.get(user_id, display_name)} joined")
-        if self.is_host and self.active_plan is not None and user_id:
-            # A late joiner follows the plan from the round under way, with the global model.
-            current = self.client.aggregation_round + 1
-            self.send_plan(dict(self.active_plan, late=True, current_round=current), [user_id])
+        if self.is_host:
+            self._send_plan_to_newcomer(self.client, display_name)
+
+    def _send_plan_to_newcomer(self, host, display_name: str) -> None:
+        """A late joiner follows the plan from the round under way, with the global model."""
+        joined = [
+            u for u in host.users if (u.get("display_name") or u.get("user_id")) == display_name
+        ]
+        user_id = joined[-1].get("user_id", "") if joined else ""
+        client = self.client
+        if not user_id or client is None or user_id == client.user_id:
+            return
+        if self.mode == "lan":  # the relay tells only the LAN session's host of joins
+            self.log_event(f"{display_name} joined")
+        if self.active_plan is None:
+            return
+        current = min(client.aggregation_round + 1, self.active_plan["last_round"])
+        current = max(current, self.active_plan["first_round"])
+        self.send_plan(dict(self.active_plan, late=True, current_round=current), [user_id])
 
     def _on_user_left(self, display_name: str) -> None:
         present = {u.get("user_id") for u in self.participants}
@@ -327,6 +388,20 @@ class SessionController(QObject):
             if uid not in present and name.split(" (")[0] == display_name
         ]
         self.log_event(f"{self.names.get(gone[-1], display_name) if gone else display_name} left")
+
+    def _host_control(self, host, sender: str, control: dict) -> None:
+        """Host: a member opts out of the plan or back in."""
+        kind = control.get("kind")
+        if kind not in (OPT_OUT, OPT_IN) or not sender or sender == host.user_id:
+            return
+        out = kind == OPT_OUT
+        (self.opted_out.add if out else self.opted_out.discard)(sender)
+        host.exclude_member(sender, out)
+        self.participants_changed.emit(self.participants)  # "(opted out)" shows
+        self.log_event(
+            f"{self.name_of(sender)} "
+            + ("opted out of the plan" if out else "follows the plan again")
+        )
 
     def _on_verification(self, peer: str, digits: str) -> None:
         # Private room: an optional check by voice; both sides see the same six digits.
@@ -363,14 +438,20 @@ class SessionController(QObject):
             self.log_event(f"{self.name_of(user_id)} pushed weights{which}")
 
     def _on_round_complete(self, round_number: int, contributors: list) -> None:
+        if not contributors:  # a round closes with pushes: this is a starting model
+            return  # (session_plan.publish_starting_model; the Training page logs it)
         self.round_completed.emit(round_number, list(contributors))
         who = ", ".join(self.name_of(uid) for uid in contributors) or "nobody"
         self.log_event(f"Round {round_number} closed: averaged {who}")
 
     def _on_global_model(self, weights: dict) -> None:
         client = self.client
-        if client is not None and not client.is_host:
+        if client is None or client.is_host:
+            return
+        if client.aggregation_round != 0:
             self.log_event(f"Round {client.aggregation_round}: global model received")
+        elif self.server is None:  # a LAN host logged sending it
+            self.log_event("Received the host's starting model")
 
     def _on_control(self, sender: str, control: dict) -> None:
         client = self.client
@@ -378,20 +459,20 @@ class SessionController(QObject):
             return
         kind = control.get("kind")
         if client.is_host:
-            if kind in (OPT_OUT, OPT_IN) and sender:
-                out = kind == OPT_OUT
-                (self.opted_out.add if out else self.opted_out.discard)(sender)
-                client.exclude_member(sender, out)
-                self.participants_changed.emit(self.participants)  # "(opted out)" shows
-                self.log_event(
-                    f"{self.name_of(sender)} "
-                    + ("opted out of the plan" if out else "follows the plan again")
-                )
+            self._host_control(client, sender, control)
             return
         if sender != client.host_id:
             return  # only the host runs the session
-        if kind == PLAN and isinstance(control.get("plan"), dict):
-            self.plan_received.emit(dict(control["plan"]))
+        if kind == PLAN:
+            if self.server is not None:
+                return  # hosting a LAN session: our own plan, back from its host connection
+            try:
+                plan = session_plan.received_plan(control)
+            except session_plan.InvalidPlan as exc:
+                self.log_event(f"The host's plan cannot be followed: {exc}")
+                return
+            self.plan_seen = True
+            self.plan_received.emit(plan)
         elif kind == STOP:
             self.log_event("The host stopped the rounds")
             self.stop_requested.emit()

@@ -55,7 +55,7 @@ class SetupPage(QWidget):
         layout.addWidget(self.error_label)
         layout.addWidget(QLabel("Session events:"))
         self.event_log = EventLog(session)
-        self.event_log.setMinimumHeight(90)
+        self.event_log.setMinimumHeight(50)  # grows with the window (stretch)
         layout.addWidget(self.event_log, 1)
 
         session.state_changed.connect(self._on_state)
@@ -116,9 +116,10 @@ class SetupPage(QWidget):
         form.addRow(self.port_row_label, self.port_spin)
 
         self.legacy_weights_check = QCheckBox("Accept weights from the original app")
+        # One line: the page's wrapped lines take more height than its layout reserves.
         why = (
-            "Colleagues still on the original app send weights as a Python pickle, which could "
-            "run code on this computer: tick this only for colleagues you trust."
+            "The original app's weights are a Python pickle, which could run code on this "
+            "computer: tick only for colleagues you trust"
         )
         self.legacy_weights_check.setToolTip(why)
         self.legacy_weights_check.toggled.connect(self._apply_legacy_weights_choice)

@@ -10,12 +10,13 @@ global model and trains from that round on. Rounds carry the session's numbers e
 
 from __future__ import annotations
 
-import secrets
+from pathlib import Path
 
 from qtpy.QtCore import QTimer, Signal
 from qtpy.QtWidgets import (
     QCheckBox,
     QDoubleSpinBox,
+    QFileDialog,
     QFormLayout,
     QGroupBox,
     QHBoxLayout,
@@ -27,6 +28,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from ..training import session_plan
 from ..training.settings import TRAINING_DEFAULTS
 from . import session_controller as states
 from .data_panel import DataPanel
@@ -64,6 +66,8 @@ class TrainingPage(QWidget):
         self._waiting_for_model = None  # member joining late: the plan waiting for weights
         self._connection_error = False
         self.checkpoint_folder = None  # where the last run kept its round models
+        self.starting_model = None  # host: the SavedModel a Start begins from (None: anew)
+        self._starting_weights = None  # relay host: what the members hold of it, once sent
 
         layout = QVBoxLayout(self)
         top = QHBoxLayout()
@@ -134,9 +138,28 @@ class TrainingPage(QWidget):
         form.addRow("Epochs per round:", self.epochs_spin)
         form.addRow("Learning rate:", self.learning_rate_spin)
         form.addRow("Data:", self.data_kind_label)
+        start_from = QHBoxLayout()
+        self.start_from_label = QLabel("a new model")
+        self.start_from_label.setWordWrap(True)
+        self.start_from_button = QPushButton("Start from a model…")
+        self.start_from_button.setToolTip(
+            "Host: begin the session from a saved model (.safetensors) instead of a new one; "
+            "every member starts round 1 from it"
+        )
+        self.start_from_button.clicked.connect(self._choose_starting_model)
+        self.start_anew_button = QPushButton("New model")
+        self.start_anew_button.setToolTip("Start from a new model again")
+        self.start_anew_button.clicked.connect(lambda: self.set_starting_model(None))
+        start_from.addWidget(self.start_from_label, 1)
+        start_from.addWidget(self.start_from_button)
+        start_from.addWidget(self.start_anew_button)
+        form.addRow("Start from:", start_from)
         buttons = QHBoxLayout()
         self.start_button = QPushButton("Start")
-        self.start_button.setToolTip("Host: train a new model from scratch, everyone follows")
+        self.start_button.setToolTip(
+            "Host: train the plan's rounds from a new model (or the one under Start from); "
+            "everyone follows"
+        )
         self.stop_button = QPushButton("Stop")
         self.resume_button = QPushButton("Resume")
         self.resume_button.setToolTip("Host: more rounds from the current weights")
@@ -172,8 +195,46 @@ class TrainingPage(QWidget):
             return
         self._start_as_host(fresh=False)
 
+    def _choose_starting_model(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(
+            self, "Start from a model", "", "Segmentation Suite models (*.safetensors)"
+        )
+        if path:
+            self.set_starting_model(path)
+
+    def set_starting_model(self, path: str | None) -> bool:
+        """Host: the saved model the next Start begins from (None: a new model). A file
+        that is not a model of the architecture the plan trains is refused in words."""
+        from ..training.model_file import ModelFileError, load_starting_model
+        from ..training.unet import ARCHITECTURE
+
+        if path is None:
+            self.starting_model = None
+            self.start_from_label.setText("a new model")
+            self._update_buttons()
+            return True
+        try:
+            saved = load_starting_model(path, ARCHITECTURE)
+        except ModelFileError as exc:
+            self.error_label.show_error(f"Cannot start from this model: {exc}", "Not usable")
+            return False
+        self.error_label.clear_error()
+        self.starting_model = saved
+        trained = saved.training  # what the file says of how it was trained, if anything
+        if trained.get("rounds"):
+            how = f" ({trained['rounds']} rounds)"
+        elif trained.get("epochs"):
+            how = f" ({trained['epochs']} epochs)"
+        else:
+            how = ""
+        self.start_from_label.setText(f"{Path(path).name}{how}")
+        self.start_from_label.setToolTip(str(path))
+        self.session.log_event(f"Next Start begins from the model {Path(path).name}")
+        self._update_buttons()
+        return True
+
     def stop_training(self) -> None:
-        if self.session.is_host:
+        if self.session.host_connection is not None:
             self.session.active_plan = None
             self.session.send_stop()
             self.session.log_event("You stopped the rounds")
@@ -198,21 +259,31 @@ class TrainingPage(QWidget):
         left = self._last_round - self._rounds_done - self._first_round + 1
         rounds = left if not fresh and left > 0 else self.rounds_spin.value()
         first = client.aggregation_round + 1
-        plan = {
-            "id": secrets.token_hex(4),
-            "first_round": first,
-            "last_round": first + rounds - 1,
-            "epochs_per_round": self.epochs_spin.value(),
-            "learning_rate": self.learning_rate_spin.value(),
-            "data": "folder" if self.data_panel.folder_radio.isChecked() else "synthetic",
-            "fresh": fresh,
-        }
+        starting = self.starting_model if fresh else None
+        plan = session_plan.new_plan(
+            first_round=first,
+            rounds=rounds,
+            epochs_per_round=self.epochs_spin.value(),
+            learning_rate=self.learning_rate_spin.value(),
+            data="folder" if self.data_panel.folder_radio.isChecked() else "synthetic",
+            fresh=fresh,
+            starts_from=starting.path.name if starting is not None else None,
+        )
+        self._starting_weights = None
+        if starting is not None:
+            # Sent before the plan, so that it is there when the members read the plan.
+            try:
+                held = self.session.publish_starting_model(starting.weights, plan)
+            except ValueError as exc:
+                self.error_label.show_error(f"Cannot send the starting model: {exc}", "Not sent")
+                return
+            self._starting_weights = held if client.is_host else None
+            self.session.log_event(
+                f"You sent the starting model {plan['starts_from']} to the members"
+            )
         self.session.active_plan = plan
         self.session.send_plan(plan)
-        self.session.log_event(
-            f"You started rounds {first}–{plan['last_round']} "
-            f"({plan['epochs_per_round']} epoch(s) each, learning rate {plan['learning_rate']:g})"
-        )
+        self.session.log_event(f"You started {session_plan.describe(plan)}")
         self._follow(plan)
 
     # --- following a plan (the host's own too) --------------------------------------------
@@ -222,7 +293,7 @@ class TrainingPage(QWidget):
         self._show_plan(plan)
         late = plan.get("late") and plan.get("current_round", 1) > plan.get("first_round", 1)
         self.session.log_event(
-            f"The host started rounds {plan.get('first_round')}–{plan.get('last_round')}"
+            f"The host started {session_plan.describe(plan)}"
             + (f"; you join at round {plan['current_round']}" if late else "")
         )
         if not self.follow_check.isChecked():
@@ -252,24 +323,30 @@ class TrainingPage(QWidget):
             self.load_data()
             return
         self._pending_plan = None
-        first = int(plan.get("current_round") or plan.get("first_round", 1))
+        first = session_plan.first_round_to_train(plan)
         if plan.get("fresh", True) and not plan.get("late"):
             self.trainer = None
             self.plot.clear()
             self.participant_table.clear_contributions()
         client = self.session.client
-        joins_late = plan.get("late") and first > int(plan.get("first_round", 1))
-        continues = not plan.get("fresh", True) and self.trainer is None
-        if (joins_late or continues) and client is not None and not client.is_host:
+        if client is not None and client.is_host:
+            # The relay room's host holds the starting model it sent (None: a new model).
+            starting = self._starting_weights if plan.get("starts_from") else None
+            self._launch(plan, first, initial_weights=starting)
+        elif client is not None and session_plan.needs_global_model(plan, self.trainer is not None):
             self._wait_for_global_model(plan, first)
-            return
-        self._launch(plan, first)
+        else:
+            self._launch(plan, first)
 
     def _wait_for_global_model(self, plan: dict, first: int) -> None:
         """Joining mid-session (or continuing without a model of one's own): the host's
         current global model, then the rounds from `first` on."""
         client = self.session.client
         if client is None:
+            return
+        if client.global_weights is not None and client.aggregation_round == first - 1:
+            # Already here: the starting model the host sent just before its plan.
+            self._launch(plan, first, initial_weights=client.global_weights)
             return
         self._waiting_for_model = plan
 
@@ -283,6 +360,11 @@ class TrainingPage(QWidget):
         def no_model() -> None:
             # No global model yet (or the host did not answer): train from scratch.
             if self._waiting_for_model is plan:
+                if plan.get("starts_from"):
+                    self.session.log_event(
+                        f"The host's starting model {plan['starts_from']} did not arrive; "
+                        "training from a new model"
+                    )
                 client.global_model_received.disconnect(arrived)
                 self._waiting_for_model = None
                 self._launch(plan, first)
@@ -290,9 +372,8 @@ class TrainingPage(QWidget):
         self._model_timer = QTimer(self)
         self._model_timer.setSingleShot(True)
         self._model_timer.timeout.connect(no_model)
-        self._model_timer.start(
-            GLOBAL_MODEL_WAIT_MS if client.aggregation_round or plan.get("late") else 0
-        )
+        wanted = client.aggregation_round or plan.get("late") or plan.get("starts_from")
+        self._model_timer.start(GLOBAL_MODEL_WAIT_MS if wanted else 0)
         client.global_model_received.connect(arrived)
         client.request_global_model()
         self.status_label.setText("Joining the session's rounds: fetching the global model…")
@@ -448,7 +529,7 @@ class TrainingPage(QWidget):
     def _on_finished(self, results) -> None:
         self._running = False
         self._report_checkpoints()
-        if self.session.is_host and self.session.active_plan is self.plan:
+        if self.session.host_connection is not None and self.session.active_plan is self.plan:
             self.session.active_plan = None
         if self._pending_plan is not None:
             plan, self._pending_plan = self._pending_plan, None
@@ -541,6 +622,7 @@ class TrainingPage(QWidget):
         self.epochs_spin.setValue(int(plan.get("epochs_per_round", 1)))
         self.learning_rate_spin.setValue(float(plan.get("learning_rate", 0.003)))
         self._show_data_kind(plan.get("data"))
+        self.start_from_label.setText(plan.get("starts_from") or "a new model")
 
     def _show_data_kind(self, kind: str | None = None) -> None:
         if kind is None:
@@ -567,6 +649,11 @@ class TrainingPage(QWidget):
         self.follow_check.setVisible(member)
         for widget in (self.rounds_spin, self.epochs_spin, self.learning_rate_spin):
             widget.setEnabled(not running and not member)
+        # A member sees where the host's plan starts (the label); choosing is the host's.
+        self.start_from_button.setVisible(not member)
+        self.start_from_button.setEnabled(not running)
+        self.start_anew_button.setVisible(self.starting_model is not None and not member)
+        self.start_anew_button.setEnabled(not running)
         self.data_panel.setEnabled(not running)
         if not in_session:
             self.hint_label.setText("Create or join a session on the Session page to train.")

@@ -17,17 +17,22 @@ def build_trainer(data, args: argparse.Namespace):
         data, seed=args.seed, learning_rate=args.learning_rate, batch_size=args.batch_size
     )
     if getattr(args, "init", None):
-        saved = read_model(args.init)
-        if saved.architecture != trainer.architecture:
-            raise CommandError(
-                f"{args.init} holds a {saved.architecture} model; this command trains "
-                f"{trainer.architecture}"
-            )
+        saved = read_starting_model(args.init, trainer.architecture)
         try:
             trainer.load_state_dict(saved.weights)
         except ValueError as exc:
             raise CommandError(f"{args.init}: {exc}") from None
     return trainer
+
+
+def read_starting_model(path: str, architecture: str):
+    """--init FILE: a model file of `architecture`, or CommandError in words."""
+    from ..training.model_file import ModelFileError, load_starting_model
+
+    try:
+        return load_starting_model(path, architecture)
+    except ModelFileError as exc:
+        raise CommandError(str(exc)) from None
 
 
 def read_model(path: str):

@@ -17,6 +17,7 @@ from ..network.client import HostClient, SyncClient
 from ..network.protocol import ROOM_CODE_ALPHABET, ROOM_CODE_LENGTH
 from ..network.server import AggregationServer
 from ..network.session import parse_lan_address
+from ..training import session_plan
 from .options import CommandError
 
 CONNECT_TIMEOUT = 30.0
@@ -87,7 +88,11 @@ class RoomMember:
         self._leaving = False
         self.lost = threading.Event()
         self.report_errors = True  # print errors once in the room (as warnings, on stderr)
-        self._changed = threading.Event()  # members or architecture changed
+        self.plan: dict | None = None  # the host's plan, checked (training/session_plan.py)
+        self.followed_plan: dict | None = None  # the plan this member trains (None: its own)
+        self.invalid_plan = ""  # why the host's last plan cannot be followed
+        self.host_stopped = threading.Event()  # the host stopped the rounds
+        self._changed = threading.Event()  # members, architecture, plan or global changed
         client = self.client
         client.room_created.connect(self._on_entered)
         client.room_joined.connect(self._on_entered)
@@ -97,6 +102,8 @@ class RoomMember:
         client.user_joined_room.connect(self._on_joined)
         client.user_left_room.connect(self._on_left)
         client.architecture_received.connect(self._on_architecture)
+        client.control_received.connect(self._on_control)
+        client.global_model_received.connect(lambda _weights: self._changed.set())
         client.disconnected.connect(self._on_disconnected)
 
     @property
@@ -116,6 +123,14 @@ class RoomMember:
         first member), 2 for the first to join, ..."""
         ids = [u.get("user_id") for u in self.client.users]
         return ids.index(self.client.user_id) + 1 if self.client.user_id in ids else 1
+
+    @property
+    def host_connection(self):
+        """Host: where the plan and the starting model go out, to every member: the relay
+        room's host client, or the LAN session's own host connection."""
+        if self.server is not None:
+            return self.server.host_client
+        return self.client
 
     @property
     def others(self) -> list[dict]:
@@ -187,6 +202,30 @@ class RoomMember:
             self._changed.clear()
         return self.architecture
 
+    def wait_for_plan(self, timeout: float | None) -> dict | None:
+        """The host's plan, waiting up to `timeout` seconds (None: until it comes)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.plan is None and (deadline is None or time.monotonic() < deadline):
+            self._check_connection()
+            self._changed.wait(0.1)
+            self._changed.clear()
+        return self.plan
+
+    def wait_for_global_model(self, aggregation_round: int, timeout: float) -> dict | None:
+        """The host's global model of `aggregation_round` (or a later one): the one already
+        here, else asked for and waited for up to `timeout` seconds; None if it did not come."""
+        client = self.client
+        if client.global_weights is None or client.aggregation_round < aggregation_round:
+            client.request_global_model()
+        deadline = time.monotonic() + timeout
+        while client.global_weights is None or client.aggregation_round < aggregation_round:
+            self._check_connection()
+            if time.monotonic() > deadline:
+                return None
+            self._changed.wait(0.1)
+            self._changed.clear()
+        return client.global_weights
+
     def wait_for_others_to_leave(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
         while self.others and time.monotonic() < deadline and not self.lost.is_set():
@@ -218,6 +257,21 @@ class RoomMember:
 
     def _on_architecture(self, architecture: str) -> None:
         self.architecture = architecture
+        self._changed.set()
+
+    def _on_control(self, sender: str, control: dict) -> None:
+        if sender != self.client.host_id or self.client.is_host:
+            return  # only the host runs the session
+        if control.get("kind") == session_plan.STOP:
+            self.say("The host stopped the rounds")
+            self.host_stopped.set()
+        try:
+            plan = session_plan.received_plan(control)
+        except session_plan.InvalidPlan as exc:
+            self.invalid_plan = str(exc)
+            plan = None
+        if plan is not None:
+            self.plan = plan
         self._changed.set()
 
     def _on_disconnected(self) -> None:

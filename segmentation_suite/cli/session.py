@@ -21,6 +21,7 @@ from ..training.settings import TRAINING_DEFAULTS, microscope_for_position
 from .data import load_training_data
 from .model import Checkpoints, build_trainer, save_model, training_plan
 from .options import CommandError
+from .plan import follow_plan, host_plan, send_plan, starting_weights
 from .progress import TrainingView
 from .room import RoomMember, find_relay_url, parse_lan_session, parse_room_code
 
@@ -40,13 +41,9 @@ def run_create(args: argparse.Namespace, console: Console) -> int:
         console.print(room_code_panel(code))
         console.print(f"Share this code: {share_command(code, args, relay)}", markup=False)
         _wait_for_members(member, args, console)
-        from ..training.unet import ARCHITECTURE
-
         member.client.host_trains = True  # every round waits for the host's own push too
-        member.client.send_architecture(ARCHITECTURE)  # also the members' signal to start
-        console.print(f"Training {ARCHITECTURE} with {_names(member)}")
 
-    return _session(args, console, enter)
+    return _session(args, console, enter, host=True)
 
 
 def share_command(code: str, args: argparse.Namespace, relay=None) -> str:
@@ -85,7 +82,6 @@ def _host_lan_session(args: argparse.Namespace, console: Console):
         console.print(room_code_panel(address, title="LAN session", spaced=False))
         console.print(f"Share this address: {share_command(address, args)}", markup=False)
         _wait_for_members(member, args, console)
-        console.print(f"Training {ARCHITECTURE} with {_names(member)}")
 
     return enter
 
@@ -119,17 +115,26 @@ def run_join(args: argparse.Namespace, console: Console) -> int:
                 f"The host trains {architecture!r} but this version of segmentation-suite "
                 f"trains {ARCHITECTURE!r}: install the host's version"
             )
+        member.followed_plan = follow_plan(member, args, console)
 
     return _session(args, console, enter)
 
 
-def _session(args: argparse.Namespace, console: Console, enter, lan_host: bool = False) -> int:
+def _session(
+    args: argparse.Namespace, console: Console, enter, lan_host: bool = False, host: bool = False
+) -> int:
     """Reads the data (before connecting: a bad folder fails first; synthetic images without
     --member once in the room, whose place picks the microscope), enters the room with
-    `enter(member)`, trains the rounds and leaves; Ctrl-C leaves at any point."""
+    `enter(member)` (a member follows the host's plan there, which may change `args`), sends
+    the host's plan or takes the model it starts from, trains the rounds and leaves; Ctrl-C
+    leaves at any point."""
+    host = host or lan_host
+    args.first_round = 1
     by_position = args.synthetic and args.member is None
+    loaded_synthetic = None
     if not by_position:
         data, evaluation, dice_of = load_training_data(args, console)
+        loaded_synthetic = args.synthetic
     member = RoomMember(
         _printer(console),
         aggregation_timeout=args.round_timeout / 2,
@@ -139,10 +144,25 @@ def _session(args: argparse.Namespace, console: Console, enter, lan_host: bool =
     checkpoints = None
     try:
         enter(member)
-        if by_position:
-            args.member = microscope_for_position(member.position)
+        if args.synthetic and loaded_synthetic is not True:  # by place, or the plan's kind
+            if args.member is None:
+                args.member = microscope_for_position(member.position)
             data, evaluation, dice_of = load_training_data(args, console)
         trainer = build_trainer(data, args)
+        if host:
+            _start_rounds(member, trainer, args, console)
+        else:
+            weights = starting_weights(member, member.followed_plan, args.round_timeout)
+            if weights is not None:
+                trainer.load_state_dict(weights)
+                starts_from = member.followed_plan.get("starts_from")
+                console.print(
+                    f"Starting from the host's starting model {starts_from}"
+                    if starts_from
+                    else f"Starting from the global model of round {args.first_round - 1}",
+                    markup=False,
+                    highlight=False,
+                )
         plan = training_plan(args, data)
         checkpoints = Checkpoints(args, trainer, plan, console)
         view = _train_rounds(member, trainer, evaluation, args, console, checkpoints)
@@ -171,6 +191,17 @@ def _session(args: argparse.Namespace, console: Console, enter, lan_host: bool =
     return 0
 
 
+def _start_rounds(member: RoomMember, trainer, args, console: Console) -> None:
+    """Host: the plan (with --init, the starting model before it), then the architecture,
+    which is the members' signal to start (relay rooms; a LAN session's welcome carries it)."""
+    from ..training.unet import ARCHITECTURE
+
+    send_plan(member, trainer, host_plan(args), console)
+    if member.server is None:
+        member.client.send_architecture(ARCHITECTURE)
+    console.print(f"Training {ARCHITECTURE} with {_names(member)}")
+
+
 def room_code_panel(code: str, title: str = "room code", spaced: bool = True) -> Panel:
     """The code (or a LAN address) in bold, a code spaced out so that it reads aloud well."""
     big = Text("  ".join(code) if spaced else code, style="bold", justify="center")
@@ -193,6 +224,7 @@ def _train_rounds(
         epochs_per_round=args.epochs_per_round,
         round_timeout=args.round_timeout,
         evaluation=evaluation,
+        first_round=args.first_round,
     )
     stop, finished = threading.Event(), threading.Event()
     outcome: dict = {}
@@ -220,6 +252,8 @@ def _train_rounds(
             while not finished.wait(0.2):
                 if member.lost.is_set():
                     raise CommandError("Lost the connection to the relay; training stopped")
+                if member.host_stopped.is_set():
+                    break  # said by RoomMember; the rounds done so far are kept
     finally:
         stop.set()  # training stops after the current batch
         finished.wait(STOP_SECONDS)

@@ -1247,6 +1247,16 @@ class SyncClient(PrivateRoomMixin, MixedRoomMixin):
         # the host trains on from exactly what its members hold (global_weights stays exact)
         self.global_model_received.emit(canonical)
 
+    def publish_global_model(self, weights: dict, aggregation_round: int = 0) -> dict | None:
+        """Host: sends `weights` to every member as the global model of `aggregation_round`,
+        as a closed round's goes (a saved model a session starts from is round 0's; see
+        training/session_plan.py). Returns what the members hold (rounded as the wire
+        carries it), or None after reporting why it could not be sent."""
+        before = self._ledger.latest
+        self._on_round_complete(weights, aggregation_round, [])
+        latest = self._ledger.latest
+        return latest if latest is not None and latest is not before else None
+
     def trigger_aggregation(self) -> bool:
         """Host: closes the current round now with the pushes it has."""
         return self._round is not None and self._round.close_now()

@@ -139,6 +139,12 @@ class AggregationServer:
         return len(self._hub.members()) if self._hub is not None else 0
 
     @property
+    def host_client(self) -> SyncClient | None:
+        """The session host's own connection (the app and the CLI send their plan and
+        starting model through it: training/session_plan.py)."""
+        return self._hub
+
+    @property
     def global_weights(self) -> dict | None:
         return self._hub.global_weights if self._hub is not None else None
 

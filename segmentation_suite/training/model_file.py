@@ -146,6 +146,39 @@ def load_model(path: str | Path) -> SavedModel:
     return parse_model(data, source)
 
 
+def load_starting_model(path: str | Path, architecture: str) -> SavedModel:
+    """A model file a session or a run starts from (`--init FILE`, the app's "Start from a
+    model…"): ModelFileError in words unless it holds `architecture` (what the plan trains)
+    with every tensor of the right shape."""
+    saved = load_model(path)
+    if saved.architecture != architecture:
+        raise ModelFileError(
+            f"{path} holds a {saved.architecture} model; this session trains {architecture}: "
+            "choose a model saved by a session of this version"
+        )
+    from .unet import build_unet, parse_architecture
+
+    expected = build_unet(**parse_architecture(architecture)).state_dict()
+    missing = sorted(set(expected) - set(saved.weights))
+    extra = sorted(set(saved.weights) - set(expected))
+    misshapen = [
+        key
+        for key in expected
+        if key in saved.weights and tuple(saved.weights[key].shape) != tuple(expected[key].shape)
+    ]
+    if missing or extra or misshapen:
+        raise ModelFileError(
+            f"{path} says {architecture} but its tensors do not fit it (missing {missing[:3]}, "
+            f"unexpected {extra[:3]}, wrong shape {misshapen[:3]})"
+        )
+    # In the model's own order (safetensors stores them sorted by name): the id of a global
+    # model that members' deltas name follows the tensors' order (codec.reference_id), so a
+    # starting model sent in another order than the members' own weights would make their
+    # first pushes name a model the host does not keep.
+    saved.weights = {key: saved.weights[key] for key in expected}
+    return saved
+
+
 def parse_model(data: bytes, source: Path | None = None) -> SavedModel:
     """A model from the bytes of a model file (see load_model)."""
     name = str(source) if source is not None else "the model"

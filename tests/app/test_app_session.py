@@ -333,7 +333,7 @@ def test_run_opens_the_main_window_with_the_given_name_and_url(qapp, program):
     assert seen == {"count": 1, "name": "Carol", "url": "ws://127.0.0.1:9/ws"}
 
 
-def test_lan_session_create_and_join(qtbot):
+def test_lan_session_create_and_join(qtbot, tmp_path):
     """LAN mode: Create Session starts an AggregationServer here and joins it; the other
     window joins by address; both see both names."""
     with socket.socket() as probe:  # a free port for the session
@@ -353,18 +353,44 @@ def test_lan_session_create_and_join(qtbot):
     wait_for_members(qtbot, [alice, bob], ["Alice", "Bob"])
     assert bob.session.state == states.CONNECTED and alice.session.server.is_running
 
-    # A LAN session's hub lets members talk to it only, so no plan reaches the others: each
-    # window starts its own rounds (the same plan), and the hub averages them.
-    for window in (alice, bob):
-        use_tiny_synthetic_data(window, 0)
+    # The host's plan reaches LAN members as it reaches relay members: Alice presses Start
+    # once (from a saved model, which goes out through the session's host connection too),
+    # Bob's rounds follow.
+    for number, window in enumerate((alice, bob), start=1):
+        use_tiny_synthetic_data(window, number)
         window.show_page(1)
-        window.training_page.rounds_spin.setValue(1)
-        assert window.training_page.start_button.isEnabled()
-        assert not window.training_page.follow_check.isVisible()
-    click(qtbot, bob.training_page.start_button)
-    click(qtbot, alice.training_page.start_button)
+    page = alice.training_page
+    assert page.start_button.isEnabled() and not page.follow_check.isVisible()
+    assert not bob.training_page.start_button.isEnabled()
+    assert bob.training_page.follow_check.isVisible()
+    page.rounds_spin.setValue(1)
+    page.epochs_spin.setValue(2)
+    torch = pytest.importorskip("torch", reason="training needs torch (the train extra)")
+    from segmentation_suite.training.model_file import save_model
+    from segmentation_suite.training.unet import ARCHITECTURE, build_unet
+
+    start = tmp_path / "lan.safetensors"
+    torch.manual_seed(3)
+    save_model(start, build_unet().state_dict(), architecture=ARCHITECTURE)
+    assert page.set_starting_model(str(start))
+    click(qtbot, page.start_button)
 
     def round_done(window):
         return len(window.training_page.plot.global_dice_points) == 1
 
     qtbot.waitUntil(lambda: round_done(alice) and round_done(bob), timeout=60_000)
+    for window in (alice, bob):
+        training = window.training_page
+        assert training.error_label.message == ""
+        assert [x for x, _ in training.plot.loss_points] == [0.5, 1]  # the plan's 2 epochs
+    assert bob.training_page.epochs_spin.value() == 2  # the plan he followed, shown
+    assert bob.training_page.plan["starts_from"] == "lan.safetensors"
+    bob_log = bob.training_page.event_log.lines
+    assert any("Received the host's starting model" in line for line in bob_log), bob_log
+    assert any("starting from lan.safetensors" in line for line in bob_log), bob_log
+    # Both pushes of round 1 (deltas against the starting model) were read and averaged.
+    assert alice.session.server.host_client.global_contributors == 2
+    # The hosting window hears of joins from its session's host connection.
+    alice_log = alice.training_page.event_log.lines
+    assert any(line.endswith("  Bob joined") for line in alice_log), alice_log
+    assert not any(line.endswith("  Alice joined") for line in alice_log), alice_log

@@ -126,9 +126,11 @@ def test_lan_session_create_and_join_complete_a_round(cli):
     rounds = ["--synthetic", "--samples", "8", "--rounds", "2"]
     host = cli("create", "--lan", str(port), "--name", "Alice", *rounds, "--member", "1")
     host.wait_for(rf"join --lan (\S+):{port} --synthetic --rounds 2 --samples 8$", 60)
-    member = cli("join", "--lan", f"127.0.0.1:{port}", "--name", "Bob", *rounds)
+    # The member leaves out --rounds: the host's plan reaches LAN members too.
+    member = cli("join", "--lan", f"127.0.0.1:{port}", "--name", "Bob", *rounds[:3])
     member.wait_for(rf"^Joined the LAN session at 127.0.0.1:{port} with Alice, Bob$", 60)
     host.wait_for(r"^Bob joined the room$", 30)
+    member.wait_for(r"^Following the host's plan: rounds 1–2, 1 epoch\(s\) each, ", 60)
     for side in (host, member):
         assert side.wait(120) == 0, side.stdout + side.stderr
         for n in (1, 2):
