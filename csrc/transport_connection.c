@@ -12,6 +12,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <openssl/crypto.h>
+
 #include "transport.h"
 #include "transport_engine.h"
 #include "transport_service.h"
@@ -68,7 +70,8 @@ typedef struct {
     PyObject_HEAD unsigned char *data;
     Py_ssize_t size;
     size_t capacity;
-    PyObject *frame_header; /* bytes */
+    PyObject *frame_header;           /* bytes */
+    struct completed_transfer opened; /* private rooms: how it was opened (payload unused) */
 } TransferObject;
 
 static PyObject *transport_parse_frame_header(PyObject *module, PyObject *data);
@@ -96,11 +99,44 @@ static PyObject *transfer_get_header(TransferObject *self, void *unused)
     return transport_parse_frame_header(NULL, self->frame_header);
 }
 
+/* (offset, length, key epoch, digest or None) of the plaintext opened as it landed, or None. */
+static PyObject *transfer_get_opened(TransferObject *self, void *unused)
+{
+    (void)unused;
+    const struct completed_transfer *o = &self->opened;
+    if (o->opened != TRANSFER_OPENED)
+        Py_RETURN_NONE;
+    if (!o->has_digest)
+        return Py_BuildValue("(KKkO)", (unsigned long long)o->plaintext_offset,
+                             (unsigned long long)o->plaintext_size, (unsigned long)o->epoch,
+                             Py_None);
+    return Py_BuildValue("(KKky#)", (unsigned long long)o->plaintext_offset,
+                         (unsigned long long)o->plaintext_size, (unsigned long)o->epoch, o->digest,
+                         (Py_ssize_t)SEALED_DIGEST_BYTES);
+}
+
+static PyObject *transfer_get_open_error(TransferObject *self, void *unused)
+{
+    (void)unused;
+    if (self->opened.opened != TRANSFER_REFUSED)
+        Py_RETURN_NONE;
+    return PyUnicode_FromString(self->opened.open_error ? self->opened.open_error
+                                                        : "the transfer failed to open");
+}
+
 static PyBufferProcs transfer_as_buffer = {.bf_getbuffer = (getbufferproc)transfer_getbuffer};
 static PySequenceMethods transfer_as_sequence = {.sq_length = (lenfunc)transfer_length};
 static PyGetSetDef transfer_getset[] = {
     {"header", (getter)transfer_get_header, NULL,
      "FrameHeader of chunk 0: kind, transfer_id, sender, recipients, chunk_count, total_size",
+     NULL},
+    {"opened", (getter)transfer_get_opened, NULL,
+     "Private rooms (set_transfer_key): (offset, length, epoch, digest or None) of the plaintext "
+     "this buffer holds, opened segment by segment as it landed; None when it holds the bytes "
+     "as sent. The sender, replays and a global model's signature are still the caller's to check.",
+     NULL},
+    {"open_error", (getter)transfer_get_open_error, NULL,
+     "Why the transfer failed to open under the connection's key (its bytes wiped), or None.",
      NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
@@ -551,6 +587,7 @@ static PyObject *connection_recv(ConnectionObject *self, PyObject *args, PyObjec
         transfer->size = (Py_ssize_t)message->size;
         transfer->capacity = message->capacity;
         transfer->frame_header = header;
+        transfer->opened = message->opened;
         message->data = NULL; /* the Transfer owns it now */
         payload = (PyObject *)transfer;
     } else if (message->is_binary) {
@@ -576,6 +613,43 @@ static PyObject *connection_recv(ConnectionObject *self, PyObject *args, PyObjec
         return NULL;
     PyObject *result = Py_BuildValue("(ON)", is_binary ? Py_True : Py_False, payload);
     return result;
+}
+
+static PyObject *connection_set_transfer_key(ConnectionObject *self, PyObject *args,
+                                             PyObject *kwargs)
+{
+    static char *keywords[] = {"key", "room", "epoch", NULL};
+    Py_buffer key = {0};
+    const char *room = "";
+    Py_ssize_t room_len = 0;
+    unsigned long epoch = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "z*|s#k:set_transfer_key", keywords, &key, &room,
+                                     &room_len, &epoch))
+        return NULL;
+    struct transfer_key room_key;
+    memset(&room_key, 0, sizeof room_key);
+    if (key.buf) {
+        if (key.len != SEALED_KEY_BYTES || room_len < 1 || room_len > 255 || epoch > UINT32_MAX) {
+            PyBuffer_Release(&key);
+            return PyErr_Format(PyExc_ValueError,
+                                "set_transfer_key needs a %d-byte key, a room code of 1 to 255 "
+                                "bytes and a 32-bit epoch",
+                                SEALED_KEY_BYTES);
+        }
+        room_key.set = 1;
+        memcpy(room_key.key, key.buf, SEALED_KEY_BYTES);
+        memcpy(room_key.room, room, (size_t)room_len);
+        room_key.room_len = (size_t)room_len;
+        room_key.epoch = (uint32_t)epoch;
+        PyBuffer_Release(&key);
+    }
+    struct client_connection *conn = self->conn;
+    pthread_mutex_lock(&conn->lock);
+    conn->room_key = room_key;
+    conn->room_key_changed = 1;
+    pthread_mutex_unlock(&conn->lock);
+    OPENSSL_cleanse(&room_key, sizeof room_key);
+    Py_RETURN_NONE;
 }
 
 static int valid_close_code(int code)
@@ -727,6 +801,12 @@ static PyMethodDef connection_methods[] = {
     {"recv", (PyCFunction)(void (*)(void))connection_recv, METH_VARARGS | METH_KEYWORDS,
      "recv(timeout=None) -> (is_binary, data)\n--\n\nThe next message: (False, str) or (True, "
      "memoryview). Raises TimeoutError, or ConnectionClosed once closed and drained."},
+    {"set_transfer_key", (PyCFunction)(void (*)(void))connection_set_transfer_key,
+     METH_VARARGS | METH_KEYWORDS,
+     "set_transfer_key(key, room='', epoch=0) -> None\n--\n\nPrivate rooms, with "
+     "reassemble_transfers: transfers starting from now are opened with this group key (32 "
+     "bytes; room: the routing code; epoch: the key's) segment by segment as their chunks land, "
+     "so the decryption is the reassembly copy (see Transfer.opened). None: received as sent."},
     {"close", (PyCFunction)(void (*)(void))connection_close, METH_VARARGS | METH_KEYWORDS,
      "close(code=1000, reason='', timeout=5.0) -> None\n--\n\nCloses and waits for the closing "
      "handshake (at most `timeout`, then drops the socket)."},

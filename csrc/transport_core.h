@@ -66,6 +66,7 @@ struct received_message {
     int is_binary;
     unsigned char *frame_header; /* a whole transfer: chunk 0's header (else NULL); free() */
     size_t frame_header_size;
+    struct completed_transfer opened; /* a whole transfer: how it was opened (its key's) */
 };
 
 /* Frees a message and its memory (recv() hands the memory on instead). */
@@ -115,6 +116,8 @@ struct client_connection {
     int abort_requested;
     int resume_receiving;
     int receiving_paused;
+    struct transfer_key room_key; /* private rooms: the key set_transfer_key() gave */
+    int room_key_changed;         /* the service thread has not taken it yet */
 
     /* Service-thread only. */
     struct lws *wsi;

@@ -10,8 +10,11 @@ After 3 failed attempts the room admits nobody new until the host calls `reopen(
 Nothing here touches a socket: the caller sends each `Outgoing` with `to` as the directed
 recipients, feeds received control messages (with the relay's `sender_id`) to `handle`, sends
 what `seal_transfer` returns as a chunked transfer, and opens what arrives with a
-`transfer_opener` fed after each chunk (or `open_transfer` on a whole buffer). That keeps this
-layer apart from client.py, which can wire it in without knowing the cryptography.
+`transfer_opener` fed after each chunk (or `open_transfer` on a whole buffer). A connection
+that reassembles transfers in C is given the group key (`sync_connection`): it opens each
+segment as it lands, and `open_transfer` then only checks what the C side cannot (sender,
+replay, epoch, a global model's signature). That keeps this layer apart from client.py, which
+can wire it in without knowing the cryptography.
 """
 
 from __future__ import annotations
@@ -203,6 +206,21 @@ class SealedTransfers:
     group: GroupKey | None = None
     seen: set[tuple[str, int, int]] = field(default_factory=set)
     _spare: bytearray | None = None
+    _bound: tuple[object, int | None] | None = None  # (connection, epoch) last given the key
+
+    def sync_connection(self, connection) -> None:
+        """Gives `connection` (one that reassembles transfers in C) the current group key, so
+        it opens each transfer as its chunks land; a no-op when it has it already. Transfers
+        that started under another key arrive as sent and are opened here instead."""
+        epoch = self.group.epoch if self.group is not None else None
+        bound = self._bound
+        if bound is not None and bound[0] is connection and bound[1] == epoch:
+            return
+        set_key = getattr(connection, "set_transfer_key", None)
+        if set_key is None:
+            return
+        set_key(self.group.key if self.group is not None else None, self.room, epoch or 0)
+        self._bound = (connection, epoch)
 
     def _send_buffer(self, size: int) -> memoryview:
         # Fresh memory costs a page fault per page, more than the encryption itself: reuse the
@@ -244,9 +262,16 @@ class SealedTransfers:
     def open(
         self, sender: str, transfer_id: int, kind: int, data, host_key: bytes | None
     ) -> memoryview:
-        """A whole received transfer at once, decrypted in place in `data` (writable)."""
+        """A whole received transfer at once, decrypted in place in `data` (writable); or, when
+        the connection opened it as it landed (a `Transfer` with `opened` or `open_error`), its
+        plaintext once the checks left to do here pass."""
         if self.group is None:
             raise PrivateRoomError("no group key yet: the key exchange has not finished")
+        source = memoryview(data).obj
+        if getattr(source, "open_error", None) is not None:
+            raise PrivateRoomError(f"transfer {transfer_id} from {sender}: {source.open_error}")
+        if getattr(source, "opened", None) is not None:
+            return self._accept_opened(sender, transfer_id, data, source.opened, host_key)
         view = memoryview(data).cast("B")
         if view.readonly:
             raise PrivateRoomError("open_transfer decrypts in place: pass a writable buffer")
@@ -263,6 +288,39 @@ class SealedTransfers:
         opener = self.opener(sender, transfer_id, kind, len(view), host_key)
         opener.feed(view, len(view))
         return opener.finish(view)
+
+
+    def _accept_opened(
+        self, sender: str, transfer_id: int, data, opened: tuple, host_key: bytes | None
+    ) -> memoryview:
+        """A transfer the connection opened (authenticated and decrypted) under the key of
+        `opened`'s epoch: refused if that is not the current one, if it is a replay, or if a
+        global model's signature over its digest does not verify (its plaintext then wiped)."""
+        offset, length, epoch, digest = opened
+        what = f"transfer {transfer_id} from {sender}"
+        if epoch != self.group.epoch:
+            raise PrivateRoomError(
+                f"{what} is sealed under key epoch {epoch}, not the current "
+                f"{self.group.epoch}: refused"
+            )
+        replay = (sender, epoch, transfer_id)
+        if replay in self.seen:
+            raise PrivateRoomError(f"transfer {transfer_id} from {sender} was replayed: refused")
+        view = memoryview(data).cast("B")
+        plaintext = view[offset : offset + length]
+        if host_key is not None:
+            sealed_len = len(view) - SIGNATURE_BYTES
+            signature = bytes(view[sealed_len:])
+            try:
+                if digest is None or sealed_len < offset + length:
+                    raise ValueError("the transfer carries no signature")
+                message = _signed_message(self.room, epoch, transfer_id, digest)
+                crypto.sign_verify(host_key, message, signature)
+            except ValueError as error:
+                plaintext[:] = bytes(length)  # nothing of it may be applied
+                raise PrivateRoomError(f"global model from the host: {error}") from None
+        self.seen.add(replay)
+        return plaintext
 
 
 class PrivateRoomHost:
@@ -389,6 +447,10 @@ class PrivateRoomHost:
         self._transfers.seen.clear()  # old-epoch transfers are refused by their epoch now
         return [self._group_key_for(other) for other in self._wrap_keys]
 
+    def sync_connection(self, connection) -> None:
+        """See SealedTransfers.sync_connection."""
+        self._transfers.sync_connection(connection)
+
     def seal_transfer(self, payload, transfer_id: int, kind: int) -> memoryview:
         """The wire form of a transfer; a global model is also signed with the host's key."""
         sign = self._sign_secret if kind == FRAME_KIND_GLOBAL_MODEL else None
@@ -497,6 +559,10 @@ class PrivateRoomMember:
             self._transfers.group = GroupKey(epoch, key)
             self._transfers.seen.clear()  # old-epoch transfers are refused by their epoch now
         return []
+
+    def sync_connection(self, connection) -> None:
+        """See SealedTransfers.sync_connection."""
+        self._transfers.sync_connection(connection)
 
     def seal_transfer(self, payload, transfer_id: int, kind: int) -> memoryview:
         if kind == FRAME_KIND_GLOBAL_MODEL:
