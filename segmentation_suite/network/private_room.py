@@ -289,7 +289,6 @@ class SealedTransfers:
         opener.feed(view, len(view))
         return opener.finish(view)
 
-
     def _accept_opened(
         self, sender: str, transfer_id: int, data, opened: tuple, host_key: bytes | None
     ) -> memoryview:
