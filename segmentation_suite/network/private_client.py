@@ -181,7 +181,11 @@ class PrivateRoomMixin:
         if self._private_code is None or self.is_host:
             return False
         if resumed and self._private_member is not None:
-            return True  # back after a drop with the key we held
+            # Back after a drop with the key we held; h13: it may have been rotated while we
+            # were away, so the exchange runs again and the host sends the current one.
+            out = self._private_member.resume()
+            self._send_private(out.message, out.to)
+            return True
         if not self._relay_supports_private() or self._host_id is None:
             why = NEEDS_OUR_RELAY.format(url=self._url)
             if self._relay_supports_private():

@@ -389,7 +389,10 @@ class PrivateRoomHost:
         if kind == "pake_init":
             if member in self._pending:  # an abandoned attempt counts as a failed one
                 self._fail(member, "a new attempt replaced this one")
-            if self.failed_attempts + len(self._pending) >= MAX_FAILED_ATTEMPTS:
+            # A member that holds the key and runs the exchange again (back after a drop, see
+            # PrivateRoomMember.resume) is not new: a room closed to newcomers still answers it.
+            holder = member in self._wrap_keys
+            if not holder and self.failed_attempts + len(self._pending) >= MAX_FAILED_ATTEMPTS:
                 return [_control("pake_refused", member, reason=CLOSED)]
             session = crypto.CPaceSession(
                 "responder",
@@ -486,6 +489,9 @@ class PrivateRoomMember:
         self.host_id = host_id
         self._session: crypto.CPaceSession | None = None
         self._wrap_key: bytes | None = None
+        # The wrap key before a re-run exchange (resume): the host wraps under it until that
+        # exchange is confirmed, so a rotation crossing it still unwraps.
+        self._previous_wrap_key: bytes | None = None
         self._host_sign_key: bytes | None = None
         self.error: str | None = None
         self.verification: str | None = None
@@ -511,6 +517,30 @@ class PrivateRoomMember:
             b"member",
         )
         return _control("pake_init", self.host_id, cpace=_b64(self._session.start()))
+
+    def resume(self) -> Outgoing:
+        """Back in the room after a drop: the group key may have been rotated meanwhile (a
+        member left while this one could not be told). Runs the key exchange again; the host
+        answers with the current epoch's key. Until then the key held stays in use."""
+        self._previous_wrap_key = self._wrap_key
+        return self.start()
+
+    def _unwrap(self, epoch: int, wrapped: bytes) -> tuple[bytes, bytes]:
+        error = None
+        for wrap_key in (self._wrap_key, self._previous_wrap_key):
+            if wrap_key is None:
+                continue
+            try:
+                unwrapped = crypto.group_key_unwrap(
+                    wrap_key, self._code.routing, self.host_id, self.user_id, epoch, wrapped
+                )
+            except ValueError as exc:
+                error = error or exc
+                continue
+            if wrap_key is self._wrap_key:
+                self._previous_wrap_key = None  # the host confirmed the new one: the old is done
+            return unwrapped
+        raise PrivateRoomError(f"group_key: {error}")
 
     def handle(self, message: dict) -> list[Outgoing]:
         """One control message from the host. Failures set `error` to words for the user."""
@@ -538,20 +568,12 @@ class PrivateRoomMember:
             epoch = payload.get("epoch")
             if not isinstance(epoch, int) or not 0 <= epoch < 2**32:
                 raise PrivateRoomError("group_key: epoch must be an integer of 32 bits")
-            try:
-                key, sign_key = crypto.group_key_unwrap(
-                    self._wrap_key,
-                    self._code.routing,
-                    self.host_id,
-                    self.user_id,
-                    epoch,
-                    _unb64(payload, "wrapped"),
-                )
-            except ValueError as error:
-                raise PrivateRoomError(f"group_key: {error}") from None
+            key, sign_key = self._unwrap(epoch, _unb64(payload, "wrapped"))
             if self._host_sign_key not in (None, sign_key):
                 raise PrivateRoomError("group_key: the host's signing key changed: refused")
             current = self._transfers.group
+            if current is not None and (epoch, key) == (current.epoch, current.key):
+                return []  # the answer to a resume's exchange when nothing was rotated
             if current is not None and epoch <= current.epoch:
                 raise PrivateRoomError(f"group_key: epoch {epoch} is not newer: refused")
             self._host_sign_key = sign_key
