@@ -232,7 +232,7 @@ static void test_sealed_transfer_is_opened_as_it_lands(void **state)
     assert_int_equal(done.opened, TRANSFER_REFUSED);
     assert_non_null(done.open_error);
     for (size_t i = 0; i < total; i++)
-        assert_int_equal(done.payload[wire_size - total + i], 0);
+        assert_int_equal(done.payload[SEALED_DATA_OFFSET + i], 0);
     free(done.payload);
     free(done.header);
     sealed[wire_size - 10] ^= 1;
