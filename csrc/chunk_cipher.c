@@ -280,7 +280,7 @@ int sealed_sealer_seal_through(struct sealed_sealer *s, uint64_t wire_end, const
     struct seal_job jobs[2] = {{s, s->next, last, s->md, 0}, {s, 0, last, NULL, 0}};
     pthread_t helper;
     int helped = 0;
-    if (!s->md && (last - s->next) * s->segment_size >= SEAL_PARALLEL_SMALLEST) {
+    if (!s->md && !s->one_thread && (last - s->next) * s->segment_size >= SEAL_PARALLEL_SMALLEST) {
         jobs[0].last = jobs[1].first = s->next + (last - s->next) / 2;
         helped = pthread_create(&helper, NULL, seal_thread, &jobs[1]) == 0;
         if (!helped)

@@ -78,6 +78,7 @@ struct sealed_sealer {
     uint32_t segment_size;
     uint64_t count, next; /* segments [0, next) are sealed */
     void *md;             /* EVP_MD_CTX of the digest, or NULL */
+    int one_thread;       /* set after init: never a helper thread (see sealing_transfer.c) */
 };
 int sealed_sealer_init(struct sealed_sealer *sealer, const uint8_t key[SEALED_KEY_BYTES],
                        const struct sealed_context *ctx, enum sealed_algorithm algorithm,

@@ -14,6 +14,7 @@
 
 #include <openssl/crypto.h>
 
+#include "sealing_transfer.h"
 #include "transport.h"
 #include "transport_engine.h"
 #include "transport_service.h"
@@ -303,6 +304,50 @@ static void connection_dealloc(ConnectionObject *self)
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
+/* A transfer sealed while it is sent: seals chunk after chunk on this thread (GIL released)
+ * while the service thread sends the ones before. A cipher failure takes the request back and
+ * closes the connection: half a transfer is never completed with bytes that were not sealed. */
+static int seal_ahead(struct client_connection *conn, struct send_request *request)
+{
+    const struct chunk_plan *plan = request->plan;
+    const char *error = NULL;
+    int failed = 0;
+    PyThreadState *released = PyEval_SaveThread();
+    for (uint32_t chunk = 0; chunk < request->message_count && !failed; chunk++) {
+        uint64_t end = (uint64_t)(chunk + 1) * plan->payload_per_chunk;
+        failed = sealing_transfer_through(request->sealing, end, &error) != 0;
+        pthread_mutex_lock(&conn->lock);
+        if (failed && !request->finished) {
+            struct send_request **link = &conn->send_head, *previous = NULL;
+            while (*link && *link != request) {
+                previous = *link;
+                link = &(*link)->next;
+            }
+            if (*link) {
+                *link = request->next;
+                if (conn->send_tail == request)
+                    conn->send_tail = previous;
+            }
+            if (!conn->close_requested) {
+                conn->close_requested = 1;
+                conn->close_requested_code = LWS_CLOSE_STATUS_UNEXPECTED_CONDITION;
+                snprintf(conn->close_requested_reason, sizeof conn->close_requested_reason,
+                         "sealing failed");
+            }
+            request->finished = request->failed = 1;
+        } else if (!failed) {
+            request->messages_ready = chunk + 1;
+        }
+        pthread_mutex_unlock(&conn->lock);
+        service_notify(conn);
+    }
+    PyEval_RestoreThread(released);
+    if (failed)
+        PyErr_Format(PyExc_ValueError, "sealing the transfer failed: %s",
+                     error ? error : "the cipher failed");
+    return failed ? -1 : 0;
+}
+
 /* Queues `request`, waits until the service thread has handed all of it to lws, and undoes it
  * cleanly if a signal (Ctrl-C) interrupts the wait. */
 static PyObject *run_send(ConnectionObject *self, struct send_request *request)
@@ -327,6 +372,8 @@ static PyObject *run_send(ConnectionObject *self, struct send_request *request)
     }
     if (!accepted)
         return raise_closed(conn, "cannot send");
+    if (request->sealing && seal_ahead(conn, request) != 0)
+        return NULL;
 
     int waited = wait_until(conn, request_finished, request, -1);
     if (waited < 0) {
@@ -500,14 +547,23 @@ static PyObject *connection_send_chunked(ConnectionObject *self, PyObject *args,
     PyObject *result = NULL;
     Py_buffer view = {0};
     struct chunk_plan plan;
-    if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) < 0 ||
-        plan_chunks(&plan, kind, transfer_id, &ids, (uint64_t)view.len, chunk_size) < 0)
+    const unsigned char *bytes;
+    size_t size;
+    void *sealing = NULL;
+    if (sealing_transfer_view(data, &bytes, &size, &sealing)) {
+        view.buf = (void *)bytes; /* `data` (held by our caller) keeps it alive */
+        view.len = (Py_ssize_t)size;
+    } else if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) < 0) {
+        goto done;
+    }
+    if (plan_chunks(&plan, kind, transfer_id, &ids, (uint64_t)view.len, chunk_size) < 0)
         goto done;
     struct send_request request = {
         .payload = view.buf,
         .payload_size = (size_t)view.len,
         .plan = &plan,
         .message_count = plan.chunk_count,
+        .sealing = sealing,
     };
     result = run_send(self, &request);
     if (result) {

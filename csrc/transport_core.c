@@ -228,8 +228,8 @@ int connection_next_fragment(struct client_connection *conn, unsigned char *head
                              size_t capacity, struct outgoing_fragment *fragment)
 {
     struct send_request *request = conn->send_head;
-    if (!request)
-        return 0;
+    if (!request || (request->sealing && request->message_index >= request->messages_ready))
+        return 0; /* nothing, or the next chunk is not sealed yet (its sealer wakes us) */
     const struct chunk_plan *plan = request->plan;
     size_t header_size = plan ? plan->header_size : 0;
     size_t payload_size =

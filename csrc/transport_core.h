@@ -49,6 +49,11 @@ struct send_request {
     size_t payload_size;
     const struct chunk_plan *plan; /* NULL: one message carrying the payload as is */
     uint32_t message_count;
+    /* A private room's transfer sealed while it is sent (sealing_transfer.c): the sending
+     * thread seals chunk after chunk and raises messages_ready (under the lock); the service
+     * thread sends no chunk beyond it. */
+    void *sealing;
+    uint32_t messages_ready;
     /* progress, under the connection's lock */
     uint32_t message_index;
     size_t message_offset; /* bytes of the current message already handed to lws */

@@ -230,14 +230,28 @@ class SealedTransfers:
             self._spare = bytearray(size)
         return memoryview(self._spare)[:size]
 
-    def seal(self, payload, transfer_id: int, kind: int, sign_key: bytes | None) -> memoryview:
-        """The wire form of `payload`: encrypted straight from `payload` into the send buffer
-        (the encryption is the one copy). Valid until the caller drops it."""
+    def seal(self, payload, transfer_id: int, kind: int, sign_key: bytes | None):
+        """The wire form of `payload`, encrypted straight from `payload` into the send buffer
+        (the encryption is the one copy). Valid until the caller drops it. Unsigned, it is a
+        `SealingTransfer`: `send_chunked` seals each chunk just before it sends it, while the
+        one before is on the wire (viewing its bytes otherwise seals them all first). A signed
+        one (a global model) is sealed whole here: its signature covers every segment."""
         if self.group is None:
             raise PrivateRoomError("no group key yet: the key exchange has not finished")
         plaintext = memoryview(payload).cast("B")
         sealed_len = crypto.sealed_size(len(plaintext))
         sealed = self._send_buffer(sealed_len + (SIGNATURE_BYTES if sign_key else 0))
+        if not sign_key:
+            return crypto.seal_while_sending(
+                self.group.key,
+                self.room,
+                self.user_id,
+                transfer_id,
+                kind,
+                self.group.epoch,
+                plaintext,
+                sealed,
+            )
         digest = crypto.seal(
             self.group.key,
             self.room,
@@ -453,7 +467,7 @@ class PrivateRoomHost:
         """See SealedTransfers.sync_connection."""
         self._transfers.sync_connection(connection)
 
-    def seal_transfer(self, payload, transfer_id: int, kind: int) -> memoryview:
+    def seal_transfer(self, payload, transfer_id: int, kind: int):
         """The wire form of a transfer; a global model is also signed with the host's key."""
         sign = self._sign_secret if kind == FRAME_KIND_GLOBAL_MODEL else None
         return self._transfers.seal(payload, transfer_id, kind, sign)
@@ -585,7 +599,7 @@ class PrivateRoomMember:
         """See SealedTransfers.sync_connection."""
         self._transfers.sync_connection(connection)
 
-    def seal_transfer(self, payload, transfer_id: int, kind: int) -> memoryview:
+    def seal_transfer(self, payload, transfer_id: int, kind: int):
         if kind == FRAME_KIND_GLOBAL_MODEL:
             raise PrivateRoomError("only the host sends global models")
         return self._transfers.seal(payload, transfer_id, kind, None)
