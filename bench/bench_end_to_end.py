@@ -14,7 +14,8 @@ room per client kind) that stay open for the whole run. Methods:
 * ours-f32: the same with wire_dtype="float32" (lossless).
 * private: ours-f16 in a private room (docs/security.md): the encoded message is encrypted
   straight into the send buffer (AES-256-GCM or ChaCha20-Poly1305, per transfer key; the
-  encryption is the one copy); the receiver's connection holds the group key
+  encryption is the one copy), chunk by chunk while send_chunked sends the chunk before
+  (SealingTransfer); the receiver's connection holds the group key
   (Connection.set_transfer_key) and checks and decrypts each segment as it lands, straight from
   the socket's read into the reassembly buffer (the decryption is the reassembly copy), so only
   the last segment is opened after the last byte. The group key is set up out of band (the key
