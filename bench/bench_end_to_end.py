@@ -14,10 +14,12 @@ room per client kind) that stay open for the whole run. Methods:
 * ours-f32: the same with wire_dtype="float32" (lossless).
 * private: ours-f16 in a private room (docs/security.md): the encoded message is encrypted
   straight into the send buffer (AES-256-GCM or ChaCha20-Poly1305, per transfer key; the
-  encryption is the one copy), the receiver checks and decrypts each chunk's segments straight
-  from the received message into the reassembly buffer (the decryption is the reassembly
-  copy), before decoding. The group key is set up out
-  of band (the key exchange happens once per member, not per transfer). Not in the default
+  encryption is the one copy), chunk by chunk while send_chunked sends the chunk before
+  (SealingTransfer); the receiver's connection holds the group key
+  (Connection.set_transfer_key) and checks and decrypts each segment as it lands, straight from
+  the socket's read into the reassembly buffer (the decryption is the reassembly copy), so only
+  the last segment is opened after the last byte. The group key is set up out of band (the key
+  exchange happens once per member, not per transfer). Not in the default
   --methods; compare it with ours-f16 in the same run: --methods ours-f16,private.
 * moss: the original client's way on the `websockets` library (sync client): a weights_push
   JSON, then one binary message gzip(torch.save(float16 dict), level 1); the receiver
@@ -118,7 +120,7 @@ def ours_send(
 def ours_receive(conn: Any, deadline: float, transfers=None) -> tuple[dict, dict]:
     """Takes one transfer, reassembled in C into one aligned buffer (the connection is opened
     with reassemble_transfers), and decodes it into torch tensors; with `transfers` (private),
-    the sealed transfer is first opened in place in that buffer."""
+    the connection opened it as it landed and `open` checks the rest (replay, epoch)."""
     from segmentation_suite.network import transport
     from segmentation_suite.network.codec import decode_weights
 
@@ -282,6 +284,11 @@ def receiver_main(config: dict, barrier: Any, results: Any, pipe: Any) -> None:
             as_f16 = {k: v.half().float() if v.is_floating_point() else v for k, v in sent.items()}
             for method, run in schedule(config["methods"], config["runs"]):
                 gc.collect()
+                # As a client in a private room: the connection opens each segment as it lands.
+                if method == "private":
+                    ours.set_transfer_key(opener.group.key, PRIVATE_ROOM, opener.group.epoch)
+                else:
+                    ours.set_transfer_key(None)
                 barrier.wait(config["timeout"])
                 deadline = time.monotonic() + config["timeout"]
                 if method == "moss":

@@ -48,14 +48,20 @@ uint64_t sealed_segment_count(uint64_t length, uint32_t segment_size)
 
 uint64_t sealed_data_offset(uint64_t length, uint32_t segment_size)
 {
-    uint64_t end =
-        SEALED_HEADER_BYTES + sealed_segment_count(length, segment_size) * SEALED_TAG_BYTES;
-    return (end + 63) & ~(uint64_t)63;
+    (void)length;
+    (void)segment_size;
+    return SEALED_DATA_OFFSET;
+}
+
+uint64_t sealed_segment_offset(uint64_t index, uint32_t segment_size)
+{
+    return SEALED_DATA_OFFSET + index * ((uint64_t)segment_size + SEALED_TAG_BYTES);
 }
 
 uint64_t sealed_size(uint64_t length, uint32_t segment_size)
 {
-    return sealed_data_offset(length, segment_size) + length;
+    return SEALED_DATA_OFFSET + length +
+           sealed_segment_count(length, segment_size) * SEALED_TAG_BYTES;
 }
 
 static void put_le(uint8_t *out, uint64_t value, int bytes)
@@ -166,38 +172,35 @@ static int check_context(const struct sealed_context *ctx, const char **error)
     return 0;
 }
 
-/* One thread's share of a seal: segments [first, last). Each share has its own cipher context
- * and associated-data buffer; the tags and ciphertext it writes are disjoint from the others'. */
+/* One thread's share of a seal: segments [first, last), each written as its ciphertext and then
+ * its tag at its place in the sealed transfer. Each share has its own cipher context and
+ * associated-data buffer; what it writes is disjoint from the others'. */
 struct seal_job {
-    const EVP_CIPHER *cipher;
-    const uint8_t *subkey;
-    const uint8_t *ad; /* associated data without the segment index */
-    size_t ad_len;
-    const uint8_t *plaintext;
-    uint8_t *out, *tags;
-    uint64_t length, first, last;
-    uint32_t segment_size;
+    const struct sealed_sealer *sealer;
+    uint64_t first, last;
     EVP_MD_CTX *md; /* digest of the ciphertext, only when one thread does every segment */
     int rc;
 };
 
 static int seal_range(struct seal_job *job)
 {
+    const struct sealed_sealer *s = job->sealer;
     uint8_t ad[AD_MAX];
-    memcpy(ad, job->ad, job->ad_len);
+    memcpy(ad, s->ad, s->ad_len);
     EVP_CIPHER_CTX *evp = EVP_CIPHER_CTX_new();
-    int rc = evp && EVP_CipherInit_ex(evp, job->cipher, NULL, job->subkey, NULL, 1) ? 0 : -1;
+    int rc = evp && EVP_CipherInit_ex(evp, s->cipher, NULL, s->subkey, NULL, 1) ? 0 : -1;
     for (uint64_t index = job->first; rc == 0 && index < job->last; index++) {
         uint8_t nonce[NONCE_BYTES] = {0};
-        uint64_t start = index * job->segment_size;
-        uint64_t left = job->length - start;
-        int size = (int)(left < job->segment_size ? left : job->segment_size);
+        uint64_t start = index * s->segment_size;
+        uint64_t left = s->length - start;
+        int size = (int)(left < s->segment_size ? left : s->segment_size);
+        uint8_t *out = s->sealed + sealed_segment_offset(index, s->segment_size);
         /* nonce = segment index: unique within the transfer, and the key is the transfer's */
         put_le(nonce, index, 8);
-        put_le(ad + job->ad_len, index, 8);
-        if (aead_segment(evp, 1, nonce, ad, job->ad_len + 8, job->plaintext + start,
-                         job->out + start, size, job->tags + index * SEALED_TAG_BYTES) != 0 ||
-            (job->md && size > 0 && !EVP_DigestUpdate(job->md, job->out + start, (size_t)size)))
+        put_le(ad + s->ad_len, index, 8);
+        if (aead_segment(evp, 1, nonce, ad, s->ad_len + 8, s->plaintext + start, out, size,
+                         out + size) != 0 ||
+            (job->md && size > 0 && !EVP_DigestUpdate(job->md, out, (size_t)size)))
             rc = -1;
     }
     EVP_CIPHER_CTX_free(evp);
@@ -211,29 +214,30 @@ static void *seal_thread(void *arg)
     return NULL;
 }
 
-/* Large transfers without a digest are sealed by two threads, each half of the segments: the
- * sender seals before its first byte leaves, so this time is on the critical path, and while it
- * runs the receiver and the relay have nothing to do (the machines this runs on have 2 or more
- * cores). A digest (global models) is one sequential hash, so those stay on one thread. */
+/* Large ranges without a digest are sealed by two threads, each half of the segments: a sender
+ * that seals before its first byte leaves has this time on the critical path while the relay
+ * and the receiver wait (the machines this runs on have 2 or more cores). A digest (global
+ * models) is one sequential hash, so those stay on one thread. */
 #define SEAL_PARALLEL_SMALLEST ((uint64_t)8 << 20)
 
-int sealed_seal(const uint8_t key[SEALED_KEY_BYTES], const struct sealed_context *ctx,
-                enum sealed_algorithm algorithm, uint32_t segment_size, const uint8_t *plaintext,
-                uint64_t length, uint8_t *sealed, uint8_t digest[SEALED_DIGEST_BYTES],
-                const char **error)
+int sealed_sealer_init(struct sealed_sealer *s, const uint8_t key[SEALED_KEY_BYTES],
+                       const struct sealed_context *ctx, enum sealed_algorithm algorithm,
+                       uint32_t segment_size, const uint8_t *plaintext, uint64_t length,
+                       uint8_t *sealed, int want_digest, const char **error)
 {
+    memset(s, 0, sizeof *s);
     if (check_context(ctx, error) != 0)
         return -1;
-    const EVP_CIPHER *cipher = cipher_of((uint8_t)algorithm);
-    if (cipher == NULL)
+    s->cipher = cipher_of((uint8_t)algorithm);
+    if (s->cipher == NULL)
         return fail(error, "algorithm must be 1 (AES-256-GCM) or 2 (ChaCha20-Poly1305)");
     if (segment_size == 0 || segment_size > SEALED_MAX_SEGMENT_SIZE)
         return fail(error, "segment size must be 1 byte to 1 GiB");
-    uint64_t offset = sealed_data_offset(length, segment_size);
-    uint8_t *out = sealed + offset;
-    if (plaintext != out && plaintext < out + length && out < plaintext + length)
-        return fail(error, "plaintext overlaps the sealed buffer other than exactly in place");
-    uint64_t count = sealed_segment_count(length, segment_size);
+    uint64_t total = sealed_size(length, segment_size);
+    if (plaintext < sealed + total && sealed < plaintext + length)
+        return fail(error, "plaintext overlaps the sealed buffer (tags go between segments: "
+                           "sealing is never in place)");
+    s->count = sealed_segment_count(length, segment_size);
     memcpy(sealed, SEALED_MAGIC, 4);
     sealed[4] = (uint8_t)algorithm;
     sealed[5] = sealed[6] = sealed[7] = 0;
@@ -241,44 +245,87 @@ int sealed_seal(const uint8_t key[SEALED_KEY_BYTES], const struct sealed_context
     put_le(sealed + 12, segment_size, 4);
     put_le(sealed + 16, length, 8);
     randombytes_buf(sealed + 24, SEALED_SALT_BYTES);
-    memset(sealed + SEALED_HEADER_BYTES + count * SEALED_TAG_BYTES, 0,
-           offset - SEALED_HEADER_BYTES - count * SEALED_TAG_BYTES);
-
-    uint8_t subkey[SEALED_KEY_BYTES], ad[AD_MAX];
-    size_t ad_len = build_ad(ad, sealed, ctx, count);
-    transfer_key(subkey, key, (uint8_t)algorithm, sealed + 24);
-    struct seal_job jobs[2];
-    for (int i = 0; i < 2; i++)
-        jobs[i] = (struct seal_job){
-            cipher, subkey, ad,    ad_len,       plaintext, out, sealed + SEALED_HEADER_BYTES,
-            length, 0,      count, segment_size, NULL,      0};
-    if (digest) {
-        jobs[0].md = EVP_MD_CTX_new();
-        if (jobs[0].md == NULL || !EVP_DigestInit_ex(jobs[0].md, EVP_sha256(), NULL) ||
-            !EVP_DigestUpdate(jobs[0].md, sealed, SEALED_HEADER_BYTES)) {
-            EVP_MD_CTX_free(jobs[0].md);
-            sodium_memzero(subkey, sizeof subkey);
+    memset(sealed + SEALED_HEADER_BYTES, 0, SEALED_DATA_OFFSET - SEALED_HEADER_BYTES);
+    s->ad_len = build_ad(s->ad, sealed, ctx, s->count);
+    transfer_key(s->subkey, key, (uint8_t)algorithm, sealed + 24);
+    s->plaintext = plaintext;
+    s->length = length;
+    s->sealed = sealed;
+    s->segment_size = segment_size;
+    if (want_digest) {
+        s->md = EVP_MD_CTX_new();
+        if (s->md == NULL || !EVP_DigestInit_ex(s->md, EVP_sha256(), NULL) ||
+            !EVP_DigestUpdate(s->md, sealed, SEALED_HEADER_BYTES)) {
+            sealed_sealer_free(s);
             return fail(error, "out of memory for the digest");
         }
     }
+    return 0;
+}
+
+uint64_t sealed_sealer_ready(const struct sealed_sealer *s)
+{
+    /* every byte before the next segment's is final */
+    return s->next == s->count ? sealed_size(s->length, s->segment_size)
+                               : sealed_segment_offset(s->next, s->segment_size);
+}
+
+int sealed_sealer_seal_through(struct sealed_sealer *s, uint64_t wire_end, const char **error)
+{
+    uint64_t last = s->next;
+    while (last < s->count && sealed_segment_offset(last, s->segment_size) < wire_end)
+        last++;
+    if (last == s->next)
+        return 0;
+    struct seal_job jobs[2] = {{s, s->next, last, s->md, 0}, {s, 0, last, NULL, 0}};
     pthread_t helper;
     int helped = 0;
-    if (!digest && length >= SEAL_PARALLEL_SMALLEST) {
-        jobs[0].last = jobs[1].first = count / 2;
+    if (!s->md && !s->one_thread && (last - s->next) * s->segment_size >= SEAL_PARALLEL_SMALLEST) {
+        jobs[0].last = jobs[1].first = s->next + (last - s->next) / 2;
         helped = pthread_create(&helper, NULL, seal_thread, &jobs[1]) == 0;
         if (!helped)
-            jobs[0].last = count; /* no thread: this one does it all */
+            jobs[0].last = last; /* no thread: this one does it all */
     }
     int rc = seal_range(&jobs[0]);
     if (helped) {
         pthread_join(helper, NULL);
         rc |= jobs[1].rc;
     }
-    if (rc == 0 && digest && !EVP_DigestFinal_ex(jobs[0].md, digest, NULL))
-        rc = -1;
-    EVP_MD_CTX_free(jobs[0].md);
-    sodium_memzero(subkey, sizeof subkey);
-    return rc == 0 ? 0 : fail(error, "the cipher failed");
+    if (rc != 0)
+        return fail(error, "the cipher failed");
+    s->next = last;
+    return 0;
+}
+
+int sealed_sealer_finish(struct sealed_sealer *s, uint8_t digest[SEALED_DIGEST_BYTES],
+                         const char **error)
+{
+    if (sealed_sealer_seal_through(s, UINT64_MAX, error) != 0)
+        return -1;
+    if (digest && (s->md == NULL || !EVP_DigestFinal_ex(s->md, digest, NULL)))
+        return fail(error, "no digest was asked for");
+    return 0;
+}
+
+void sealed_sealer_free(struct sealed_sealer *s)
+{
+    EVP_MD_CTX_free(s->md);
+    s->md = NULL;
+    sodium_memzero(s->subkey, sizeof s->subkey);
+}
+
+int sealed_seal(const uint8_t key[SEALED_KEY_BYTES], const struct sealed_context *ctx,
+                enum sealed_algorithm algorithm, uint32_t segment_size, const uint8_t *plaintext,
+                uint64_t length, uint8_t *sealed, uint8_t digest[SEALED_DIGEST_BYTES],
+                const char **error)
+{
+    struct sealed_sealer s;
+    if (sealed_sealer_init(&s, key, ctx, algorithm, segment_size, plaintext, length, sealed,
+                           digest != NULL, error) != 0)
+        return -1;
+    int rc = sealed_sealer_finish(&s, digest, error);
+    sealed_sealer_free(&s);
+    return rc;
 }
 
 int sealed_parse_header(struct sealed_header *header, const uint8_t *sealed, uint64_t sealed_len,
@@ -288,7 +335,7 @@ int sealed_parse_header(struct sealed_header *header, const uint8_t *sealed, uin
     if (sealed_len < SEALED_HEADER_BYTES)
         return fail(error, "sealed transfer shorter than its 40-byte header");
     if (memcmp(sealed, SEALED_MAGIC, 4) != 0)
-        return fail(error, "not a sealed transfer (no SSE1 magic): plaintext in a private room");
+        return fail(error, "not a sealed transfer (no SSE2 magic): plaintext in a private room");
     if (cipher_of(sealed[4]) == NULL)
         return fail(error, "sealed transfer names an unknown algorithm");
     if (sealed[5] || sealed[6] || sealed[7])
@@ -338,33 +385,28 @@ int sealed_opener_init(struct sealed_opener *opener, const uint8_t key[SEALED_KE
 static int opener_failed(struct sealed_opener *opener, uint8_t *sealed, const char **error,
                          const char *why)
 {
-    if (opener->keyed && sealed != NULL)
-        sodium_memzero(sealed + opener->data_offset, opener->header.plaintext_len);
+    if (opener->keyed && sealed != NULL) /* plaintext may be anywhere after the header */
+        sodium_memzero(sealed + SEALED_DATA_OFFSET, opener->sealed_len - SEALED_DATA_OFFSET);
     opener->state = -1;
     sodium_memzero(opener->group_key, SEALED_KEY_BYTES);
     return fail(error, why);
 }
 
-/* Reads header and tags once they are in: checks them and keys the cipher. */
+/* Reads the header and its padding once they are in: checks them and keys the cipher. */
 static int opener_start(struct sealed_opener *opener, const uint8_t *sealed, uint64_t available,
                         const char **error)
 {
-    if (available < SEALED_HEADER_BYTES)
+    if (available < SEALED_DATA_OFFSET)
         return 0;
     const char *why = NULL;
     if (sealed_parse_header(&opener->header, sealed, opener->sealed_len, &why) != 0)
         return opener_failed(opener, NULL, error, why);
     if (opener->header.epoch != opener->ctx.epoch)
         return opener_failed(opener, NULL, error, "sealed under another key epoch");
-    uint64_t count = opener->header.segment_count;
-    opener->data_offset =
-        sealed_data_offset(opener->header.plaintext_len, opener->header.segment_size);
-    if (available < opener->data_offset)
-        return 0;
-    uint64_t tags_end = SEALED_HEADER_BYTES + count * SEALED_TAG_BYTES;
-    for (uint64_t i = tags_end; i < opener->data_offset; i++)
+    for (uint64_t i = SEALED_HEADER_BYTES; i < SEALED_DATA_OFFSET; i++)
         if (sealed[i] != 0)
             return opener_failed(opener, NULL, error, "sealed transfer has non-zero padding");
+    opener->data_offset = SEALED_DATA_OFFSET;
     uint8_t subkey[SEALED_KEY_BYTES];
     transfer_key(subkey, opener->group_key, sealed[4], sealed + 24);
     int ok = EVP_CipherInit_ex(opener->evp, cipher_of(sealed[4]), NULL, subkey, NULL, 0);
@@ -372,7 +414,7 @@ static int opener_start(struct sealed_opener *opener, const uint8_t *sealed, uin
     if (!ok || (opener->md && (!EVP_DigestInit_ex(opener->md, EVP_sha256(), NULL) ||
                                !EVP_DigestUpdate(opener->md, sealed, SEALED_HEADER_BYTES))))
         return opener_failed(opener, NULL, error, "the cipher failed");
-    opener->ad_len = build_ad(opener->ad, sealed, &opener->ctx, count);
+    opener->ad_len = build_ad(opener->ad, sealed, &opener->ctx, opener->header.segment_count);
     opener->state = 1;
     opener->keyed = 1;
     return 0;
@@ -384,22 +426,26 @@ static uint64_t segment_bytes(const struct sealed_header *h, uint64_t index)
     return h->plaintext_len - start < h->segment_size ? h->plaintext_len - start : h->segment_size;
 }
 
-/* Checks and decrypts the next segment from `src` (its ciphertext, in the receive buffer or in
- * a received message) into its place in `sealed`. */
+/* Checks and decrypts the next segment from `src` (its ciphertext, followed by nothing in
+ * particular) with `tag` into its place in the plaintext, sealed + 64 + index * segment size. */
 static int open_next_segment(struct sealed_opener *opener, uint8_t *sealed, const uint8_t *src,
-                             const char **error)
+                             const uint8_t *tag, const char **error)
 {
     const struct sealed_header *h = &opener->header;
     uint64_t index = opener->next_segment;
     uint64_t size = segment_bytes(h, index);
-    uint8_t nonce[NONCE_BYTES] = {0};
+    uint8_t nonce[NONCE_BYTES] = {0}, tag_copy[SEALED_TAG_BYTES];
+    memcpy(tag_copy, tag, SEALED_TAG_BYTES); /* the plaintext may land over it */
     put_le(nonce, index, 8);
     put_le(opener->ad + opener->ad_len, index, 8);
     if (opener->md && size > 0 && !EVP_DigestUpdate(opener->md, src, (size_t)size))
         return opener_failed(opener, sealed, error, "the digest failed");
-    uint8_t *dst = sealed + opener->data_offset + index * h->segment_size;
-    int rc = aead_segment(opener->evp, 0, nonce, opener->ad, opener->ad_len + 8, src, dst,
-                          (int)size, sealed + SEALED_HEADER_BYTES + index * SEALED_TAG_BYTES);
+    uint8_t *dst = sealed + SEALED_DATA_OFFSET + index * h->segment_size;
+    /* In place at its wire position when the transfer was assembled whole, then moved down:
+     * EVP takes the same buffer or disjoint ones, never a shifted one. */
+    uint8_t *out = src == dst || src >= dst + size || src + size <= dst ? dst : (uint8_t *)src;
+    int rc = aead_segment(opener->evp, 0, nonce, opener->ad, opener->ad_len + 8, src, out,
+                          (int)size, tag_copy);
     if (rc == AEAD_FORGED)
         return opener_failed(opener, sealed, error,
                              "a segment failed authentication: the transfer was altered, "
@@ -407,13 +453,15 @@ static int open_next_segment(struct sealed_opener *opener, uint8_t *sealed, cons
                              "or sealed under another key");
     if (rc != 0)
         return opener_failed(opener, sealed, error, "the cipher failed");
+    if (out != dst)
+        memmove(dst, out, size);
     if (++opener->next_segment == h->segment_count)
         opener->state = 2;
     return 0;
 }
 
-/* Reads header and tags once `available` bytes are in; fails for good on a transfer that ends
- * before them. */
+/* Reads the header once `available` bytes are in; fails for good on a transfer that ends before
+ * it. */
 static int opener_begin(struct sealed_opener *opener, const uint8_t *sealed, uint64_t available,
                         const char **error)
 {
@@ -421,7 +469,7 @@ static int opener_begin(struct sealed_opener *opener, const uint8_t *sealed, uin
         return -1;
     if (opener->state == 0 && available == opener->sealed_len)
         return opener_failed(opener, NULL, error,
-                             "sealed transfer shorter than its header and tags (truncated?)");
+                             "sealed transfer shorter than its header (truncated?)");
     return 0;
 }
 
@@ -437,10 +485,11 @@ int sealed_opener_feed(struct sealed_opener *opener, uint8_t *sealed, uint64_t a
         return -1;
     const struct sealed_header *h = &opener->header;
     while (opener->state == 1) {
-        uint64_t start = opener->data_offset + opener->next_segment * h->segment_size;
-        if (start + segment_bytes(h, opener->next_segment) > available)
+        uint64_t start = sealed_segment_offset(opener->next_segment, h->segment_size);
+        uint64_t size = segment_bytes(h, opener->next_segment);
+        if (start + size + SEALED_TAG_BYTES > available)
             break;
-        if (open_next_segment(opener, sealed, sealed + start, error) != 0)
+        if (open_next_segment(opener, sealed, sealed + start, sealed + start + size, error) != 0)
             return -1;
     }
     return 0;
@@ -456,12 +505,11 @@ int sealed_opener_feed_from(struct sealed_opener *opener, uint8_t *sealed, const
         return opener_failed(opener, NULL, error, "more bytes than the transfer's size");
     const struct sealed_header *h = &opener->header;
     while (cursor < end) {
+        const uint8_t *here = piece + (cursor - opener->received);
         if (opener->state == 0) {
-            /* header, then tags and padding: copied, as they are needed from the buffer */
-            uint64_t want =
-                cursor < SEALED_HEADER_BYTES ? SEALED_HEADER_BYTES : opener->data_offset;
-            uint64_t stop = want < end ? want : end;
-            memcpy(sealed + cursor, piece + (cursor - opener->received), stop - cursor);
+            /* the header and its padding: copied, as they are read from the buffer */
+            uint64_t stop = SEALED_DATA_OFFSET < end ? SEALED_DATA_OFFSET : end;
+            memcpy(sealed + cursor, here, stop - cursor);
             cursor = stop;
             if (opener_begin(opener, sealed, cursor, error) != 0)
                 return -1;
@@ -469,27 +517,34 @@ int sealed_opener_feed_from(struct sealed_opener *opener, uint8_t *sealed, const
         }
         if (opener->state != 1)
             break;
-        uint64_t seg_start = opener->data_offset + opener->next_segment * h->segment_size;
-        uint64_t seg_end = seg_start + segment_bytes(h, opener->next_segment);
-        const uint8_t *here = piece + (cursor - opener->received);
+        uint64_t index = opener->next_segment;
+        uint64_t seg_start = sealed_segment_offset(index, h->segment_size);
+        uint64_t size = segment_bytes(h, index);
+        uint64_t tag_start = seg_start + size, seg_end = tag_start + SEALED_TAG_BYTES;
+        uint8_t *dst = sealed + SEALED_DATA_OFFSET + index * h->segment_size;
         if (cursor == seg_start && seg_end <= end) {
-            /* the whole segment is in this piece: decrypting it is the copy */
-            if (open_next_segment(opener, sealed, here, error) != 0)
+            /* the whole segment and its tag are in this piece: decrypting it is the copy */
+            if (open_next_segment(opener, sealed, here, here + size, error) != 0)
                 return -1;
             cursor = seg_end;
             continue;
         }
-        /* a segment cut by the piece's edge: gather it in the buffer, open it in place */
+        /* cut by the piece's edge: the ciphertext gathered where its plaintext goes, the tag
+         * aside, and opened in place once both are in */
         uint64_t stop = seg_end < end ? seg_end : end;
-        memcpy(sealed + cursor, here, stop - cursor);
-        cursor = stop;
-        if (cursor == seg_end && open_next_segment(opener, sealed, sealed + seg_start, error) != 0)
+        if (cursor < tag_start) {
+            uint64_t ct_stop = stop < tag_start ? stop : tag_start;
+            memcpy(dst + (cursor - seg_start), here, ct_stop - cursor);
+            here += ct_stop - cursor;
+            cursor = ct_stop;
+        }
+        if (cursor < stop) {
+            memcpy(opener->tag + (cursor - tag_start), here, stop - cursor);
+            cursor = stop;
+        }
+        if (cursor == seg_end && open_next_segment(opener, sealed, dst, opener->tag, error) != 0)
             return -1;
     }
-    /* An empty transfer's one segment has no bytes: it is complete once the tags are in. */
-    if (opener->state == 1 && h->plaintext_len == 0 &&
-        open_next_segment(opener, sealed, sealed + opener->data_offset, error) != 0)
-        return -1;
     opener->received = end;
     return 0;
 }

@@ -7,7 +7,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define SEALED_MAGIC "SSE1"
+#define SEALED_MAGIC "SSE2" /* 2: each tag after its segment (SSE1 had them all first) */
 #define SEALED_HEADER_BYTES 40
 #define SEALED_TAG_BYTES 16
 #define SEALED_SALT_BYTES 16
@@ -47,18 +47,51 @@ struct sealed_header {
 enum sealed_algorithm sealed_preferred_algorithm(void);
 
 /* Layout of a sealed transfer of `length` plaintext bytes in segments of `segment_size`:
- *   header (40) | one 16-byte tag per segment | zeros up to a multiple of 64 | ciphertext
- * Tags come first so that a receiver can check and decrypt each segment as soon as its bytes
- * arrive; the ciphertext starts 64-byte aligned so that a decoder can view it in place. */
+ *   header (40) | 24 zero bytes | for each segment: its ciphertext, then its 16-byte tag
+ * Each tag follows its segment so that a sender can send the first segments while it seals the
+ * next ones, and a receiver can check and decrypt each segment as soon as its bytes arrive.
+ * Opened, the plaintext lies contiguous from byte 64 of the buffer (64-byte aligned, so that a
+ * decoder can view it in place): the receiver decrypts each segment to its place there. */
+#define SEALED_DATA_OFFSET 64
 uint64_t sealed_segment_count(uint64_t length, uint32_t segment_size);
+/* Where the plaintext starts once opened: SEALED_DATA_OFFSET. */
 uint64_t sealed_data_offset(uint64_t length, uint32_t segment_size);
+/* Where segment `index` (its ciphertext, then its tag) starts in the sealed transfer. */
+uint64_t sealed_segment_offset(uint64_t index, uint32_t segment_size);
 uint64_t sealed_size(uint64_t length, uint32_t segment_size);
 
-/* Encrypts plaintext[0..length) into sealed (sealed_size bytes): header, tags and ciphertext.
- * `plaintext` may be sealed + sealed_data_offset (in place) or a separate buffer, in which case
- * the encryption is the one copy of the payload; partial overlap is refused. If `digest` is not
- * NULL it receives SHA-256(header || ciphertext), computed while each segment is still in cache
- * (what the host signs for a global model). Returns 0, or -1 with `error`. */
+/* Seals a transfer segment by segment, so that its first bytes can be sent while the rest is
+ * still being sealed. init writes the header; seal_through seals every segment that starts
+ * before `wire_end` (sealed_sealer_ready then says how many bytes are final); finish seals the
+ * rest and gives the digest, if one was asked for: SHA-256(header || ciphertext), computed while
+ * each segment is in cache (what the host signs for a global model). `plaintext` and `sealed`
+ * (sealed_size bytes) must not overlap and must stay valid until finish. Ranges of 8 MiB or
+ * more without a digest are sealed by two threads. Each returns 0, or -1 with `error`. */
+struct sealed_sealer {
+    const void *cipher; /* EVP_CIPHER */
+    uint8_t subkey[SEALED_KEY_BYTES];
+    uint8_t ad[SEALED_HEADER_BYTES + 8 + 1 + 1 + 255 + 1 + 255 + 8 + 8];
+    size_t ad_len;
+    const uint8_t *plaintext;
+    uint64_t length;
+    uint8_t *sealed;
+    uint32_t segment_size;
+    uint64_t count, next; /* segments [0, next) are sealed */
+    void *md;             /* EVP_MD_CTX of the digest, or NULL */
+    int one_thread;       /* set after init: never a helper thread (see sealing_transfer.c) */
+};
+int sealed_sealer_init(struct sealed_sealer *sealer, const uint8_t key[SEALED_KEY_BYTES],
+                       const struct sealed_context *ctx, enum sealed_algorithm algorithm,
+                       uint32_t segment_size, const uint8_t *plaintext, uint64_t length,
+                       uint8_t *sealed, int want_digest, const char **error);
+int sealed_sealer_seal_through(struct sealed_sealer *sealer, uint64_t wire_end, const char **error);
+uint64_t sealed_sealer_ready(const struct sealed_sealer *sealer);
+int sealed_sealer_finish(struct sealed_sealer *sealer, uint8_t digest[SEALED_DIGEST_BYTES],
+                         const char **error);
+/* Frees the digest context and wipes the transfer key; safe to call twice. */
+void sealed_sealer_free(struct sealed_sealer *sealer);
+
+/* All of a seal at once: init, finish, free. */
 int sealed_seal(const uint8_t key[SEALED_KEY_BYTES], const struct sealed_context *ctx,
                 enum sealed_algorithm algorithm, uint32_t segment_size, const uint8_t *plaintext,
                 uint64_t length, uint8_t *sealed, uint8_t digest[SEALED_DIGEST_BYTES],
@@ -79,7 +112,8 @@ struct sealed_opener {
     uint64_t sealed_len;
     struct sealed_header header;
     uint64_t data_offset, next_segment;
-    uint64_t received; /* bytes of the transfer fed so far */
+    uint64_t received;             /* bytes of the transfer fed so far */
+    uint8_t tag[SEALED_TAG_BYTES]; /* of a segment cut by a piece's edge, gathered */
     size_t ad_len;
     uint8_t ad[SEALED_HEADER_BYTES + 8 + 1 + 1 + 255 + 1 + 255 + 8 + 8];
     void *evp, *md; /* OpenSSL cipher and digest contexts */
@@ -92,14 +126,16 @@ int sealed_opener_init(struct sealed_opener *opener, const uint8_t key[SEALED_KE
                        const char **error);
 
 /* `sealed` holds the transfer's first `available` bytes (the same buffer every call). Decrypts
- * every segment now complete, in place. On any failure the whole ciphertext region is wiped
- * (EVP decrypts before it checks), the opener fails for good, and -1 is returned. */
+ * every segment now complete, in place, and moves its plaintext down to its place from byte 64
+ * on (over tags already used). On any failure everything after the header is wiped (EVP
+ * decrypts before it checks), the opener fails for good, and -1 is returned. */
 int sealed_opener_feed(struct sealed_opener *opener, uint8_t *sealed, uint64_t available,
                        const char **error);
 
 /* The same for a transfer that arrives as pieces (the payloads of its chunks, in order): each
- * piece's bytes end up at their place in `sealed`, segments wholly inside the piece decrypted
- * straight from it (the decryption is the reassembly copy), the others gathered first. */
+ * segment's plaintext ends up at its place in `sealed` (from byte 64 on), segments wholly
+ * inside the piece decrypted straight from it (the decryption is the reassembly copy), the
+ * others gathered first. */
 int sealed_opener_feed_from(struct sealed_opener *opener, uint8_t *sealed, const uint8_t *piece,
                             uint64_t piece_len, const char **error);
 

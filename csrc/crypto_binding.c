@@ -11,6 +11,7 @@
 #include "cpace.h"
 #include "cpace_session.h"
 #include "group_key.h"
+#include "sealing_transfer.h"
 
 static PyObject *CPaceMismatch; /* ValueError subclass: the secret parts differ */
 
@@ -774,7 +775,7 @@ int crypto_module_init(PyObject *module)
         return -1;
     if (PyModule_AddFunctions(module, crypto_methods) != 0)
         return -1;
-    if (PyType_Ready(&SealedOpenerType) != 0)
+    if (PyType_Ready(&SealedOpenerType) != 0 || sealing_transfer_init(module) != 0)
         return -1;
     Py_INCREF(&SealedOpenerType);
     if (PyModule_AddObject(module, "SealedOpener", (PyObject *)&SealedOpenerType) != 0) {

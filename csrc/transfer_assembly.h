@@ -1,12 +1,14 @@
 /* transfer_assembly.h — the receiving side of framing.c: the chunks of one (sender, transfer
  * id) written in place into one 64-byte-aligned buffer as they arrive, so a transfer reaches
- * Python as one buffer after one copy (socket to buffer). Sans-I/O: fed message bytes. */
+ * Python as one buffer after one copy (socket to buffer). In a private room that copy is the
+ * decryption (chunk_cipher.c): each segment is opened as it lands. Sans-I/O: fed message bytes. */
 #ifndef TRANSFER_ASSEMBLY_H
 #define TRANSFER_ASSEMBLY_H
 
 #include <stddef.h>
 #include <stdint.h>
 
+#include "chunk_cipher.h"
 #include "frame_header.h"
 
 /* Alignment of a transfer's payload: what the codec needs to view tensors in place. */
@@ -16,11 +18,35 @@
 
 struct transfer_in_progress;
 
+/* A private room's group key (docs/security.md): every transfer that starts while it is set is
+ * opened with it as its chunks land, the frame header's sender, transfer id and kind completing
+ * the associated data. A global model's last 64 bytes (the host's signature) are not sealed. */
+struct transfer_key {
+    int set;
+    uint8_t key[SEALED_KEY_BYTES];
+    uint8_t room[255];
+    size_t room_len;
+    uint32_t epoch;
+};
+
+enum transfer_opened {
+    TRANSFER_AS_RECEIVED = 0, /* no key, or not sealed under it (another epoch): bytes as sent */
+    TRANSFER_OPENED = 1,      /* plaintext at plaintext_offset; the caller still checks sender,
+                                 replay and a global model's signature */
+    TRANSFER_REFUSED = -1,    /* failed authentication: the ciphertext region is wiped */
+};
+
 struct completed_transfer {
     unsigned char *payload; /* aligned, `size` bytes; block_release() it with `capacity` */
     size_t size, capacity;
     unsigned char *header; /* chunk 0's frame header, `header_size` bytes; free() it */
     size_t header_size;
+    enum transfer_opened opened;
+    const char *open_error; /* TRANSFER_REFUSED: why (a static string) */
+    uint64_t plaintext_offset, plaintext_size;
+    uint32_t epoch; /* the key's, when opened */
+    int has_digest; /* a global model: SHA-256 of what the host signed */
+    uint8_t digest[SEALED_DIGEST_BYTES];
 };
 
 struct transfer_assembler {
@@ -28,6 +54,7 @@ struct transfer_assembler {
     size_t open_count;
     uint64_t max_transfer_size;
     uint64_t dropped; /* transfers given up: out of order, truncated, too large */
+    struct transfer_key key;
 
     /* The chunk (binary message) being received. */
     enum { CHUNK_HEADER, CHUNK_PAYLOAD, CHUNK_DROP } phase;
@@ -45,6 +72,11 @@ enum assembler_result {
 
 void transfer_assembler_init(struct transfer_assembler *assembler, uint64_t max_transfer_size);
 void transfer_assembler_free(struct transfer_assembler *assembler);
+
+/* The key transfers starting from now are opened with (NULL: none, received as sent). The
+ * transfers already under way keep the key they started with. */
+void transfer_assembler_set_key(struct transfer_assembler *assembler,
+                                const struct transfer_key *key);
 
 /* A binary message starts. */
 void transfer_assembler_start_message(struct transfer_assembler *assembler);

@@ -12,6 +12,9 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <openssl/crypto.h>
+
+#include "sealing_transfer.h"
 #include "transport.h"
 #include "transport_engine.h"
 #include "transport_service.h"
@@ -68,7 +71,8 @@ typedef struct {
     PyObject_HEAD unsigned char *data;
     Py_ssize_t size;
     size_t capacity;
-    PyObject *frame_header; /* bytes */
+    PyObject *frame_header;           /* bytes */
+    struct completed_transfer opened; /* private rooms: how it was opened (payload unused) */
 } TransferObject;
 
 static PyObject *transport_parse_frame_header(PyObject *module, PyObject *data);
@@ -96,11 +100,44 @@ static PyObject *transfer_get_header(TransferObject *self, void *unused)
     return transport_parse_frame_header(NULL, self->frame_header);
 }
 
+/* (offset, length, key epoch, digest or None) of the plaintext opened as it landed, or None. */
+static PyObject *transfer_get_opened(TransferObject *self, void *unused)
+{
+    (void)unused;
+    const struct completed_transfer *o = &self->opened;
+    if (o->opened != TRANSFER_OPENED)
+        Py_RETURN_NONE;
+    if (!o->has_digest)
+        return Py_BuildValue("(KKkO)", (unsigned long long)o->plaintext_offset,
+                             (unsigned long long)o->plaintext_size, (unsigned long)o->epoch,
+                             Py_None);
+    return Py_BuildValue("(KKky#)", (unsigned long long)o->plaintext_offset,
+                         (unsigned long long)o->plaintext_size, (unsigned long)o->epoch, o->digest,
+                         (Py_ssize_t)SEALED_DIGEST_BYTES);
+}
+
+static PyObject *transfer_get_open_error(TransferObject *self, void *unused)
+{
+    (void)unused;
+    if (self->opened.opened != TRANSFER_REFUSED)
+        Py_RETURN_NONE;
+    return PyUnicode_FromString(self->opened.open_error ? self->opened.open_error
+                                                        : "the transfer failed to open");
+}
+
 static PyBufferProcs transfer_as_buffer = {.bf_getbuffer = (getbufferproc)transfer_getbuffer};
 static PySequenceMethods transfer_as_sequence = {.sq_length = (lenfunc)transfer_length};
 static PyGetSetDef transfer_getset[] = {
     {"header", (getter)transfer_get_header, NULL,
      "FrameHeader of chunk 0: kind, transfer_id, sender, recipients, chunk_count, total_size",
+     NULL},
+    {"opened", (getter)transfer_get_opened, NULL,
+     "Private rooms (set_transfer_key): (offset, length, epoch, digest or None) of the plaintext "
+     "this buffer holds, opened segment by segment as it landed; None when it holds the bytes "
+     "as sent. The sender, replays and a global model's signature are still the caller's to check.",
+     NULL},
+    {"open_error", (getter)transfer_get_open_error, NULL,
+     "Why the transfer failed to open under the connection's key (its bytes wiped), or None.",
      NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
@@ -267,6 +304,50 @@ static void connection_dealloc(ConnectionObject *self)
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
+/* A transfer sealed while it is sent: seals chunk after chunk on this thread (GIL released)
+ * while the service thread sends the ones before. A cipher failure takes the request back and
+ * closes the connection: half a transfer is never completed with bytes that were not sealed. */
+static int seal_ahead(struct client_connection *conn, struct send_request *request)
+{
+    const struct chunk_plan *plan = request->plan;
+    const char *error = NULL;
+    int failed = 0;
+    PyThreadState *released = PyEval_SaveThread();
+    for (uint32_t chunk = 0; chunk < request->message_count && !failed; chunk++) {
+        uint64_t end = (uint64_t)(chunk + 1) * plan->payload_per_chunk;
+        failed = sealing_transfer_through(request->sealing, end, &error) != 0;
+        pthread_mutex_lock(&conn->lock);
+        if (failed && !request->finished) {
+            struct send_request **link = &conn->send_head, *previous = NULL;
+            while (*link && *link != request) {
+                previous = *link;
+                link = &(*link)->next;
+            }
+            if (*link) {
+                *link = request->next;
+                if (conn->send_tail == request)
+                    conn->send_tail = previous;
+            }
+            if (!conn->close_requested) {
+                conn->close_requested = 1;
+                conn->close_requested_code = LWS_CLOSE_STATUS_UNEXPECTED_CONDITION;
+                snprintf(conn->close_requested_reason, sizeof conn->close_requested_reason,
+                         "sealing failed");
+            }
+            request->finished = request->failed = 1;
+        } else if (!failed) {
+            request->messages_ready = chunk + 1;
+        }
+        pthread_mutex_unlock(&conn->lock);
+        service_notify(conn);
+    }
+    PyEval_RestoreThread(released);
+    if (failed)
+        PyErr_Format(PyExc_ValueError, "sealing the transfer failed: %s",
+                     error ? error : "the cipher failed");
+    return failed ? -1 : 0;
+}
+
 /* Queues `request`, waits until the service thread has handed all of it to lws, and undoes it
  * cleanly if a signal (Ctrl-C) interrupts the wait. */
 static PyObject *run_send(ConnectionObject *self, struct send_request *request)
@@ -291,6 +372,8 @@ static PyObject *run_send(ConnectionObject *self, struct send_request *request)
     }
     if (!accepted)
         return raise_closed(conn, "cannot send");
+    if (request->sealing && seal_ahead(conn, request) != 0)
+        return NULL;
 
     int waited = wait_until(conn, request_finished, request, -1);
     if (waited < 0) {
@@ -464,14 +547,23 @@ static PyObject *connection_send_chunked(ConnectionObject *self, PyObject *args,
     PyObject *result = NULL;
     Py_buffer view = {0};
     struct chunk_plan plan;
-    if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) < 0 ||
-        plan_chunks(&plan, kind, transfer_id, &ids, (uint64_t)view.len, chunk_size) < 0)
+    const unsigned char *bytes;
+    size_t size;
+    void *sealing = NULL;
+    if (sealing_transfer_view(data, &bytes, &size, &sealing)) {
+        view.buf = (void *)bytes; /* `data` (held by our caller) keeps it alive */
+        view.len = (Py_ssize_t)size;
+    } else if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) < 0) {
+        goto done;
+    }
+    if (plan_chunks(&plan, kind, transfer_id, &ids, (uint64_t)view.len, chunk_size) < 0)
         goto done;
     struct send_request request = {
         .payload = view.buf,
         .payload_size = (size_t)view.len,
         .plan = &plan,
         .message_count = plan.chunk_count,
+        .sealing = sealing,
     };
     result = run_send(self, &request);
     if (result) {
@@ -551,6 +643,7 @@ static PyObject *connection_recv(ConnectionObject *self, PyObject *args, PyObjec
         transfer->size = (Py_ssize_t)message->size;
         transfer->capacity = message->capacity;
         transfer->frame_header = header;
+        transfer->opened = message->opened;
         message->data = NULL; /* the Transfer owns it now */
         payload = (PyObject *)transfer;
     } else if (message->is_binary) {
@@ -576,6 +669,43 @@ static PyObject *connection_recv(ConnectionObject *self, PyObject *args, PyObjec
         return NULL;
     PyObject *result = Py_BuildValue("(ON)", is_binary ? Py_True : Py_False, payload);
     return result;
+}
+
+static PyObject *connection_set_transfer_key(ConnectionObject *self, PyObject *args,
+                                             PyObject *kwargs)
+{
+    static char *keywords[] = {"key", "room", "epoch", NULL};
+    Py_buffer key = {0};
+    const char *room = "";
+    Py_ssize_t room_len = 0;
+    unsigned long epoch = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "z*|s#k:set_transfer_key", keywords, &key, &room,
+                                     &room_len, &epoch))
+        return NULL;
+    struct transfer_key room_key;
+    memset(&room_key, 0, sizeof room_key);
+    if (key.buf) {
+        if (key.len != SEALED_KEY_BYTES || room_len < 1 || room_len > 255 || epoch > UINT32_MAX) {
+            PyBuffer_Release(&key);
+            return PyErr_Format(PyExc_ValueError,
+                                "set_transfer_key needs a %d-byte key, a room code of 1 to 255 "
+                                "bytes and a 32-bit epoch",
+                                SEALED_KEY_BYTES);
+        }
+        room_key.set = 1;
+        memcpy(room_key.key, key.buf, SEALED_KEY_BYTES);
+        memcpy(room_key.room, room, (size_t)room_len);
+        room_key.room_len = (size_t)room_len;
+        room_key.epoch = (uint32_t)epoch;
+        PyBuffer_Release(&key);
+    }
+    struct client_connection *conn = self->conn;
+    pthread_mutex_lock(&conn->lock);
+    conn->room_key = room_key;
+    conn->room_key_changed = 1;
+    pthread_mutex_unlock(&conn->lock);
+    OPENSSL_cleanse(&room_key, sizeof room_key);
+    Py_RETURN_NONE;
 }
 
 static int valid_close_code(int code)
@@ -727,6 +857,12 @@ static PyMethodDef connection_methods[] = {
     {"recv", (PyCFunction)(void (*)(void))connection_recv, METH_VARARGS | METH_KEYWORDS,
      "recv(timeout=None) -> (is_binary, data)\n--\n\nThe next message: (False, str) or (True, "
      "memoryview). Raises TimeoutError, or ConnectionClosed once closed and drained."},
+    {"set_transfer_key", (PyCFunction)(void (*)(void))connection_set_transfer_key,
+     METH_VARARGS | METH_KEYWORDS,
+     "set_transfer_key(key, room='', epoch=0) -> None\n--\n\nPrivate rooms, with "
+     "reassemble_transfers: transfers starting from now are opened with this group key (32 "
+     "bytes; room: the routing code; epoch: the key's) segment by segment as their chunks land, "
+     "so the decryption is the reassembly copy (see Transfer.opened). None: received as sent."},
     {"close", (PyCFunction)(void (*)(void))connection_close, METH_VARARGS | METH_KEYWORDS,
      "close(code=1000, reason='', timeout=5.0) -> None\n--\n\nCloses and waits for the closing "
      "handshake (at most `timeout`, then drops the socket)."},

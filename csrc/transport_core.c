@@ -9,6 +9,8 @@
 #include <string.h>
 #include <time.h>
 
+#include <openssl/crypto.h>
+
 #include "block_cache.h"
 #include "transport_core.h"
 #include "utf8.h"
@@ -56,6 +58,7 @@ void connection_release(struct client_connection *conn)
         received_message_free(m);
     }
     transfer_assembler_free(&conn->transfers);
+    OPENSSL_cleanse(&conn->room_key, sizeof conn->room_key);
     for (size_t i = 0; i < conn->header_count; i++) {
         free(conn->headers[i].name);
         free(conn->headers[i].value);
@@ -225,8 +228,8 @@ int connection_next_fragment(struct client_connection *conn, unsigned char *head
                              size_t capacity, struct outgoing_fragment *fragment)
 {
     struct send_request *request = conn->send_head;
-    if (!request)
-        return 0;
+    if (!request || (request->sealing && request->message_index >= request->messages_ready))
+        return 0; /* nothing, or the next chunk is not sealed yet (its sealer wakes us) */
     const struct chunk_plan *plan = request->plan;
     size_t header_size = plan ? plan->header_size : 0;
     size_t payload_size =
@@ -355,6 +358,18 @@ static enum receive_outcome append_to_message(struct client_connection *conn, co
     return queue_message(conn, message);
 }
 
+/* A key set from Python reaches the assembler between messages, so a transfer's chunks see one
+ * key (the transfer keeps the one its chunk 0 saw). */
+static void take_room_key(struct client_connection *conn)
+{
+    pthread_mutex_lock(&conn->lock);
+    if (conn->room_key_changed) {
+        transfer_assembler_set_key(&conn->transfers, &conn->room_key);
+        conn->room_key_changed = 0;
+    }
+    pthread_mutex_unlock(&conn->lock);
+}
+
 /* A framed chunk's bytes: into its transfer's buffer, or (no frame header after all) into an
  * ordinary message. */
 static enum receive_outcome receive_chunk(struct client_connection *conn, const void *data,
@@ -395,6 +410,8 @@ static enum receive_outcome receive_chunk(struct client_connection *conn, const 
     message->is_binary = 1;
     message->frame_header = done.header;
     message->frame_header_size = done.header_size;
+    message->opened = done;
+    message->opened.payload = message->opened.header = NULL; /* owned above */
     return queue_message(conn, message);
 }
 
@@ -408,8 +425,10 @@ enum receive_outcome connection_receive(struct client_connection *conn, const vo
         conn->message_to_transfers = at->binary && conn->reassemble_transfers;
         conn->assembling_size = 0;
         conn->assembling_binary = at->binary;
-        if (conn->message_to_transfers)
+        if (conn->message_to_transfers) {
             transfer_assembler_start_message(&conn->transfers);
+            take_room_key(conn);
+        }
     }
     size_t still_to_come = at->rest_of_frame;
     size_t needed = conn->message_bytes + length;

@@ -49,6 +49,11 @@ struct send_request {
     size_t payload_size;
     const struct chunk_plan *plan; /* NULL: one message carrying the payload as is */
     uint32_t message_count;
+    /* A private room's transfer sealed while it is sent (sealing_transfer.c): the sending
+     * thread seals chunk after chunk and raises messages_ready (under the lock); the service
+     * thread sends no chunk beyond it. */
+    void *sealing;
+    uint32_t messages_ready;
     /* progress, under the connection's lock */
     uint32_t message_index;
     size_t message_offset; /* bytes of the current message already handed to lws */
@@ -66,6 +71,7 @@ struct received_message {
     int is_binary;
     unsigned char *frame_header; /* a whole transfer: chunk 0's header (else NULL); free() */
     size_t frame_header_size;
+    struct completed_transfer opened; /* a whole transfer: how it was opened (its key's) */
 };
 
 /* Frees a message and its memory (recv() hands the memory on instead). */
@@ -115,6 +121,8 @@ struct client_connection {
     int abort_requested;
     int resume_receiving;
     int receiving_paused;
+    struct transfer_key room_key; /* private rooms: the key set_transfer_key() gave */
+    int room_key_changed;         /* the service thread has not taken it yet */
 
     /* Service-thread only. */
     struct lws *wsi;

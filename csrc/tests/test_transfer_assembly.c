@@ -1,6 +1,7 @@
 /* test_transfer_assembly.c — chunked transfers reassembled in place: chunks whose headers
- * straddle reads, two transfers interleaved, an unframed message handed back, and the hostile
- * cases (out of order, more bytes than announced, a transfer too large) dropped. */
+ * straddle reads, two transfers interleaved, an unframed message handed back, the hostile
+ * cases (out of order, more bytes than announced, a transfer too large) dropped, and a private
+ * room's sealed transfer opened as it lands (a flipped bit refused and wiped). */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -180,6 +181,81 @@ static void test_empty_transfer_completes(void **state)
     transfer_assembler_free(&a);
 }
 
+/* A private room's transfer sealed by chunk_cipher.c (small segments, so that chunk edges cut
+ * segments), cut into chunks for `sender`, fed in 7-byte pieces under `key`. */
+static enum assembler_result feed_sealed(struct transfer_assembler *a, const char *sender,
+                                         const unsigned char *sealed, size_t wire_size,
+                                         struct completed_transfer *done)
+{
+    struct sent_chunk *c = calloc(16, sizeof *c);
+    size_t n = plan_chunks(sender, 7, sealed, wire_size, 1100, c);
+    enum assembler_result result = ASSEMBLER_TAKEN;
+    for (size_t i = 0; i < n; i++)
+        result = feed(a, c[i].bytes, c[i].size, 7, done);
+    free(c);
+    return result;
+}
+
+static void test_sealed_transfer_is_opened_as_it_lands(void **state)
+{
+    (void)state;
+    const size_t total = 5000;
+    const uint32_t segment = 300;
+    unsigned char *plain = pattern(total, 5);
+    struct transfer_key key = {.set = 1, .room = "K7QX2M", .room_len = 6, .epoch = 3};
+    memset(key.key, 0x42, sizeof key.key);
+    struct sealed_context ctx = {key.room,           6, (const uint8_t *)"alice", 5, 7,
+                                 FRAME_KIND_WEIGHTS, 3};
+    size_t wire_size = (size_t)sealed_size(total, segment);
+    unsigned char *sealed = malloc(wire_size);
+    const char *error = NULL;
+    assert_int_equal(
+        sealed_seal(key.key, &ctx, SEALED_AES_256_GCM, segment, plain, total, sealed, NULL, &error),
+        0);
+    struct transfer_assembler a;
+    transfer_assembler_init(&a, 1 << 20);
+    transfer_assembler_set_key(&a, &key);
+    struct completed_transfer done;
+
+    /* Opened: the plaintext where the header says, under the key's epoch. */
+    assert_int_equal(feed_sealed(&a, "alice", sealed, wire_size, &done), ASSEMBLER_COMPLETED);
+    assert_int_equal(done.opened, TRANSFER_OPENED);
+    assert_int_equal(done.plaintext_size, total);
+    assert_int_equal(done.epoch, 3);
+    assert_memory_equal(done.payload + done.plaintext_offset, plain, total);
+    free(done.payload);
+    free(done.header);
+
+    /* One flipped bit in the last segment: refused, and no plaintext kept. */
+    sealed[wire_size - 10] ^= 1;
+    assert_int_equal(feed_sealed(&a, "alice", sealed, wire_size, &done), ASSEMBLER_COMPLETED);
+    assert_int_equal(done.opened, TRANSFER_REFUSED);
+    assert_non_null(done.open_error);
+    for (size_t i = 0; i < total; i++)
+        assert_int_equal(done.payload[SEALED_DATA_OFFSET + i], 0);
+    free(done.payload);
+    free(done.header);
+    sealed[wire_size - 10] ^= 1;
+
+    /* Under another sender's name (the associated data): refused. */
+    assert_int_equal(feed_sealed(&a, "mallory", sealed, wire_size, &done), ASSEMBLER_COMPLETED);
+    assert_int_equal(done.opened, TRANSFER_REFUSED);
+    free(done.payload);
+    free(done.header);
+
+    /* A key of another epoch: not opened here, the bytes arrive as sent (the caller decides). */
+    key.epoch = 4;
+    transfer_assembler_set_key(&a, &key);
+    assert_int_equal(feed_sealed(&a, "alice", sealed, wire_size, &done), ASSEMBLER_COMPLETED);
+    assert_int_equal(done.opened, TRANSFER_AS_RECEIVED);
+    assert_memory_equal(done.payload, sealed, wire_size);
+    free(done.payload);
+    free(done.header);
+    transfer_assembler_free(&a);
+    free(plain);
+    free(sealed);
+}
+
 int run_transfer_assembly_tests(size_t *test_count)
 {
     const struct CMUnitTest tests[] = {
@@ -187,6 +263,7 @@ int run_transfer_assembly_tests(size_t *test_count)
         cmocka_unit_test(test_unframed_message_is_handed_back),
         cmocka_unit_test(test_out_of_order_overflowing_and_oversized_transfers_are_dropped),
         cmocka_unit_test(test_empty_transfer_completes),
+        cmocka_unit_test(test_sealed_transfer_is_opened_as_it_lands),
     };
     return UNIT_RUN_GROUP("transfer_assembly", tests, NULL, NULL, test_count);
 }

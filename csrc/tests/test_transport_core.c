@@ -180,6 +180,44 @@ static void test_chunked_send_is_cut_into_fragments_with_headers(void **state)
     connection_release(conn);
 }
 
+/* A transfer sealed while it is sent: no chunk leaves before its sealer says it is ready. */
+static void test_chunk_not_yet_sealed_waits(void **state)
+{
+    (void)state;
+    struct client_connection *conn = open_connection(1000, 1000);
+    size_t total = 10000;
+    unsigned char *payload = calloc(1, total);
+    struct frame_id sender = {"alice", 5};
+    struct chunk_plan plan;
+    const char *error = NULL;
+    assert_int_equal(
+        framing_plan(&plan, FRAME_KIND_WEIGHTS, 7, sender, NULL, 0, total, 4096, &error), 0);
+    assert_true(plan.chunk_count >= 3);
+    int sealer; /* only its address matters here */
+    struct send_request request = {.payload = payload,
+                                   .payload_size = total,
+                                   .plan = &plan,
+                                   .message_count = plan.chunk_count,
+                                   .sealing = &sealer};
+    conn->send_head = conn->send_tail = &request;
+    unsigned char header[4096];
+    struct outgoing_fragment f;
+    assert_int_equal(connection_next_fragment(conn, header, 1000, &f), 0); /* nothing sealed */
+    for (uint32_t ready = 1; ready <= plan.chunk_count; ready++) {
+        request.messages_ready = ready;
+        size_t messages_now = 0;
+        while (connection_next_fragment(conn, header, 1000, &f)) {
+            messages_now += f.is_end;
+            connection_fragment_sent(conn, &f);
+        }
+        assert_int_equal(messages_now, 1); /* exactly the chunk just sealed */
+        assert_int_equal(request.message_index, ready);
+    }
+    assert_true(request.finished && !request.failed);
+    free(payload);
+    connection_release(conn);
+}
+
 int run_transport_core_tests(size_t *test_count)
 {
     const struct CMUnitTest tests[] = {
@@ -190,6 +228,7 @@ int run_transport_core_tests(size_t *test_count)
         cmocka_unit_test(test_requested_close_is_taken_once_and_fails_sends),
         cmocka_unit_test(test_how_a_connection_ended_is_recorded),
         cmocka_unit_test(test_chunked_send_is_cut_into_fragments_with_headers),
+        cmocka_unit_test(test_chunk_not_yet_sealed_waits),
     };
     return UNIT_RUN_GROUP("transport_core", tests, NULL, NULL, test_count);
 }

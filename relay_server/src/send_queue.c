@@ -3,6 +3,8 @@
  * always the oldest one of its message: freeing is a pop from the front, never a search. */
 #include "send_queue.h"
 
+#include "forward_dump.h"
+
 #include <stdlib.h>
 #include <string.h>
 
@@ -102,6 +104,9 @@ static void publish(struct relay_message *message, struct fragment *fragment, bo
 bool relay_message_append(struct relay_message *message, const unsigned char *bytes, size_t length,
                           bool is_last)
 {
+#ifdef RELAY_DUMP_FORWARDED /* test build only (make dump): what every receiver is sent */
+    forward_dump(bytes, length);
+#endif
     if (message->complete)
         return true;
     struct fragment *filling = message->filling;

@@ -105,6 +105,9 @@ class Connection:
         chunk_size: int = ...,
     ) -> int: ...
     def recv(self, timeout: float | None = None) -> tuple[bool, str | memoryview]: ...
+    def set_transfer_key(self, key: Buffer | None, room: str = "", epoch: int = 0) -> None:
+        """Private rooms: transfers starting from now are opened with this group key as their
+        chunks land (Transfer.opened / Transfer.open_error); None: received as sent."""
     def close(self, code: int = 1000, reason: str = "", timeout: float | None = 5.0) -> None: ...
     def __enter__(self) -> Connection: ...
     def __exit__(self, *exc_info: object) -> bool: ...
@@ -200,6 +203,29 @@ def group_key_unwrap(
     wrap_key: Buffer, room: str, host_id: str, member_id: str, epoch: int, wrapped: Buffer, /
 ) -> tuple[bytes, bytes]: ...
 def sealed_size(length: int, segment_size: int = ..., /) -> int: ...
+
+@final
+class SealingTransfer:
+    """A transfer sealed while it is sent (seal_while_sending): send_chunked() seals each chunk
+    just before it sends it; viewing its bytes seals the rest first."""
+
+    @property
+    def sealed_bytes(self) -> int: ...
+    def __len__(self) -> int: ...
+    def __buffer__(self, flags: int, /) -> memoryview: ...
+
+def seal_while_sending(
+    key: Buffer,
+    room: str,
+    sender: str,
+    transfer_id: int,
+    kind: int,
+    epoch: int,
+    plaintext: Buffer,
+    sealed: Buffer,
+    *,
+    segment_size: int = ...,
+) -> SealingTransfer: ...
 def sealed_header(sealed: Buffer, /) -> dict[str, int]: ...
 def seal(
     key: Buffer,

@@ -172,6 +172,7 @@ class PrivateRoomMixin:
         self._private_host = PrivateRoomHost(
             self._private_code, self.user_id, on_alert=self._private_alert
         )
+        self._private_host.sync_connection(self._connection)  # h13: opened as it lands
         return True
 
     def _private_room_joined(self, resumed: bool) -> bool:
@@ -180,7 +181,11 @@ class PrivateRoomMixin:
         if self._private_code is None or self.is_host:
             return False
         if resumed and self._private_member is not None:
-            return True  # back after a drop with the key we held
+            # Back after a drop with the key we held; h13: it may have been rotated while we
+            # were away, so the exchange runs again and the host sends the current one.
+            out = self._private_member.resume()
+            self._send_private(out.message, out.to)
+            return True
         if not self._relay_supports_private() or self._host_id is None:
             why = NEEDS_OUR_RELAY.format(url=self._url)
             if self._relay_supports_private():
@@ -201,6 +206,7 @@ class PrivateRoomMixin:
         had_key = user_id in host.members
         for out in host.member_left(user_id):
             self._send_private(out.message, out.to)
+        host.sync_connection(self._connection)  # h13: the new epoch's key
         if had_key:
             self.sync_status.emit(f"New room key (epoch {host.epoch}) after a member left")
 
@@ -278,6 +284,7 @@ class PrivateRoomMixin:
             return
         for out in outgoing:
             self._send_private(out.message, out.to)
+        member.sync_connection(self._connection)  # h13: the group key, opened as it lands
         if member.error is not None and not member.ready:
             self._report(f"Could not join room {self._room_code}: {member.error}")
             self._private_member = None
@@ -305,6 +312,7 @@ class PrivateRoomMixin:
             if self._private_code is not None:
                 raise PrivateRoomError("the key exchange with the host has not finished")
             return data
+        party.sync_connection(self._connection)  # h13: e.g. a new connection after a drop
         return party.seal_transfer(data, transfer_id, kind)
 
     def _open_incoming(self, sender: str, transfer_id: int, kind: int, payload: Any) -> Any:
@@ -326,6 +334,7 @@ class PrivateRoomMixin:
         if party is None or not self.private_ready:
             log.info("dropping transfer %d from %s: no room key yet", transfer_id, sender)
             return None
+        party.sync_connection(self._connection)  # h13: e.g. a new connection after a drop
         buffer = payload
         if memoryview(payload).readonly:
             buffer = bytearray(payload)  # opened in place

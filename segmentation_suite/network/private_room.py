@@ -10,8 +10,11 @@ After 3 failed attempts the room admits nobody new until the host calls `reopen(
 Nothing here touches a socket: the caller sends each `Outgoing` with `to` as the directed
 recipients, feeds received control messages (with the relay's `sender_id`) to `handle`, sends
 what `seal_transfer` returns as a chunked transfer, and opens what arrives with a
-`transfer_opener` fed after each chunk (or `open_transfer` on a whole buffer). That keeps this
-layer apart from client.py, which can wire it in without knowing the cryptography.
+`transfer_opener` fed after each chunk (or `open_transfer` on a whole buffer). A connection
+that reassembles transfers in C is given the group key (`sync_connection`): it opens each
+segment as it lands, and `open_transfer` then only checks what the C side cannot (sender,
+replay, epoch, a global model's signature). That keeps this layer apart from client.py, which
+can wire it in without knowing the cryptography.
 """
 
 from __future__ import annotations
@@ -203,6 +206,21 @@ class SealedTransfers:
     group: GroupKey | None = None
     seen: set[tuple[str, int, int]] = field(default_factory=set)
     _spare: bytearray | None = None
+    _bound: tuple[object, int | None] | None = None  # (connection, epoch) last given the key
+
+    def sync_connection(self, connection) -> None:
+        """Gives `connection` (one that reassembles transfers in C) the current group key, so
+        it opens each transfer as its chunks land; a no-op when it has it already. Transfers
+        that started under another key arrive as sent and are opened here instead."""
+        epoch = self.group.epoch if self.group is not None else None
+        bound = self._bound
+        if bound is not None and bound[0] is connection and bound[1] == epoch:
+            return
+        set_key = getattr(connection, "set_transfer_key", None)
+        if set_key is None:
+            return
+        set_key(self.group.key if self.group is not None else None, self.room, epoch or 0)
+        self._bound = (connection, epoch)
 
     def _send_buffer(self, size: int) -> memoryview:
         # Fresh memory costs a page fault per page, more than the encryption itself: reuse the
@@ -212,14 +230,28 @@ class SealedTransfers:
             self._spare = bytearray(size)
         return memoryview(self._spare)[:size]
 
-    def seal(self, payload, transfer_id: int, kind: int, sign_key: bytes | None) -> memoryview:
-        """The wire form of `payload`: encrypted straight from `payload` into the send buffer
-        (the encryption is the one copy). Valid until the caller drops it."""
+    def seal(self, payload, transfer_id: int, kind: int, sign_key: bytes | None):
+        """The wire form of `payload`, encrypted straight from `payload` into the send buffer
+        (the encryption is the one copy). Valid until the caller drops it. Unsigned, it is a
+        `SealingTransfer`: `send_chunked` seals each chunk just before it sends it, while the
+        one before is on the wire (viewing its bytes otherwise seals them all first). A signed
+        one (a global model) is sealed whole here: its signature covers every segment."""
         if self.group is None:
             raise PrivateRoomError("no group key yet: the key exchange has not finished")
         plaintext = memoryview(payload).cast("B")
         sealed_len = crypto.sealed_size(len(plaintext))
         sealed = self._send_buffer(sealed_len + (SIGNATURE_BYTES if sign_key else 0))
+        if not sign_key:
+            return crypto.seal_while_sending(
+                self.group.key,
+                self.room,
+                self.user_id,
+                transfer_id,
+                kind,
+                self.group.epoch,
+                plaintext,
+                sealed,
+            )
         digest = crypto.seal(
             self.group.key,
             self.room,
@@ -244,9 +276,16 @@ class SealedTransfers:
     def open(
         self, sender: str, transfer_id: int, kind: int, data, host_key: bytes | None
     ) -> memoryview:
-        """A whole received transfer at once, decrypted in place in `data` (writable)."""
+        """A whole received transfer at once, decrypted in place in `data` (writable); or, when
+        the connection opened it as it landed (a `Transfer` with `opened` or `open_error`), its
+        plaintext once the checks left to do here pass."""
         if self.group is None:
             raise PrivateRoomError("no group key yet: the key exchange has not finished")
+        source = memoryview(data).obj
+        if getattr(source, "open_error", None) is not None:
+            raise PrivateRoomError(f"transfer {transfer_id} from {sender}: {source.open_error}")
+        if getattr(source, "opened", None) is not None:
+            return self._accept_opened(sender, transfer_id, data, source.opened, host_key)
         view = memoryview(data).cast("B")
         if view.readonly:
             raise PrivateRoomError("open_transfer decrypts in place: pass a writable buffer")
@@ -263,6 +302,38 @@ class SealedTransfers:
         opener = self.opener(sender, transfer_id, kind, len(view), host_key)
         opener.feed(view, len(view))
         return opener.finish(view)
+
+    def _accept_opened(
+        self, sender: str, transfer_id: int, data, opened: tuple, host_key: bytes | None
+    ) -> memoryview:
+        """A transfer the connection opened (authenticated and decrypted) under the key of
+        `opened`'s epoch: refused if that is not the current one, if it is a replay, or if a
+        global model's signature over its digest does not verify (its plaintext then wiped)."""
+        offset, length, epoch, digest = opened
+        what = f"transfer {transfer_id} from {sender}"
+        if epoch != self.group.epoch:
+            raise PrivateRoomError(
+                f"{what} is sealed under key epoch {epoch}, not the current "
+                f"{self.group.epoch}: refused"
+            )
+        replay = (sender, epoch, transfer_id)
+        if replay in self.seen:
+            raise PrivateRoomError(f"transfer {transfer_id} from {sender} was replayed: refused")
+        view = memoryview(data).cast("B")
+        plaintext = view[offset : offset + length]
+        if host_key is not None:
+            sealed_len = len(view) - SIGNATURE_BYTES
+            signature = bytes(view[sealed_len:])
+            try:
+                if digest is None or sealed_len < offset + length:
+                    raise ValueError("the transfer carries no signature")
+                message = _signed_message(self.room, epoch, transfer_id, digest)
+                crypto.sign_verify(host_key, message, signature)
+            except ValueError as error:
+                plaintext[:] = bytes(length)  # nothing of it may be applied
+                raise PrivateRoomError(f"global model from the host: {error}") from None
+        self.seen.add(replay)
+        return plaintext
 
 
 class PrivateRoomHost:
@@ -332,7 +403,10 @@ class PrivateRoomHost:
         if kind == "pake_init":
             if member in self._pending:  # an abandoned attempt counts as a failed one
                 self._fail(member, "a new attempt replaced this one")
-            if self.failed_attempts + len(self._pending) >= MAX_FAILED_ATTEMPTS:
+            # A member that holds the key and runs the exchange again (back after a drop, see
+            # PrivateRoomMember.resume) is not new: a room closed to newcomers still answers it.
+            holder = member in self._wrap_keys
+            if not holder and self.failed_attempts + len(self._pending) >= MAX_FAILED_ATTEMPTS:
                 return [_control("pake_refused", member, reason=CLOSED)]
             session = crypto.CPaceSession(
                 "responder",
@@ -389,7 +463,11 @@ class PrivateRoomHost:
         self._transfers.seen.clear()  # old-epoch transfers are refused by their epoch now
         return [self._group_key_for(other) for other in self._wrap_keys]
 
-    def seal_transfer(self, payload, transfer_id: int, kind: int) -> memoryview:
+    def sync_connection(self, connection) -> None:
+        """See SealedTransfers.sync_connection."""
+        self._transfers.sync_connection(connection)
+
+    def seal_transfer(self, payload, transfer_id: int, kind: int):
         """The wire form of a transfer; a global model is also signed with the host's key."""
         sign = self._sign_secret if kind == FRAME_KIND_GLOBAL_MODEL else None
         return self._transfers.seal(payload, transfer_id, kind, sign)
@@ -425,6 +503,9 @@ class PrivateRoomMember:
         self.host_id = host_id
         self._session: crypto.CPaceSession | None = None
         self._wrap_key: bytes | None = None
+        # The wrap key before a re-run exchange (resume): the host wraps under it until that
+        # exchange is confirmed, so a rotation crossing it still unwraps.
+        self._previous_wrap_key: bytes | None = None
         self._host_sign_key: bytes | None = None
         self.error: str | None = None
         self.verification: str | None = None
@@ -450,6 +531,30 @@ class PrivateRoomMember:
             b"member",
         )
         return _control("pake_init", self.host_id, cpace=_b64(self._session.start()))
+
+    def resume(self) -> Outgoing:
+        """Back in the room after a drop: the group key may have been rotated meanwhile (a
+        member left while this one could not be told). Runs the key exchange again; the host
+        answers with the current epoch's key. Until then the key held stays in use."""
+        self._previous_wrap_key = self._wrap_key
+        return self.start()
+
+    def _unwrap(self, epoch: int, wrapped: bytes) -> tuple[bytes, bytes]:
+        error = None
+        for wrap_key in (self._wrap_key, self._previous_wrap_key):
+            if wrap_key is None:
+                continue
+            try:
+                unwrapped = crypto.group_key_unwrap(
+                    wrap_key, self._code.routing, self.host_id, self.user_id, epoch, wrapped
+                )
+            except ValueError as exc:
+                error = error or exc
+                continue
+            if wrap_key is self._wrap_key:
+                self._previous_wrap_key = None  # the host confirmed the new one: the old is done
+            return unwrapped
+        raise PrivateRoomError(f"group_key: {error}")
 
     def handle(self, message: dict) -> list[Outgoing]:
         """One control message from the host. Failures set `error` to words for the user."""
@@ -477,20 +582,12 @@ class PrivateRoomMember:
             epoch = payload.get("epoch")
             if not isinstance(epoch, int) or not 0 <= epoch < 2**32:
                 raise PrivateRoomError("group_key: epoch must be an integer of 32 bits")
-            try:
-                key, sign_key = crypto.group_key_unwrap(
-                    self._wrap_key,
-                    self._code.routing,
-                    self.host_id,
-                    self.user_id,
-                    epoch,
-                    _unb64(payload, "wrapped"),
-                )
-            except ValueError as error:
-                raise PrivateRoomError(f"group_key: {error}") from None
+            key, sign_key = self._unwrap(epoch, _unb64(payload, "wrapped"))
             if self._host_sign_key not in (None, sign_key):
                 raise PrivateRoomError("group_key: the host's signing key changed: refused")
             current = self._transfers.group
+            if current is not None and (epoch, key) == (current.epoch, current.key):
+                return []  # the answer to a resume's exchange when nothing was rotated
             if current is not None and epoch <= current.epoch:
                 raise PrivateRoomError(f"group_key: epoch {epoch} is not newer: refused")
             self._host_sign_key = sign_key
@@ -498,7 +595,11 @@ class PrivateRoomMember:
             self._transfers.seen.clear()  # old-epoch transfers are refused by their epoch now
         return []
 
-    def seal_transfer(self, payload, transfer_id: int, kind: int) -> memoryview:
+    def sync_connection(self, connection) -> None:
+        """See SealedTransfers.sync_connection."""
+        self._transfers.sync_connection(connection)
+
+    def seal_transfer(self, payload, transfer_id: int, kind: int):
         if kind == FRAME_KIND_GLOBAL_MODEL:
             raise PrivateRoomError("only the host sends global models")
         return self._transfers.seal(payload, transfer_id, kind, None)

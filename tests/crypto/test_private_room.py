@@ -142,8 +142,7 @@ def test_tampered_replayed_and_forged_transfers_are_refused(room) -> None:
     forged = impostor.seal(payload(6), 31, GLOBAL, rc.sign_keypair()[1])
     with pytest.raises(PrivateRoomError, match="not signed by the room's host"):
         alice.open_transfer("host", 31, GLOBAL, forged)
-    offset = rc.sealed_size(200_000) - 200_000
-    assert not any(forged[offset : offset + 200_000])  # opened in place, then wiped
+    assert not any(forged[64 : 64 + 200_000])  # opened in place (from byte 64), then wiped
     with pytest.raises(PrivateRoomError, match="only the host"):
         bob.seal_transfer(payload(6), 32, GLOBAL)
     with pytest.raises(PrivateRoomError, match="plaintext in a private room"):
@@ -196,3 +195,38 @@ def test_global_model_opened_piece_by_piece_with_its_signature(room, piece) -> N
     with pytest.raises(PrivateRoomError, match="not signed by the room's host"):
         opener.finish(buffer)
     assert not any(buffer[len(buffer) - 64 - len(model) : len(buffer) - 64])  # wiped
+
+
+def test_resume_runs_the_exchange_again_and_gets_a_key_rotated_meanwhile(room) -> None:
+    """Back after a drop (PrivateRoomMember.resume): the host answers a key holder even in a
+    room closed to newcomers, a rotation that crosses the re-run exchange still unwraps, and
+    with nothing rotated the same key is kept without an error."""
+    host, parties, _ = room
+    alice, bob = PrivateRoomMember(CODE, "alice", "host"), PrivateRoomMember(CODE, "bob", "host")
+    join(host, alice, parties)
+    join(host, bob, parties)
+    # nothing rotated: the answer is the key alice holds, taken silently
+    deliver([alice.resume()], "alice", parties)
+    assert alice.ready and alice.error is None and alice.epoch == 0
+
+    # the room closes to newcomers; a holder's re-run exchange is still answered
+    for attempt in range(3):
+        guess = PrivateRoomMember(
+            parse_room_code(f"K7QX2M-ZZZ{'ABC'[attempt]}"), f"g{attempt}", "host"
+        )
+        join(host, guess, parties)
+    assert host.closed
+    # the exchange crosses a rotation: the host wraps epoch 1 under the wrap key it still holds
+    # for alice while she already derived the new one (pake_reply taken, confirm not yet)
+    init = alice.resume()
+    (reply,) = host.handle(dict(init.message, sender_id="alice"))
+    (confirm,) = alice.handle(dict(reply.message, sender_id="host"))
+    rotation = host.member_left("bob")
+    assert [out.to for out in rotation] == [["alice"]] and host.epoch == 1
+    for out in rotation:
+        alice.handle(dict(out.message, sender_id="host"))
+    assert alice.epoch == 1
+    deliver([confirm], "alice", parties)  # the host's answer: epoch 1 again, under the new key
+    assert alice.epoch == 1 and alice.error is None
+    sealed = host.seal_transfer(payload(3), 9, GLOBAL)
+    assert bytes(alice.open_transfer("host", 9, GLOBAL, sealed)) == payload(3)

@@ -25,6 +25,7 @@ from websockets.exceptions import ConnectionClosed as WsClosed
 from websockets.sync.client import connect as ws_connect
 
 from helpers.relay_process import SLOWDOWN
+from segmentation_suite.network import _relayclient as crypto
 from segmentation_suite.network import transport
 from segmentation_suite.network.codec import decode_weights, serialize_weights
 from segmentation_suite.network.private_code import RoomCode, new_secret
@@ -388,3 +389,38 @@ def test_wrong_secret_refused_in_words_and_three_failures_close_the_room(private
     host.reopen()
     run_key_exchange(host, host_conn, alice, alice_conn)
     assert alice.ready and alice.error is None
+
+
+def test_a_transfer_is_sealed_chunk_by_chunk_while_it_is_sent(private_room) -> None:
+    """seal_while_sending writes the header only; send_chunked seals each chunk just before it
+    goes (the chunk before is on the wire meanwhile), and what arrives opens to the payload."""
+    _, _, url, connect, _ = private_room
+    host_conn, routing = open_room(connect, url)
+    code = RoomCode(routing, new_secret(8))
+    alice_conn = connect("alice")
+    join(alice_conn, routing, "alice")
+    host, alice = PrivateRoomHost(code, "host"), PrivateRoomMember(code, "alice", "host")
+    run_key_exchange(host, host_conn, alice, alice_conn)
+    payload = np.random.default_rng(4).bytes(2_000_000)
+    segment = 65536  # 31 segments over 8 chunks of 256 KiB
+    sealed = bytearray(crypto.sealed_size(len(payload), segment))
+    group = alice._transfers.group
+    pending = crypto.seal_while_sending(
+        group.key,
+        routing,
+        "alice",
+        300,
+        transport.FRAME_KIND_WEIGHTS,
+        group.epoch,
+        payload,
+        sealed,
+        segment_size=segment,
+    )
+    assert pending.sealed_bytes == 64  # the header: nothing else is sealed before the send
+    chunks = alice_conn.send_chunked(
+        transport.FRAME_KIND_WEIGHTS, 300, "alice", ["host"], pending, CHUNK
+    )
+    assert chunks == 8 and pending.sealed_bytes == len(sealed) == len(pending)
+    header, _, plain = next_transfer(host_conn, open_as=host)
+    assert header.total_size == len(sealed)
+    assert bytes(plain) == payload

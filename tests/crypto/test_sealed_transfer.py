@@ -73,8 +73,8 @@ def open_(sealed: bytearray, key: bytes, **context) -> bytes:
 
 
 def data_region(sealed: bytearray, length: int) -> bytes:
-    offset = len(sealed) - length
-    return bytes(sealed[offset:])
+    """Where the plaintext lands once opened (from byte 64 on)."""
+    return bytes(sealed[64 : 64 + length])
 
 
 @pytest.fixture
@@ -87,8 +87,8 @@ def test_round_trip_and_ciphertext_hides_the_payload(model_bytes, algorithm) -> 
     key = rc.group_key_generate()
     sealed = seal(model_bytes, key, algorithm=algorithm, segment_size=SEGMENT)
     segments = -(-len(model_bytes) // SEGMENT)
-    offset = len(sealed) - len(model_bytes)
-    assert offset == -(-(rc.SEALED_HEADER_BYTES + 16 * segments) // 64) * 64  # 64-byte aligned
+    # header and padding (64 bytes), then each segment followed by its tag
+    assert len(sealed) == 64 + len(model_bytes) + 16 * segments
     # no 256-byte window of the plaintext survives in the ciphertext
     windows = {model_bytes[i : i + 256] for i in range(0, len(model_bytes) - 256, 4096)}
     assert not any(window in sealed for window in windows)
@@ -100,15 +100,13 @@ def test_round_trip_and_ciphertext_hides_the_payload(model_bytes, algorithm) -> 
     assert open_(sealed, key) == model_bytes
 
 
-def test_sealing_in_place_in_the_send_buffer(model_bytes) -> None:
+def test_sealing_is_never_in_place(model_bytes) -> None:
     key = rc.group_key_generate()
     sealed = bytearray(rc.sealed_size(len(model_bytes)))
-    offset = len(sealed) - len(model_bytes)
-    sealed[offset:] = model_bytes
-    region = memoryview(sealed)[offset:]
-    rc.seal(key, ROOM, SENDER, TRANSFER, KIND, EPOCH, region, sealed)
-    assert bytes(region) != model_bytes
-    assert open_(sealed, key) == model_bytes
+    sealed[64 : 64 + len(model_bytes)] = model_bytes
+    region = memoryview(sealed)[64 : 64 + len(model_bytes)]
+    with pytest.raises(ValueError, match="overlaps"):  # the tags go between the segments
+        rc.seal(key, ROOM, SENDER, TRANSFER, KIND, EPOCH, region, sealed)
     with pytest.raises(ValueError, match="overlaps"):
         rc.seal(
             key,
@@ -166,7 +164,7 @@ def test_two_seals_of_the_same_payload_differ(model_bytes) -> None:
 
 TAMPERING = {
     "flipped ciphertext bit": (lambda s: s.__setitem__(len(s) - 5000, s[len(s) - 5000] ^ 1), {}),
-    "flipped tag bit": (lambda s: s.__setitem__(40 + 16 * 2, s[40 + 16 * 2] ^ 0x10), {}),
+    "flipped tag bit": (lambda s: s.__setitem__(64 + SEGMENT + 2, s[64 + SEGMENT + 2] ^ 0x10), {}),
     "chunk from another room": (None, {"room": "ZZZZZZ"}),
     "replayed as another transfer": (None, {"transfer_id": TRANSFER + 1}),
     "claimed by another sender": (None, {"sender": "mallory"}),
@@ -190,9 +188,9 @@ def test_tampering_is_refused_and_nothing_is_left(model_bytes, name) -> None:
 def test_reordered_segments_are_refused(model_bytes) -> None:
     key = rc.group_key_generate()
     sealed = seal(model_bytes, key, segment_size=SEGMENT)
-    offset = len(sealed) - len(model_bytes)
-    first = slice(offset, offset + SEGMENT)
-    second = slice(offset + SEGMENT, offset + 2 * SEGMENT)
+    block = SEGMENT + 16  # a segment and its tag
+    first = slice(64, 64 + block)
+    second = slice(64 + block, 64 + 2 * block)
     sealed[first], sealed[second] = sealed[second], sealed[first]
     with pytest.raises(ValueError, match="failed authentication"):
         open_(sealed, key)
@@ -278,7 +276,7 @@ def test_pieces_are_decrypted_straight_into_the_buffer(model_bytes) -> None:
         for start in range(0, len(sealed), piece):
             done = opener.feed_from(received, sealed[start : start + piece])
         assert done and opener.finish() is None
-        assert bytes(received[opener.offset :]) == model_bytes
+        assert bytes(received[opener.offset : opener.offset + opener.length]) == model_bytes
     opener = rc.SealedOpener(key, ROOM, SENDER, TRANSFER, KIND, EPOCH, len(sealed))
     with pytest.raises(ValueError, match="more bytes"):
         opener.feed_from(bytearray(len(sealed)), sealed + b"x")
