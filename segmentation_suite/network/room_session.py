@@ -347,9 +347,10 @@ class RoomSession:
     def trigger_aggregation(self) -> tuple[bool, list]:
         return self._round_step(self.rounds.close_now())
 
-    def set_global_weights(self, weights: dict) -> None:
+    def set_global_weights(self, weights: dict) -> list:
         """The model a member gets on request_model until a round closes."""
         self.global_weights = weights
+        return []
 
     def note_own_push(self, weights: dict) -> None:
         """A member's push: its layout is the room's (bounds what an original model may be)."""
@@ -547,9 +548,7 @@ class RoomSession:
     def _on_user_joined(self, message: Message) -> list:
         payload = message.payload
         newcomer = payload["user_id"]
-        name = payload.get("display_name") or newcomer
-        self.users = [u for u in payload.get("users", []) if isinstance(u, dict)]
-        self.mixed.take_user_list(self.users)
+        name = self._take_users(payload)
         self._take_attested_host(payload)
         actions = self.mixed.peer_hello(self)  # for the newcomer, where the relay attests nothing
         self.away_members.discard(newcomer)
@@ -566,6 +565,12 @@ class RoomSession:
         if payload.get("resumed"):
             actions += self._send_missed_global_model(newcomer)
         return actions + self.role.member_joined(self, newcomer, name)
+
+    def _take_users(self, payload: dict) -> str:
+        """A `user_joined`/`user_left`'s member list; returns the name of who came or went."""
+        self.users = [u for u in payload.get("users", []) if isinstance(u, dict)]
+        self.mixed.take_user_list(self.users)
+        return payload.get("display_name") or payload["user_id"]
 
     def _send_missed_global_model(self, user_id: str) -> list:
         """Host: the newest global model to a member back by resume that was not in the room
@@ -586,9 +591,7 @@ class RoomSession:
     def _on_user_left(self, message: Message) -> list:
         payload = message.payload
         left = payload["user_id"]
-        name = payload.get("display_name") or left
-        self.users = [u for u in payload.get("users", []) if isinstance(u, dict)]
-        self.mixed.take_user_list(self.users)
+        name = self._take_users(payload)
         self.ledger.remove(left)
         self._pending_crops.pop(left, None)
         self._crop_images.pop(left, None)

@@ -189,7 +189,7 @@ class AggregationServer:
         if self._hub is None:
             self._report("Cannot set the global model: the LAN session is not running")
             return
-        self._hub.apply_to_session(lambda session: session.set_global_weights(weights) or [])
+        self._hub.apply_to_session(lambda session: session.set_global_weights(weights))
 
     def broadcast_global_model(self) -> None:
         """Sends the current global model to every member."""
