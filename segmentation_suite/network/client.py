@@ -10,8 +10,8 @@ What a session does — rooms, members, the host's rounds, reconnecting, private
 rooms — is decided without I/O by `room_session.RoomSession`. This driver feeds it what
 happens (a connection opened, a message or a whole transfer arrived, the connection closed,
 a timer fired, the user called a method) and carries out the actions it returns: it owns the
-connection, the dispatcher thread, the sender thread that keeps sends in order, the timers,
-and the bytes of what is sent.
+connection, the dispatcher thread, the sender thread that keeps sends in order and the
+timers; the bytes of what is sent are wire_sender.py's.
 
 What goes on the wire (docs/protocol.md, docs/network-api.md):
 
@@ -30,40 +30,31 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import functools
-import itertools
 import logging
-import secrets
 import threading
 import time
 import urllib.parse
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from . import defaults, legacy_format, relay_config, transport
+from . import defaults, relay_config, transport
 from .codec import decode_weights, serialize_weights
 from .crop_png import encode_png
 from .host import HostRounds
 from .mixed_room import MixedRoomPart
 from .private_code import SECRET_MIN_LENGTH, InvalidRoomCode, parse_room_code
 from .protocol import (
-    MAX_CHUNK_SIZE,
-    Feature,
     FrameKind,
     Message,
     RelayCapabilities,
-    chunk_data,
-    create_chunk_end_message,
-    create_chunk_start_message,
-    create_global_model_message,
     create_training_data_message,
     create_weights_push_message,
 )
 from .qt import Signal
 from .reconnect import ReconnectPolicy
-from .room_session import FRAMED_FIELD, MemberRole, RoomSession
+from .room_session import MemberRole, RoomSession
 from .session import generate_user_id
 from .session_actions import (
     CloseConnection,
@@ -78,34 +69,9 @@ from .session_actions import (
     SendJson,
     StartTimer,
 )
+from .wire_sender import WireSender
 
 log = logging.getLogger(__name__)
-
-#: How many times a push or global model cut off by a dropped connection is sent again (under
-#: its transfer id, so receivers take it once) after the session resumed.
-TRANSFER_RESENDS = 3
-
-#: How long an interrupted transfer waits for the session, and for its recipients, to come
-#: back before its Future fails.
-RESEND_WAIT_SECONDS = 120.0
-
-#: A transfer the connection took whole this shortly before it was lost may still have sat
-#: unread in a relay that died (a throttled sender's tail waits there while a receiver is
-#: slow), so it goes again after the resume; an older one reached the relay.
-UNCONFIRMED_TRANSFER_SECONDS = 60.0
-
-
-@dataclass
-class _SentTransfer:
-    """A framed transfer this client sends, kept to send it again after a drop."""
-
-    announcement: Message
-    kind: int
-    data: memoryview
-    to: list[str] | None
-    transfer_id: int
-    connection: Any = None  # the connection it last went out on
-    sent_at: float = 0.0  # time.monotonic() when that connection took its last byte
 
 
 class SyncClient:
@@ -172,11 +138,16 @@ class SyncClient:
         self._sender = concurrent.futures.ThreadPoolExecutor(
             1, thread_name_prefix="sync-send", initializer=self._mark_sender_thread
         )
-        self._transfer_ids = itertools.count(secrets.randbits(40))
         self._connection_lost_at = 0.0  # time.monotonic() of the last unexpected drop
         # Notified after every event the session took (entered a room, lost the connection,
         # a member came back...), for a send waiting to go again after a drop.
         self._session_changed = threading.Condition(self._lock)
+        self._wire = WireSender(
+            self._session,
+            lambda: self._connection,
+            lambda: self.is_connected,
+            self._session_changed,
+        )
 
     # --- the driver: events in, actions out -----------------------------------------------
 
@@ -199,14 +170,14 @@ class SyncClient:
             elif isinstance(action, SendJson):
                 if action.now:
                     with contextlib.suppress(transport.ConnectionClosed):
-                        self._send_json(action.message, action.to)
+                        self._wire.send_json(action.message, action.to)
                 else:
-                    self._submit(self._send_json, action.message, action.to)
+                    self._submit(self._wire.send_json, action.message, action.to)
             elif isinstance(action, Report):
                 self._report(action.text)
             elif isinstance(action, SendGlobalModel):
                 self._submit(
-                    self._send_global_model,
+                    self._wire.send_global_model,
                     action.weights,
                     action.aggregation_round,
                     action.contributors,
@@ -214,7 +185,7 @@ class SyncClient:
                 )
             elif isinstance(action, SendGlobalData):
                 self._submit(
-                    self._send_global_data,
+                    self._wire.send_global_data,
                     action.data,
                     action.aggregation_round,
                     action.contributors,
@@ -237,7 +208,8 @@ class SyncClient:
                 # must not block the thread that reads the connection.
                 threading.Thread(target=self.disconnect, name="sync-leave", daemon=True).start()
             elif isinstance(action, ResendLastTransfer):
-                self._resend_if_unconfirmed(action.transfer)
+                if self._wire.unconfirmed(action.transfer, self._connection_lost_at):
+                    self._submit(self._wire.resend_last_transfer, action.transfer)
             elif isinstance(action, Deliver):
                 action.callback(*action.args)
             else:
@@ -604,7 +576,9 @@ class SyncClient:
         session.note_own_push(weights)
         announcement = create_weights_push_message(self.user_id, epoch, loss, num_samples)
         to = session.recipients()
-        return self._submit(self._send_mixed_transfer, announcement, FrameKind.WEIGHTS, data, to)
+        return self._submit(
+            self._wire.send_mixed_transfer, announcement, FrameKind.WEIGHTS, data, to
+        )
 
     def request_global_model(self) -> None:
         """Asks the host for the current global model; `global_model_received` follows."""
@@ -660,7 +634,7 @@ class SyncClient:
             self.user_id, self.display_name, crop_size, int(slice_index)
         )
         to = self._session.recipients()
-        return self._submit(self._send_mixed_crop, header, image_png, mask_png, to)
+        return self._submit(self._wire.send_mixed_crop, header, image_png, mask_png, to)
 
     def _require_connection(self, what: str) -> bool:
         if self.is_connected:
@@ -688,201 +662,6 @@ class SyncClient:
             log.warning("send failed, the connection closed: %s", exc)
         elif exc is not None:
             self._report(f"Sending failed: {exc}")
-
-    def _live_connection(self) -> transport.Connection:
-        connection = self._connection
-        if connection is None:
-            raise transport.ConnectionClosed("not connected")
-        return connection
-
-    def _send_json(self, message: Message, to: list[str] | None = None) -> None:
-        if to is not None:
-            message.to = list(to)
-        self._live_connection().send_text(message.to_json())
-
-    def _chunk_size(self) -> int:
-        capabilities = self._session.capabilities
-        if capabilities is not None:
-            return capabilities.chunk_size
-        return MAX_CHUNK_SIZE
-
-    def _send_mixed_transfer(
-        self, announcement: Message, kind: int, data: memoryview, to: list[str] | None
-    ) -> int:
-        """A push or global model to `to`, each recipient in the format it reads
-        (mixed_room.py). A private room's go sealed to everyone addressed (original clients
-        cannot be members)."""
-        session = self._session
-        if session.private.is_private:
-            return self._send_transfer(announcement, kind, data, to)
-        plan = session.mixed.plan(session, to)
-        if plan.original:
-            weights, _ = decode_weights(data)  # the values that went out framed, float16 exact
-            payload = legacy_format.encode_weights(weights)
-            self._send_legacy_transfer(announcement, payload, plan.original_to)
-        if plan.framed:
-            return self._send_transfer(announcement, kind, data, plan.framed_to)
-        return len(data)
-
-    def _send_transfer(
-        self, announcement: Message, kind: int, data: memoryview, to: list[str] | None
-    ) -> int:
-        """Sends a whole transfer; one cut off by a dropped connection goes again, under the
-        same transfer id, once the session resumed (relays that resume sessions only). Returns
-        the size once the relay took the last byte; raises when the session is over."""
-        transfer_id = next(self._transfer_ids) & (2**64 - 1)
-        data = self._session.private.seal(data, transfer_id, kind)  # after encoding
-        transfer = _SentTransfer(announcement, kind, data, to, transfer_id)
-        for resends in itertools.count():
-            transfer.connection = self._connection
-            try:
-                size = self._send_transfer_once(transfer)
-            except transport.ConnectionClosed:
-                if resends == TRANSFER_RESENDS or not self._wait_to_resend(transfer):
-                    raise
-                log.info("connection back: sending transfer %d again", transfer.transfer_id)
-                continue
-            transfer.sent_at = time.monotonic()
-            with self._lock:
-                self._session.transfer_sent(transfer)
-            return size
-        raise AssertionError("unreachable")
-
-    def _resend_if_unconfirmed(self, last: _SentTransfer) -> None:
-        """After a resume: the newest transfer the lost connection took whole goes again if
-        it went shortly before the drop, as the relay may have died with its tail unread
-        (the receiver drops it if it arrived)."""
-        unconfirmed = (
-            last.connection is not self._connection
-            and self._connection_lost_at - last.sent_at < UNCONFIRMED_TRANSFER_SECONDS
-        )
-        if unconfirmed:
-            self._submit(self._resend_last_transfer, last)
-
-    def _resend_last_transfer(self, transfer: _SentTransfer) -> None:
-        if not self._wait_to_resend(transfer):
-            return
-        log.info("connection back: sending transfer %d again", transfer.transfer_id)
-        self._send_transfer_once(transfer)
-
-    def _wait_to_resend(self, transfer: _SentTransfer) -> bool:
-        """Waits until a connection other than the one `transfer` went out on is in the room
-        with every recipient present. False when there is no point: the relay cannot resume
-        sessions (v1), the session is over, or it did not come back in RESEND_WAIT_SECONDS."""
-        session = self._session
-        capabilities = session.capabilities
-        if capabilities is None or not capabilities.supports(Feature.RESUME):
-            return False
-
-        def ready() -> bool:
-            return (
-                self._connection is not transfer.connection
-                and self.is_connected
-                and session.ready_to_resend(transfer.to)
-            )
-
-        with self._session_changed:
-            self._session_changed.wait_for(lambda: session.closing or ready(), RESEND_WAIT_SECONDS)
-            return not session.closing and ready()
-
-    def _send_transfer_once(self, transfer: _SentTransfer) -> int:
-        """Announcement, then the framed binaries. Behind a v1 relay, a payload over one chunk
-        is also wrapped in the original's chunk_start/chunk_end."""
-        announcement, kind, data = transfer.announcement, transfer.kind, transfer.data
-        to, transfer_id = transfer.to, transfer.transfer_id
-        connection = self._live_connection()
-        chunk_size = self._chunk_size()
-        recipients = list(to or ())
-        chunks = transport.chunk_count(self.user_id, recipients, len(data), chunk_size)
-        announcement.extra[FRAMED_FIELD] = True
-        self._send_json(announcement, to)
-        wrapped = self._session.capabilities is None and chunks > 1
-        if wrapped:
-            start = create_chunk_start_message(
-                str(transfer_id),
-                chunks,
-                len(data),
-                announcement.type.value,
-                **{k: v for k, v in announcement.payload.items() if k != "timestamp"},
-                display_name=self.display_name,
-            )
-            start.extra[FRAMED_FIELD] = True
-            self._send_json(start, to)
-        connection.send_chunked(kind, transfer_id, self.user_id, recipients, data, chunk_size)
-        if wrapped:
-            end = create_chunk_end_message(str(transfer_id))
-            end.extra[FRAMED_FIELD] = True
-            self._send_json(end, to)
-        return len(data)
-
-    def _send_legacy_transfer(
-        self, announcement: Message, payload: bytes, to: list[str] | None
-    ) -> None:
-        """The original framing: the announcement and one binary, or past 16 MiB
-        `chunk_start`, the chunks and `chunk_end`."""
-        connection = self._live_connection()
-        fields = {k: v for k, v in announcement.payload.items() if k != "timestamp"}
-        if len(payload) <= MAX_CHUNK_SIZE:
-            self._send_json(Message(announcement.type, dict(fields)), to)
-            connection.send_binary(payload)
-            return
-        chunks = chunk_data(payload, MAX_CHUNK_SIZE)
-        transfer_id = secrets.token_hex(8)
-        fields.setdefault("user_id", self.user_id)
-        fields.setdefault("display_name", self.display_name)
-        start = create_chunk_start_message(
-            transfer_id, len(chunks), len(payload), announcement.type.value, **fields
-        )
-        self._send_json(start, to)
-        for chunk in chunks:
-            connection.send_binary(chunk)
-        self._send_json(create_chunk_end_message(transfer_id), to)
-
-    def _send_mixed_crop(
-        self, header: Message, image_png: bytes, mask_png: bytes, to: list[str] | None
-    ) -> None:
-        session = self._session
-        if session.private.is_private:
-            self._send_crop(header, image_png, mask_png, to)
-            return
-        plan = session.mixed.plan(session, to)
-        if plan.original:
-            connection = self._live_connection()
-            self._send_json(Message(header.type, dict(header.payload)), plan.original_to)
-            connection.send_binary(image_png)
-            connection.send_binary(mask_png)
-        if plan.framed:
-            self._send_crop(header, image_png, mask_png, plan.framed_to)
-
-    def _send_crop(
-        self, header: Message, image_png: bytes, mask_png: bytes, to: list[str] | None
-    ) -> None:
-        connection = self._live_connection()
-        header.extra[FRAMED_FIELD] = True
-        self._send_json(header, to)
-        recipients = list(to or ())
-        parts = ((FrameKind.TRAINING_IMAGE, image_png), (FrameKind.TRAINING_MASK, mask_png))
-        for kind, png in parts:
-            transfer_id = next(self._transfer_ids) & (2**64 - 1)
-            wire = self._session.private.seal(png, transfer_id, kind)
-            connection.send_chunked(kind, transfer_id, self.user_id, recipients, wire, 2**31 - 1)
-
-    def _send_global_model(
-        self, weights: dict, aggregation_round: int, contributors: int, to: list[str] | None = None
-    ) -> None:
-        """The (canonical) global model, whole: to a member that asked for it, or to all."""
-        metadata = self._session.global_metadata(aggregation_round, contributors)
-        data = serialize_weights(weights, metadata=metadata)
-        self._send_global_data(data, aggregation_round, contributors, to)
-
-    def _send_global_data(
-        self, data: memoryview, aggregation_round: int, contributors: int, to: list[str] | None
-    ) -> None:
-        announcement = create_global_model_message(aggregation_round, contributors)
-        present_before = set(self._session.member_ids())
-        self._send_mixed_transfer(announcement, FrameKind.GLOBAL_MODEL, data, to)
-        with self._lock:
-            self._session.global_model_sent(to, present_before)
 
     # --- helpers ------------------------------------------------------------------------
 
