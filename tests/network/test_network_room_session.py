@@ -570,3 +570,84 @@ def test_leave_says_goodbye_and_leaves_the_room_on_a_relay(mode):
     kinds = [a.message.type.value for a in member.leave()]
     assert kinds == (["goodbye", "leave_room"] if mode == "relay" else ["goodbye"])
     assert member.closed(1000, "disconnect") == [Emit("disconnected")]
+
+
+# --- private rooms: two sessions wired by an in-memory relay ----------------------------------
+
+
+def is_key_exchange(action: SendJson) -> bool:
+    return action.message.type.value.startswith(("pake_", "group_key"))
+
+
+def deliver(sessions: dict[str, RoomSession], sender: str, actions: list) -> dict[str, list]:
+    """Hands `sender`'s directed key-exchange messages to their recipients as our relay would
+    (with `sender_id`), and theirs back, until nobody has anything more to say; returns the
+    actions each session answered with."""
+    answers: dict[str, list] = {name: [] for name in sessions}
+    queue = [(sender, a) for a in of(actions, SendJson) if is_key_exchange(a)]
+    while queue:
+        origin, action = queue.pop(0)
+        for recipient in action.to or []:
+            message = Message(action.message.type, dict(action.message.payload), sender_id=origin)
+            answer = sessions[recipient].message(message)
+            answers[recipient] += answer
+            queue += [(recipient, a) for a in of(answer, SendJson) if is_key_exchange(a)]
+    return answers
+
+
+def test_a_private_room_member_proves_the_code_and_seals_its_push_to_the_host():
+    from segmentation_suite.network.private_code import parse_room_code
+
+    host = session_for("host")
+    host.private.will_create(True, 4)
+    host.begin("relay", URL, "Host", None)
+    host.connection_opened()
+    created = host.message(msg("room_created", {"room_code": "ABCDEF", "relay": RELAY}))
+    ((full_code,),) = emitted(created, "room_created")
+    assert full_code.startswith("ABCDEF-") and len(full_code) == 11
+    member = session_for("mia")
+    member.private.will_join(parse_room_code(full_code.lower()))
+    member.begin("relay", URL, "Mia", "ABCDEF")
+    (join,) = member.connection_opened()
+    assert join.message.payload["room_code"] == "ABCDEF"  # the secret part never leaves
+    users = [user("host"), user("mia")]
+    host.message(msg("user_joined", {"user_id": "mia", "users": users, "host_id": "host"}))
+    joined = member.message(
+        msg(
+            "room_joined",
+            {"room_code": "ABCDEF", "users": users, "host_id": "host", "relay": RELAY},
+        )
+    )
+    assert not emitted(joined, "room_joined")  # not before the key exchange
+    (init,) = sent(joined, "pake_init")
+    assert init.to == ["host"]
+    answers = deliver({"host": host, "mia": member}, "mia", joined)
+    assert emitted(answers["mia"], "room_joined") == [(full_code,)]
+    ((peer, digits),) = emitted(answers["mia"], "verification_code")
+    assert peer == "host" and emitted(answers["host"], "verification_code") == [("mia", digits)]
+    assert member.private.ready and host.private.verification_codes == {"mia": digits}
+
+    plain = serialize_weights(weights(1.25), num_samples=2)
+    sealed = member.private.seal(plain, 77, FrameKind.WEIGHTS)
+    assert bytes(sealed) != bytes(plain)
+    actions = host.transfer_received("mia", 77, FrameKind.WEIGHTS, bytearray(sealed))
+    assert emitted(actions, "round_complete") == [(1, ["mia"])]
+    tampered = bytearray(member.private.seal(plain, 78, FrameKind.WEIGHTS))
+    tampered[-1] ^= 1
+    refused = host.transfer_received("mia", 78, FrameKind.WEIGHTS, tampered)
+    assert of(refused, Report) and not emitted(refused, "weights_received")
+
+
+def test_a_private_room_on_a_relay_without_an_attested_host_is_left_in_words():
+    from segmentation_suite.network.private_code import parse_room_code
+    from segmentation_suite.network.session_actions import Leave
+
+    member = session_for("mia")
+    member.private.will_join(parse_room_code("ABCDEF-WXYZ"))
+    member.begin("relay", URL, "Mia", "ABCDEF")
+    member.connection_opened()
+    actions = member.message(
+        msg("room_joined", {"room_code": "ABCDEF", "users": [user("x"), user("mia")]})
+    )  # a v1 relay: no capabilities, nobody attested
+    assert "Private rooms need a relay" in of(actions, Report)[0].text
+    assert of(actions, Leave) and not emitted(actions, "room_joined")
