@@ -18,7 +18,9 @@ The session composes parts with narrow interfaces, each called at its moments:
   server, which welcomes members and acknowledges pushes.
 
 Parts read the session through its public attributes only; the session alone changes its
-state. The driver feeds one event at a time (it holds a lock around each).
+state (a part that needs a change calls a session event, as the private part calls
+`round_members_changed` when a member proved the code). The driver feeds one event at a time
+(it holds a lock around each).
 """
 
 from __future__ import annotations
