@@ -276,13 +276,13 @@ def worker_main(args: list[str]) -> None:
 
     client.global_model_received.connect(on_global, thread=None)
     sizes: list[int] = []
-    original_receive = client._member_deltas.receive_global
+    original_receive = client._session.member_deltas.receive_global
 
     def measure(data):  # what came over the link: the encoded global model's size
         sizes.append(len(data))
         return original_receive(data)
 
-    client._member_deltas.receive_global = measure
+    client._session.member_deltas.receive_global = measure
     client.connect_relay(code.lower(), f"m{index}", relay_url)
     wait(lambda: client.is_connected, "join")
     say(joined=True)
@@ -309,7 +309,7 @@ def worker_main(args: list[str]) -> None:
             continue
         if message.get("command") != "prepare":
             break
-        held = client._member_deltas.held
+        held = client._session.member_deltas.held
         weights = {}
         for entry in layout:
             name, shape = entry["name"], tuple(entry["shape"])

@@ -1,7 +1,7 @@
-"""SyncClient's part in mixed rooms: members on the original app next to ours
+"""The session's part in mixed rooms: members on the original app next to ours
 (docs/protocol.md, "Mixed rooms"; docs/network-api.md, "Colleagues on the original app").
 
-What is sent to whom:
+What is sent to whom (`MixedRoomPart.plan`):
 
 * relay that lists members' features (ours, `member_features`): our members get our framed
   binaries as always (the relay never hands them to an original client); original members
@@ -13,30 +13,24 @@ What is sent to whom:
   original format only, and our members read it like original members' (behind the same
   opt-in). With no original member present, nothing changes.
 
-What is read: weights in the original format only with `accept_legacy_weights` (see
-legacy_format.py); otherwise the user is told once per sender. Crops are checked PNGs.
+What is read: an original client's binaries carry no header, so each is paired with the JSON
+announcement that preceded it, as the original client did (`pair`). Weights in the original
+format are read only with `accept_legacy_weights` (legacy_format.py); otherwise the user is
+told once per sender. Crops are checked PNGs. No I/O here: the session feeds messages and
+binaries in; the driver sends what `plan` says.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import secrets
+from collections import deque
+from dataclasses import dataclass, field
 from typing import Any
 
-from . import legacy_format, transport
-from .codec import decode_weights
-from .protocol import (
-    MAX_CHUNK_SIZE,
-    Feature,
-    FrameKind,
-    Message,
-    MessageType,
-    chunk_data,
-    create_chunk_end_message,
-    create_chunk_start_message,
-    create_peer_hello_message,
-)
+from . import legacy_format
+from .peer_kinds import PeerKinds
+from .protocol import Feature, FrameKind, Message, MessageType, create_peer_hello_message
+from .session_actions import Report, SendJson
 
 log = logging.getLogger(__name__)
 
@@ -46,218 +40,204 @@ HOW_TO_ACCEPT = (
     "--accept-legacy-weights on the command line (SyncClient(accept_legacy_weights=True))"
 )
 
+#: The most chunks an original `chunk_start` may announce (16 GiB at 16 MiB chunks).
+MAX_ANNOUNCED_CHUNKS = 1024
 
-class MixedRoomMixin:
-    """Methods of SyncClient for rooms with original members (state is set up in
-    SyncClient.__init__: `accept_legacy_weights`, `_kinds`, `_legacy_refused`)."""
+
+@dataclass
+class Announcement:
+    """An original client's JSON announcement waiting for its unframed binaries."""
+
+    message: Message
+    kinds: list[int]
+    chunks_left: int = 1
+    parts: list[bytes] = field(default_factory=list)
+
+    @property
+    def sender(self) -> str:
+        return self.message.sender_id or self.message.payload.get("user_id", "")
+
+
+@dataclass(frozen=True)
+class OriginalTransfer:
+    """A whole transfer in the original format: weights or a global model (`payload`), or a
+    crop (`image`, `mask`)."""
+
+    sender: str
+    kind: int
+    message: Message
+    payload: bytes = b""
+    image: bytes = b""
+    mask: bytes = b""
+
+
+@dataclass(frozen=True)
+class SendPlan:
+    """Who gets a transfer in which format: framed (to `framed_to`), original (its JSON to
+    `original_to`), or both."""
+
+    framed: bool
+    framed_to: list[str] | None
+    original: bool
+    original_to: list[str] | None
+
+
+class MixedRoomPart:
+    """Who speaks what in the room, the original announcements waiting for their binaries,
+    and reading the original format."""
+
+    def __init__(self, accept_legacy_weights: bool = False):
+        self.accept_legacy_weights = bool(accept_legacy_weights)
+        self.kinds = PeerKinds()
+        self._refused: set[str] = set()  # told once per sender that its weights were refused
+        self._announcements: deque[Announcement] = deque()
 
     # --- who speaks what ------------------------------------------------------------------
 
-    @property
-    def original_members(self) -> list[str]:
-        """The other members taken for original-app clients: on a v1 relay, those that have
-        not (yet) announced themselves with peer_hello. While there are any, transfers go in
-        the original format (docs/protocol.md, "Mixed rooms")."""
-        others = [u.get("user_id") for u in self._users if u.get("user_id") != self.user_id]
-        return self._kinds.originals(others)
-
-    def _reset_kinds(self, capabilities: Any, users: list[dict]) -> None:
+    def reset(self, capabilities: Any, users: list[dict]) -> None:
         attested = capabilities is not None and capabilities.supports(Feature.MEMBER_FEATURES)
-        self._kinds.reset(attested)
-        self._kinds.take_user_list(users)
+        self.kinds.reset(attested)
+        self.kinds.take_user_list(users)
 
-    def _say_peer_hello(self) -> None:
+    def take_user_list(self, users: list[dict]) -> None:
+        self.kinds.take_user_list(users)
+
+    def originals(self, user_ids: list[str]) -> list[str]:
+        return self.kinds.originals(user_ids)
+
+    def peer_hello(self, session: Any) -> list:
         """Where the relay attests nothing: tell the room this client speaks protocol 2, and
         if it created the room, that it is the host (members never guess it from list order,
         which the original Worker reorders after idling)."""
-        if self._kinds.attested or self._mode != "relay":
-            return
-        self._submit(self._send_json, create_peer_hello_message(self.user_id, self.is_host))
+        if self.kinds.attested or session.mode != "relay":
+            return []
+        return [SendJson(create_peer_hello_message(session.user_id, session.is_host))]
 
-    def _on_peer_hello(self, message: Message) -> None:
-        sender = message.sender_id or message.payload["user_id"]
-        self._kinds.announced(sender)
-        if not message.payload.get("host") or self._relay_attests_host:
-            return
-        if self._host_id is None:
-            self._host_id = sender
-            self.sync_status.emit(f"{self._name_of(sender)} hosts this room")
-        elif self._host_id != sender:
-            log.warning("%s also claims to host the room; keeping %s", sender, self._host_id)
-
-    def _learn_original_host(self, sender: str) -> None:
-        """Behind a relay that attests nothing, an original host never announces itself: the
-        member that tells joiners the architecture, or sends a global model, is the host."""
-        if (
-            self._host_id is None
-            and not self._relay_attests_host
-            and not self._kinds.speaks_frames(sender)
-        ):
-            self._host_id = sender
-
-    # --- sending ----------------------------------------------------------------------------
-
-    def _plan_recipients(
-        self, to: list[str] | None
-    ) -> tuple[bool, list[str] | None, bool, list[str] | None]:
-        """(send framed, its `to`; send the original format, the `to` of its JSON)."""
-        if self._mode != "relay":
-            return True, to, False, None  # a LAN session's host is ours; it speaks to each
-        present = [u.get("user_id") for u in self._users if u.get("user_id") != self.user_id]
+    def plan(self, session: Any, to: list[str] | None) -> SendPlan:
+        """Which formats a transfer to `to` goes in (None: the room)."""
+        if session.mode != "relay":
+            return SendPlan(True, to, False, None)  # a LAN session's host is ours
+        present = [u for u in session.member_ids() if u != session.user_id]
         targets = present if to is None else list(to)
-        if not self._kinds.attested:
+        if not self.kinds.attested:
             # Every binary reaches everyone here: while any original member is present, all
             # go in one format, the original.
-            if self._kinds.originals(present):
-                return False, None, True, None
-            return True, to, False, None
-        if not self._kinds.originals(targets):
-            return True, to, False, None
+            if self.kinds.originals(present):
+                return SendPlan(False, None, True, None)
+            return SendPlan(True, to, False, None)
+        if not self.kinds.originals(targets):
+            return SendPlan(True, to, False, None)
         # The original-format binaries reach every original member: each gets the
         # announcement that tells it what they are. Our members get the framed copy, and its
         # announcement too is directed to them only (an original client would wait for its
         # binaries).
-        ours = [t for t in targets if self._kinds.speaks_frames(t)]
-        return bool(ours), ours, True, self._kinds.originals(present)
+        ours = [t for t in targets if self.kinds.speaks_frames(t)]
+        return SendPlan(bool(ours), ours, True, self.kinds.originals(present))
 
-    def _send_mixed_transfer(
-        self, announcement: Message, kind: int, data: memoryview, to: list[str] | None
-    ) -> int:
-        """A push or global model to `to`, each recipient in the format it reads. A private
-        room's go sealed to everyone addressed (original clients cannot be members)."""
-        if self._private_code is not None:
-            return self._send_transfer(announcement, kind, data, to)
-        framed, framed_to, legacy, legacy_to = self._plan_recipients(to)
-        if legacy:
-            weights, _ = decode_weights(data)  # the values that went out framed, float16 exact
-            payload = legacy_format.encode_weights(weights)
-            self._send_legacy_transfer(announcement, payload, legacy_to)
-        if framed:
-            return self._send_transfer(announcement, kind, data, framed_to)
-        return len(data)
+    # --- pairing an original client's binaries with its announcements ----------------------
 
-    def _send_legacy_transfer(
-        self, announcement: Message, payload: bytes, to: list[str] | None
-    ) -> None:
-        """The original framing: the announcement and one binary, or past 16 MiB
-        `chunk_start`, the chunks and `chunk_end`."""
-        connection = self._connection
-        if connection is None:
-            raise transport.ConnectionClosed("not connected")
-        fields = {k: v for k, v in announcement.payload.items() if k != "timestamp"}
-        if len(payload) <= MAX_CHUNK_SIZE:
-            self._send_json(Message(announcement.type, dict(fields)), to)
-            connection.send_binary(payload)
-            return
-        chunks = chunk_data(payload, MAX_CHUNK_SIZE)
-        transfer_id = secrets.token_hex(8)
-        fields.setdefault("user_id", self.user_id)
-        fields.setdefault("display_name", self.display_name)
-        start = create_chunk_start_message(
-            transfer_id, len(chunks), len(payload), announcement.type.value, **fields
+    def announce(self, message: Message) -> None:
+        """An announcement without `framed`: its binaries follow, unframed."""
+        if message.type is MessageType.TRAINING_DATA:
+            kinds = [FrameKind.TRAINING_IMAGE, FrameKind.TRAINING_MASK]
+            self._announcements.append(Announcement(message, kinds))
+        elif message.type is MessageType.CHUNK_START:
+            total = message.payload["total_chunks"]
+            if not 1 <= total <= MAX_ANNOUNCED_CHUNKS:
+                log.warning("ignoring chunk_start announcing %s chunks", total)
+                return
+            original = message.payload["original_type"]
+            kind = (
+                FrameKind.GLOBAL_MODEL
+                if original == MessageType.GLOBAL_MODEL.value
+                else FrameKind.WEIGHTS
+            )
+            self._announcements.append(Announcement(message, [kind], chunks_left=total))
+        else:
+            kind = (
+                FrameKind.GLOBAL_MODEL
+                if message.type is MessageType.GLOBAL_MODEL
+                else FrameKind.WEIGHTS
+            )
+            self._announcements.append(Announcement(message, [kind]))
+
+    @property
+    def receiving(self) -> bool:
+        """Some original transfer has part of its binaries here."""
+        return any(a.parts for a in self._announcements)
+
+    def clear(self) -> None:
+        """The connection closed: what it carried half-way will not be completed."""
+        self._announcements.clear()
+
+    def pair(self, data: Any, limit: int) -> tuple[OriginalTransfer | None, str | None]:
+        """An unframed binary: it belongs to the oldest open announcement. Returns the whole
+        transfer once its last binary is in; and the sender of a weight transfer dropped
+        because its compressed bytes already pass `limit` (what it may expand to: gzip never
+        shrinks a real model below this), before it is held any longer."""
+        if not self._announcements:
+            log.warning("ignoring a binary message that no announcement preceded")
+            return None, None
+        announcement = self._announcements[0]
+        announcement.parts.append(bytes(data))
+        if announcement.message.type is MessageType.TRAINING_DATA:
+            if len(announcement.parts) < 2:
+                return None, None
+            self._announcements.popleft()
+            image, mask = announcement.parts
+            crop = OriginalTransfer(
+                announcement.sender,
+                FrameKind.TRAINING_IMAGE,
+                announcement.message,
+                image=image,
+                mask=mask,
+            )
+            return crop, None
+        if sum(len(p) for p in announcement.parts) > limit:
+            self._announcements.popleft()
+            return None, announcement.message.sender_id or "a member"
+        announcement.chunks_left -= 1
+        if announcement.chunks_left:
+            return None, None
+        self._announcements.popleft()
+        payload = b"".join(announcement.parts)
+        announcement.parts.clear()
+        whole = OriginalTransfer(
+            announcement.sender, announcement.kinds[0], announcement.message, payload
         )
-        self._send_json(start, to)
-        for chunk in chunks:
-            connection.send_binary(chunk)
-        self._send_json(create_chunk_end_message(transfer_id), to)
+        return whole, None
 
-    def _send_mixed_crop(
-        self, header: Message, image_png: bytes, mask_png: bytes, to: list[str] | None
-    ) -> None:
-        if self._private_code is not None:
-            self._send_crop(header, image_png, mask_png, to)
-            return
-        framed, framed_to, legacy, legacy_to = self._plan_recipients(to)
-        if legacy:
-            connection = self._connection
-            if connection is None:
-                raise transport.ConnectionClosed("not connected")
-            self._send_json(Message(header.type, dict(header.payload)), legacy_to)
-            connection.send_binary(image_png)
-            connection.send_binary(mask_png)
-        if framed:
-            self._send_crop(header, image_png, mask_png, framed_to)
+    # --- reading the original format ------------------------------------------------------
 
-    # --- receiving --------------------------------------------------------------------------
-
-    def _legacy_limit(self) -> int:
-        """How far an original-format payload may expand: 4x this room's model, when known."""
-        reference = self._global_weights or self._own_weights
-        capabilities = self._capabilities
-        max_size = capabilities.limits.get("max_message_size") if capabilities else None
-        if not isinstance(max_size, int) or max_size <= 0:
-            max_size = None
-        return legacy_format.expansion_limit(reference, max_size)
-
-    def _read_legacy_weights(self, sender: str, payload: Any, what: str) -> dict | None:
-        """Original-format weights from `sender`, or None (said why, once per sender when the
-        user has not opted in)."""
-        name = self._name_of(sender)
+    def read_weights(
+        self, sender: str, name: str, payload: Any, what: str, limit: int
+    ) -> tuple[dict | None, list]:
+        """Original-format weights from `sender`, or None and why (said once per sender
+        when the user has not opted in)."""
         if not self.accept_legacy_weights:
-            if sender not in self._legacy_refused:
-                self._legacy_refused.add(sender)
-                self._report(
+            if sender in self._refused:
+                return None, []
+            self._refused.add(sender)
+            return None, [
+                Report(
                     f"{what} from {name} were not read: they come from the original "
                     "Segmentation Suite app, whose weight format is a Python pickle that could "
                     f"run code on this computer. To accept them from members you trust, "
                     f"{HOW_TO_ACCEPT}"
                 )
-            return None
+            ]
         try:
-            return legacy_format.decode_weights(payload, self._legacy_limit())
+            return legacy_format.decode_weights(payload, limit), []
         except legacy_format.LegacyFormatError as exc:
-            self._report(f"{what} from {name} (original app format) refused: {exc}")
-            return None
+            return None, [Report(f"{what} from {name} (original app format) refused: {exc}")]
 
-    def _on_original_transfer(self, sender: str, kind: int, payload: Any, message: Message) -> None:
-        """A whole transfer in the original format (unframed binaries after an announcement)."""
-        info = message.payload
-        if kind == FrameKind.WEIGHTS:
-            if not self.is_host:
-                return  # a push for the host; a relay without directed delivery shows it to all
-            weights = self._read_legacy_weights(sender, payload, "Weights")
-            if weights is not None:
-                self._accept_push(sender, weights, info)
-        elif kind == FrameKind.GLOBAL_MODEL:
-            self._learn_original_host(sender)
-            if not self._may_send_global_model(sender):
-                self._report(
-                    f"Refused a global model from {self._name_of(sender)}: only the host "
-                    f"({self._name_of(self._host_id or '')}) sends global models in this room"
-                )
-                return
-            weights = self._read_legacy_weights(sender, payload, "The global model")
-            if weights is None:
-                return
-            self._global_weights = weights
-            round_number = info.get("aggregation_round")
-            if isinstance(round_number, int):
-                self._aggregation_round = round_number
-            count = info.get("contributor_count")
-            self._global_contributors = count if isinstance(count, int) and count > 0 else None
-            self.sync_status.emit(f"Global model of round {self._aggregation_round} received")
-            self.global_model_received.emit(weights)
-
-    def _checked_crop(self, sender: str, image: bytes, mask: bytes) -> bool:
-        """An original member's crop reaches the app only as two PNGs Pillow reads."""
+    @staticmethod
+    def check_crop(name: str, image: bytes, mask: bytes) -> list:
+        """An original member's crop reaches the app only as two PNGs Pillow reads: no
+        action when they are, else the reason it was dropped."""
         try:
             legacy_format.check_png(image, "image")
             legacy_format.check_png(mask, "mask")
         except legacy_format.LegacyFormatError as exc:
-            self._report(f"A training crop from {self._name_of(sender)} was dropped: {exc}")
-            return False
-        return True
-
-    def _original_transfer_too_big(self, announcement: Any) -> bool:
-        """An original transfer whose compressed bytes already pass what it may expand to is
-        dropped before it is held any longer (gzip never shrinks a real model below this)."""
-        held = sum(len(p) for p in announcement.parts)
-        if announcement.message.type is MessageType.TRAINING_DATA:
-            return False
-        if held <= self._legacy_limit():
-            return False
-        with contextlib.suppress(ValueError):
-            self._announcements.remove(announcement)
-        sender = announcement.message.sender_id or "a member"
-        self._report(f"Weights from {self._name_of(sender)} dropped: larger than this room's model")
-        return True
+            return [Report(f"A training crop from {name} was dropped: {exc}")]
+        return []

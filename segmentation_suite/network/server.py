@@ -22,93 +22,82 @@ import socket
 import time
 from typing import Any
 
+from . import defaults
 from .client import SyncClient
 from .protocol import (
     DEFAULT_PORT,
     Feature,
     Message,
-    MessageType,
     create_room_message,
     create_user_list_message,
     create_weights_ack_message,
     create_welcome_message,
 )
 from .qt import Signal
+from .room_session import MemberRole, RoomSession
 from .session import get_local_ip
+from .session_actions import Deliver, SendGlobalModel, SendJson
 
 log = logging.getLogger(__name__)
 
 HUB_NAME = "LAN host"
 
 
-class _LanHub(SyncClient):
-    """The server's connection to its relay: the session's host, a member that never trains."""
+class LanHub(MemberRole):
+    """The role of the server's own connection to its relay: the session's host, a member
+    that never trains. It claims the session with the host token, welcomes each member,
+    keeps everyone's user list current and acknowledges pushes; the session calls it at
+    those moments and sends what it returns."""
 
     def __init__(self, server: AggregationServer, host_token: str):
-        super().__init__(
-            aggregation_timeout=server.aggregation_timeout,
-            min_contributors=server.min_contributors,
-            reconnect_attempts=0,
-        )
         self._server = server
         self._host_token = host_token
         self._relay_info: Any = None
 
-    def open(self, url: str) -> bool:
-        """Connects and claims the session; True once the relay made this the host."""
-        if not self._begin("direct", url, HUB_NAME, None) or not self._connect():
-            return False
+    def opening_message(self, session: RoomSession) -> Message:
         # Protocol 2 (framed binaries); no resume: the session ends with the hub's process.
         features = (Feature.FRAME_HEADER.value,)
-        message = create_room_message(self.user_id, HUB_NAME, features=features)
+        message = create_room_message(session.user_id, HUB_NAME, features=features)
         message.payload["host_token"] = self._host_token
-        self._send_json(message)
-        return True
+        return message
 
-    def members(self) -> list[dict]:
-        """Who is in the session: every member but this connection."""
-        return [u for u in self._users if u.get("user_id") != self.user_id]
+    @staticmethod
+    def members(session: RoomSession) -> list[dict]:
+        """Who is in the session: every member but the hub."""
+        return [u for u in session.users if u.get("user_id") != session.user_id]
 
-    def _on_room_created(self, message: Message) -> None:
-        self._relay_info = message.payload.get("relay")
-        super()._on_room_created(message)
+    def room_created(self, session: RoomSession, payload: dict) -> list:
+        self._relay_info = payload.get("relay")
+        return []
 
-    def _on_user_joined(self, message: Message) -> None:
-        super()._on_user_joined(message)
-        newcomer = message.payload["user_id"]
+    def member_joined(self, session: RoomSession, user_id: str, name: str) -> list:
+        members = self.members(session)
         welcome = create_welcome_message(
-            self._room_code or "", self.members(), self._server.architecture or None
+            session.routing_code or "", members, self._server.architecture or None
         )
-        welcome.payload["host_id"] = self.user_id
+        welcome.payload["host_id"] = session.user_id
         if self._relay_info is not None:
             welcome.payload["relay"] = self._relay_info
-        self._submit(self._send_json, welcome, [newcomer])
-        self._submit(self._send_json, create_user_list_message(self.members()))
-        self._server.user_connected.emit(message.payload.get("display_name") or newcomer)
+        return [
+            SendJson(welcome, [user_id]),
+            SendJson(create_user_list_message(members)),
+            Deliver(self._server.user_connected.emit, (name,)),
+        ]
 
-    def _on_user_left(self, message: Message) -> None:
-        super()._on_user_left(message)
-        self._submit(self._send_json, create_user_list_message(self.members()))
-        name = message.payload.get("display_name") or message.payload["user_id"]
-        self._server.user_disconnected.emit(name)
+    def member_left(self, session: RoomSession, user_id: str, name: str) -> list:
+        return [
+            SendJson(create_user_list_message(self.members(session))),
+            Deliver(self._server.user_disconnected.emit, (name,)),
+        ]
 
-    def _accept_push(self, sender: str, weights: dict, metadata: dict) -> bool:
-        received = super()._accept_push(sender, weights, metadata)
-        self._submit(self._send_json, create_weights_ack_message(sender, received), [sender])
+    def push_taken(self, session: RoomSession, sender: str, received: bool) -> list:
+        actions: list = [SendJson(create_weights_ack_message(sender, received), [sender])]
         if received:
-            self._server.weights_received.emit(self._name_of(sender))
-        return received
+            actions.append(Deliver(self._server.weights_received.emit, (session.name_of(sender),)))
+        return actions
 
-    def _on_round_complete(self, weights: dict, aggregation_round: int, contributors: list) -> None:
-        super()._on_round_complete(weights, aggregation_round, contributors)
-        self._server.aggregation_complete.emit(weights)
-
-    _HANDLERS = {
-        **SyncClient._HANDLERS,
-        MessageType.ROOM_CREATED: _on_room_created,
-        MessageType.USER_JOINED: _on_user_joined,
-        MessageType.USER_LEFT: _on_user_left,
-    }
+    def round_complete(self, session: RoomSession, weights: dict) -> list:
+        return [Deliver(self._server.aggregation_complete.emit, (weights,))]
 
 
 class AggregationServer:
@@ -122,13 +111,17 @@ class AggregationServer:
     server_started = Signal(str)
     server_stopped = Signal()
 
-    def __init__(self, min_contributors: int = 1, aggregation_timeout: float = 60.0):
+    def __init__(
+        self,
+        min_contributors: int = defaults.MIN_CONTRIBUTORS,
+        aggregation_timeout: float = defaults.AGGREGATION_TIMEOUT,
+    ):
         self.min_contributors = min_contributors
         self.aggregation_timeout = aggregation_timeout
         self.architecture = ""
         self.port = 0
         self._relay = None
-        self._hub: _LanHub | None = None
+        self._hub: SyncClient | None = None  # the server's connection, in the LanHub role
 
     @property
     def is_running(self) -> bool:
@@ -136,7 +129,9 @@ class AggregationServer:
 
     @property
     def client_count(self) -> int:
-        return len(self._hub.members()) if self._hub is not None else 0
+        if self._hub is None:
+            return 0
+        return sum(1 for u in self._hub.users if u.get("user_id") != self._hub.user_id)
 
     @property
     def host_client(self) -> SyncClient | None:
@@ -166,12 +161,16 @@ class AggregationServer:
             self._report(f"Cannot start the LAN session on port {port}: {exc}")
             return None
         self.port = self._relay.port
-        hub = _LanHub(self, token)
+        hub = SyncClient(
+            aggregation_timeout=self.aggregation_timeout,
+            min_contributors=self.min_contributors,
+            reconnect_attempts=0,
+            role=LanHub(self, token),
+        )
         hub.error.connect(self._report)
         self._hub = hub
-        if not hub.open(f"ws://127.0.0.1:{self.port}/ws") or not _wait_until(
-            lambda: hub.is_connected, 10
-        ):
+        hub.connect_direct("127.0.0.1", self.port, HUB_NAME)
+        if not _wait_until(lambda: hub.is_connected, 10):
             self.stop()
             self._report(f"Cannot start the LAN session on port {port}: the host did not connect")
             return None
@@ -196,7 +195,7 @@ class AggregationServer:
         if self._hub is None:
             self._report("Cannot set the global model: the LAN session is not running")
             return
-        self._hub._global_weights = weights
+        self._hub.apply_to_session(lambda session: session.set_global_weights(weights))
 
     def broadcast_global_model(self) -> None:
         """Sends the current global model to every member."""
@@ -205,7 +204,8 @@ class AggregationServer:
             self._report("No global model to send yet")
             return
         count = hub.global_contributors or 0
-        hub._submit(hub._send_global_model, hub.global_weights, hub.aggregation_round, count)
+        send = SendGlobalModel(hub.global_weights, hub.aggregation_round, count)
+        hub.apply_to_session(lambda session: [send])
 
     def trigger_aggregation(self) -> bool:
         """Closes the current round now with the pushes it has; False if nobody pushed."""

@@ -19,6 +19,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 
+from . import defaults
 from ._relayclient import (
     DEFAULT_CHUNK_SIZE,
     FRAME_KIND_GLOBAL_MODEL,
@@ -126,9 +127,9 @@ def connect(
     proxy: str | bool | None = None,
     ca_file: str | None = None,
     server_hostname: str | None = None,
-    connect_timeout: float | None = 10.0,
-    ping_interval: float | None = 30.0,
-    ping_timeout: float = 30.0,
+    connect_timeout: float | None = defaults.CONNECT_TIMEOUT,
+    ping_interval: float | None = defaults.PING_INTERVAL,
+    ping_timeout: float = defaults.PING_TIMEOUT,
     max_message_size: int = 256 * 1024 * 1024,
     receive_queue_size: int = 64 * 1024 * 1024,
     reassemble_transfers: bool = False,

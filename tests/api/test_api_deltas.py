@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 from test_api_rooms import last_users, make_client
 
-from segmentation_suite.network import client as client_module
 from segmentation_suite.network.codec import reference_id
 
 LAYOUT = {
@@ -39,27 +38,27 @@ def model(seed: int, base: dict | None = None) -> dict:
 def spy_globals(client) -> list[tuple[int, dict]]:
     """(format version, weights) of every global model the member decodes."""
     seen: list[tuple[int, dict]] = []
-    original = client._member_deltas.receive_global
+    original = client._session.member_deltas.receive_global
 
     def receive(data):
         weights, metadata = original(data)
         seen.append((metadata["format_version"], weights))
         return weights, metadata
 
-    client._member_deltas.receive_global = receive
+    client._session.member_deltas.receive_global = receive
     return seen
 
 
 def spy_pushes(host) -> list[tuple[str, int, dict]]:
     """(sender, format version, rebuilt weights) of every push the host decodes."""
     seen: list[tuple[str, int, dict]] = []
-    original = host._accept_push
+    original = host._session.accept_push
 
     def accept(sender, weights, metadata):
         seen.append((sender, metadata["format_version"], weights))
         return original(sender, weights, metadata)
 
-    host._accept_push = accept
+    host._session.accept_push = accept
     return seen
 
 
@@ -68,7 +67,8 @@ def wait_count(recorder, items: list, count: int, what: str) -> None:
 
 
 class NoJitter:
-    """client.py's `random` for a member that must stay away for exactly its base delay."""
+    """The reconnect policy's random source for a member that must stay away for exactly its
+    base delay."""
 
     @staticmethod
     def uniform(low: float, high: float) -> float:
@@ -143,7 +143,7 @@ def test_late_joiner_and_resumed_member_get_the_whole_model_then_deltas(
 
     # Round 3: ann's connection drops and it stays away (3 s) while the round closes without
     # it; lee gets the global as a delta, ann misses it and resumes holding global 2.
-    monkeypatch.setattr(client_module, "random", NoJitter)
+    monkeypatch.setattr(ann._session.reconnect, "rng", NoJitter)
     ann._connection.close(code=4000, reason="test: the link drops", timeout=2)
     lee.send_weights(model(4, lee_globals[-1][1]), epoch=3, loss=0.3, num_samples=10)
     recorder.wait_for(lambda: len(pushes) >= 4, 30, "lee's push")

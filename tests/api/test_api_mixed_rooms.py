@@ -98,7 +98,7 @@ def join(recorder, name: str, code: str, url: str, **options):
 
 
 def speaks_frames(client, other) -> bool:
-    return client._kinds.speaks_frames(other.user_id)
+    return client._session.mixed.kinds.speaks_frames(other.user_id)
 
 
 # --- must-show 1 and 5: both roles, both directions, small and chunked -------------------

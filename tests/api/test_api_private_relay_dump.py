@@ -86,7 +86,7 @@ def test_the_relays_dump_and_log_hold_no_secret_key_or_plaintext(dump_relay, rec
     alice = join(recorder, "alice", url, code)
     recorder.wait_for(lambda: recorder.of("alice", "room_joined"), TIMEOUT, "alice joined")
     sent = run_rounds(recorder, host, alice, rounds=2)
-    room, member = host._private_host, alice._private_member
+    room, member = host._session.private.host, alice._session.private.member
     keys = {
         "host's wrap key for alice": room._wrap_keys[alice.user_id],
         "alice's wrap key": member._wrap_key,

@@ -81,9 +81,9 @@ def run_drill(url: str, alice_url: str, link: CuttableForwarder, recorder) -> No
     bob = join(recorder, "bob", url, code)
     for name in ("alice", "bob"):
         recorder.wait_for(lambda n=name: recorder.of(n, "room_joined"), TIMEOUT, f"{name} in")
-    room = host._private_host
+    room = host._session.private.host
     recorder.wait_for(lambda: len(room.members) == 2, TIMEOUT, "both members hold the key")
-    member = alice._private_member
+    member = alice._session.private.member
     assert member.epoch == room.epoch == 0
 
     # 1. Dropped and back with nothing rotated: the re-run exchange keeps the key as it was.

@@ -264,7 +264,7 @@ def test_a_global_model_from_a_non_host_is_refused(wire, recorder) -> None:
         recorder.wait_for(lambda n=name: recorder.of(n, "room_joined"), TIMEOUT, f"{name} in")
     # mallory holds the full code and the group key, and seals a "global model" with it
     forged = serialize_weights(model(5))
-    sealed = mallory._private_member._transfers.seal(
+    sealed = mallory._session.private.member._transfers.seal(
         forged, 77, transport.FRAME_KIND_GLOBAL_MODEL, None
     )
     mallory._connection.send_chunked(
@@ -276,7 +276,7 @@ def test_a_global_model_from_a_non_host_is_refused(wire, recorder) -> None:
     assert alice.global_weights is None and not recorder.of("alice", "global")
     # a member cannot even seal one through the API
     with pytest.raises(ValueError, match="only the host"):
-        mallory._private_member.seal_transfer(forged, 78, transport.FRAME_KIND_GLOBAL_MODEL)
+        mallory._session.private.member.seal_transfer(forged, 78, transport.FRAME_KIND_GLOBAL_MODEL)
 
 
 def test_private_room_on_the_v1_relay_is_refused_with_a_clear_error(recorder) -> None:
@@ -302,13 +302,13 @@ def test_tampered_replayed_and_foreign_pushes_are_refused_nothing_applied(wire, 
     other_host, other_code = create_second_room(recorder, url)
     alice = join(recorder, "alice", url, code)
     recorder.wait_for(lambda: recorder.of("alice", "room_joined"), TIMEOUT, "alice in")
-    member = alice._private_member
+    member = alice._session.private.member
     plain = serialize_weights(model(6))
     sealed = bytearray(member._transfers.seal(plain, 501, transport.FRAME_KIND_WEIGHTS, None))
     flipped = bytearray(sealed)
     flipped[len(flipped) // 2] ^= 0x01
     # the key of the other room, as a member of both would hold it
-    stranger = other_host._private_host
+    stranger = other_host._session.private.host
     foreign = bytes(stranger.seal_transfer(plain, 503, transport.FRAME_KIND_WEIGHTS))
     conn, to = alice._connection, [host.user_id]
     for transfer_id, data in ((501, flipped), (502, sealed), (503, foreign)):

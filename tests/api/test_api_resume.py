@@ -31,6 +31,8 @@ def test_relay_restart_everyone_back_in_the_same_room(relay, recorder, members, 
     both = ["host", "mia"]
     recorder.wait_for(lambda: last_users(recorder, "mia") == both, 20, "mia joined")
     recorder.wait_for(lambda: last_users(recorder, "host") == both, 20, "host sees mia")
+    # In a private room mia's room_joined follows the key exchange, after the user lists.
+    recorder.wait_for(lambda: recorder.of("mia", "room_joined"), 20, "mia holds the room key")
     mark = len(recorder.events)
 
     code_at_exit, _ = first.terminate(timeout=5)

@@ -1,0 +1,679 @@
+"""The session state machine (room_session.py) without sockets: events in, actions out.
+
+Each test feeds a RoomSession what a relay, a member or a timer would, and checks the actions
+it returns (messages to send and to whom, signals, timers, connections to open) and its state.
+Expected values come from the protocol (docs/protocol.md) and from numpy, never from the code
+under test. The same session runs under SyncClient on real relays in tests/api.
+"""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+
+from segmentation_suite.network.codec import serialize_weights
+from segmentation_suite.network.host import HostRounds
+from segmentation_suite.network.mixed_room import MixedRoomPart
+from segmentation_suite.network.protocol import FrameKind, Message, MessageType
+from segmentation_suite.network.reconnect import ReconnectPolicy
+from segmentation_suite.network.room_session import (
+    LAN_HOST_LEFT,
+    RECONNECT_TIMER,
+    REJOIN_TIMER,
+    ROUND_TIMER,
+    RoomSession,
+)
+from segmentation_suite.network.server import AggregationServer, LanHub
+from segmentation_suite.network.session_actions import (
+    CloseConnection,
+    Deliver,
+    Emit,
+    OpenConnection,
+    Report,
+    SendGlobalData,
+    SendGlobalModel,
+    SendJson,
+    StartTimer,
+)
+
+RELAY = {
+    "version": "test",
+    "protocol": 2,
+    "features": ["frame_header", "resume", "directed", "host_id", "member_features"],
+    "limits": {"chunk_size": 1 << 20},
+}
+URL = "ws://relay.test/ws"
+
+
+def user(user_id: str, name: str | None = None) -> dict:
+    return {"user_id": user_id, "display_name": name or user_id, "features": ["frame_header"]}
+
+
+def msg(kind: str, payload: dict, **top) -> Message:
+    return Message(MessageType(kind), payload, **top)
+
+
+def of(actions: list, kind: type) -> list:
+    return [a for a in actions if isinstance(a, kind)]
+
+
+def emitted(actions: list, signal: str) -> list[tuple]:
+    return [a.args for a in actions if isinstance(a, Emit) and a.signal == signal]
+
+
+def sent(actions: list, kind: str) -> list[SendJson]:
+    return [a for a in of(actions, SendJson) if a.message.type.value == kind]
+
+
+def session_for(user_id: str, **parts) -> RoomSession:
+    parts.setdefault("reconnect", ReconnectPolicy(3, 0.5, 4.0, rng=random.Random(7)))
+    return RoomSession(user_id, **parts)
+
+
+def host_in_room(members: list[str], **parts) -> RoomSession:
+    """The creator of room ABCDEF on our relay, with `members` joined after it."""
+    host = session_for("host", **parts)
+    host.begin("relay", URL, "Host", None)
+    host.connection_opened()
+    host.message(msg("room_created", {"room_code": "ABCDEF", "relay": RELAY, "resume_token": "t"}))
+    users = [user("host")]
+    for member in members:
+        users.append(user(member))
+        host.message(
+            msg("user_joined", {"user_id": member, "users": list(users), "host_id": "host"})
+        )
+    return host
+
+
+def member_in_room(user_id: str = "mia", others: tuple[str, ...] = ()) -> RoomSession:
+    member = session_for(user_id)
+    member.begin("relay", URL, user_id, "ABCDEF")
+    member.connection_opened()
+    users = [user("host"), *(user(o) for o in others), user(user_id)]
+    member.message(
+        msg(
+            "room_joined",
+            {
+                "room_code": "ABCDEF",
+                "users": users,
+                "host_id": "host",
+                "relay": RELAY,
+                "resume_token": "tok",
+            },
+        )
+    )
+    return member
+
+
+def weights(value: float) -> dict:
+    return {"w": np.full((3, 2), value, np.float32), "b": np.array([value, -value], np.float32)}
+
+
+def push(host: RoomSession, sender: str, value: float, samples: int, transfer_id: int) -> list:
+    data = serialize_weights(weights(value), epoch=1, loss=0.5, num_samples=samples)
+    return host.transfer_received(sender, transfer_id, FrameKind.WEIGHTS, data)
+
+
+# --- creating and joining -------------------------------------------------------------------
+
+
+def test_create_opens_a_connection_then_asks_for_a_room_and_becomes_its_host():
+    host = session_for("host")
+    actions = host.begin("relay", URL, "Host", None)
+    assert of(actions, OpenConnection) and not of(actions, SendJson)
+    (create,) = host.connection_opened()
+    assert create.message.type is MessageType.CREATE_ROOM and create.now
+    assert create.message.payload["user_id"] == "host"
+    actions = host.message(msg("room_created", {"room_code": "ABCDEF", "relay": RELAY}))
+    assert emitted(actions, "room_created") == [("ABCDEF",)]
+    assert emitted(actions, "connected") == [()]
+    assert host.is_host and host.in_room and host.capabilities.chunk_size == 1 << 20
+
+
+def test_join_sends_the_code_and_takes_the_attested_host():
+    member = session_for("mia")
+    member.begin("relay", URL, "Mia", "abcdef")
+    (join,) = member.connection_opened()
+    assert join.message.type is MessageType.JOIN_ROOM
+    assert join.message.payload["room_code"] == "ABCDEF"
+    users = [user("zed"), user("host"), user("mia")]  # list order never names the host
+    actions = member.message(
+        msg(
+            "room_joined",
+            {"room_code": "ABCDEF", "users": users, "host_id": "host", "relay": RELAY},
+        )
+    )
+    assert emitted(actions, "room_joined") == [("ABCDEF",)]
+    assert member.host_id == "host" and not member.is_host
+    assert member.recipients() == ["host"]
+
+
+def test_a_refused_join_is_reported_and_the_connection_closed():
+    member = session_for("mia")
+    member.begin("relay", URL, "Mia", "ABCDEF")
+    member.connection_opened()
+    actions = member.message(msg("error", {"error": "no such room", "code": "ROOM_NOT_FOUND"}))
+    (report,) = of(actions, Report)
+    assert "Room ABCDEF not found" in report.text
+    assert of(actions, CloseConnection) and member.closing
+    assert member.closed(1000, "") == []  # closing on purpose: nothing more to say
+
+
+def test_a_message_directed_to_others_is_ignored():
+    member = member_in_room()
+    info = msg("session_info", {"architecture": "unet"}, to=["someone-else"])
+    assert member.message(info) == []
+    assert member.architecture == ""
+
+
+def test_host_tells_a_newcomer_the_architecture_directly():
+    host = host_in_room([])
+    host.set_architecture("unet-4")
+    actions = host.message(
+        msg(
+            "user_joined",
+            {"user_id": "ann", "users": [user("host"), user("ann")], "host_id": "host"},
+        )
+    )
+    (info,) = sent(actions, "session_info")
+    assert info.to == ["ann"] and info.message.payload["architecture"] == "unet-4"
+    assert emitted(actions, "user_joined_room") == [("ann",)]
+
+
+def test_when_the_attested_host_leaves_nobody_takes_its_place():
+    member = member_in_room(others=("zed",))
+    actions = member.message(
+        msg("user_left", {"user_id": "host", "users": [user("zed"), user("mia")], "host_id": None})
+    )
+    assert member.host_id is None
+    assert emitted(actions, "user_left_room") == [("host",)]
+    # a member with no host may not push to "everyone" instead
+    assert "host is not in the room" in member.host_missing("send weights")[0].text
+    # and a global model from another member is refused
+    data = serialize_weights(weights(1.0))
+    refused = member.transfer_received("zed", 5, FrameKind.GLOBAL_MODEL, data)
+    assert "Refused a global model" in of(refused, Report)[0].text
+    assert member.global_weights is None
+
+
+# --- the host's rounds ------------------------------------------------------------------------
+
+
+def test_a_round_closes_when_every_member_pushed_with_the_samples_weighted_mean():
+    host = host_in_room(["ann", "bob"])
+    first = push(host, "ann", 1.0, 10, transfer_id=1)
+    assert emitted(first, "weights_received")[0][0] == "ann"
+    (timer,) = of(first, StartTimer)
+    assert timer.name == ROUND_TIMER and timer.delay == host.rounds.timeout
+    assert not emitted(first, "round_complete")
+    second = push(host, "bob", 4.0, 30, transfer_id=1)  # transfer ids are per sender
+    assert emitted(second, "round_complete") == [(1, ["ann", "bob"])]
+    (model,) = emitted(second, "global_model_received")
+    expected = (1.0 * 10 + 4.0 * 30) / 40  # FedAvg by num_samples
+    np.testing.assert_allclose(model[0]["w"], np.full((3, 2), expected), rtol=1e-3)
+    sends = of(second, SendGlobalData)
+    assert sends and sorted(r for s in sends for r in (s.to or ["ann", "bob"])) == ["ann", "bob"]
+    assert host.aggregation_round == 1 and host.global_contributors == 2
+
+
+def signals(actions: list) -> list[str]:
+    return [a.signal for a in actions if isinstance(a, Emit)]
+
+
+def test_the_push_that_closes_a_round_is_told_before_the_round():
+    # A listener that reads who pushed when the global model arrives (the app's table, the
+    # mixed-room test) must already have heard of every contributor.
+    host = host_in_room(["ann", "bob"])
+    push(host, "ann", 1.0, 1, transfer_id=1)
+    order = signals(push(host, "bob", 2.0, 1, transfer_id=1))
+    assert "weights_received" in order and "round_complete" in order
+    assert order.index("weights_received") < order.index("round_complete")
+    assert order.index("weights_received") < order.index("global_model_received")
+
+
+def test_the_lan_hub_acknowledges_the_closing_push_before_reporting_the_round():
+    hub, server = lan_hub()
+    hub.connection_opened()
+    hub.message(msg("room_created", {"room_code": "LANLAN", "relay": RELAY}))
+    users = [user("hub"), user("ann", "Ann")]
+    hub.message(msg("user_joined", {"user_id": "ann", "users": users, "host_id": "hub"}))
+    delivered = [a.callback for a in of(push(hub, "ann", 1.5, 3, transfer_id=1), Deliver)]
+    pushed = delivered.index(server.weights_received.emit)
+    assert pushed < delivered.index(server.aggregation_complete.emit)
+
+
+def test_a_transfer_sent_again_after_a_drop_is_taken_once():
+    host = host_in_room(["ann", "bob"])
+    push(host, "ann", 1.0, 10, transfer_id=9)
+    assert push(host, "ann", 1.0, 10, transfer_id=9) == []
+    assert host.rounds.started
+
+
+def test_a_round_times_out_with_enough_pushes_and_ignores_a_stale_timer():
+    host = host_in_room(["ann", "bob"])
+    (timer,) = of(push(host, "ann", 2.0, 5, transfer_id=1), StartTimer)
+    assert host.timer_fired(ROUND_TIMER, timer.token + 1) == []  # not this round's
+    actions = host.timer_fired(ROUND_TIMER, timer.token)
+    assert emitted(actions, "round_complete") == [(1, ["ann"])]
+    assert host.timer_fired(ROUND_TIMER, timer.token) == []  # fired once
+
+
+def test_a_timeout_with_too_few_pushes_waits_another_period():
+    host = host_in_room(["ann", "bob", "cy"], rounds=HostRounds(timeout=5, min_contributors=2))
+    (timer,) = of(push(host, "ann", 2.0, 5, transfer_id=1), StartTimer)
+    actions = host.timer_fired(ROUND_TIMER, timer.token)
+    assert not emitted(actions, "round_complete")
+    (again,) = of(actions, StartTimer)
+    assert again.delay == 5 and again.token != timer.token
+    push(host, "bob", 2.0, 5, transfer_id=1)
+    assert emitted(host.timer_fired(ROUND_TIMER, again.token), "round_complete") == [
+        (1, ["ann", "bob"])
+    ]
+
+
+def test_a_member_leaving_closes_the_round_it_held_up():
+    host = host_in_room(["ann", "bob"])
+    push(host, "ann", 1.0, 1, transfer_id=1)
+    actions = host.message(
+        msg(
+            "user_left", {"user_id": "bob", "users": [user("host"), user("ann")], "host_id": "host"}
+        )
+    )
+    assert emitted(actions, "round_complete") == [(1, ["ann"])]
+
+
+def test_an_excluded_member_is_neither_awaited_nor_taken():
+    host = host_in_room(["ann", "bob"])
+    host.exclude_member("bob", True)
+    assert push(host, "bob", 9.0, 1, transfer_id=1) == []
+    assert emitted(push(host, "ann", 1.0, 1, transfer_id=1), "round_complete") == [(1, ["ann"])]
+
+
+def test_a_training_host_waits_for_its_own_push():
+    host = host_in_room(["ann"])
+    host.set_host_trains(True)
+    assert not emitted(push(host, "ann", 1.0, 1, transfer_id=1), "round_complete")
+    actions = host.own_push(weights(3.0), num_samples=1, epoch=1)
+    assert emitted(actions, "round_complete") == [(1, ["ann", "host"])]
+
+
+def test_the_host_answers_request_model_with_its_global_model_to_the_asker_only():
+    host = host_in_room(["ann"])
+    assert host.message(msg("request_model", {"user_id": "ann"}, sender_id="ann")) == [
+        Emit("model_requested", ("ann",))
+    ]  # nothing to send yet
+    host.set_global_weights(weights(0.5))
+    actions = host.message(msg("request_model", {"user_id": "ann"}, sender_id="ann"))
+    assert emitted(actions, "model_requested") == [("ann",)]
+    (answer,) = of(actions, SendGlobalModel)
+    assert answer.to == ["ann"]
+    np.testing.assert_array_equal(answer.weights["w"], weights(0.5)["w"])
+
+
+def test_a_member_requests_the_global_model_from_the_host():
+    member = member_in_room()
+    (request,) = member.request_global_model()
+    assert request.message.type is MessageType.REQUEST_MODEL and request.to == ["host"]
+
+
+def test_a_member_takes_the_hosts_global_model():
+    member = member_in_room()
+    data = serialize_weights(
+        weights(2.0), metadata={"aggregation_round": 4, "contributor_count": 3}
+    )
+    actions = member.transfer_received("host", 1, FrameKind.GLOBAL_MODEL, data)
+    (model,) = emitted(actions, "global_model_received")
+    np.testing.assert_array_equal(model[0]["b"], np.array([2.0, -2.0], np.float32))
+    assert member.aggregation_round == 4 and member.global_contributors == 3
+
+
+# --- losing and regaining the connection ---------------------------------------------------------
+
+
+def test_a_drop_schedules_reconnects_with_growing_jittered_waits_then_gives_up():
+    member = member_in_room()
+    actions = member.closed(1006, "")
+    assert emitted(actions, "sync_status") and member.reconnecting and not member.in_room
+    waits = []
+    for attempt in range(3):
+        (timer,) = of(actions, StartTimer)
+        assert timer.name == RECONNECT_TIMER
+        assert 0 <= timer.delay <= min(4.0, 0.5 * 2**attempt)
+        waits.append(timer.delay)
+        assert member.timer_fired(RECONNECT_TIMER, timer.token) == [OpenConnection()]
+        actions = member.connection_failed("refused")
+    assert "after 3 tries" in of(actions, Report)[0].text
+    assert emitted(actions, "disconnected") == [()]
+    assert member.closing and not member.reconnecting
+
+
+def test_reconnecting_resumes_with_the_token_and_says_nothing_new_to_the_app():
+    member = member_in_room()
+    (timer,) = of(member.closed(1006, ""), StartTimer)
+    member.timer_fired(RECONNECT_TIMER, timer.token)
+    (resume,) = member.connection_opened()
+    assert resume.message.type is MessageType.RESUME and resume.now
+    assert resume.message.payload["resume_token"] == "tok"
+    users = [user("host"), user("mia")]
+    actions = member.message(
+        msg(
+            "room_joined",
+            {
+                "room_code": "ABCDEF",
+                "users": users,
+                "host_id": "host",
+                "relay": RELAY,
+                "resumed": True,
+            },
+        )
+    )
+    assert not emitted(actions, "room_joined") and not emitted(actions, "connected")
+    assert member.in_room and not member.reconnecting
+
+
+def test_after_a_resume_members_not_back_yet_hold_the_round_up():
+    host = host_in_room(["ann", "bob"])
+    (timer,) = of(host.closed(1006, ""), StartTimer)
+    host.timer_fired(RECONNECT_TIMER, timer.token)
+    host.connection_opened()
+    host.message(
+        msg(
+            "room_joined",
+            {
+                "room_code": "ABCDEF",
+                "users": [user("host"), user("ann")],
+                "host_id": "host",
+                "relay": RELAY,
+                "resumed": True,
+            },
+        )
+    )
+    assert host.away_members == {"bob"}
+    assert not emitted(push(host, "ann", 1.0, 1, transfer_id=1), "round_complete")
+
+
+def test_a_timer_after_disconnect_does_nothing():
+    member = member_in_room()
+    (timer,) = of(member.closed(1006, ""), StartTimer)
+    member.leave()
+    assert member.timer_fired(RECONNECT_TIMER, timer.token) == []
+
+
+def test_a_member_waits_for_the_host_to_reopen_a_room_the_relay_forgot():
+    member = member_in_room()
+    (timer,) = of(member.closed(1006, ""), StartTimer)
+    member.timer_fired(RECONNECT_TIMER, timer.token)
+    member.connection_opened()
+    actions = member.message(msg("error", {"error": "x", "code": "INVALID_RESUME_TOKEN"}))
+    assert not of(actions, Report)  # "not now", not a failure
+    (rejoin_timer,) = of(actions, StartTimer)
+    assert rejoin_timer.name == REJOIN_TIMER and member.resume_token is None
+    (join,) = member.timer_fired(REJOIN_TIMER, rejoin_timer.token)
+    assert join.message.type is MessageType.JOIN_ROOM  # no token left: a plain join
+    actions = member.message(
+        msg("error", {"error": "x", "code": "RATE_LIMITED", "retry_after": 42})
+    )
+    (later,) = of(actions, StartTimer)
+    assert later.delay >= 42
+    member.message(msg("error", {"error": "x", "code": "ROOM_NOT_FOUND"}))
+    actions = member.message(msg("error", {"error": "x", "code": "ROOM_NOT_FOUND"}))
+    assert "did not come back after 3 tries" in of(actions, Report)[0].text
+    assert of(actions, CloseConnection) and emitted(actions, "disconnected")
+
+
+def test_a_host_the_relay_forgot_opens_a_new_room_at_once():
+    host = host_in_room(["ann"])
+    (timer,) = of(host.closed(1006, ""), StartTimer)
+    host.timer_fired(RECONNECT_TIMER, timer.token)
+    host.connection_opened()
+    # the relay lost the secret that signed the resume token: a new room, not a resume
+    actions = host.message(msg("error", {"error": "x", "code": "INVALID_RESUME_TOKEN"}))
+    (create,) = sent(actions, "create_room")
+    assert create.now
+    actions = host.message(msg("room_created", {"room_code": "QWERTY", "relay": RELAY}))
+    assert emitted(actions, "room_created") == [("QWERTY",)]
+
+
+def test_a_close_before_the_session_began_is_reported_never_retried():
+    member = session_for("mia")
+    member.begin("relay", URL, "Mia", "ABCDEF")
+    member.connection_opened()
+    actions = member.closed(1006, "")
+    assert "closed before the session began" in of(actions, Report)[0].text
+    assert not of(actions, StartTimer)
+
+
+# --- LAN roles ---------------------------------------------------------------------------
+
+
+def test_a_lan_member_says_hello_and_follows_the_servers_user_list():
+    member = session_for("mia")
+    member.begin("direct", "ws://10.0.0.2:8765/ws", "Mia", None)
+    (hello,) = member.connection_opened()
+    assert hello.message.type is MessageType.HELLO
+    actions = member.message(
+        msg(
+            "welcome",
+            {
+                "session_id": "S",
+                "user_list": [user("mia")],
+                "host_id": "hub",
+                "architecture": "unet",
+            },
+        )
+    )
+    assert emitted(actions, "connected") == [()]
+    assert emitted(actions, "architecture_received") == [("unet",)]
+    assert member.host_id == "hub" and member.recipients() == ["hub"]
+    actions = member.message(msg("user_list", {"users": [user("mia"), user("ann", "Ann")]}))
+    assert emitted(actions, "user_joined_room") == [("Ann",)]
+    actions = member.message(msg("user_list", {"users": [user("mia")]}))
+    assert emitted(actions, "user_left_room") == [("Ann",)]
+
+
+def test_a_lan_member_whose_host_ended_the_session_does_not_reconnect():
+    member = session_for("mia")
+    member.begin("direct", "ws://10.0.0.2:8765/ws", "Mia", None)
+    member.connection_opened()
+    member.message(
+        msg("welcome", {"session_id": "S", "user_list": [user("mia")], "host_id": "hub"})
+    )
+    actions = member.closed(1001, LAN_HOST_LEFT)
+    assert "ended the session" in of(actions, Report)[0].text
+    assert emitted(actions, "disconnected") == [()] and not of(actions, StartTimer)
+
+
+def lan_hub() -> tuple[RoomSession, AggregationServer]:
+    server = AggregationServer(min_contributors=1, aggregation_timeout=30)
+    server.architecture = "unet"
+    hub = session_for("hub", role=LanHub(server, "secret-token"))
+    hub.begin("direct", "ws://127.0.0.1:1/ws", "LAN host", None)
+    return hub, server
+
+
+def test_the_lan_hub_claims_the_session_with_its_token():
+    hub, _ = lan_hub()
+    (claim,) = hub.connection_opened()
+    assert claim.message.type is MessageType.CREATE_ROOM
+    assert claim.message.payload["host_token"] == "secret-token"
+    assert claim.message.payload["features"] == ["frame_header"]
+
+
+def test_the_lan_hub_welcomes_members_acks_pushes_and_reports_rounds():
+    hub, server = lan_hub()
+    hub.connection_opened()
+    hub.message(msg("room_created", {"room_code": "LANLAN", "relay": RELAY}))
+    assert hub.is_host
+    actions = hub.message(
+        msg(
+            "user_joined",
+            {
+                "user_id": "ann",
+                "display_name": "Ann",
+                "users": [user("hub"), user("ann", "Ann")],
+                "host_id": "hub",
+            },
+        )
+    )
+    (welcome,) = sent(actions, "welcome")
+    assert welcome.to == ["ann"] and welcome.message.payload["host_id"] == "hub"
+    assert welcome.message.payload["user_list"] == [user("ann", "Ann")]
+    assert welcome.message.payload["architecture"] == "unet"
+    (listing,) = sent(actions, "user_list")
+    assert listing.to is None
+    assert Deliver(server.user_connected.emit, ("Ann",)) in actions
+    actions = push(hub, "ann", 1.5, 3, transfer_id=1)
+    (ack,) = sent(actions, "weights_ack")
+    assert ack.to == ["ann"] and ack.message.payload["received"] is True
+    assert emitted(actions, "round_complete") == [(1, ["ann"])]
+    delivered = [a.callback for a in of(actions, Deliver)]
+    assert server.weights_received.emit in delivered
+    assert server.aggregation_complete.emit in delivered
+
+
+# --- original clients (legacy pairing) -----------------------------------------------------------
+
+
+def png(value: int) -> bytes:
+    from segmentation_suite.network.crop_png import encode_png
+
+    return encode_png(np.full((4, 4), value, np.uint8), "crop")
+
+
+def test_an_original_crop_is_paired_with_its_announcement():
+    host = host_in_room(["orig"], mixed=MixedRoomPart())
+    announce = msg(
+        "training_data",
+        {"user_id": "orig", "display_name": "O", "crop_size": 4, "slice_index": 2},
+        sender_id="orig",
+    )
+    assert host.message(announce) == []
+    assert host.unframed_binary(png(1)) == []  # the image; the mask follows
+    actions = host.unframed_binary(png(2))
+    ((image, mask, info),) = emitted(actions, "training_data_received")
+    assert image == png(1) and mask == png(2)
+    assert info["sender_id"] == "orig" and info["slice_index"] == 2
+
+
+def test_an_unframed_binary_without_announcement_or_in_a_private_room_is_dropped():
+    host = host_in_room(["orig"])
+    assert host.unframed_binary(b"\x00" * 10) == []
+    assert not host.receiving
+
+
+def test_original_weights_are_refused_without_the_opt_in_and_said_once():
+    host = host_in_room(["orig"])
+    for _ in range(2):
+        host.message(
+            msg(
+                "weights_push",
+                {"user_id": "orig", "epoch": 1, "loss": 0.1, "num_samples": 4},
+                sender_id="orig",
+            )
+        )
+    first = host.unframed_binary(b"\x1f\x8b not read")
+    second = host.unframed_binary(b"\x1f\x8b not read")
+    assert "original" in of(first, Report)[0].text and of(second, Report) == []
+    assert not host.rounds.started
+
+
+@pytest.mark.parametrize("mode", ["relay", "direct"])
+def test_leave_says_goodbye_and_leaves_the_room_on_a_relay(mode):
+    member = session_for("mia")
+    member.begin(mode, URL, "Mia", "ABCDEF")
+    member.connection_opened()
+    if mode == "relay":
+        member.message(
+            msg(
+                "room_joined",
+                {"room_code": "ABCDEF", "users": [user("mia")], "host_id": "host", "relay": RELAY},
+            )
+        )
+    else:
+        member.message(msg("welcome", {"session_id": "S", "user_list": [user("mia")]}))
+    kinds = [a.message.type.value for a in member.leave()]
+    assert kinds == (["goodbye", "leave_room"] if mode == "relay" else ["goodbye"])
+    assert member.closed(1000, "disconnect") == [Emit("disconnected")]
+
+
+# --- private rooms: two sessions wired by an in-memory relay ----------------------------------
+
+
+def is_key_exchange(action: SendJson) -> bool:
+    return action.message.type.value.startswith(("pake_", "group_key"))
+
+
+def deliver(sessions: dict[str, RoomSession], sender: str, actions: list) -> dict[str, list]:
+    """Hands `sender`'s directed key-exchange messages to their recipients as our relay would
+    (with `sender_id`), and theirs back, until nobody has anything more to say; returns the
+    actions each session answered with."""
+    answers: dict[str, list] = {name: [] for name in sessions}
+    queue = [(sender, a) for a in of(actions, SendJson) if is_key_exchange(a)]
+    while queue:
+        origin, action = queue.pop(0)
+        for recipient in action.to or []:
+            message = Message(action.message.type, dict(action.message.payload), sender_id=origin)
+            answer = sessions[recipient].message(message)
+            answers[recipient] += answer
+            queue += [(recipient, a) for a in of(answer, SendJson) if is_key_exchange(a)]
+    return answers
+
+
+def test_a_private_room_member_proves_the_code_and_seals_its_push_to_the_host():
+    from segmentation_suite.network.private_code import parse_room_code
+
+    host = session_for("host")
+    host.private.will_create(True, 4)
+    host.begin("relay", URL, "Host", None)
+    host.connection_opened()
+    created = host.message(msg("room_created", {"room_code": "ABCDEF", "relay": RELAY}))
+    ((full_code,),) = emitted(created, "room_created")
+    assert full_code.startswith("ABCDEF-") and len(full_code) == 11
+    member = session_for("mia")
+    member.private.will_join(parse_room_code(full_code.lower()))
+    member.begin("relay", URL, "Mia", "ABCDEF")
+    (join,) = member.connection_opened()
+    assert join.message.payload["room_code"] == "ABCDEF"  # the secret part never leaves
+    users = [user("host"), user("mia")]
+    host.message(msg("user_joined", {"user_id": "mia", "users": users, "host_id": "host"}))
+    joined = member.message(
+        msg(
+            "room_joined",
+            {"room_code": "ABCDEF", "users": users, "host_id": "host", "relay": RELAY},
+        )
+    )
+    assert not emitted(joined, "room_joined")  # not before the key exchange
+    (init,) = sent(joined, "pake_init")
+    assert init.to == ["host"]
+    answers = deliver({"host": host, "mia": member}, "mia", joined)
+    assert emitted(answers["mia"], "room_joined") == [(full_code,)]
+    ((peer, digits),) = emitted(answers["mia"], "verification_code")
+    assert peer == "host" and emitted(answers["host"], "verification_code") == [("mia", digits)]
+    assert member.private.ready and host.private.verification_codes == {"mia": digits}
+
+    plain = serialize_weights(weights(1.25), num_samples=2)
+    sealed = member.private.seal(plain, 77, FrameKind.WEIGHTS)
+    assert bytes(sealed) != bytes(plain)
+    actions = host.transfer_received("mia", 77, FrameKind.WEIGHTS, bytearray(sealed))
+    assert emitted(actions, "round_complete") == [(1, ["mia"])]
+    tampered = bytearray(member.private.seal(plain, 78, FrameKind.WEIGHTS))
+    tampered[-1] ^= 1
+    refused = host.transfer_received("mia", 78, FrameKind.WEIGHTS, tampered)
+    assert of(refused, Report) and not emitted(refused, "weights_received")
+
+
+def test_a_private_room_on_a_relay_without_an_attested_host_is_left_in_words():
+    from segmentation_suite.network.private_code import parse_room_code
+    from segmentation_suite.network.session_actions import Leave
+
+    member = session_for("mia")
+    member.private.will_join(parse_room_code("ABCDEF-WXYZ"))
+    member.begin("relay", URL, "Mia", "ABCDEF")
+    member.connection_opened()
+    actions = member.message(
+        msg("room_joined", {"room_code": "ABCDEF", "users": [user("x"), user("mia")]})
+    )  # a v1 relay: no capabilities, nobody attested
+    assert "Private rooms need a relay" in of(actions, Report)[0].text
+    assert of(actions, Leave) and not emitted(actions, "room_joined")
