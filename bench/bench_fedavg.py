@@ -184,6 +184,22 @@ class OursMember:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"no {what} within {self.timeout} s")
 
+    def wait_ready(self) -> None:
+        """Until everyone is in the room and, in a private room, holds the room key: the host
+        waits for every member's key exchange (a round waits only for confirmed members, so
+        a push before that could close a round of the host alone)."""
+        self.wait_until(self.full, "full room")
+        deadline = time.monotonic() + self.timeout
+        while self.client.is_private and not self._keyed():
+            if self.errors or time.monotonic() > deadline:
+                raise RuntimeError(f"no key exchange with everyone: {self.errors}")
+            time.sleep(0.05)
+
+    def _keyed(self) -> bool:
+        if self.client.is_host:
+            return len(self.client.verification_codes) == self.count - 1
+        return self.client.private_ready
+
     def run_round(self, state: dict, run: int) -> dict:
         self.round_done.clear()
         self.result = None
@@ -343,7 +359,7 @@ def member_main(
                 if "gossip" in methods:
                     gossip = GossipMember(index, url, gossip_code, count, timeout)
                     stack.callback(gossip.close)
-            ours.wait_until(ours.full, "full room")
+            ours.wait_ready()
             if gossip is not None:
                 gossip.wait_full()
             members = {"ours": ours, "gossip": gossip}
