@@ -218,6 +218,47 @@ def test_rounds_min_updates_and_contributors():
     assert aggregator.update_count == 0 and aggregator.aggregate() is None
 
 
+def one_round(aggregator: FedAvgAggregator, value: float, use_torch: bool) -> dict:
+    """Two updates of mean `value` (value - 1 and value + 1); the round's global weights."""
+    for offset in (-1.0, 1.0):
+        state = {
+            "w": np.full((3, 4), value + offset, np.float32),
+            "b": np.full(2, value, np.float32),
+        }
+        aggregator.add_update(as_torch(state) if use_torch else state, 1)
+    return aggregator.aggregate()
+
+
+def address(tensor) -> int:
+    return tensor.data_ptr() if isinstance(tensor, torch.Tensor) else tensor.ctypes.data
+
+
+@pytest.mark.parametrize("use_torch", [False, True])
+def test_globals_that_are_held_keep_their_values_over_later_rounds(use_torch):
+    # the sums are reused from round to round: never while anyone holds a round's global,
+    # or only one of its tensors
+    aggregator = FedAvgAggregator()
+    kept = [one_round(aggregator, float(r), use_torch) for r in range(5)]
+    only_w = one_round(aggregator, 10.0, use_torch)["w"]
+    for r in range(3):
+        one_round(aggregator, 20.0 + r, use_torch)
+    for r, result in enumerate(kept):
+        assert np.asarray(result["w"]).tolist() == np.full((3, 4), float(r)).tolist()
+        assert np.asarray(result["b"]).tolist() == [float(r)] * 2
+    assert np.asarray(only_w).tolist() == np.full((3, 4), 10.0).tolist()
+
+
+@pytest.mark.parametrize("use_torch", [False, True])
+def test_the_sums_memory_comes_back_once_nobody_holds_it(use_torch):
+    aggregator = FedAvgAggregator()
+    first = address(one_round(aggregator, 1.0, use_torch)["w"])  # dropped at once
+    second = address(one_round(aggregator, 2.0, use_torch)["w"])
+    # the global of round 2 is still held (aggregator.global_weights): round 1's comes back
+    third = one_round(aggregator, 3.0, use_torch)
+    assert address(third["w"]) == first != second
+    assert np.asarray(third["w"]).tolist() == np.full((3, 4), 3.0).tolist()
+
+
 def test_set_global_weights_copies_live_tensors():
     model = torch.nn.Linear(2, 2)
     aggregator = FedAvgAggregator()
