@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from . import _relayclient
+
 StateDict = Mapping[str, Any]
 
 
@@ -151,10 +153,11 @@ class _WeightedSum:
     (plus float32 sums) however many members contribute.
 
     The float sums of tensors on the CPU live in one flat buffer per accumulator dtype, filled
-    in place (a 124 MB model made 166 temporaries of its size per push, and torch's fresh
-    allocations cost several times the arithmetic); the mean is divided in place in that buffer
-    and handed out as views of it, so a round allocates the model's memory at most once (none
-    when `blocks` has a past round's buffer that nobody holds any more)."""
+    in place by the extension's `_fedavg_accumulate` (a 124 MB model made 166 temporaries of
+    its size per push, and torch's fresh allocations cost several times the arithmetic); the
+    mean is divided in place in that buffer and handed out as views of it, so a round
+    allocates the model's memory at most once (none when `blocks` has a past round's buffer
+    that nobody holds any more)."""
 
     def __init__(self, reference: StateDict, blocks: _SumBlocks | None = None):
         for key, value in reference.items():
@@ -163,7 +166,6 @@ class _WeightedSum:
         self.sums: dict[str, Any] = {}  # key -> float sum (a view of a flat buffer on the CPU)
         self._filled: set[str] = set()
         self.total_weight = 0.0
-        self._scratch: dict[Any, np.ndarray] = {}
         sizes: dict[Any, int] = {}
         cpu_floats = []
         for key, value in reference.items():
@@ -196,21 +198,14 @@ class _WeightedSum:
                 held.add_(value.to(held.dtype), alpha=weight)
         self.total_weight += weight
 
-    def _accumulate(self, held: np.ndarray, value: np.ndarray, weight: float, filled: bool):
-        """held (+)= weight * value in held's dtype, without a temporary of the tensor's size:
-        the products go through a small scratch buffer that stays in the cache."""
-        dtype = held.dtype
-        if not filled:
-            np.multiply(value, weight, out=held, dtype=dtype, casting="same_kind")
-            return
-        scratch = self._scratch.get(dtype)
-        if scratch is None:
-            scratch = self._scratch[dtype] = np.empty(_SCRATCH_ELEMENTS, dtype)
-        for start in range(0, held.size, _SCRATCH_ELEMENTS):
-            end = min(start + _SCRATCH_ELEMENTS, held.size)
-            products = scratch[: end - start]
-            np.multiply(value[start:end], weight, out=products, dtype=dtype, casting="same_kind")
-            np.add(held[start:end], products, out=held[start:end])
+    @staticmethod
+    def _accumulate(held: np.ndarray, value: np.ndarray, weight: float, filled: bool) -> None:
+        """held (+)= weight * value in held's dtype, in one pass in C with the GIL released once
+        (numpy needs a temporary of the tensor's size, or a chunked loop that takes the GIL
+        back at every chunk: slow whenever another Python thread runs)."""
+        if value.dtype not in (np.float32, np.float64):
+            value = value.astype(held.dtype)  # float16 or bfloat16-as-float32 inputs: rare
+        _relayclient._fedavg_accumulate(held, value, weight, not filled)
 
     def mean(self) -> dict:
         """The weighted mean; the sums become it (the caller drops this object afterwards)."""
@@ -227,10 +222,6 @@ class _WeightedSum:
                     held = _to_dtype(held / self.total_weight, ref_value.dtype)
             items.append((key, held))
         return _result_container(self.reference, items)
-
-
-#: Elements per step of an in-place accumulation (256 KiB of float32: stays in L2).
-_SCRATCH_ELEMENTS = 1 << 16
 
 
 def _references_when_unshared() -> int:

@@ -403,3 +403,43 @@ def test_the_modules_work_without_torch():
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
     )
     assert out.stdout.strip() == "[0.25, 0.25]"
+
+
+# --- the extension's accumulation kernel ----------------------------------------------------
+
+
+@pytest.mark.parametrize("sums_dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("values_dtype", [np.float32, np.float64])
+def test_the_accumulate_kernel_is_numpys_multiply_then_add(sums_dtype, values_dtype):
+    from segmentation_suite.network import _relayclient
+
+    rng = np.random.default_rng(5)
+    start = rng.normal(size=1000).astype(sums_dtype)
+    values = rng.normal(size=1000).astype(values_dtype)
+    sums = start.copy()
+    _relayclient._fedavg_accumulate(sums, values, 37.0, False)
+    product = np.multiply(values, 37.0, dtype=sums_dtype)
+    np.testing.assert_array_equal(sums, start + product)
+    _relayclient._fedavg_accumulate(sums, values, 0.25, True)
+    np.testing.assert_array_equal(sums, np.multiply(values, 0.25, dtype=sums_dtype))
+
+
+def test_the_accumulate_kernel_refuses_bad_buffers_and_changes_nothing():
+    from segmentation_suite.network import _relayclient
+
+    sums = np.ones(4, np.float32)
+    frozen = np.ones(4, np.float32)
+    frozen.flags.writeable = False
+    bad = [
+        (sums, np.ones(5, np.float32), ValueError, "4 elements, values 5"),
+        (sums, np.ones(4, np.int32), TypeError, "float32 or float64"),
+        (sums, np.ones(4, ">f4" if np.little_endian else "<f4"), TypeError, "float32 or float64"),
+        (np.ones(4, np.int64), np.ones(4, np.float32), TypeError, "float32 or float64"),
+        (sums, np.ones(8, np.float32)[::2], ValueError, "contiguous"),
+        (frozen, np.ones(4, np.float32), ValueError, "read-only"),
+        (b"\0" * 16, np.ones(4, np.float32), BufferError, "writable"),
+    ]
+    for target, values, error, message in bad:
+        with pytest.raises(error, match=message):
+            _relayclient._fedavg_accumulate(target, values, 2.0, False)
+    assert sums.tolist() == [1.0] * 4 and frozen.tolist() == [1.0] * 4
