@@ -589,7 +589,7 @@ def main(argv: list[str] | None = None) -> int:
     rounds = []
     for count in counts:
         rounds += run_members(count, args)
-    copy_ms = numpy_copy_ms(read_layout(args.layout), args.runs)
+    copy_ms = numpy_copy_ms(read_layout(args.layout), max(args.runs, 15))  # median of 15+
     text, missed = table(rounds, copy_ms)
     print(text)
     print(
