@@ -19,15 +19,21 @@ its model built, the relay's /metrics read), and ends when the last member holds
 times are CLOCK_MONOTONIC (time.monotonic), the same clock in every process. Bytes are what the
 relay counted (/metrics: relay_bytes_received_total + relay_bytes_sent_total, text and binary)
 between the barrier and the end of the round. Each member checks its result against the exact
-mean of a few tensors, outside the timed span. Rounds alternate between the methods (one
-warm-up round of each, not counted); figures are medians. Usage:
+mean of a few tensors, outside the timed span, once every member's round is over (a check
+takes a core from a member still in its round). Rounds alternate between the methods (one
+warm-up round of each, not counted); figures are medians. Next to them, one numpy copy of the
+model's float32 bytes, measured in the same run (bench_end_to_end.numpy_copy_ms): issue 15
+wants a round of ours within 10 of them (--compression none is the default: whole float16
+models both ways, every round; "auto", the API's default, sends deltas from the second round
+on). Usage:
 
     .venv/bin/python bench/bench_fedavg.py [--members 4,8] [--runs 3] [--layout PATH]
+        [--methods ours,gossip] [--compression none|auto|q8-delta|topk] [--room open|private]
         [--json OUT] [--check]
 
---check exits 1 if a target of issue 4 is missed: at least 5x less time, and at least 1.4x
-(4 members) or 2.5x (8 members) fewer bytes than gossip. Progress goes to stderr, the table
-to stdout.
+--check exits 1 if a target is missed: issue 4's at least 5x less time, and at least 1.4x
+(4 members) or 2.5x (8 members) fewer bytes than gossip; issue 15's round within 10 copies.
+Progress goes to stderr, the table to stdout.
 """
 
 from __future__ import annotations
@@ -69,6 +75,8 @@ RELAY_OPTIONS = (
 #: Byte targets (gossip bytes / ours bytes) by member count; time target for all counts.
 BYTE_TARGETS = {4: 1.4, 8: 2.5}
 TIME_TARGET = 5.0
+#: Issue 15: a full round through the public API within this many numpy copies of the fp32 bytes.
+ROUND_COPIES_TARGET = 10.0
 #: Largest accepted |result - exact mean| (weights ~ 0.05 * N(0, 1), float16 on the wire).
 TOLERANCE = 2e-3
 
@@ -122,15 +130,28 @@ def max_error(result: dict, layout: list[dict], seeds: list[int]) -> float:
 
 
 class OursMember:
-    """A SyncClient in the room; member 0 is the host (it created the room)."""
+    """A SyncClient in the room; member 0 is the host (it created the room). `compression` is
+    SyncClient's (None: whole float16 models, as issue 4 compares; "auto" is the API's default,
+    deltas from the second round on). `private`: an end-to-end encrypted room (the API's
+    default) rather than an open one (the original's kind, as gossip's)."""
 
-    def __init__(self, index: int, url: str, code: str | None, count: int, timeout: float):
+    def __init__(
+        self,
+        index: int,
+        url: str,
+        code: str | None,
+        count: int,
+        timeout: float,
+        compression: str | None = None,
+        private: bool = False,
+    ):
         from segmentation_suite.network import SyncClient
 
-        # float16 whole models, as issue 4 compares (deltas: bench_slow_link.py)
         self.client = SyncClient(
-            aggregation_timeout=timeout * 10, ping_interval=None, compression=None
+            aggregation_timeout=timeout * 10, ping_interval=None, compression=compression
         )
+        self.compression = compression
+        self.pushed: Any = None  # the last send_weights' Future: its result is the push's size
         self.count = count
         self.timeout = timeout
         self.result: dict | None = None
@@ -143,7 +164,7 @@ class OursMember:
         self.client.room_created.connect(self.created.append, thread=None)
         self.client.error.connect(self.errors.append, thread=None)
         if index == 0:
-            self.client.create_relay_room("member0", url)
+            self.client.create_relay_room("member0", url, private=private)
         else:
             self.client.connect_relay(code, f"member{index}", url)
 
@@ -163,12 +184,29 @@ class OursMember:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"no {what} within {self.timeout} s")
 
+    def wait_ready(self) -> None:
+        """Until everyone is in the room and, in a private room, holds the room key: the host
+        waits for every member's key exchange (a round waits only for confirmed members, so
+        a push before that could close a round of the host alone)."""
+        self.wait_until(self.full, "full room")
+        deadline = time.monotonic() + self.timeout
+        while self.client.is_private and not self._keyed():
+            if self.errors or time.monotonic() > deadline:
+                raise RuntimeError(f"no key exchange with everyone: {self.errors}")
+            time.sleep(0.05)
+
+    def _keyed(self) -> bool:
+        if self.client.is_host:
+            return len(self.client.verification_codes) == self.count - 1
+        return self.client.private_ready
+
     def run_round(self, state: dict, run: int) -> dict:
         self.round_done.clear()
         self.result = None
         future = self.client.send_weights(state, epoch=run, loss=0.5, num_samples=NUM_SAMPLES)
         if future is None:
             raise RuntimeError(f"send_weights failed: {self.errors}")
+        self.pushed = future
         self.wait_until(self.round_done, "global model")
         return self.result
 
@@ -178,10 +216,11 @@ class OursMember:
         from segmentation_suite.network import serialize_weights
 
         if self.client.is_host:
+            if self.compression is not None:
+                return {}  # a delta or whole, by member: the relay's counters say
             metadata = {"aggregation_round": self.client.aggregation_round}
             return {"global_bytes": len(serialize_weights(result, metadata=metadata))}
-        data = serialize_weights(state, epoch=run, loss=0.5, num_samples=NUM_SAMPLES)
-        return {"push_bytes": len(data)}
+        return {"push_bytes": self.pushed.result(timeout=self.timeout)}
 
     def close(self) -> None:
         self.client.disconnect()
@@ -286,40 +325,52 @@ async def expect(ws: Any, message_type: str, timeout: float) -> dict:
     return received["payload"]
 
 
-def member_main(config: dict, index: int, inbox: Any, barrier: Any, results: Any) -> None:
+def member_main(
+    config: dict, index: int, inbox: Any, barrier: Any, finished: Any, results: Any
+) -> None:
+    """One member: joins, then runs every round between `barrier` (all members and the
+    parent) and `finished` (all members: no member checks its result, which takes a core,
+    while another is still in the round)."""
     try:
         layout = read_layout(config["layout"])
         count = config["members"]
         url, timeout = config["url"], config["timeout"]
+        compression, methods = config["compression"], config["methods"]
         seeds = [config["seed"] + i for i in range(count)]
+        gossip = None
         with contextlib.ExitStack() as stack:
             if index == 0:
-                ours = OursMember(0, url, None, count, timeout)
+                ours = OursMember(0, url, None, count, timeout, compression, config["private"])
                 stack.callback(ours.close)
                 deadline = time.monotonic() + timeout
                 while not ours.created:
                     if ours.errors or time.monotonic() > deadline:
                         raise RuntimeError(f"could not create a room: {ours.errors}")
                     time.sleep(0.05)
-                gossip = GossipMember(0, url, None, count, timeout)
-                stack.callback(gossip.close)
-                results.put({"index": 0, "codes": (ours.created[0], gossip.code)})
+                if "gossip" in methods:
+                    gossip = GossipMember(0, url, None, count, timeout)
+                    stack.callback(gossip.close)
+                codes = (ours.created[0], gossip.code if gossip else None)
+                results.put({"index": 0, "codes": codes})
             else:
                 code, gossip_code = inbox.get(timeout=timeout)
-                ours = OursMember(index, url, code, count, timeout)
+                ours = OursMember(index, url, code, count, timeout, compression)
                 stack.callback(ours.close)
-                gossip = GossipMember(index, url, gossip_code, count, timeout)
-                stack.callback(gossip.close)
-            ours.wait_until(ours.full, "full room")
-            gossip.wait_full()
+                if "gossip" in methods:
+                    gossip = GossipMember(index, url, gossip_code, count, timeout)
+                    stack.callback(gossip.close)
+            ours.wait_ready()
+            if gossip is not None:
+                gossip.wait_full()
             members = {"ours": ours, "gossip": gossip}
             state = member_model(seeds[index], layout)
-            for method, run in schedule(config["runs"]):
+            for method, run in schedule(config["runs"], methods):
                 gc.collect()
                 barrier.wait(timeout)
                 started = time.monotonic()
                 result = members[method].run_round(state, run)
                 done = time.monotonic()
+                finished.wait(timeout)
                 report = {"index": index, "method": method, "run": run}
                 report.update(t_start=started, t_done=done)
                 report.update(members[method].wire_bytes(state, result, run))
@@ -330,13 +381,14 @@ def member_main(config: dict, index: int, inbox: Any, barrier: Any, results: Any
     except BaseException:  # noqa: BLE001 (reported to the parent, which stops the run)
         results.put({"index": index, "error": traceback.format_exc()})
         barrier.abort()
+        finished.abort()
 
 
-def schedule(runs: int) -> list[tuple[str, int]]:
+def schedule(runs: int, methods: tuple[str, ...] = METHODS) -> list[tuple[str, int]]:
     """(method, run) pairs, run -1 being the warm-up; the first method alternates per run."""
     items = []
     for run in range(-1, runs):
-        order = METHODS if run % 2 else METHODS[::-1]
+        order = methods if run % 2 else methods[::-1]
         items += [(method, run) for method in order]
     return items
 
@@ -366,6 +418,7 @@ def run_members(count: int, args: argparse.Namespace) -> list[dict]:
     context = multiprocessing.get_context("spawn")  # the transport is not fork-safe
     with RelayProcess(*RELAY_OPTIONS) as relay:
         barrier = context.Barrier(count + 1)
+        finished = context.Barrier(count)
         results = context.Queue()
         inboxes = [context.Queue() for _ in range(count)]
         config = {
@@ -375,11 +428,14 @@ def run_members(count: int, args: argparse.Namespace) -> list[dict]:
             "seed": args.seed,
             "runs": args.runs,
             "timeout": args.timeout,
+            "compression": args.compression,
+            "private": args.room == "private",
+            "methods": args.methods,
         }
         workers = [
             context.Process(
                 target=member_main,
-                args=(config, i, inboxes[i], barrier, results),
+                args=(config, i, inboxes[i], barrier, finished, results),
                 name=f"member {i}",
             )
             for i in range(count)
@@ -391,7 +447,7 @@ def run_members(count: int, args: argparse.Namespace) -> list[dict]:
             first = next_report(results, args.timeout * 2)
             for inbox in inboxes[1:]:
                 inbox.put(first["codes"])
-            for method, run in schedule(args.runs):
+            for method, run in schedule(args.runs, args.methods):
                 before = relay_bytes(relay.http_url)
                 barrier.wait(args.timeout * 2)  # setup (torch import, models) the first time
                 reports = [next_report(results, args.timeout) for _ in range(count)]
@@ -442,11 +498,12 @@ def summarize_round(method: str, run: int, count: int, reports: list, counted: d
     }
 
 
-def table(rounds: list[dict]) -> tuple[str, list[str]]:
-    """The medians and ratios as a Markdown table, and the targets missed."""
+def table(rounds: list[dict], copy_ms: float) -> tuple[str, list[str]]:
+    """The medians and ratios as a Markdown table, and the targets missed. `copy_ms` is one
+    numpy copy of the model's float32 bytes, measured in the same run (issue 15's yardstick)."""
     lines = [
-        "| members | method | wall time (s) | through the relay (MiB) | max error |",
-        "|---|---|---|---|---|",
+        "| members | method | wall time (s) | x numpy copy | through the relay (MiB) | max error |",
+        "|---|---|---|---|---|---|",
     ]
     missed = []
     ratios = []
@@ -455,13 +512,30 @@ def table(rounds: list[dict]) -> tuple[str, list[str]]:
         for method in METHODS:
             runs = [r for r in rounds if r["members"] == count and r["method"] == method]
             runs = [r for r in runs if r["run"] >= 0]
+            if not runs:
+                continue
             seconds = statistics.median(r["seconds"] for r in runs)
             size = statistics.median(r["relay_bytes"] for r in runs)
             error = max(r["max_error"] for r in runs)
             medians[method] = (seconds, size)
-            lines.append(f"| {count} | {method} | {seconds:.3f} | {size / MiB:.1f} | {error:.1e} |")
+            copies = seconds * 1000 / copy_ms
+            lines.append(
+                f"| {count} | {method} | {seconds:.3f} | {copies:.1f} | {size / MiB:.1f} "
+                f"| {error:.1e} |"
+            )
             if error > TOLERANCE:
                 missed.append(f"{method} with {count} members: wrong average (error {error:.1e})")
+        if "ours" in medians:
+            copies = medians["ours"][0] * 1000 / copy_ms
+            met = copies <= ROUND_COPIES_TARGET
+            ratios.append(
+                f"{count} members: {'met   ' if met else 'MISSED'} a round through the public API "
+                f"<= {ROUND_COPIES_TARGET:g}x a numpy copy ({copies:.1f}x)"
+            )
+            if not met:
+                missed.append(f"{count} members: round {copies:.1f}x > {ROUND_COPIES_TARGET:g}x")
+        if len(medians) < len(METHODS):
+            continue
         time_ratio = medians["gossip"][0] / medians["ours"][0]
         byte_ratio = medians["gossip"][1] / medians["ours"][1]
         byte_target = BYTE_TARGETS.get(count)
@@ -477,6 +551,8 @@ def table(rounds: list[dict]) -> tuple[str, list[str]]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from bench_end_to_end import numpy_copy_ms  # one definition of the yardstick
+
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -485,20 +561,46 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--layout", type=Path, default=DEFAULT_LAYOUT)
     parser.add_argument("--seed", type=int, default=1000)
     parser.add_argument("--timeout", type=float, default=180, help="seconds, per wait")
+    parser.add_argument(
+        "--methods", default=",".join(METHODS), help="comma-separated subset of ours,gossip"
+    )
+    parser.add_argument(
+        "--compression",
+        default="none",
+        choices=("none", "auto", "q8-delta", "topk"),
+        help="ours' SyncClient(compression=...); none: whole float16 models (default)",
+    )
+    parser.add_argument(
+        "--room",
+        default="open",
+        choices=("open", "private"),
+        help="ours' room: open (default; as gossip's) or private (end-to-end encrypted)",
+    )
     parser.add_argument("--json", type=Path, help="write every round's figures here")
     parser.add_argument("--check", action="store_true", help="exit 1 if a target is missed")
     args = parser.parse_args(argv)
     counts = [int(n) for n in args.members.split(",") if n.strip()]
     if any(n < 2 for n in counts) or args.runs < 1:
         parser.error("every member count must be at least 2, and --runs at least 1")
+    args.methods = tuple(m for m in METHODS if m in args.methods.split(","))
+    if not args.methods:
+        parser.error(f"--methods: a comma-separated subset of {','.join(METHODS)}")
+    args.compression = None if args.compression == "none" else args.compression
     rounds = []
     for count in counts:
         rounds += run_members(count, args)
-    text, missed = table(rounds)
+    copy_ms = numpy_copy_ms(read_layout(args.layout), max(args.runs, 15))  # median of 15+
+    text, missed = table(rounds, copy_ms)
     print(text)
-    print(f"\n(layout {args.layout.name}; load average {os.getloadavg()[0]:.2f})")
+    print(
+        f"\n(layout {args.layout.name}; ours in the {args.room} room with compression="
+        f"{args.compression}; numpy copy of "
+        f"the float32 bytes {copy_ms:.1f} ms; load average {os.getloadavg()[0]:.2f})"
+    )
     if args.json:
-        args.json.write_text(json.dumps({"rounds": rounds, "missed": missed}, indent=1))
+        result = {"rounds": rounds, "missed": missed, "numpy_copy_ms": copy_ms}
+        result.update(compression=args.compression, room=args.room)
+        args.json.write_text(json.dumps(result, indent=1))
     for line in missed:
         print(f"MISSED: {line}", file=sys.stderr)
     return 1 if args.check and missed else 0

@@ -7,6 +7,7 @@
 int codec_module_init(PyObject *module);
 int transport_module_init(PyObject *module); /* transport.h */
 int crypto_module_init(PyObject *module);    /* crypto_binding.c */
+int fedavg_module_init(PyObject *module);    /* fedavg.c */
 
 static struct PyModuleDef relayclient_module = {
     PyModuleDef_HEAD_INIT,
@@ -29,6 +30,10 @@ PyMODINIT_FUNC PyInit__relayclient(void)
         return NULL;
     }
     if (crypto_module_init(module) != 0) {
+        Py_DECREF(module);
+        return NULL;
+    }
+    if (fedavg_module_init(module) != 0) {
         Py_DECREF(module);
         return NULL;
     }

@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from . import _relayclient
+
 StateDict = Mapping[str, Any]
 
 
@@ -148,43 +150,147 @@ def _check_weight(weight: Any, what: str) -> float:
 
 class _WeightedSum:
     """A running num_samples-weighted sum over state dicts of one layout: memory for one model
-    (plus float32 sums) however many members contribute."""
+    (plus float32 sums) however many members contribute.
 
-    def __init__(self, reference: StateDict):
+    The float sums of tensors on the CPU live in one flat buffer per accumulator dtype, filled
+    in place by the extension's `_fedavg_accumulate` (a 124 MB model made 166 temporaries of
+    its size per push, and torch's fresh allocations cost several times the arithmetic); the
+    mean is divided in place in that buffer and handed out as views of it, so a round
+    allocates the model's memory at most once (none when `blocks` has a past round's buffer
+    that nobody holds any more)."""
+
+    def __init__(self, reference: StateDict, blocks: _SumBlocks | None = None):
         for key, value in reference.items():
             _category(key, value)
         self.reference = reference
-        self.sums: dict[str, Any] = {}
+        self.sums: dict[str, Any] = {}  # key -> float sum (a view of a flat buffer on the CPU)
+        self._filled: set[str] = set()
         self.total_weight = 0.0
+        sizes: dict[Any, int] = {}
+        cpu_floats = []
+        for key, value in reference.items():
+            if _category(key, value) == "float" and _on_cpu(value):
+                dtype = np.dtype(_numpy_accumulator_dtype(value))
+                cpu_floats.append((key, dtype, math.prod(_shape(value))))
+                sizes[dtype] = sizes.get(dtype, 0) + cpu_floats[-1][2]
+        blocks = blocks if blocks is not None else _SumBlocks(kept=0)
+        buffers = {dtype: blocks.take(dtype, size) for dtype, size in sizes.items()}
+        offsets = dict.fromkeys(sizes, 0)
+        for key, dtype, count in cpu_floats:
+            start = offsets[dtype]
+            self.sums[key] = buffers[dtype][start : start + count]
+            offsets[dtype] = start + count
 
     def add(self, state: StateDict, weight: float) -> None:
         """Adds one state dict; the caller has checked its layout."""
         for key, ref_value in self.reference.items():
+            held = self.sums.get(key)
+            if isinstance(held, np.ndarray) and _category(key, ref_value) == "float":
+                self._accumulate(held, _flat_numpy(state[key]), weight, key in self._filled)
+                self._filled.add(key)
+                continue
             value = _like(state[key], ref_value)
             if _category(key, ref_value) == "integer":
-                held = self.sums.get(key)
                 self.sums[key] = _copy(value) if held is None else _maximum(held, value)
-                continue
-            acc_dtype = _accumulator_dtype(ref_value)
-            held = self.sums.get(key)
-            if held is None:
-                self.sums[key] = _to_dtype(_to_dtype(value, acc_dtype) * weight, acc_dtype)
-            elif _is_torch(held):
-                held.add_(value.to(acc_dtype), alpha=weight)
+            elif held is None:  # a float tensor on another device: torch, in place
+                self.sums[key] = value.to(_accumulator_dtype(ref_value)) * weight
             else:
-                np.add(held, value.astype(acc_dtype, copy=False) * weight, out=held)
+                held.add_(value.to(held.dtype), alpha=weight)
         self.total_weight += weight
 
+    @staticmethod
+    def _accumulate(held: np.ndarray, value: np.ndarray, weight: float, filled: bool) -> None:
+        """held (+)= weight * value in held's dtype, in one pass in C with the GIL released once
+        (numpy needs a temporary of the tensor's size, or a chunked loop that takes the GIL
+        back at every chunk: slow whenever another Python thread runs)."""
+        if value.dtype not in (np.float32, np.float64):
+            value = value.astype(held.dtype)  # float16 or bfloat16-as-float32 inputs: rare
+        _relayclient._fedavg_accumulate(held, value, weight, not filled)
+
     def mean(self) -> dict:
+        """The weighted mean; the sums become it (the caller drops this object afterwards)."""
         if self.total_weight <= 0:
             raise ValueError("contribution weights sum to 0; no weighted mean exists")
         items = []
         for key, ref_value in self.reference.items():
             held = self.sums[key]
             if _category(key, ref_value) == "float":
-                held = _to_dtype(held / self.total_weight, ref_value.dtype)
+                if isinstance(held, np.ndarray):
+                    np.divide(held, self.total_weight, out=held)
+                    held = _from_flat(held, ref_value)
+                else:
+                    held = _to_dtype(held / self.total_weight, ref_value.dtype)
             items.append((key, held))
         return _result_container(self.reference, items)
+
+
+def _references_when_unshared() -> int:
+    """What sys.getrefcount says of a list's item that nothing else refers to (measured, as
+    interpreters differ in how they count the argument)."""
+    held = [np.empty(0)]
+    return sys.getrefcount(held[0])
+
+
+_UNSHARED = _references_when_unshared()
+
+
+class _SumBlocks:
+    """Flat sum buffers of past rounds, to be filled again once nothing outside refers to them
+    (no global weights of that round, no view of it, are alive). Fresh memory costs a page
+    fault and zeroing per page: for a 124 MB model more than the additions that fill it. The
+    global of the last round is usually still held (the client keeps it), so the buffer of the
+    round before is the one that comes back: `kept` = 2 buffers, one model of memory more
+    than allocating afresh. Not thread-safe (FedAvgAggregator calls it under its lock)."""
+
+    def __init__(self, kept: int = 2):
+        self.kept = kept
+        self._blocks: list[np.ndarray] = []
+
+    def take(self, dtype: np.dtype, size: int) -> np.ndarray:
+        for index in range(len(self._blocks)):
+            block = self._blocks[index]
+            if block.dtype == dtype and block.size == size:
+                del block  # only the list may refer to it now, if it is free
+                if sys.getrefcount(self._blocks[index]) == _UNSHARED:
+                    self._blocks.append(self._blocks.pop(index))  # newest last
+                    return self._blocks[-1]
+        block = np.empty(size, dtype)
+        if self.kept:
+            self._blocks.append(block)
+            del self._blocks[: -self.kept]
+        return block
+
+
+def _on_cpu(value: Any) -> bool:
+    return not _is_torch(value) or value.device.type == "cpu"
+
+
+def _numpy_accumulator_dtype(reference: Any) -> Any:
+    if _is_torch(reference):
+        return np.float64 if reference.dtype == _torch_module().float64 else np.float32
+    return np.float64 if reference.dtype == np.float64 else np.float32
+
+
+def _flat_numpy(value: Any) -> np.ndarray:
+    """`value` as a flat numpy array on the CPU, a view when it is one already."""
+    if _is_torch(value):
+        value = value.detach()
+        if value.device.type != "cpu":
+            value = value.cpu()
+        if value.dtype == _torch_module().bfloat16:  # numpy has no bfloat16
+            value = value.float()
+        value = value.resolve_conj().resolve_neg().numpy()
+    return np.asarray(value).reshape(-1)
+
+
+def _from_flat(held: np.ndarray, reference: Any) -> Any:
+    """A mean kept in a flat buffer, as the kind, shape and dtype of `reference` (a view of
+    the buffer when the dtype is the accumulator's)."""
+    shaped = held.reshape(_shape(reference))
+    if _is_torch(reference):
+        tensor = _torch_module().from_numpy(shaped)
+        return tensor if tensor.dtype == reference.dtype else tensor.to(reference.dtype)
+    return np.asarray(shaped.astype(reference.dtype, copy=False))
 
 
 def weighted_average(states: list[StateDict], weights: list[float] | None = None) -> dict:
@@ -220,6 +326,7 @@ class FedAvgAggregator:
         self._pending: _WeightedSum | None = None
         self._update_count = 0
         self._contributors: list[str] = []
+        self._sum_blocks = _SumBlocks()
 
     @property
     def update_count(self) -> int:
@@ -245,7 +352,7 @@ class FedAvgAggregator:
             if reference is not None:
                 _check_same_layout(reference, weights, "update")
             if self._pending is None:
-                self._pending = _WeightedSum(weights)
+                self._pending = _WeightedSum(weights, self._sum_blocks)
             self._pending.add(weights, weight)
             self._update_count += 1
             if contributor is not None:

@@ -68,3 +68,38 @@ def test_bench_fedavg_two_members_tiny_layout(tmp_path):
             extra_in = relay["received_binary"] - (pushes + model)
             extra_out = relay["sent_binary"] - (pushes + (members - 1) * model)
             assert 0 < extra_in < HEADERS and 0 < extra_out < HEADERS, relay
+    # issue 15's yardstick, side by side in the same run
+    assert "x numpy copy" in finished.stdout and "a numpy copy (" in finished.stdout
+    figures = json.loads(out.read_text())
+    assert figures["numpy_copy_ms"] > 0
+    assert (figures["compression"], figures["room"]) == (None, "open")
+
+
+def test_bench_fedavg_ours_alone_with_deltas_in_a_private_room(tmp_path):
+    """--methods ours skips gossip; --compression auto sends the second round's push as a
+    delta (smaller than the first, whole one); --room private seals it, and the average is
+    still right."""
+    pytest.importorskip("torch", reason="the bench's models are torch state dicts")
+    if not relay_binary().exists():
+        pytest.skip(f"relay binary {relay_binary()} not built (make -C relay_server)")
+    layout = [
+        {"name": "conv.weight", "shape": [16, 8, 3, 3], "dtype": "float32"},
+        {"name": "head.weight", "shape": [50_000], "dtype": "float32"},
+    ]
+    layout_file = tmp_path / "layout.json"
+    layout_file.write_text(json.dumps({"layout": layout}))
+    out = tmp_path / "rounds.json"
+    command = [sys.executable, str(BENCH), "--members", "2", "--runs", "1", "--timeout", "60"]
+    command += ["--methods", "ours", "--compression", "auto", "--room", "private"]
+    command += ["--layout", str(layout_file), "--json", str(out)]
+    finished = subprocess.run(command, capture_output=True, text=True, timeout=240, cwd=ROOT)
+    assert finished.returncode == 0, finished.stderr
+    assert "| 2 | ours |" in finished.stdout and "| 2 | gossip |" not in finished.stdout
+    assert "the private room with compression=auto" in finished.stdout
+    figures = json.loads(out.read_text())
+    rounds = {r["run"]: r for r in figures["rounds"]}
+    assert sorted(rounds) == [-1, 0] and {r["method"] for r in rounds.values()} == {"ours"}
+    assert all(r["max_error"] < 2e-3 for r in rounds.values()), rounds
+    # the warm-up push went whole (float16), the next one as a q8 delta: about half of it
+    assert rounds[0]["push_bytes"] < 0.7 * rounds[-1]["push_bytes"]
+    assert rounds[-1]["push_bytes"] > 2 * 50_000

@@ -218,6 +218,47 @@ def test_rounds_min_updates_and_contributors():
     assert aggregator.update_count == 0 and aggregator.aggregate() is None
 
 
+def one_round(aggregator: FedAvgAggregator, value: float, use_torch: bool) -> dict:
+    """Two updates of mean `value` (value - 1 and value + 1); the round's global weights."""
+    for offset in (-1.0, 1.0):
+        state = {
+            "w": np.full((3, 4), value + offset, np.float32),
+            "b": np.full(2, value, np.float32),
+        }
+        aggregator.add_update(as_torch(state) if use_torch else state, 1)
+    return aggregator.aggregate()
+
+
+def address(tensor) -> int:
+    return tensor.data_ptr() if isinstance(tensor, torch.Tensor) else tensor.ctypes.data
+
+
+@pytest.mark.parametrize("use_torch", [False, True])
+def test_globals_that_are_held_keep_their_values_over_later_rounds(use_torch):
+    # the sums are reused from round to round: never while anyone holds a round's global,
+    # or only one of its tensors
+    aggregator = FedAvgAggregator()
+    kept = [one_round(aggregator, float(r), use_torch) for r in range(5)]
+    only_w = one_round(aggregator, 10.0, use_torch)["w"]
+    for r in range(3):
+        one_round(aggregator, 20.0 + r, use_torch)
+    for r, result in enumerate(kept):
+        assert np.asarray(result["w"]).tolist() == np.full((3, 4), float(r)).tolist()
+        assert np.asarray(result["b"]).tolist() == [float(r)] * 2
+    assert np.asarray(only_w).tolist() == np.full((3, 4), 10.0).tolist()
+
+
+@pytest.mark.parametrize("use_torch", [False, True])
+def test_the_sums_memory_comes_back_once_nobody_holds_it(use_torch):
+    aggregator = FedAvgAggregator()
+    first = address(one_round(aggregator, 1.0, use_torch)["w"])  # dropped at once
+    second = address(one_round(aggregator, 2.0, use_torch)["w"])
+    # the global of round 2 is still held (aggregator.global_weights): round 1's comes back
+    third = one_round(aggregator, 3.0, use_torch)
+    assert address(third["w"]) == first != second
+    assert np.asarray(third["w"]).tolist() == np.full((3, 4), 3.0).tolist()
+
+
 def test_set_global_weights_copies_live_tensors():
     model = torch.nn.Linear(2, 2)
     aggregator = FedAvgAggregator()
@@ -362,3 +403,43 @@ def test_the_modules_work_without_torch():
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
     )
     assert out.stdout.strip() == "[0.25, 0.25]"
+
+
+# --- the extension's accumulation kernel ----------------------------------------------------
+
+
+@pytest.mark.parametrize("sums_dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("values_dtype", [np.float32, np.float64])
+def test_the_accumulate_kernel_is_numpys_multiply_then_add(sums_dtype, values_dtype):
+    from segmentation_suite.network import _relayclient
+
+    rng = np.random.default_rng(5)
+    start = rng.normal(size=1000).astype(sums_dtype)
+    values = rng.normal(size=1000).astype(values_dtype)
+    sums = start.copy()
+    _relayclient._fedavg_accumulate(sums, values, 37.0, False)
+    product = np.multiply(values, 37.0, dtype=sums_dtype)
+    np.testing.assert_array_equal(sums, start + product)
+    _relayclient._fedavg_accumulate(sums, values, 0.25, True)
+    np.testing.assert_array_equal(sums, np.multiply(values, 0.25, dtype=sums_dtype))
+
+
+def test_the_accumulate_kernel_refuses_bad_buffers_and_changes_nothing():
+    from segmentation_suite.network import _relayclient
+
+    sums = np.ones(4, np.float32)
+    frozen = np.ones(4, np.float32)
+    frozen.flags.writeable = False
+    bad = [
+        (sums, np.ones(5, np.float32), ValueError, "4 elements, values 5"),
+        (sums, np.ones(4, np.int32), TypeError, "float32 or float64"),
+        (sums, np.ones(4, ">f4" if np.little_endian else "<f4"), TypeError, "float32 or float64"),
+        (np.ones(4, np.int64), np.ones(4, np.float32), TypeError, "float32 or float64"),
+        (sums, np.ones(8, np.float32)[::2], ValueError, "contiguous"),
+        (frozen, np.ones(4, np.float32), ValueError, "read-only"),
+        (b"\0" * 16, np.ones(4, np.float32), BufferError, "writable"),
+    ]
+    for target, values, error, message in bad:
+        with pytest.raises(error, match=message):
+            _relayclient._fedavg_accumulate(target, values, 2.0, False)
+    assert sums.tolist() == [1.0] * 4 and frozen.tolist() == [1.0] * 4
