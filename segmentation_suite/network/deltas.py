@@ -98,6 +98,12 @@ class GlobalModelLedger:
     def __init__(self, compression: str | None = "auto", *, topk_fraction: float | None = None):
         self.compression = codec_compression(compression)
         self.topk_fraction = topk_fraction if topk_fraction is not None else DEFAULT_TOPK_FRACTION
+        # The part of the exact averages its members do not hold yet (error feedback)
+        self._feedback = (
+            ErrorFeedback(self.compression, topk_fraction=self.topk_fraction)
+            if self.compression
+            else None
+        )
         self._globals: OrderedDict[bytes, dict] = OrderedDict()  # oldest first
         self._holds: dict[str, bytes] = {}  # member -> id of the global it holds
         self._delta_capable: set[str] = set()  # members that said what they hold
@@ -164,20 +170,20 @@ class GlobalModelLedger:
         extra[ACCEPTS_DELTAS_KEY] = self.compression is not None
         previous_id = next(reversed(self._globals)) if self._globals else None
         delta = None
-        if self.compression is not None and previous_id is not None:
-            previous = self._globals[previous_id]
-            delta = serialize_weights(
+        if self._feedback is not None and previous_id is not None:
+            # what members will hold: the delta rebuilt, rounded to float16 values; what that
+            # leaves out of this average goes into the next round's delta
+            delta, canonical = self._feedback.encode_and_rebuild(
                 global_weights,
-                compression=self.compression,
-                reference=previous,
+                reference=self._globals[previous_id],
+                holds=round_as_float16_wire,
                 metadata=extra,
-                topk_fraction=self.topk_fraction,
                 **fields,
             )
-            rebuilt, _ = decode_weights(delta, reference=previous)
-            canonical = round_as_float16_wire(rebuilt)
         else:
             canonical = round_as_float16_wire(global_weights)
+            if self._feedback is not None:
+                self._feedback.reset()  # a new chain of globals: nothing owed to it yet
         members = list(members)
         by_delta = [m for m in members if delta is not None and self._holds.get(m) == previous_id]
         by_whole = [m for m in members if m not in by_delta]

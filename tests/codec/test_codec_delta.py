@@ -263,9 +263,15 @@ def test_reference_hash_simd_and_scalar_agree_on_every_length():
 # ---- topk -----------------------------------------------------------------------------------
 
 
+def as_columns(weights: dict) -> dict:
+    """Tensors of at most one dimension as (n, 1) columns: topk sends those as q8."""
+    return {name: v.reshape(-1, 1) if v.ndim <= 1 else v for name, v in weights.items()}
+
+
 def test_topk_selection_positions_and_values_match_an_independent_implementation():
     reference, update = model_pair(seed=3)
     update["conv.bias"][:5] = reference["conv.bias"][:5] + 0.25  # ties at the top
+    reference, update = as_columns(reference), as_columns(update)
     data = serialize_weights(update, compression="topk", reference=reference)
     entries = tensors_of(data)
     rebuilt = deserialize_weights(data, reference=reference)
@@ -285,6 +291,20 @@ def test_topk_selection_positions_and_values_match_an_independent_implementation
         np.testing.assert_array_equal(rebuilt[name].reshape(-1), want, err_msg=name)
 
 
+def test_topk_sends_tensors_of_one_dimension_or_none_as_q8():
+    """Biases, normalization scales and running statistics act on whole channels: topk would
+    keep one value of a 64-channel bias. They go as q8 (the same bytes as q8-delta's)."""
+    reference, update = model_pair(seed=5)
+    topk = tensors_of(serialize_weights(update, compression="topk", reference=reference))
+    q8 = tensors_of(serialize_weights(update, compression="q8-delta", reference=reference))
+    for name in ("conv.bias", "scalar", "wide"):
+        assert topk[name]["wire"] == "q8" and "kept" not in topk[name], name
+        assert topk[name]["data"] == q8[name]["data"], name
+    assert topk["conv.weight"]["wire"] == "topk"
+    assert topk["empty"]["wire"] == "topk"  # (0, 4): two dimensions
+    assert topk["bn.num_batches_tracked"]["wire"] == "int64"  # integers stay exact
+
+
 def transmitted_update_error(
     feedback: ErrorFeedback | None, compression: str, rounds: int
 ) -> float:
@@ -292,11 +312,12 @@ def transmitted_update_error(
     global (which moves on independently). Returns the relative L2 error of the sum of what
     arrived against the sum of the true updates."""
     rng = np.random.default_rng(4)
-    global_model = rng.standard_normal(20_000).astype(np.float32)
-    update = rng.standard_normal(20_000).astype(np.float32) * 1e-3
+    shape = (200, 100)  # two dimensions: topk sends one-dimensional tensors as q8
+    global_model = rng.standard_normal(shape).astype(np.float32)
+    update = rng.standard_normal(shape).astype(np.float32) * 1e-3
     arrived = np.zeros_like(update)
     for _ in range(rounds):
-        global_model = global_model + rng.standard_normal(20_000).astype(np.float32) * 1e-2
+        global_model = global_model + rng.standard_normal(shape).astype(np.float32) * 1e-2
         local = {"w": global_model + update}
         reference = {"w": global_model}
         if feedback is not None:
@@ -320,8 +341,8 @@ def test_error_feedback_carries_the_residual_into_the_next_message(compression, 
 
 def test_error_feedback_reset_forgets_the_residual():
     feedback = ErrorFeedback("topk")
-    base = {"w": np.zeros(1000, np.float32)}
-    update = {"w": np.linspace(-1, 1, 1000, dtype=np.float32)}
+    base = {"w": np.zeros((10, 100), np.float32)}
+    update = {"w": np.linspace(-1, 1, 1000, dtype=np.float32).reshape(10, 100)}
     feedback.encode(update, reference=base)
     again = deserialize_weights(feedback.encode(update, reference=base), reference=base)["w"]
     feedback.reset()
@@ -390,7 +411,10 @@ def test_topk_selection_of_large_tensors_matches_the_independent_implementation(
     update = base + delta
     for fraction in (0.01, 0.2):
         data = serialize_weights(
-            {"w": update}, compression="topk", reference={"w": base}, topk_fraction=fraction
+            {"w": update.reshape(-1, 1)},
+            compression="topk",
+            reference={"w": base.reshape(-1, 1)},
+            topk_fraction=fraction,
         )
         raw = tensors_of(data)["w"]["data"]
         keep = math.ceil(size * fraction)
