@@ -519,6 +519,7 @@ done:
 typedef struct {
     codec_dtype output;
     bool in_block;
+    bool round; /* float16_values: rounded to float16 values after decoding */
     size_t offset;
 } tensor_placement;
 
@@ -679,20 +680,24 @@ static int bind_reference(const codec_message *message, PyObject *reference,
 }
 
 PyDoc_STRVAR(decode_doc,
-             "_decode(data, reference=None) -> (kind, metadata, block, tensors, reference_id)\n\n"
+             "_decode(data, reference=None, float16_values=False)\n"
+             "    -> (kind, metadata, block, tensors, reference_id)\n\n"
              "Validates the message in `data` (any buffer) and returns tensors as\n"
              "(name, dtype, shape, in_block, offset): their bytes are at `offset` in `block`\n"
              "when in_block, else in `data` itself (only when `data` is writable and the\n"
              "tensor needs no conversion and is aligned). A version-2 (delta) message needs\n"
              "`reference`, a dict of name -> (dtype, shape, buffer) of the model its deltas\n"
              "were taken against; reference_id is its id (bytes), None for version 1.\n"
-             "Raises ValueError on bad input or a missing or different reference.");
+             "float16_values rounds float32/float64 tensors to float16 values in the same\n"
+             "pass (as a float16 wire would). Raises ValueError on bad input or a missing or\n"
+             "different reference.");
 
 static PyObject *codec_decode_py(PyObject *module, PyObject *args)
 {
     (void)module;
     PyObject *data, *reference = Py_None;
-    if (!PyArg_ParseTuple(args, "O|O:_decode", &data, &reference))
+    int float16_values = 0;
+    if (!PyArg_ParseTuple(args, "O|Op:_decode", &data, &reference, &float16_values))
         return NULL;
     Py_buffer view;
     if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) != 0)
@@ -740,8 +745,12 @@ static PyObject *codec_decode_py(PyObject *module, PyObject *args)
         size_t item_size = codec_dtype_size(output);
         bool aligned = (uintptr_t)(base + tensor->data_offset) % item_size == 0;
         places[i].output = output;
+        /* rounded in place: float32/float64 values that did not travel as float16 */
+        places[i].round =
+            float16_values && (output == CODEC_FLOAT32 || output == CODEC_FLOAT64) &&
+            !(tensor->encoding == CODEC_ENCODING_PLAIN && tensor->wire == CODEC_FLOAT16);
         if (tensor->encoding == CODEC_ENCODING_PLAIN && output == tensor->wire && !view.readonly &&
-            aligned) {
+            aligned && !places[i].round) {
             places[i].in_block = false;
             places[i].offset = tensor->data_offset;
         } else {
@@ -755,9 +764,12 @@ static PyObject *codec_decode_py(PyObject *module, PyObject *args)
         goto done;
     thread_state = PyEval_SaveThread();
     for (size_t i = 0; i < message.tensor_count; i++) {
-        if (places[i].in_block)
-            codec_decode_tensor(base, &message.tensors[i], sources[i].reference,
-                                (uint8_t *)block->memory + places[i].offset);
+        if (!places[i].in_block)
+            continue;
+        uint8_t *out = (uint8_t *)block->memory + places[i].offset;
+        codec_decode_tensor(base, &message.tensors[i], sources[i].reference, out);
+        if (places[i].round)
+            codec_round_to_float16(places[i].output, out, message.tensors[i].element_count);
     }
     PyEval_RestoreThread(thread_state);
 

@@ -67,6 +67,9 @@ bool codec_wire_allowed(codec_dtype dtype, codec_dtype wire);
  * Touches no Python state, so callers run it with the GIL released. */
 void codec_convert(codec_dtype to, void *destination, codec_dtype from, const void *source,
                    uint64_t count);
+/* Rounds `count` float32 or float64 values (as `dtype` says) in place to float16 values: the
+ * same bits as converting them to a float16 wire and back (the same kernels), in one pass. */
+void codec_round_to_float16(codec_dtype dtype, void *values, uint64_t count);
 
 /* ---- encoding ------------------------------------------------------------------------- */
 

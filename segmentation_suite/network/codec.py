@@ -21,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import math
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -159,7 +159,11 @@ def message_reference_id(data: Any) -> bytes | None:
 
 
 def decode_weights(
-    data: Any, *, as_torch: bool | None = None, reference: Mapping[str, Any] | None = None
+    data: Any,
+    *,
+    as_torch: bool | None = None,
+    reference: Mapping[str, Any] | None = None,
+    float16_values: bool = False,
 ) -> tuple[dict, dict]:
     """Decodes a message into (weights, metadata).
 
@@ -178,11 +182,17 @@ def decode_weights(
     delta; `reference` must be the model it was made against (the same tensors bit for bit,
     checked by id), else ValueError says it is missing or different. A whole message ignores
     `reference`, so a receiver may always pass the model it holds.
+
+    `float16_values` gives float32/float64 tensors rounded to float16 values (in their dtype),
+    the same bits as sending them again as float16 and decoding that, in the same pass: what
+    session members hold of a global model that came as a delta (deltas.py).
     """
     references = None
     if reference is not None:
         references = _reference_buffers(reference)
-    kind, fields, block, entries, message_reference = _relayclient._decode(data, references)
+    kind, fields, block, entries, message_reference = _relayclient._decode(
+        data, references, float16_values
+    )
     torch = None
     if as_torch:
         torch = _import_torch()
@@ -221,10 +231,16 @@ def decode_weights(
 
 
 def deserialize_weights(
-    data: Any, *, as_torch: bool | None = None, reference: Mapping[str, Any] | None = None
+    data: Any,
+    *,
+    as_torch: bool | None = None,
+    reference: Mapping[str, Any] | None = None,
+    float16_values: bool = False,
 ) -> dict:
     """Decodes a message into its weights only; see decode_weights."""
-    return decode_weights(data, as_torch=as_torch, reference=reference)[0]
+    return decode_weights(
+        data, as_torch=as_torch, reference=reference, float16_values=float16_values
+    )[0]
 
 
 class ErrorFeedback:
@@ -272,14 +288,14 @@ class ErrorFeedback:
         weights: Mapping[str, Any],
         *,
         reference: Mapping[str, Any],
-        holds: Callable[[dict], dict] | None = None,
+        float16_values: bool = False,
         **fields: Any,
     ) -> tuple[memoryview, dict]:
         """As encode(), and also returns what the receiver rebuilds (the kind of tensors sent).
 
-        `holds` maps the rebuilt model to what the receiver then keeps, when that differs (the
-        host's members round each global to float16 values): the residual is taken against
-        it, so that this rounding too is made up for later instead of lost.
+        `float16_values`: the receiver keeps what it rebuilt rounded to float16 values (the
+        host's members do, decode_weights(float16_values=True)); the residual is taken against
+        that, so that this rounding too is made up for later instead of lost.
 
         The residual's memory is reused in place from call to call: a fresh 124 MB array per
         message costs more in page faults than the quantization itself."""
@@ -312,9 +328,9 @@ class ErrorFeedback:
             **fields,
         )
         as_torch = any(torch is not None and isinstance(v, torch.Tensor) for v in weights.values())
-        received, _ = decode_weights(data, as_torch=as_torch, reference=reference)
-        if holds is not None:
-            received = holds(received)
+        received, _ = decode_weights(
+            data, as_torch=as_torch, reference=reference, float16_values=float16_values
+        )
         for name, residual in self._residual.items():
             value = received[name]
             got = _torch_to_array(name, value, torch)[1] if as_torch else value

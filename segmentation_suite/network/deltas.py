@@ -83,9 +83,9 @@ class MemberDeltas:
         """Decodes a global model message (a delta against the held global, or whole) and
         holds the result. ValueError when it is a delta against a global this member does not
         hold (then ask the host for the whole model)."""
-        weights, metadata = decode_weights(data, reference=self.held)
-        if metadata["reference_id"] is not None:
-            weights = round_as_float16_wire(weights)
+        # a delta is rebuilt rounded to float16 values, as the host's canonical global is
+        delta = message_reference_id(data) is not None
+        weights, metadata = decode_weights(data, reference=self.held, float16_values=delta)
         self.held = weights
         self.held_id = reference_id(weights) if self.compression is not None else None
         self.host_accepts_deltas = bool(metadata["extra"].get(ACCEPTS_DELTAS_KEY))
@@ -176,7 +176,7 @@ class GlobalModelLedger:
             delta, canonical = self._feedback.encode_and_rebuild(
                 global_weights,
                 reference=self._globals[previous_id],
-                holds=round_as_float16_wire,
+                float16_values=True,
                 metadata=extra,
                 **fields,
             )

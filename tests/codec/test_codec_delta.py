@@ -421,3 +421,31 @@ def test_topk_selection_of_large_tensors_matches_the_independent_implementation(
         positions, scale, levels = topk_reference(update, base, keep)
         np.testing.assert_array_equal(np.cumsum(read_varints(raw[4 + keep :])), positions)
         np.testing.assert_array_equal(np.frombuffer(raw[4 : 4 + keep], np.int8), levels)
+
+
+@pytest.mark.parametrize("compression", ["q8-delta", "topk", None])
+def test_float16_values_rebuild_the_same_bits_as_sending_the_result_again_as_float16(
+    compression, kernel_path
+):
+    """decode_weights(float16_values=True) rounds in the decoding pass; the result must be
+    what numpy's float16 rounding of the plain rebuilt tensors gives, float64 included, with
+    integers and float16 tensors untouched (and a whole float32 message rounded too)."""
+    reference, update = model_pair(seed=6, step=0.3)
+    if compression is None:
+        data = serialize_weights(update, wire_dtype="float32")
+    else:
+        data = serialize_weights(update, compression=compression, reference=reference)
+    plain = deserialize_weights(data, reference=reference)
+    rounded = deserialize_weights(data, reference=reference, float16_values=True)
+    for name, value in plain.items():
+        if value.dtype in (np.float32, np.float64):
+            want = value.astype(np.float16).astype(value.dtype)
+        else:
+            want = value
+        assert rounded[name].dtype == value.dtype, name
+        np.testing.assert_array_equal(rounded[name], want, err_msg=name)
+    whole_fp16 = serialize_weights(update)  # already float16 values: unchanged
+    np.testing.assert_array_equal(
+        deserialize_weights(whole_fp16, float16_values=True)["conv.weight"],
+        deserialize_weights(whole_fp16)["conv.weight"],
+    )
