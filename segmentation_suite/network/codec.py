@@ -280,8 +280,13 @@ class ErrorFeedback:
         self, weights: Mapping[str, Any], *, reference: Mapping[str, Any], **fields: Any
     ) -> memoryview:
         """serialize_weights(weights + residual, compression=..., reference=reference, **fields),
-        keeping the new residual (what the receiver will not get) for the next call."""
-        return self.encode_and_rebuild(weights, reference=reference, **fields)[0]
+        keeping the new residual (what the receiver will not get) for the next call.
+
+        The new residual is made in C without decoding the message into a model-sized
+        temporary (_subtract_rebuilt: the same values decode_weights would rebuild)."""
+        data = self._compensate_and_serialize(weights, reference, fields)
+        _relayclient._subtract_rebuilt(data, _reference_buffers(reference), self._residual)
+        return data
 
     def encode_and_rebuild(
         self,
@@ -295,10 +300,25 @@ class ErrorFeedback:
 
         `float16_values`: the receiver keeps what it rebuilt rounded to float16 values (the
         host's members do, decode_weights(float16_values=True)); the residual is taken against
-        that, so that this rounding too is made up for later instead of lost.
+        that, so that this rounding too is made up for later instead of lost."""
+        data = self._compensate_and_serialize(weights, reference, fields)
+        torch = sys.modules.get("torch")
+        as_torch = any(torch is not None and isinstance(v, torch.Tensor) for v in weights.values())
+        received, _ = decode_weights(
+            data, as_torch=as_torch, reference=reference, float16_values=float16_values
+        )
+        for name, residual in self._residual.items():
+            value = received[name]
+            got = _torch_to_array(name, value, torch)[1] if as_torch else value
+            residual -= got  # what the receiver did not get
+        return data, received
 
-        The residual's memory is reused in place from call to call: a fresh 124 MB array per
-        message costs more in page faults than the quantization itself."""
+    def _compensate_and_serialize(
+        self, weights: Mapping[str, Any], reference: Mapping[str, Any], fields: dict
+    ) -> memoryview:
+        """Adds `weights` to the residual (which then holds what this message sends) and
+        serializes that. The residual's memory is reused in place from call to call: a fresh
+        124 MB array per message costs more in page faults than the quantization itself."""
         compensated: dict[str, Any] = {}
         torch = sys.modules.get("torch")
         for name, value in weights.items():
@@ -320,22 +340,13 @@ class ErrorFeedback:
             compensated[name] = array
         for name in [n for n in self._residual if n not in compensated]:
             del self._residual[name]
-        data = serialize_weights(
+        return serialize_weights(
             compensated,
             compression=self.compression,
             reference=reference,
             topk_fraction=self.topk_fraction,
             **fields,
         )
-        as_torch = any(torch is not None and isinstance(v, torch.Tensor) for v in weights.values())
-        received, _ = decode_weights(
-            data, as_torch=as_torch, reference=reference, float16_values=float16_values
-        )
-        for name, residual in self._residual.items():
-            value = received[name]
-            got = _torch_to_array(name, value, torch)[1] if as_torch else value
-            residual -= got  # what the receiver did not get
-        return data, received
 
 
 def _reference_array(

@@ -449,3 +449,58 @@ def test_float16_values_rebuild_the_same_bits_as_sending_the_result_again_as_flo
         deserialize_weights(whole_fp16, float16_values=True)["conv.weight"],
         deserialize_weights(whole_fp16)["conv.weight"],
     )
+
+
+@pytest.mark.parametrize("compression", ["q8-delta", "topk"])
+def test_error_feedback_residual_made_in_c_equals_compensated_minus_decoded(
+    compression, kernel_path
+):
+    """ErrorFeedback.encode makes the residual with _subtract_rebuilt (no decoded copy of the
+    model); it must be bit for bit what `compensated - decode_weights(message)` gives, for
+    float32 tensors longer than one of its pieces (16384 values, partial last block) and
+    float64 ones."""
+    rng = np.random.default_rng(12)
+    reference = {
+        "big": rng.standard_normal((70, 301)).astype(np.float32),
+        "conv": rng.standard_normal((8, 4, 3, 3)).astype(np.float32),
+        "wide": rng.standard_normal((30, 7)),
+        "bias": rng.standard_normal(19).astype(np.float32),
+        "count": np.array(4, np.int64),
+    }
+    feedback = ErrorFeedback(compression)
+    expected = {name: np.zeros_like(v) for name, v in reference.items() if v.dtype.kind == "f"}
+    for step in range(3):
+        update = {
+            name: (v + rng.standard_normal(v.shape) * 10.0 ** -(step + 1)).astype(v.dtype)
+            if v.dtype.kind == "f"
+            else v
+            for name, v in reference.items()
+        }
+        data = feedback.encode(update, reference=reference)
+        rebuilt = deserialize_weights(data, reference=reference)
+        for name in expected:
+            expected[name] = (expected[name] + update[name]) - rebuilt[name]
+            np.testing.assert_array_equal(feedback._residual[name], expected[name], err_msg=name)
+    assert feedback.residual_norm() > 0
+
+
+def test_subtract_rebuilt_refuses_what_it_cannot_do():
+    reference = {"w": np.zeros((4, 64), np.float32)}
+    update = {"w": np.ones((4, 64), np.float32)}
+    delta = serialize_weights(update, compression="q8-delta", reference=reference)
+    buffers = {"w": ("float32", (4, 64), reference["w"])}
+    with pytest.raises(ValueError, match="not a delta"):
+        _relayclient._subtract_rebuilt(serialize_weights(update), buffers, {})
+    with pytest.raises(ValueError, match="no residual"):
+        _relayclient._subtract_rebuilt(delta, buffers, {})
+    with pytest.raises(ValueError, match="does not match"):
+        _relayclient._subtract_rebuilt(delta, buffers, {"w": np.zeros(10, np.float32)})
+    read_only = np.zeros((4, 64), np.float32)
+    read_only.flags.writeable = False
+    with pytest.raises((BufferError, ValueError, TypeError)):
+        _relayclient._subtract_rebuilt(delta, buffers, {"w": read_only})
+    with pytest.raises(ValueError):
+        _relayclient._subtract_rebuilt(bytes(delta)[:-3], buffers, {"w": np.zeros((4, 64))})
+    residual = np.zeros((4, 64), np.float32)
+    _relayclient._subtract_rebuilt(delta, buffers, {"w": residual})
+    np.testing.assert_array_equal(residual, -deserialize_weights(delta, reference=reference)["w"])
