@@ -8,8 +8,9 @@ uploads, the bridge's end for downloads); the relay's and the host's are not. Th
 has no netem: bandwidth only, no added delay or loss. Real processes: our relay_server and one
 Python process per client (SyncClient). Namespaces, links and processes are removed on any exit.
 
-For each method a fresh host and 4 members (SyncClient(compression=...)) join a room; one
-warm-up round runs unshaped (so that everyone holds a global model: deltas need one); then for
+For each method a fresh host and 4 members (SyncClient(compression=...)) join a room; two
+warm-up rounds run unshaped (the first so that everyone holds a global model: deltas need one;
+the second so that each process has set up its error feedback, a one-off); then for
 each link rate one round runs with every member's link shaped to that rate. A round starts when
 the script tells the 4 members to push at once (each pushes the global it holds plus a small
 change, a training step's worth, made before the clock starts) and ends when the last member
@@ -54,6 +55,9 @@ SWITCH = f"{PREFIX}-sw"
 SUBNET = "10.99.0"
 RELAY_PORT = 8787
 ROUND_TIMEOUT = 900.0
+#: Unshaped rounds before the measured ones: the first makes everyone hold a global model
+#: (deltas need one), the second lets every process set up its error feedback once.
+WARM_UP_ROUNDS = 2
 
 
 def log(text: str) -> None:
@@ -200,7 +204,7 @@ def run_method(
             assert worker.receive()["joined"]
         host.receive()  # everyone is in
         times: dict[float, list] = {}
-        schedule = [None] + [rate for rate in rates for _ in range(repeat)]
+        schedule = [None] * WARM_UP_ROUNDS + [rate for rate in rates for _ in range(repeat)]
         for round_number, rate in enumerate(schedule, start=1):
             network.shape(rate)
             for worker in group:  # the round's weights, made before the clock starts

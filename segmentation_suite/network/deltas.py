@@ -9,7 +9,9 @@ Without I/O: SyncClient (client.py) feeds messages in and sends what comes out.
 * The host (`GlobalModelLedger`) sends each round's global model as a delta against the
   previous one to the members known to hold it, and whole (float16) to everyone else: late
   joiners, members after a resume, members that never said what they hold (original clients,
-  compression=None). It keeps the last few globals by id to rebuild the members' pushes.
+  compression=None). It keeps the last few globals by id to rebuild the members' pushes,
+  and carries what each global delta dropped into the next one (error feedback): members
+  train on from what they rebuilt, so the next average would not contain it.
 
 Every member must hold the same global bit for bit, whichever way it arrived, or the next
 deltas would name a reference nobody has. So the global the host publishes (the *canonical*
