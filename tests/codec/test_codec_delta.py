@@ -465,6 +465,7 @@ def test_error_feedback_residual_made_in_c_equals_compensated_minus_decoded(
         "conv": rng.standard_normal((8, 4, 3, 3)).astype(np.float32),
         "wide": rng.standard_normal((30, 7)),
         "bias": rng.standard_normal(19).astype(np.float32),
+        "empty": np.zeros((0, 3), np.float32),
         "count": np.array(4, np.int64),
     }
     feedback = ErrorFeedback(compression)
