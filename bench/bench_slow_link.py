@@ -8,8 +8,9 @@ uploads, the bridge's end for downloads); the relay's and the host's are not. Th
 has no netem: bandwidth only, no added delay or loss. Real processes: our relay_server and one
 Python process per client (SyncClient). Namespaces, links and processes are removed on any exit.
 
-For each method a fresh host and 4 members (SyncClient(compression=...)) join a room; one
-warm-up round runs unshaped (so that everyone holds a global model: deltas need one); then for
+For each method a fresh host and 4 members (SyncClient(compression=...)) join a room; two
+warm-up rounds run unshaped (the first so that everyone holds a global model: deltas need one;
+the second so that each process has set up its error feedback, a one-off); then for
 each link rate one round runs with every member's link shaped to that rate. A round starts when
 the script tells the 4 members to push at once (each pushes the global it holds plus a small
 change, a training step's worth, made before the clock starts) and ends when the last member
@@ -54,6 +55,9 @@ SWITCH = f"{PREFIX}-sw"
 SUBNET = "10.99.0"
 RELAY_PORT = 8787
 ROUND_TIMEOUT = 900.0
+#: Unshaped rounds before the measured ones: the first makes everyone hold a global model
+#: (deltas need one), the second lets every process set up its error feedback once.
+WARM_UP_ROUNDS = 2
 
 
 def log(text: str) -> None:
@@ -158,6 +162,27 @@ class Worker:
             self.process.wait(5)
 
 
+def timeline(start: float, arrivals: list[dict], published: dict) -> str:
+    """Where a round's seconds went, from the round's start: each member's encoding, the
+    host's decoding of the pushes (first to last), its publishing, and each member's decoding
+    of the global (which starts once the last byte arrived)."""
+    members = [a["marks"] for a in arrivals]
+    host = published["marks"]
+
+    def span(marks: dict, label: str) -> str:
+        return (
+            f"{marks[label + '_start'] - start:.2f}-{marks[label + '_end'] - start:.2f}"
+            f"({marks[label + '_cpu']:.2f})"
+        )
+
+    return (
+        f"encode {' '.join(span(m, 'encode') for m in members)}; host: pushes in "
+        f"{host['push_arrived_start'] - start:.2f}, last decoded "
+        f"{host['push_arrived_end'] - start:.2f}, publish {span(host, 'publish')}; "
+        f"decode {' '.join(span(m, 'decode') for m in members)}"
+    )
+
+
 def run_method(
     network: Network, relay_url: str, method: str, members: int, rates: list[float], repeat: int
 ):
@@ -179,7 +204,7 @@ def run_method(
             assert worker.receive()["joined"]
         host.receive()  # everyone is in
         times: dict[float, list] = {}
-        schedule = [None] + [rate for rate in rates for _ in range(repeat)]
+        schedule = [None] * WARM_UP_ROUNDS + [rate for rate in rates for _ in range(repeat)]
         for round_number, rate in enumerate(schedule, start=1):
             network.shape(rate)
             for worker in group:  # the round's weights, made before the clock starts
@@ -198,6 +223,7 @@ def run_method(
                 f"pushes sent {max(a['pushed_at'] for a in arrivals) - start:.2f} s, "
                 f"global sent by the host {published['at'] - start:.2f} s"
             )
+            log("  " + timeline(start, arrivals, published))
             pushed = [a["pushed"] for a in arrivals]
             received = [a["received"] for a in arrivals]
             link = "unshaped" if rate is None else f"{rate:g} Mbit/s"
@@ -220,6 +246,24 @@ def run_method(
 
 
 # --- inside the namespaces --------------------------------------------------------------------
+
+
+def trace_calls(owner, attribute: str, marks: dict, label: str) -> None:
+    """Records when `owner.attribute(...)` starts and ends (CLOCK_MONOTONIC) in
+    marks[label + "_start" / "_end"]: the first start since marks were cleared, the last end."""
+    original = getattr(owner, attribute)
+
+    def traced(*args, **kwargs):
+        if label + "_start" not in marks:
+            marks[label + "_start"] = time.monotonic()
+        cpu = time.thread_time()
+        try:
+            return original(*args, **kwargs)
+        finally:
+            marks[label + "_end"] = time.monotonic()
+            marks[label + "_cpu"] = marks.get(label + "_cpu", 0.0) + time.thread_time() - cpu
+
+    setattr(owner, attribute, traced)
 
 
 def worker_main(args: list[str]) -> None:
@@ -255,10 +299,16 @@ def worker_main(args: list[str]) -> None:
         wait(lambda: created, "room")
         say(room=created[0])
         wait(lambda: len(client.users) == members + 1, "members")
+        marks: dict[str, float] = {}
+        trace_calls(client, "_on_transfer", marks, "push_arrived")
+        trace_calls(client._ledger, "publish", marks, "publish")
+
         # after the round's global models were handed to the sender thread
-        client.round_complete.connect(
-            lambda number, _: say(published=number, at=time.monotonic()), thread=None
-        )
+        def published(number: int, _contributors) -> None:
+            say(published=number, at=time.monotonic(), marks=dict(marks))
+            marks.clear()
+
+        client.round_complete.connect(published, thread=None)
         say(ready=True)
         for line in sys.stdin:
             if json.loads(line).get("command") == "quit":
@@ -283,6 +333,9 @@ def worker_main(args: list[str]) -> None:
         return original_receive(data)
 
     client._session.member_deltas.receive_global = measure
+    marks: dict[str, float] = {}
+    trace_calls(client._session.member_deltas, "encode_push", marks, "encode")
+    trace_calls(client._session.member_deltas, "receive_global", marks, "decode")
     client.connect_relay(code.lower(), f"m{index}", relay_url)
     wait(lambda: client.is_connected, "join")
     say(joined=True)
@@ -293,6 +346,7 @@ def worker_main(args: list[str]) -> None:
         message = json.loads(line)
         if message.get("command") == "push":
             arrived.clear()
+            marks.clear()
             future = client.send_weights(weights, epoch=message["round"], loss=0.5, num_samples=10)
             if future is None:
                 raise RuntimeError(f"push failed: {errors}")
@@ -305,6 +359,7 @@ def worker_main(args: list[str]) -> None:
                 pushed=pushed,
                 pushed_at=pushed_at,
                 received=sizes[-1],
+                marks=dict(marks),
             )
             continue
         if message.get("command") != "prepare":

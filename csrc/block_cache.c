@@ -16,6 +16,8 @@ static struct {
     pthread_mutex_t lock;
     void *block[BLOCK_CACHE_SLOTS];
     size_t capacity[BLOCK_CACHE_SLOTS];
+    uint64_t released_at[BLOCK_CACHE_SLOTS]; /* `releases` when the slot was filled */
+    uint64_t releases;
     size_t cached_bytes;
 } cache = {.lock = PTHREAD_MUTEX_INITIALIZER};
 
@@ -69,18 +71,35 @@ void block_release(void *block, size_t capacity)
 {
     if (!block)
         return;
-    if (capacity >= BLOCK_CACHE_SMALLEST) {
+    void *evicted = NULL;
+    if (capacity >= BLOCK_CACHE_SMALLEST && capacity <= BLOCK_CACHE_MAX_BYTES) {
         pthread_mutex_lock(&cache.lock);
+        /* A free slot, else the least recently released block makes room: a block of a size
+         * no longer asked for (e.g. the first round's whole model) must not keep the sizes of
+         * every later round out of the cache. */
+        int slot = -1;
         for (int i = 0; i < BLOCK_CACHE_SLOTS; i++) {
-            if (!cache.block[i] && cache.cached_bytes + capacity <= BLOCK_CACHE_MAX_BYTES) {
-                cache.block[i] = block;
-                cache.capacity[i] = capacity;
-                cache.cached_bytes += capacity;
-                pthread_mutex_unlock(&cache.lock);
-                return;
+            if (!cache.block[i]) {
+                slot = i;
+                break;
             }
+            if (slot < 0 || cache.released_at[i] < cache.released_at[slot])
+                slot = i;
+        }
+        if (cache.block[slot]) {
+            evicted = cache.block[slot];
+            cache.cached_bytes -= cache.capacity[slot];
+            cache.block[slot] = NULL;
+        }
+        if (cache.cached_bytes + capacity <= BLOCK_CACHE_MAX_BYTES) {
+            cache.block[slot] = block;
+            cache.capacity[slot] = capacity;
+            cache.released_at[slot] = ++cache.releases;
+            cache.cached_bytes += capacity;
+            block = NULL;
         }
         pthread_mutex_unlock(&cache.lock);
     }
+    free(evicted);
     free(block);
 }

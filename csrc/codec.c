@@ -519,6 +519,7 @@ done:
 typedef struct {
     codec_dtype output;
     bool in_block;
+    bool round; /* float16_values: rounded to float16 values after decoding */
     size_t offset;
 } tensor_placement;
 
@@ -570,7 +571,8 @@ static void format_id(const uint8_t *id, char out[17])
  * have the id the message names. Fills `sources` (one per tensor; reference set for deltas)
  * and holds the buffers in `views`/`acquired` (released by the caller). */
 static int bind_reference(const codec_message *message, PyObject *reference,
-                          codec_tensor_source *sources, Py_buffer *views, int *acquired)
+                          codec_tensor_source *sources, Py_buffer *views, int *acquired,
+                          bool check_id)
 {
     char wanted[17];
     format_id(message->reference_id, wanted);
@@ -656,6 +658,8 @@ static int bind_reference(const codec_message *message, PyObject *reference,
         }
         source->reference = views[i].buf;
     }
+    if (!check_id)
+        return 0;
     uint8_t id[CODEC_REFERENCE_ID_SIZE];
     int rc;
     PyThreadState *thread_state = PyEval_SaveThread();
@@ -679,20 +683,24 @@ static int bind_reference(const codec_message *message, PyObject *reference,
 }
 
 PyDoc_STRVAR(decode_doc,
-             "_decode(data, reference=None) -> (kind, metadata, block, tensors, reference_id)\n\n"
+             "_decode(data, reference=None, float16_values=False)\n"
+             "    -> (kind, metadata, block, tensors, reference_id)\n\n"
              "Validates the message in `data` (any buffer) and returns tensors as\n"
              "(name, dtype, shape, in_block, offset): their bytes are at `offset` in `block`\n"
              "when in_block, else in `data` itself (only when `data` is writable and the\n"
              "tensor needs no conversion and is aligned). A version-2 (delta) message needs\n"
              "`reference`, a dict of name -> (dtype, shape, buffer) of the model its deltas\n"
              "were taken against; reference_id is its id (bytes), None for version 1.\n"
-             "Raises ValueError on bad input or a missing or different reference.");
+             "float16_values rounds float32/float64 tensors to float16 values in the same\n"
+             "pass (as a float16 wire would). Raises ValueError on bad input or a missing or\n"
+             "different reference.");
 
 static PyObject *codec_decode_py(PyObject *module, PyObject *args)
 {
     (void)module;
     PyObject *data, *reference = Py_None;
-    if (!PyArg_ParseTuple(args, "O|O:_decode", &data, &reference))
+    int float16_values = 0;
+    if (!PyArg_ParseTuple(args, "O|Op:_decode", &data, &reference, &float16_values))
         return NULL;
     Py_buffer view;
     if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) != 0)
@@ -727,8 +735,8 @@ static PyObject *codec_decode_py(PyObject *module, PyObject *args)
         goto done;
     }
     bool delta = message.version >= CODEC_DELTA_FORMAT_VERSION;
-    if (delta &&
-        bind_reference(&message, reference, sources, reference_views, reference_acquired) != 0)
+    if (delta && bind_reference(&message, reference, sources, reference_views, reference_acquired,
+                                true) != 0)
         goto done;
     /* Output needs at most 4 bytes per wire byte (float16 -> float64) plus alignment, or for
      * a delta the size of its reference, so the block is bounded by what the input and the
@@ -740,8 +748,12 @@ static PyObject *codec_decode_py(PyObject *module, PyObject *args)
         size_t item_size = codec_dtype_size(output);
         bool aligned = (uintptr_t)(base + tensor->data_offset) % item_size == 0;
         places[i].output = output;
+        /* rounded in place: float32/float64 values that did not travel as float16 */
+        places[i].round =
+            float16_values && (output == CODEC_FLOAT32 || output == CODEC_FLOAT64) &&
+            !(tensor->encoding == CODEC_ENCODING_PLAIN && tensor->wire == CODEC_FLOAT16);
         if (tensor->encoding == CODEC_ENCODING_PLAIN && output == tensor->wire && !view.readonly &&
-            aligned) {
+            aligned && !places[i].round) {
             places[i].in_block = false;
             places[i].offset = tensor->data_offset;
         } else {
@@ -755,9 +767,12 @@ static PyObject *codec_decode_py(PyObject *module, PyObject *args)
         goto done;
     thread_state = PyEval_SaveThread();
     for (size_t i = 0; i < message.tensor_count; i++) {
-        if (places[i].in_block)
-            codec_decode_tensor(base, &message.tensors[i], sources[i].reference,
-                                (uint8_t *)block->memory + places[i].offset);
+        if (!places[i].in_block)
+            continue;
+        uint8_t *out = (uint8_t *)block->memory + places[i].offset;
+        codec_decode_tensor(base, &message.tensors[i], sources[i].reference, out);
+        if (places[i].round)
+            codec_round_to_float16(places[i].output, out, message.tensors[i].element_count);
     }
     PyEval_RestoreThread(thread_state);
 
@@ -788,6 +803,116 @@ done:
     PyMem_Free(sources);
     PyMem_Free(reference_views);
     PyMem_Free(reference_acquired);
+    codec_message_free(&message);
+    PyBuffer_Release(&view);
+    return result;
+}
+
+PyDoc_STRVAR(subtract_rebuilt_doc,
+             "_subtract_rebuilt(data, reference, residuals) -> None\n\n"
+             "For a sender's error feedback: validates the delta message `data` and subtracts\n"
+             "what each delta tensor rebuilds against `reference` (as for _decode, but its id\n"
+             "is not checked: the sender just made the message against it) from the writable\n"
+             "buffer residuals[name], in place, with the GIL released.");
+
+static PyObject *codec_subtract_rebuilt_py(PyObject *module, PyObject *args)
+{
+    (void)module;
+    PyObject *data, *reference, *residuals;
+    if (!PyArg_ParseTuple(args, "OOO!:_subtract_rebuilt", &data, &reference, &PyDict_Type,
+                          &residuals))
+        return NULL;
+    Py_buffer view;
+    if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) != 0)
+        return NULL;
+    PyObject *result = NULL;
+    codec_tensor_source *sources = NULL;
+    Py_buffer *reference_views = NULL, *residual_views = NULL;
+    int *reference_acquired = NULL, *residual_acquired = NULL;
+    void *scratch = NULL;
+    codec_message message;
+    codec_error err;
+    PyThreadState *thread_state = PyEval_SaveThread();
+    int rc = codec_decode(view.buf, (size_t)view.len, &message, &err);
+    PyEval_RestoreThread(thread_state);
+    if (rc != 0) {
+        PyBuffer_Release(&view);
+        return raise_codec_error(&err);
+    }
+    size_t slots = message.tensor_count ? message.tensor_count : 1;
+    sources = PyMem_Calloc(slots, sizeof *sources);
+    reference_views = PyMem_Calloc(slots, sizeof *reference_views);
+    residual_views = PyMem_Calloc(slots, sizeof *residual_views);
+    reference_acquired = PyMem_Calloc(slots, sizeof *reference_acquired);
+    residual_acquired = PyMem_Calloc(slots, sizeof *residual_acquired);
+    if (!sources || !reference_views || !residual_views || !reference_acquired ||
+        !residual_acquired) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    if (message.version < CODEC_DELTA_FORMAT_VERSION) {
+        PyErr_SetString(PyExc_ValueError, "the message is not a delta message");
+        goto done;
+    }
+    if (bind_reference(&message, reference, sources, reference_views, reference_acquired, false) !=
+        0)
+        goto done;
+    size_t scratch_bytes = 0;
+    for (size_t i = 0; i < message.tensor_count; i++) {
+        const codec_tensor_view *tensor = &message.tensors[i];
+        if (tensor->encoding == CODEC_ENCODING_PLAIN)
+            continue;
+        PyObject *name = PyUnicode_DecodeUTF8((const char *)tensor->name,
+                                              (Py_ssize_t)tensor->name_length, "strict");
+        if (name == NULL)
+            goto done;
+        PyObject *buffer = PyDict_GetItemWithError(residuals, name); /* borrowed */
+        if (buffer == NULL) {
+            if (!PyErr_Occurred())
+                PyErr_Format(PyExc_ValueError, "no residual for the delta tensor %.80R", name);
+            Py_DECREF(name);
+            goto done;
+        }
+        Py_DECREF(name);
+        if (PyObject_GetBuffer(buffer, &residual_views[i], PyBUF_C_CONTIGUOUS | PyBUF_WRITABLE) !=
+            0)
+            goto done;
+        residual_acquired[i] = 1;
+        size_t item = codec_dtype_size(tensor->dtype);
+        if ((uint64_t)residual_views[i].len != tensor->element_count * item) {
+            PyErr_SetString(PyExc_ValueError, "a residual buffer does not match its tensor");
+            goto done;
+        }
+        size_t need = (size_t)codec_subtract_scratch_count(tensor) * item;
+        if (need > scratch_bytes)
+            scratch_bytes = need;
+    }
+    scratch = PyMem_RawMalloc(scratch_bytes ? scratch_bytes : 1);
+    if (scratch == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    thread_state = PyEval_SaveThread();
+    for (size_t i = 0; i < message.tensor_count; i++)
+        if (residual_acquired[i])
+            codec_subtract_rebuilt(view.buf, &message.tensors[i], sources[i].reference,
+                                   residual_views[i].buf, scratch);
+    PyEval_RestoreThread(thread_state);
+    result = Py_NewRef(Py_None);
+
+done:
+    for (size_t i = 0; sources && i < message.tensor_count; i++) {
+        if (reference_acquired && reference_acquired[i])
+            PyBuffer_Release(&reference_views[i]);
+        if (residual_acquired && residual_acquired[i])
+            PyBuffer_Release(&residual_views[i]);
+    }
+    PyMem_RawFree(scratch);
+    PyMem_Free(sources);
+    PyMem_Free(reference_views);
+    PyMem_Free(residual_views);
+    PyMem_Free(reference_acquired);
+    PyMem_Free(residual_acquired);
     codec_message_free(&message);
     PyBuffer_Release(&view);
     return result;
@@ -904,6 +1029,7 @@ static PyMethodDef codec_methods[] = {
     {"_decode", codec_decode_py, METH_VARARGS, decode_doc},
     {"_reference_id", codec_reference_id_py, METH_O, reference_id_doc},
     {"_message_reference", codec_message_reference_py, METH_O, message_reference_doc},
+    {"_subtract_rebuilt", codec_subtract_rebuilt_py, METH_VARARGS, subtract_rebuilt_doc},
     {"_set_simd", codec_set_simd, METH_O,
      "_set_simd(enabled): use the SIMD fp16/bf16 kernels (True, default) or force the "
      "scalar ones (tests only; not thread-safe)."},

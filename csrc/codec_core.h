@@ -67,6 +67,9 @@ bool codec_wire_allowed(codec_dtype dtype, codec_dtype wire);
  * Touches no Python state, so callers run it with the GIL released. */
 void codec_convert(codec_dtype to, void *destination, codec_dtype from, const void *source,
                    uint64_t count);
+/* Rounds `count` float32 or float64 values (as `dtype` says) in place to float16 values: the
+ * same bits as converting them to a float16 wire and back (the same kernels), in one pass. */
+void codec_round_to_float16(codec_dtype dtype, void *values, uint64_t count);
 
 /* ---- encoding ------------------------------------------------------------------------- */
 
@@ -160,5 +163,12 @@ void codec_message_free(codec_message *message);
  * delta to `reference` (element_count values of the tensor's dtype). Needs no Python. */
 void codec_decode_tensor(const uint8_t *message_data, const codec_tensor_view *tensor,
                          const void *reference, void *out);
+/* residual -= what the validated delta `tensor` rebuilds against `reference` (the same bits
+ * as codec_decode_tensor's, then one subtraction each), for a sender's error feedback without
+ * a model-sized temporary. `scratch` holds codec_subtract_scratch_count(tensor) values of the
+ * tensor's dtype. */
+uint64_t codec_subtract_scratch_count(const codec_tensor_view *tensor);
+void codec_subtract_rebuilt(const uint8_t *message_data, const codec_tensor_view *tensor,
+                            const void *reference, void *residual, void *scratch);
 
 #endif

@@ -115,3 +115,52 @@ void codec_decode_tensor(const uint8_t *message_data, const codec_tensor_view *t
         codec_convert(tensor->dtype, out, tensor->wire, data, count);
     }
 }
+
+/* Pieces of whole q8 blocks: the rebuilt values stay in the L1/L2 cache until subtracted. */
+#define SUBTRACT_PIECE (64 * Q8_BLOCK_SIZE)
+
+static void subtract_values(codec_dtype dtype, void *residual, const void *rebuilt, uint64_t count)
+{
+    if (dtype == CODEC_FLOAT64) {
+        double *into = residual;
+        const double *minus = rebuilt;
+        for (uint64_t i = 0; i < count; i++)
+            into[i] -= minus[i];
+    } else {
+        float *into = residual;
+        const float *minus = rebuilt;
+        for (uint64_t i = 0; i < count; i++)
+            into[i] -= minus[i];
+    }
+}
+
+uint64_t codec_subtract_scratch_count(const codec_tensor_view *tensor)
+{
+    return tensor->encoding == CODEC_ENCODING_Q8 ? SUBTRACT_PIECE : tensor->element_count;
+}
+
+void codec_subtract_rebuilt(const uint8_t *message_data, const codec_tensor_view *tensor,
+                            const void *reference, void *residual, void *scratch)
+{
+    uint64_t count = tensor->element_count;
+    size_t item = codec_dtype_size(tensor->dtype);
+    if (tensor->encoding != CODEC_ENCODING_Q8) {
+        codec_decode_tensor(message_data, tensor, reference, scratch);
+        subtract_values(tensor->dtype, residual, scratch, count);
+        return;
+    }
+    const uint8_t *scales = message_data + tensor->data_offset;
+    const int8_t *levels = (const int8_t *)(scales + 2 * tensor->q8_blocks);
+    for (uint64_t start = 0; start < count; start += SUBTRACT_PIECE) {
+        uint64_t piece = count - start < SUBTRACT_PIECE ? count - start : SUBTRACT_PIECE;
+        const uint8_t *piece_scales = scales + 2 * (start / Q8_BLOCK_SIZE);
+        const uint8_t *piece_reference = (const uint8_t *)reference + start * item;
+        if (tensor->dtype == CODEC_FLOAT64)
+            q8_decode_float64(scratch, piece_scales, levels + start,
+                              (const double *)piece_reference, piece);
+        else
+            q8_decode_float32(scratch, piece_scales, levels + start, (const float *)piece_reference,
+                              piece);
+        subtract_values(tensor->dtype, (uint8_t *)residual + start * item, scratch, piece);
+    }
+}

@@ -80,3 +80,18 @@ void codec_convert(codec_dtype to, void *destination, codec_dtype from, const vo
     else if (to == CODEC_FLOAT64 && from == CODEC_BFLOAT16)
         bf16_to_float64(destination, source, count);
 }
+
+/* Pieces small enough for the float16 copy to stay in the L1/L2 cache between the passes. */
+#define ROUNDING_PIECE 4096
+
+void codec_round_to_float16(codec_dtype dtype, void *values, uint64_t count)
+{
+    uint16_t halves[ROUNDING_PIECE];
+    size_t item = codec_dtype_size(dtype);
+    for (uint64_t done = 0; done < count; done += ROUNDING_PIECE) {
+        uint64_t piece = count - done < ROUNDING_PIECE ? count - done : ROUNDING_PIECE;
+        uint8_t *at = (uint8_t *)values + done * item;
+        codec_convert(CODEC_FLOAT16, halves, dtype, at, piece);
+        codec_convert(dtype, at, CODEC_FLOAT16, halves, piece);
+    }
+}

@@ -84,7 +84,8 @@ static void reencode_and_compare(const uint8_t *data, const codec_message *messa
 
 /* Rebuilds every tensor of a delta message against an all-zero reference: exercises the q8
  * and topk kernels on whatever the validator let through. Accepted scales are finite and
- * levels are int8, so every rebuilt value must be finite. */
+ * levels are int8, so every rebuilt value must be finite. Error feedback's in-place
+ * subtraction of the same tensor from a zero residual must give exactly its negation. */
 static void rebuild_against_zero(const uint8_t *data, const codec_message *message)
 {
     for (size_t i = 0; i < message->tensor_count; i++) {
@@ -100,6 +101,21 @@ static void rebuild_against_zero(const uint8_t *data, const codec_message *messa
                                                               : ((const float *)out)[k];
                 CHECK(value == value && value - value == 0); /* not NaN, not infinite */
             }
+        }
+        if (tensor->encoding != CODEC_ENCODING_PLAIN) {
+            size_t item = codec_dtype_size(tensor->dtype);
+            void *residual = calloc(bytes ? bytes : 1, 1);
+            void *scratch = malloc((size_t)codec_subtract_scratch_count(tensor) * item + 1);
+            CHECK(residual && scratch);
+            codec_subtract_rebuilt(data, tensor, zero, residual, scratch);
+            for (uint64_t k = 0; k < tensor->element_count; k++) {
+                if (tensor->dtype == CODEC_FLOAT64)
+                    CHECK(((const double *)residual)[k] == -((const double *)out)[k]);
+                else
+                    CHECK(((const float *)residual)[k] == -((const float *)out)[k]);
+            }
+            free(residual);
+            free(scratch);
         }
         free(zero);
         free(out);

@@ -22,9 +22,10 @@ SEED_DIR = Path(__file__).resolve().parents[2] / "tests/vectors/fuzz/fuzz_decode
 
 
 def delta_reference() -> dict[str, np.ndarray]:
+    # two dimensions: topk sends tensors of one dimension or none as q8
     return {
-        "w": np.linspace(-1, 1, 300, dtype=np.float32),
-        "d": np.linspace(0, 3, 40),
+        "w": np.linspace(-1, 1, 300, dtype=np.float32).reshape(3, 100),
+        "d": np.linspace(0, 3, 40).reshape(5, 8),
         "n": np.array(5, np.int64),
     }
 
@@ -32,7 +33,7 @@ def delta_reference() -> dict[str, np.ndarray]:
 def delta_update() -> dict[str, np.ndarray]:
     reference = delta_reference()
     return {
-        "w": reference["w"] + np.cos(np.arange(300, dtype=np.float32)) * 0.01,
+        "w": reference["w"] + np.cos(np.arange(300, dtype=np.float32)).reshape(3, 100) * 0.01,
         "d": reference["d"] * 1.5,
         "n": np.array(6, np.int64),
     }

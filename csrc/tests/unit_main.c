@@ -10,12 +10,13 @@ int run_transport_core_tests(size_t *test_count);
 int run_utf8_tests(size_t *test_count);
 int run_tls_client_tests(size_t *test_count);
 int run_transfer_assembly_tests(size_t *test_count);
+int run_block_cache_tests(size_t *test_count);
 
 int main(void)
 {
-    int (*const groups[])(size_t *) = {run_ws_client_tests, run_transport_core_tests,
-                                       run_utf8_tests, run_tls_client_tests,
-                                       run_transfer_assembly_tests};
+    int (*const groups[])(size_t *) = {
+        run_ws_client_tests,  run_transport_core_tests,    run_utf8_tests,
+        run_tls_client_tests, run_transfer_assembly_tests, run_block_cache_tests};
     size_t passed = 0, failed = 0;
     for (size_t i = 0; i < sizeof groups / sizeof groups[0]; i++) {
         size_t test_count = 0;

@@ -37,6 +37,11 @@ WIRE_DTYPES = ("float16", "bfloat16", "float32")
 COMPRESSIONS = {"q8-delta": "q8", "topk": "topk"}
 #: The share of each tensor's values that "topk" keeps (by magnitude of the delta).
 DEFAULT_TOPK_FRACTION = 0.01
+#: "topk" sends tensors of at most this many dimensions (biases, normalization scales and
+#: shifts, BatchNorm running statistics) as q8 instead: each value acts on a whole channel, so
+#: the 1% of them topk would keep leaves channels off by their whole update, and they are few
+#: (0.1% of the U-Net's values; 2.4% of the demo's small model).
+TOPK_DENSE_MAX_NDIM = 1
 
 # numpy has no bfloat16: its bits travel through numpy as uint16.
 _NUMPY_DTYPES = {
@@ -82,8 +87,9 @@ def serialize_weights(
     `compression` "q8-delta" or "topk" sends each float32/float64 tensor as its difference
     from the same-named tensor of `reference` (same dtype and shape): "q8-delta" as int8 with
     one float16 scale per 256 values, "topk" only the `topk_fraction` largest differences (int8,
-    one scale per tensor). Other tensors travel whole and exact. The receiver needs the same
-    reference (see deserialize_weights); the message carries its id.
+    one scale per tensor; tensors of one dimension or none as q8). Other tensors travel whole
+    and exact. The receiver needs the same reference (see deserialize_weights); the message
+    carries its id.
     """
     if compression is not None and compression not in COMPRESSIONS:
         raise ValueError(
@@ -110,8 +116,11 @@ def serialize_weights(
         dtype, array = _torch_to_array(name, value, torch) if is_torch else _to_array(name, value)
         if compression is not None and dtype in _WIDE_FLOATS:
             base = _reference_array(reference, name, dtype, array.shape, torch)
-            keep = math.ceil(array.size * topk_fraction) if compression == "topk" else 0
-            entries.append((name, dtype, COMPRESSIONS[compression], array.shape, array, base, keep))
+            wire = COMPRESSIONS[compression]
+            if wire == "topk" and array.ndim <= TOPK_DENSE_MAX_NDIM:
+                wire = "q8"
+            keep = math.ceil(array.size * topk_fraction) if wire == "topk" else 0
+            entries.append((name, dtype, wire, array.shape, array, base, keep))
             continue
         wire = wire_dtype if dtype in _WIDE_FLOATS and wire_dtype != "float32" else dtype
         entries.append((name, dtype, wire, array.shape, array))
@@ -150,7 +159,11 @@ def message_reference_id(data: Any) -> bytes | None:
 
 
 def decode_weights(
-    data: Any, *, as_torch: bool | None = None, reference: Mapping[str, Any] | None = None
+    data: Any,
+    *,
+    as_torch: bool | None = None,
+    reference: Mapping[str, Any] | None = None,
+    float16_values: bool = False,
 ) -> tuple[dict, dict]:
     """Decodes a message into (weights, metadata).
 
@@ -169,11 +182,17 @@ def decode_weights(
     delta; `reference` must be the model it was made against (the same tensors bit for bit,
     checked by id), else ValueError says it is missing or different. A whole message ignores
     `reference`, so a receiver may always pass the model it holds.
+
+    `float16_values` gives float32/float64 tensors rounded to float16 values (in their dtype),
+    the same bits as sending them again as float16 and decoding that, in the same pass: what
+    session members hold of a global model that came as a delta (deltas.py).
     """
     references = None
     if reference is not None:
         references = _reference_buffers(reference)
-    kind, fields, block, entries, message_reference = _relayclient._decode(data, references)
+    kind, fields, block, entries, message_reference = _relayclient._decode(
+        data, references, float16_values
+    )
     torch = None
     if as_torch:
         torch = _import_torch()
@@ -212,10 +231,16 @@ def decode_weights(
 
 
 def deserialize_weights(
-    data: Any, *, as_torch: bool | None = None, reference: Mapping[str, Any] | None = None
+    data: Any,
+    *,
+    as_torch: bool | None = None,
+    reference: Mapping[str, Any] | None = None,
+    float16_values: bool = False,
 ) -> dict:
     """Decodes a message into its weights only; see decode_weights."""
-    return decode_weights(data, as_torch=as_torch, reference=reference)[0]
+    return decode_weights(
+        data, as_torch=as_torch, reference=reference, float16_values=float16_values
+    )[0]
 
 
 class ErrorFeedback:
@@ -223,16 +248,16 @@ class ErrorFeedback:
     message (the residual) is added to the next one, so that errors do not build up over
     rounds and small changes are sent once they add up.
 
-    It is for a sender whose reference moves on between messages independently of what it
-    sent, like a member pushing its model against each new global model. A sender whose next
-    reference is what the receiver rebuilt from its last message (the host's chain of global
-    models) needs none: its next delta already contains what the last one dropped.
+    Every sender of deltas needs it. A member pushing its model against each new global model:
+    what its last push dropped is not in the next global (the host never received it). The
+    host sending its chain of global models: its members train on from the global they
+    rebuilt, so what a delta dropped is not in the next round's average either (and with topk
+    that is most of the round's progress, the host's own training included).
 
         feedback = ErrorFeedback("q8-delta")
         data = feedback.encode(model.state_dict(), reference=global_model, epoch=3)
 
-    The residual is kept as float32/float64 numpy arrays, by tensor name; reset() forgets it
-    (e.g. when the sender's reference is replaced by a model sent whole).
+    The residual is kept as float32/float64 numpy arrays, by tensor name; reset() forgets it.
     """
 
     def __init__(self, compression: str, *, topk_fraction: float = DEFAULT_TOPK_FRACTION):
@@ -247,14 +272,53 @@ class ErrorFeedback:
     def reset(self) -> None:
         self._residual = {}
 
+    def residual_norm(self) -> float:
+        """L2 norm of what the receiver has not got yet (0.0 after reset())."""
+        return math.sqrt(sum(float(np.dot(r.ravel(), r.ravel())) for r in self._residual.values()))
+
     def encode(
         self, weights: Mapping[str, Any], *, reference: Mapping[str, Any], **fields: Any
     ) -> memoryview:
         """serialize_weights(weights + residual, compression=..., reference=reference, **fields),
         keeping the new residual (what the receiver will not get) for the next call.
 
-        The residual's memory is reused in place from call to call: a fresh 124 MB array per
-        message costs more in page faults than the quantization itself."""
+        The new residual is made in C without decoding the message into a model-sized
+        temporary (_subtract_rebuilt: the same values decode_weights would rebuild)."""
+        data = self._compensate_and_serialize(weights, reference, fields)
+        _relayclient._subtract_rebuilt(data, _reference_buffers(reference), self._residual)
+        return data
+
+    def encode_and_rebuild(
+        self,
+        weights: Mapping[str, Any],
+        *,
+        reference: Mapping[str, Any],
+        float16_values: bool = False,
+        **fields: Any,
+    ) -> tuple[memoryview, dict]:
+        """As encode(), and also returns what the receiver rebuilds (the kind of tensors sent).
+
+        `float16_values`: the receiver keeps what it rebuilt rounded to float16 values (the
+        host's members do, decode_weights(float16_values=True)); the residual is taken against
+        that, so that this rounding too is made up for later instead of lost."""
+        data = self._compensate_and_serialize(weights, reference, fields)
+        torch = sys.modules.get("torch")
+        as_torch = any(torch is not None and isinstance(v, torch.Tensor) for v in weights.values())
+        received, _ = decode_weights(
+            data, as_torch=as_torch, reference=reference, float16_values=float16_values
+        )
+        for name, residual in self._residual.items():
+            value = received[name]
+            got = _torch_to_array(name, value, torch)[1] if as_torch else value
+            residual -= got  # what the receiver did not get
+        return data, received
+
+    def _compensate_and_serialize(
+        self, weights: Mapping[str, Any], reference: Mapping[str, Any], fields: dict
+    ) -> memoryview:
+        """Adds `weights` to the residual (which then holds what this message sends) and
+        serializes that. The residual's memory is reused in place from call to call: a fresh
+        124 MB array per message costs more in page faults than the quantization itself."""
         compensated: dict[str, Any] = {}
         torch = sys.modules.get("torch")
         for name, value in weights.items():
@@ -276,17 +340,13 @@ class ErrorFeedback:
             compensated[name] = array
         for name in [n for n in self._residual if n not in compensated]:
             del self._residual[name]
-        data = serialize_weights(
+        return serialize_weights(
             compensated,
             compression=self.compression,
             reference=reference,
             topk_fraction=self.topk_fraction,
             **fields,
         )
-        received = deserialize_weights(data, as_torch=False, reference=reference)
-        for name, residual in self._residual.items():
-            residual -= received[name]  # what the receiver did not get
-        return data
 
 
 def _reference_array(

@@ -9,7 +9,9 @@ Without I/O: SyncClient (client.py) feeds messages in and sends what comes out.
 * The host (`GlobalModelLedger`) sends each round's global model as a delta against the
   previous one to the members known to hold it, and whole (float16) to everyone else: late
   joiners, members after a resume, members that never said what they hold (original clients,
-  compression=None). It keeps the last few globals by id to rebuild the members' pushes.
+  compression=None). It keeps the last few globals by id to rebuild the members' pushes,
+  and carries what each global delta dropped into the next one (error feedback): members
+  train on from what they rebuilt, so the next average would not contain it.
 
 Every member must hold the same global bit for bit, whichever way it arrived, or the next
 deltas would name a reference nobody has. So the global the host publishes (the *canonical*
@@ -83,9 +85,9 @@ class MemberDeltas:
         """Decodes a global model message (a delta against the held global, or whole) and
         holds the result. ValueError when it is a delta against a global this member does not
         hold (then ask the host for the whole model)."""
-        weights, metadata = decode_weights(data, reference=self.held)
-        if metadata["reference_id"] is not None:
-            weights = round_as_float16_wire(weights)
+        # a delta is rebuilt rounded to float16 values, as the host's canonical global is
+        delta = message_reference_id(data) is not None
+        weights, metadata = decode_weights(data, reference=self.held, float16_values=delta)
         self.held = weights
         self.held_id = reference_id(weights) if self.compression is not None else None
         self.host_accepts_deltas = bool(metadata["extra"].get(ACCEPTS_DELTAS_KEY))
@@ -98,6 +100,12 @@ class GlobalModelLedger:
     def __init__(self, compression: str | None = "auto", *, topk_fraction: float | None = None):
         self.compression = codec_compression(compression)
         self.topk_fraction = topk_fraction if topk_fraction is not None else DEFAULT_TOPK_FRACTION
+        # The part of the exact averages its members do not hold yet (error feedback)
+        self._feedback = (
+            ErrorFeedback(self.compression, topk_fraction=self.topk_fraction)
+            if self.compression
+            else None
+        )
         self._globals: OrderedDict[bytes, dict] = OrderedDict()  # oldest first
         self._holds: dict[str, bytes] = {}  # member -> id of the global it holds
         self._delta_capable: set[str] = set()  # members that said what they hold
@@ -164,20 +172,20 @@ class GlobalModelLedger:
         extra[ACCEPTS_DELTAS_KEY] = self.compression is not None
         previous_id = next(reversed(self._globals)) if self._globals else None
         delta = None
-        if self.compression is not None and previous_id is not None:
-            previous = self._globals[previous_id]
-            delta = serialize_weights(
+        if self._feedback is not None and previous_id is not None:
+            # what members will hold: the delta rebuilt, rounded to float16 values; what that
+            # leaves out of this average goes into the next round's delta
+            delta, canonical = self._feedback.encode_and_rebuild(
                 global_weights,
-                compression=self.compression,
-                reference=previous,
+                reference=self._globals[previous_id],
+                float16_values=True,
                 metadata=extra,
-                topk_fraction=self.topk_fraction,
                 **fields,
             )
-            rebuilt, _ = decode_weights(delta, reference=previous)
-            canonical = round_as_float16_wire(rebuilt)
         else:
             canonical = round_as_float16_wire(global_weights)
+            if self._feedback is not None:
+                self._feedback.reset()  # a new chain of globals: nothing owed to it yet
         members = list(members)
         by_delta = [m for m in members if delta is not None and self._holds.get(m) == previous_id]
         by_whole = [m for m in members if m not in by_delta]

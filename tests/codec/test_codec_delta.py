@@ -263,9 +263,15 @@ def test_reference_hash_simd_and_scalar_agree_on_every_length():
 # ---- topk -----------------------------------------------------------------------------------
 
 
+def as_columns(weights: dict) -> dict:
+    """Tensors of at most one dimension as (n, 1) columns: topk sends those as q8."""
+    return {name: v.reshape(-1, 1) if v.ndim <= 1 else v for name, v in weights.items()}
+
+
 def test_topk_selection_positions_and_values_match_an_independent_implementation():
     reference, update = model_pair(seed=3)
     update["conv.bias"][:5] = reference["conv.bias"][:5] + 0.25  # ties at the top
+    reference, update = as_columns(reference), as_columns(update)
     data = serialize_weights(update, compression="topk", reference=reference)
     entries = tensors_of(data)
     rebuilt = deserialize_weights(data, reference=reference)
@@ -285,6 +291,20 @@ def test_topk_selection_positions_and_values_match_an_independent_implementation
         np.testing.assert_array_equal(rebuilt[name].reshape(-1), want, err_msg=name)
 
 
+def test_topk_sends_tensors_of_one_dimension_or_none_as_q8():
+    """Biases, normalization scales and running statistics act on whole channels: topk would
+    keep one value of a 64-channel bias. They go as q8 (the same bytes as q8-delta's)."""
+    reference, update = model_pair(seed=5)
+    topk = tensors_of(serialize_weights(update, compression="topk", reference=reference))
+    q8 = tensors_of(serialize_weights(update, compression="q8-delta", reference=reference))
+    for name in ("conv.bias", "scalar", "wide"):
+        assert topk[name]["wire"] == "q8" and "kept" not in topk[name], name
+        assert topk[name]["data"] == q8[name]["data"], name
+    assert topk["conv.weight"]["wire"] == "topk"
+    assert topk["empty"]["wire"] == "topk"  # (0, 4): two dimensions
+    assert topk["bn.num_batches_tracked"]["wire"] == "int64"  # integers stay exact
+
+
 def transmitted_update_error(
     feedback: ErrorFeedback | None, compression: str, rounds: int
 ) -> float:
@@ -292,11 +312,12 @@ def transmitted_update_error(
     global (which moves on independently). Returns the relative L2 error of the sum of what
     arrived against the sum of the true updates."""
     rng = np.random.default_rng(4)
-    global_model = rng.standard_normal(20_000).astype(np.float32)
-    update = rng.standard_normal(20_000).astype(np.float32) * 1e-3
+    shape = (200, 100)  # two dimensions: topk sends one-dimensional tensors as q8
+    global_model = rng.standard_normal(shape).astype(np.float32)
+    update = rng.standard_normal(shape).astype(np.float32) * 1e-3
     arrived = np.zeros_like(update)
     for _ in range(rounds):
-        global_model = global_model + rng.standard_normal(20_000).astype(np.float32) * 1e-2
+        global_model = global_model + rng.standard_normal(shape).astype(np.float32) * 1e-2
         local = {"w": global_model + update}
         reference = {"w": global_model}
         if feedback is not None:
@@ -320,8 +341,8 @@ def test_error_feedback_carries_the_residual_into_the_next_message(compression, 
 
 def test_error_feedback_reset_forgets_the_residual():
     feedback = ErrorFeedback("topk")
-    base = {"w": np.zeros(1000, np.float32)}
-    update = {"w": np.linspace(-1, 1, 1000, dtype=np.float32)}
+    base = {"w": np.zeros((10, 100), np.float32)}
+    update = {"w": np.linspace(-1, 1, 1000, dtype=np.float32).reshape(10, 100)}
     feedback.encode(update, reference=base)
     again = deserialize_weights(feedback.encode(update, reference=base), reference=base)["w"]
     feedback.reset()
@@ -390,10 +411,97 @@ def test_topk_selection_of_large_tensors_matches_the_independent_implementation(
     update = base + delta
     for fraction in (0.01, 0.2):
         data = serialize_weights(
-            {"w": update}, compression="topk", reference={"w": base}, topk_fraction=fraction
+            {"w": update.reshape(-1, 1)},
+            compression="topk",
+            reference={"w": base.reshape(-1, 1)},
+            topk_fraction=fraction,
         )
         raw = tensors_of(data)["w"]["data"]
         keep = math.ceil(size * fraction)
         positions, scale, levels = topk_reference(update, base, keep)
         np.testing.assert_array_equal(np.cumsum(read_varints(raw[4 + keep :])), positions)
         np.testing.assert_array_equal(np.frombuffer(raw[4 : 4 + keep], np.int8), levels)
+
+
+@pytest.mark.parametrize("compression", ["q8-delta", "topk", None])
+def test_float16_values_rebuild_the_same_bits_as_sending_the_result_again_as_float16(
+    compression, kernel_path
+):
+    """decode_weights(float16_values=True) rounds in the decoding pass; the result must be
+    what numpy's float16 rounding of the plain rebuilt tensors gives, float64 included, with
+    integers and float16 tensors untouched (and a whole float32 message rounded too)."""
+    reference, update = model_pair(seed=6, step=0.3)
+    if compression is None:
+        data = serialize_weights(update, wire_dtype="float32")
+    else:
+        data = serialize_weights(update, compression=compression, reference=reference)
+    plain = deserialize_weights(data, reference=reference)
+    rounded = deserialize_weights(data, reference=reference, float16_values=True)
+    for name, value in plain.items():
+        if value.dtype in (np.float32, np.float64):
+            want = value.astype(np.float16).astype(value.dtype)
+        else:
+            want = value
+        assert rounded[name].dtype == value.dtype, name
+        np.testing.assert_array_equal(rounded[name], want, err_msg=name)
+    whole_fp16 = serialize_weights(update)  # already float16 values: unchanged
+    np.testing.assert_array_equal(
+        deserialize_weights(whole_fp16, float16_values=True)["conv.weight"],
+        deserialize_weights(whole_fp16)["conv.weight"],
+    )
+
+
+@pytest.mark.parametrize("compression", ["q8-delta", "topk"])
+def test_error_feedback_residual_made_in_c_equals_compensated_minus_decoded(
+    compression, kernel_path
+):
+    """ErrorFeedback.encode makes the residual with _subtract_rebuilt (no decoded copy of the
+    model); it must be bit for bit what `compensated - decode_weights(message)` gives, for
+    float32 tensors longer than one of its pieces (16384 values, partial last block) and
+    float64 ones."""
+    rng = np.random.default_rng(12)
+    reference = {
+        "big": rng.standard_normal((70, 301)).astype(np.float32),
+        "conv": rng.standard_normal((8, 4, 3, 3)).astype(np.float32),
+        "wide": rng.standard_normal((30, 7)),
+        "bias": rng.standard_normal(19).astype(np.float32),
+        "empty": np.zeros((0, 3), np.float32),
+        "count": np.array(4, np.int64),
+    }
+    feedback = ErrorFeedback(compression)
+    expected = {name: np.zeros_like(v) for name, v in reference.items() if v.dtype.kind == "f"}
+    for step in range(3):
+        update = {
+            name: (v + rng.standard_normal(v.shape) * 10.0 ** -(step + 1)).astype(v.dtype)
+            if v.dtype.kind == "f"
+            else v
+            for name, v in reference.items()
+        }
+        data = feedback.encode(update, reference=reference)
+        rebuilt = deserialize_weights(data, reference=reference)
+        for name in expected:
+            expected[name] = (expected[name] + update[name]) - rebuilt[name]
+            np.testing.assert_array_equal(feedback._residual[name], expected[name], err_msg=name)
+    assert feedback.residual_norm() > 0
+
+
+def test_subtract_rebuilt_refuses_what_it_cannot_do():
+    reference = {"w": np.zeros((4, 64), np.float32)}
+    update = {"w": np.ones((4, 64), np.float32)}
+    delta = serialize_weights(update, compression="q8-delta", reference=reference)
+    buffers = {"w": ("float32", (4, 64), reference["w"])}
+    with pytest.raises(ValueError, match="not a delta"):
+        _relayclient._subtract_rebuilt(serialize_weights(update), buffers, {})
+    with pytest.raises(ValueError, match="no residual"):
+        _relayclient._subtract_rebuilt(delta, buffers, {})
+    with pytest.raises(ValueError, match="does not match"):
+        _relayclient._subtract_rebuilt(delta, buffers, {"w": np.zeros(10, np.float32)})
+    read_only = np.zeros((4, 64), np.float32)
+    read_only.flags.writeable = False
+    with pytest.raises((BufferError, ValueError, TypeError)):
+        _relayclient._subtract_rebuilt(delta, buffers, {"w": read_only})
+    with pytest.raises(ValueError):
+        _relayclient._subtract_rebuilt(bytes(delta)[:-3], buffers, {"w": np.zeros((4, 64))})
+    residual = np.zeros((4, 64), np.float32)
+    _relayclient._subtract_rebuilt(delta, buffers, {"w": residual})
+    np.testing.assert_array_equal(residual, -deserialize_weights(delta, reference=reference)["w"])

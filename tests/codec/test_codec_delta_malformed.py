@@ -165,8 +165,11 @@ def test_version_and_reference_rules(data, match):
 
 
 def test_every_truncation_of_a_delta_message_is_refused():
-    base = {"w": np.zeros(700, np.float32), "n": np.array(3, np.int64)}
-    update = {"w": np.linspace(-1, 1, 700, dtype=np.float32), "n": np.array(4, np.int64)}
+    base = {"w": np.zeros((7, 100), np.float32), "n": np.array(3, np.int64)}
+    update = {
+        "w": np.linspace(-1, 1, 700, dtype=np.float32).reshape(7, 100),
+        "n": np.array(4, np.int64),
+    }
     for compression in ("q8-delta", "topk"):
         data = bytes(serialize_weights(update, compression=compression, reference=base))
         for cut in range(len(data)):
@@ -175,8 +178,8 @@ def test_every_truncation_of_a_delta_message_is_refused():
 
 
 def test_single_byte_corruptions_of_a_delta_message_raise_only_value_error():
-    base = {"w": np.zeros(300, np.float32)}
-    update = {"w": np.linspace(-1, 1, 300, dtype=np.float32)}
+    base = {"w": np.zeros((3, 100), np.float32)}  # two dimensions: topk sends 1-d ones as q8
+    update = {"w": np.linspace(-1, 1, 300, dtype=np.float32).reshape(3, 100)}
     for compression in ("q8-delta", "topk"):
         data = bytes(serialize_weights(update, compression=compression, reference=base))
         for position in range(0, len(data), 3):
