@@ -301,7 +301,7 @@ def worker_main(args: list[str]) -> None:
         wait(lambda: len(client.users) == members + 1, "members")
         marks: dict[str, float] = {}
         trace_calls(client, "_on_transfer", marks, "push_arrived")
-        trace_calls(client._ledger, "publish", marks, "publish")
+        trace_calls(client._session.ledger, "publish", marks, "publish")
 
         # after the round's global models were handed to the sender thread
         def published(number: int, _contributors) -> None:

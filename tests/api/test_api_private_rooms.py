@@ -236,8 +236,14 @@ def test_wrong_secret_refused_in_words_three_failures_close_the_room(wire, recor
             TIMEOUT,
             "the host told",
         )
+    # The alert follows the third failure's own report (same batch, a moment later).
+    recorder.wait_for(
+        lambda: any("closed to new members" in t for t in host_errors_now(recorder)),
+        TIMEOUT,
+        "the host alerted that the room is closed",
+    )
     host_errors = host_errors_now(recorder)
-    assert any("closed to new members" in t for t in host_errors), host_errors
+    assert host_errors.index(next(t for t in host_errors if "closed to new members" in t)) == 3
     assert host.private_room_closed
     # an honest member is refused too until the host reopens the room
     bob = join(recorder, "bob", url, code)
