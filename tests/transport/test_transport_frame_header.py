@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 
 from segmentation_suite.network import transport
 from segmentation_suite.network.protocol import FrameKind
-from tests.helpers import frame_header as oracle
-from tests.helpers.vectors import PROTOCOL
+from helpers import frame_header as oracle
+from helpers.vectors import PROTOCOL
 
 HEADER_VECTORS = PROTOCOL["frame_header"]
 SLOW_MACHINE = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
