@@ -10,10 +10,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from segmentation_suite.network import transport
-from segmentation_suite.network.protocol import FrameKind
 from helpers import frame_header as oracle
 from helpers.vectors import PROTOCOL
+from segmentation_suite.network import transport
+from segmentation_suite.network.protocol import FrameKind
 
 HEADER_VECTORS = PROTOCOL["frame_header"]
 SLOW_MACHINE = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
