@@ -550,6 +550,24 @@ done:
 
 /* ---- decode ---------------------------------------------------------------------------- */
 
+/* Decodes the message in `data` with the GIL released. Its buffer stays exported in `view`
+ * (released by the caller) so that a bytearray cannot be resized while the message's views
+ * point into it. 0, or -1 with the exception set and nothing held. */
+static int decode_exported(PyObject *data, Py_buffer *view, codec_message *message)
+{
+    if (PyObject_GetBuffer(data, view, PyBUF_SIMPLE) != 0)
+        return -1;
+    codec_error err;
+    PyThreadState *thread_state = PyEval_SaveThread();
+    int rc = codec_decode(view->buf, (size_t)view->len, message, &err);
+    PyEval_RestoreThread(thread_state);
+    if (rc == 0)
+        return 0;
+    PyBuffer_Release(view);
+    raise_codec_error(&err);
+    return -1;
+}
+
 /* Where one decoded tensor lives: in the input buffer (a view) or in the output block. */
 typedef struct {
     codec_dtype output;
@@ -738,7 +756,8 @@ static PyObject *codec_decode_py(PyObject *module, PyObject *args)
     if (!PyArg_ParseTuple(args, "O|Op:_decode", &data, &reference, &float16_values))
         return NULL;
     Py_buffer view;
-    if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) != 0)
+    codec_message message;
+    if (decode_exported(data, &view, &message) != 0)
         return NULL;
 
     PyObject *result = NULL, *metadata = NULL, *tensors = NULL;
@@ -747,17 +766,7 @@ static PyObject *codec_decode_py(PyObject *module, PyObject *args)
     codec_tensor_source *sources = NULL;
     Py_buffer *reference_views = NULL;
     int *reference_acquired = NULL;
-    codec_message message;
-    codec_error err;
-    int rc;
-    /* Holding the buffer export keeps a bytearray from being resized while we read it. */
-    PyThreadState *thread_state = PyEval_SaveThread();
-    rc = codec_decode(view.buf, (size_t)view.len, &message, &err);
-    PyEval_RestoreThread(thread_state);
-    if (rc != 0) {
-        PyBuffer_Release(&view);
-        return raise_codec_error(&err);
-    }
+    PyThreadState *thread_state;
 
     const uint8_t *base = view.buf;
     size_t slots = message.tensor_count ? message.tensor_count : 1;
@@ -858,22 +867,15 @@ static PyObject *codec_subtract_rebuilt_py(PyObject *module, PyObject *args)
                           &residuals))
         return NULL;
     Py_buffer view;
-    if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) != 0)
+    codec_message message;
+    if (decode_exported(data, &view, &message) != 0)
         return NULL;
     PyObject *result = NULL;
     codec_tensor_source *sources = NULL;
     Py_buffer *reference_views = NULL, *residual_views = NULL;
     int *reference_acquired = NULL, *residual_acquired = NULL;
     void *scratch = NULL;
-    codec_message message;
-    codec_error err;
-    PyThreadState *thread_state = PyEval_SaveThread();
-    int rc = codec_decode(view.buf, (size_t)view.len, &message, &err);
-    PyEval_RestoreThread(thread_state);
-    if (rc != 0) {
-        PyBuffer_Release(&view);
-        return raise_codec_error(&err);
-    }
+    PyThreadState *thread_state;
     size_t slots = message.tensor_count ? message.tensor_count : 1;
     sources = PyMem_Calloc(slots, sizeof *sources);
     reference_views = PyMem_Calloc(slots, sizeof *reference_views);
@@ -962,17 +964,10 @@ static PyObject *codec_message_reference_py(PyObject *module, PyObject *data)
 {
     (void)module;
     Py_buffer view;
-    if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) != 0)
-        return NULL;
     codec_message message;
-    codec_error err;
-    int rc;
-    PyThreadState *thread_state = PyEval_SaveThread();
-    rc = codec_decode(view.buf, (size_t)view.len, &message, &err);
-    PyEval_RestoreThread(thread_state);
+    if (decode_exported(data, &view, &message) != 0)
+        return NULL;
     PyBuffer_Release(&view);
-    if (rc != 0)
-        return raise_codec_error(&err);
     PyObject *result =
         message.version >= CODEC_DELTA_FORMAT_VERSION
             ? PyBytes_FromStringAndSize((const char *)message.reference_id, CODEC_REFERENCE_ID_SIZE)
