@@ -80,27 +80,22 @@ def test_ctrl_c_takes_a_queued_send_back_and_a_cut_message_closes(ws_server):
         line = client.stdout.readline().strip()
         assert line == expected, (line, client.poll() is not None and client.stderr.read())
 
+    def step(asked: str, server_action) -> None:
+        """The client asks for the server to be paused or resumed: done, and it goes on."""
+        answer(asked)
+        server_action()
+        client.stdin.write("\n")
+        client.stdin.flush()
+
     try:
-        answer("pause")
-        server.pause()
-        client.stdin.write("\n")
-        client.stdin.flush()
+        step("pause", server.pause)
         answer("queued True")
-        answer("resume")
-        server.resume()
-        client.stdin.write("\n")
-        client.stdin.flush()
+        step("resume", server.resume)
         answer("next (False, 'after')")
 
-        answer("pause")
-        server.pause()
-        client.stdin.write("\n")
-        client.stdin.flush()
+        step("pause", server.pause)
         answer("cut True")
-        answer("resume")
-        server.resume()
-        client.stdin.write("\n")
-        client.stdin.flush()
+        step("resume", server.resume)
         # the server saw the close between two fragments of the cut message
         assert server.next_close(timeout=30) == "closed /echo 1001 send interrupted"
         closed = client.stdout.readline().strip()
