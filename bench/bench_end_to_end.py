@@ -559,14 +559,35 @@ def cpu_now(relay_pid: int) -> float:
     return process_cpu_seconds(relay_pid) + time.process_time()
 
 
+def timed_stream(
+    sender, receiver, message: bytes, count: int, relay_pid: int
+) -> tuple[float, float]:
+    """Sends `message` `count` times from `sender` on a thread while this thread receives them
+    on `receiver` (the same connection for an echo); MB/s received, and the CPU seconds (relay
+    and clients) per GB received. The first message is a warm-up (buffers, TLS session)."""
+    import threading
+
+    sender.send_binary(message)
+    receiver.recv(timeout=60)
+    start, cpu_start = time.perf_counter(), cpu_now(relay_pid)
+    thread = threading.Thread(target=lambda: [sender.send_binary(message) for _ in range(count)])
+    thread.start()
+    for _ in range(count):
+        is_binary, data = receiver.recv(timeout=60)
+        if not is_binary or len(data) != len(message):
+            raise ValueError("what arrived is not what was sent")
+    elapsed, cpu = time.perf_counter() - start, cpu_now(relay_pid) - cpu_start
+    thread.join()
+    size = count * len(message)
+    return size / elapsed / 1e6, cpu / (size / 1e9)
+
+
 def echo_throughput(
     url: str, relay_pid: int, engine: str, ca_file: str | None, total: int, size: int
 ) -> tuple[float, float]:
     """MB/s of `total` bytes sent as `size`-byte messages to the relay's echo and received back
     on one connection (a sender thread, this thread receiving); both directions count once.
     Also the CPU seconds (relay and client) per GB received back."""
-    import threading
-
     from segmentation_suite.network import transport
 
     message = bytes(range(256)) * (size // 256)
@@ -574,18 +595,7 @@ def echo_throughput(
     with transport.connect(
         url + "/echo", engine=engine, proxy=False, ca_file=ca_file, max_message_size=2 * size
     ) as conn:
-        conn.send_binary(message)  # warm-up: buffers, TLS session
-        conn.recv(timeout=60)
-        start, cpu_start = time.perf_counter(), cpu_now(relay_pid)
-        sender = threading.Thread(target=lambda: [conn.send_binary(message) for _ in range(count)])
-        sender.start()
-        for _ in range(count):
-            is_binary, data = conn.recv(timeout=60)
-            if not is_binary or len(data) != size:
-                raise ValueError("the echo came back different")
-        elapsed, cpu = time.perf_counter() - start, cpu_now(relay_pid) - cpu_start
-        sender.join()
-    return count * size / elapsed / 1e6, cpu / (count * size / 1e9)
+        return timed_stream(conn, conn, message, count, relay_pid)
 
 
 def tls_floor_throughput(
@@ -623,8 +633,6 @@ def room_throughput(
     the other through the relay (raw engine, both connections in this process): the path of a
     weight push, where the relay decrypts and encrypts again what it forwards. Also the CPU
     seconds (relay and both clients) per GB received."""
-    import threading
-
     from segmentation_suite.network import transport
 
     message = bytes(range(256)) * (size // 256)
@@ -640,20 +648,7 @@ def room_throughput(
         control(receiver, "join_room", room_code=room_code, user_id=RECEIVER, display_name="R")
         expect(next_json(receiver.recv, deadline), "room_joined")
         expect(next_json(sender.recv, deadline), "user_joined")
-        sender.send_binary(message)  # warm-up: buffers
-        receiver.recv(timeout=60)
-        start, cpu_start = time.perf_counter(), cpu_now(relay_pid)
-        thread = threading.Thread(
-            target=lambda: [sender.send_binary(message) for _ in range(count)]
-        )
-        thread.start()
-        for _ in range(count):
-            is_binary, data = receiver.recv(timeout=60)
-            if not is_binary or len(data) != size:
-                raise ValueError("the room delivered something else")
-        elapsed, cpu = time.perf_counter() - start, cpu_now(relay_pid) - cpu_start
-        thread.join()
-    return count * size / elapsed / 1e6, cpu / (count * size / 1e9)
+        return timed_stream(sender, receiver, message, count, relay_pid)
 
 
 def transport_throughput(runs: int) -> dict[str, tuple[float, float]]:

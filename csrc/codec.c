@@ -403,6 +403,48 @@ static int parse_kind(const char *kind, codec_kind *out)
     return 0;
 }
 
+/* What parse_tensor_source fills for a list of tensors: a source and its shape for each, and
+ * two buffer views for each (its data and, for a delta, its reference), each flagged when held.
+ * One home for their allocation and release, shared by _encode and _reference_id. */
+typedef struct {
+    size_t count;
+    codec_tensor_source *sources;
+    uint64_t *shapes;
+    Py_buffer *views;
+    int *acquired;
+} tensor_sources;
+
+/* 0, or -1 with MemoryError set; tensor_sources_release() either way. */
+static int tensor_sources_init(tensor_sources *list, size_t count)
+{
+    list->count = count;
+    list->sources = PyMem_Calloc(count ? count : 1, sizeof *list->sources);
+    list->shapes = PyMem_Calloc(count ? count * CODEC_MAX_NDIM : 1, sizeof *list->shapes);
+    list->views = PyMem_Calloc(count ? 2 * count : 1, sizeof *list->views);
+    list->acquired = PyMem_Calloc(count ? 2 * count : 1, sizeof *list->acquired);
+    if (list->sources && list->shapes && list->views && list->acquired)
+        return 0;
+    PyErr_NoMemory();
+    return -1;
+}
+
+static int tensor_sources_parse(tensor_sources *list, size_t i, PyObject *entry)
+{
+    return parse_tensor_source(entry, &list->sources[i], list->shapes + i * CODEC_MAX_NDIM,
+                               &list->views[2 * i], &list->acquired[2 * i]);
+}
+
+static void tensor_sources_release(tensor_sources *list)
+{
+    for (size_t i = 0; list->acquired && i < 2 * list->count; i++)
+        if (list->acquired[i])
+            PyBuffer_Release(&list->views[i]);
+    PyMem_Free(list->sources);
+    PyMem_Free(list->shapes);
+    PyMem_Free(list->views);
+    PyMem_Free(list->acquired);
+}
+
 PyDoc_STRVAR(encode_doc,
              "_encode(tensors, kind, metadata, delta=False) -> Block\n\n"
              "tensors: list of (name, dtype, wire, shape, C-contiguous buffer[, reference\n"
@@ -430,23 +472,22 @@ static PyObject *codec_encode(PyObject *module, PyObject *args)
     if (entries == NULL)
         return NULL;
     size_t count = (size_t)PyTuple_GET_SIZE(entries);
-    codec_tensor_source *tensors = PyMem_Calloc(count ? count : 1, sizeof *tensors);
-    uint64_t *shapes = PyMem_Calloc(count ? count * CODEC_MAX_NDIM : 1, sizeof *shapes);
-    /* two buffer views per tensor: its data and, for a delta, its reference */
-    Py_buffer *views = PyMem_Calloc(count ? 2 * count : 1, sizeof *views);
-    int *acquired = PyMem_Calloc(count ? 2 * count : 1, sizeof *acquired);
+    tensor_sources list;
+    int listed = tensor_sources_init(&list, count);
+    codec_tensor_source *tensors = list.sources;
     uint8_t **destinations = PyMem_Calloc(count ? count : 1, sizeof *destinations);
     msgpack_sbuffer packed_metadata;
     msgpack_sbuffer_init(&packed_metadata);
     Block *block = NULL;
     bool deltas_prepared = false;
-    if (!tensors || !shapes || !views || !acquired || !destinations) {
+    if (listed != 0)
+        goto done;
+    if (!destinations) {
         PyErr_NoMemory();
         goto done;
     }
     for (size_t i = 0; i < count; i++) {
-        if (parse_tensor_source(PyTuple_GET_ITEM(entries, i), &tensors[i],
-                                shapes + i * CODEC_MAX_NDIM, &views[2 * i], &acquired[2 * i]) != 0)
+        if (tensor_sources_parse(&list, i, PyTuple_GET_ITEM(entries, i)) != 0)
             goto done;
         if (tensors[i].encoding != CODEC_ENCODING_PLAIN && !input.delta) {
             PyErr_SetString(PyExc_ValueError, "q8 and topk wires need delta=True");
@@ -498,14 +539,8 @@ static PyObject *codec_encode(PyObject *module, PyObject *args)
 done:
     if (deltas_prepared)
         codec_release_deltas(&input);
-    for (size_t i = 0; acquired && i < 2 * count; i++)
-        if (acquired[i])
-            PyBuffer_Release(&views[i]);
+    tensor_sources_release(&list);
     msgpack_sbuffer_destroy(&packed_metadata);
-    PyMem_Free(tensors);
-    PyMem_Free(shapes);
-    PyMem_Free(views);
-    PyMem_Free(acquired);
     PyMem_Free(destinations);
     Py_DECREF(entries);
     if (PyErr_Occurred())
@@ -514,6 +549,24 @@ done:
 }
 
 /* ---- decode ---------------------------------------------------------------------------- */
+
+/* Decodes the message in `data` with the GIL released. Its buffer stays exported in `view`
+ * (released by the caller) so that a bytearray cannot be resized while the message's views
+ * point into it. 0, or -1 with the exception set and nothing held. */
+static int decode_exported(PyObject *data, Py_buffer *view, codec_message *message)
+{
+    if (PyObject_GetBuffer(data, view, PyBUF_SIMPLE) != 0)
+        return -1;
+    codec_error err;
+    PyThreadState *thread_state = PyEval_SaveThread();
+    int rc = codec_decode(view->buf, (size_t)view->len, message, &err);
+    PyEval_RestoreThread(thread_state);
+    if (rc == 0)
+        return 0;
+    PyBuffer_Release(view);
+    raise_codec_error(&err);
+    return -1;
+}
 
 /* Where one decoded tensor lives: in the input buffer (a view) or in the output block. */
 typedef struct {
@@ -703,7 +756,8 @@ static PyObject *codec_decode_py(PyObject *module, PyObject *args)
     if (!PyArg_ParseTuple(args, "O|Op:_decode", &data, &reference, &float16_values))
         return NULL;
     Py_buffer view;
-    if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) != 0)
+    codec_message message;
+    if (decode_exported(data, &view, &message) != 0)
         return NULL;
 
     PyObject *result = NULL, *metadata = NULL, *tensors = NULL;
@@ -712,17 +766,7 @@ static PyObject *codec_decode_py(PyObject *module, PyObject *args)
     codec_tensor_source *sources = NULL;
     Py_buffer *reference_views = NULL;
     int *reference_acquired = NULL;
-    codec_message message;
-    codec_error err;
-    int rc;
-    /* Holding the buffer export keeps a bytearray from being resized while we read it. */
-    PyThreadState *thread_state = PyEval_SaveThread();
-    rc = codec_decode(view.buf, (size_t)view.len, &message, &err);
-    PyEval_RestoreThread(thread_state);
-    if (rc != 0) {
-        PyBuffer_Release(&view);
-        return raise_codec_error(&err);
-    }
+    PyThreadState *thread_state;
 
     const uint8_t *base = view.buf;
     size_t slots = message.tensor_count ? message.tensor_count : 1;
@@ -823,22 +867,15 @@ static PyObject *codec_subtract_rebuilt_py(PyObject *module, PyObject *args)
                           &residuals))
         return NULL;
     Py_buffer view;
-    if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) != 0)
+    codec_message message;
+    if (decode_exported(data, &view, &message) != 0)
         return NULL;
     PyObject *result = NULL;
     codec_tensor_source *sources = NULL;
     Py_buffer *reference_views = NULL, *residual_views = NULL;
     int *reference_acquired = NULL, *residual_acquired = NULL;
     void *scratch = NULL;
-    codec_message message;
-    codec_error err;
-    PyThreadState *thread_state = PyEval_SaveThread();
-    int rc = codec_decode(view.buf, (size_t)view.len, &message, &err);
-    PyEval_RestoreThread(thread_state);
-    if (rc != 0) {
-        PyBuffer_Release(&view);
-        return raise_codec_error(&err);
-    }
+    PyThreadState *thread_state;
     size_t slots = message.tensor_count ? message.tensor_count : 1;
     sources = PyMem_Calloc(slots, sizeof *sources);
     reference_views = PyMem_Calloc(slots, sizeof *reference_views);
@@ -927,17 +964,10 @@ static PyObject *codec_message_reference_py(PyObject *module, PyObject *data)
 {
     (void)module;
     Py_buffer view;
-    if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) != 0)
-        return NULL;
     codec_message message;
-    codec_error err;
-    int rc;
-    PyThreadState *thread_state = PyEval_SaveThread();
-    rc = codec_decode(view.buf, (size_t)view.len, &message, &err);
-    PyEval_RestoreThread(thread_state);
+    if (decode_exported(data, &view, &message) != 0)
+        return NULL;
     PyBuffer_Release(&view);
-    if (rc != 0)
-        return raise_codec_error(&err);
     PyObject *result =
         message.version >= CODEC_DELTA_FORMAT_VERSION
             ? PyBytes_FromStringAndSize((const char *)message.reference_id, CODEC_REFERENCE_ID_SIZE)
@@ -959,15 +989,10 @@ static PyObject *codec_reference_id_py(PyObject *module, PyObject *tensor_list)
     if (entries == NULL)
         return NULL;
     size_t count = (size_t)PyTuple_GET_SIZE(entries);
-    codec_tensor_source *sources = PyMem_Calloc(count ? count : 1, sizeof *sources);
-    uint64_t *shapes = PyMem_Calloc(count ? count * CODEC_MAX_NDIM : 1, sizeof *shapes);
-    Py_buffer *views = PyMem_Calloc(count ? 2 * count : 1, sizeof *views);
-    int *acquired = PyMem_Calloc(count ? 2 * count : 1, sizeof *acquired);
+    tensor_sources list;
     PyObject *result = NULL;
-    if (!sources || !shapes || !views || !acquired) {
-        PyErr_NoMemory();
+    if (tensor_sources_init(&list, count) != 0)
         goto done;
-    }
     for (size_t i = 0; i < count; i++) {
         PyObject *name, *dtype, *shape, *buffer;
         if (!PyArg_ParseTuple(PyTuple_GET_ITEM(entries, i), "UUO!O", &name, &dtype, &PyTuple_Type,
@@ -978,8 +1003,7 @@ static PyObject *codec_reference_id_py(PyObject *module, PyObject *tensor_list)
                                         buffer, (Py_ssize_t)0);
         if (entry == NULL)
             goto done;
-        int rc = parse_tensor_source(entry, &sources[i], shapes + i * CODEC_MAX_NDIM, &views[2 * i],
-                                     &acquired[2 * i]);
+        int rc = tensor_sources_parse(&list, i, entry);
         Py_DECREF(entry);
         if (rc != 0)
             goto done;
@@ -987,20 +1011,14 @@ static PyObject *codec_reference_id_py(PyObject *module, PyObject *tensor_list)
     uint8_t id[CODEC_REFERENCE_ID_SIZE];
     int rc;
     PyThreadState *thread_state = PyEval_SaveThread();
-    rc = codec_reference_id(sources, count, id);
+    rc = codec_reference_id(list.sources, count, id);
     PyEval_RestoreThread(thread_state);
     if (rc != 0)
         PyErr_NoMemory();
     else
         result = PyBytes_FromStringAndSize((const char *)id, CODEC_REFERENCE_ID_SIZE);
 done:
-    for (size_t i = 0; acquired && i < 2 * count; i++)
-        if (acquired[i])
-            PyBuffer_Release(&views[i]);
-    PyMem_Free(sources);
-    PyMem_Free(shapes);
-    PyMem_Free(views);
-    PyMem_Free(acquired);
+    tensor_sources_release(&list);
     Py_DECREF(entries);
     return result;
 }

@@ -304,6 +304,32 @@ static void connection_dealloc(ConnectionObject *self)
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
+/* Takes `request` back from the send queue and marks it finished (the caller holds conn->lock):
+ * once it is unlinked the service thread never reads the caller's buffer again. With a
+ * `close_reason` it also asks for a close (unless one is asked for already), because a message
+ * cut in the middle cannot be completed with other bytes. */
+static void take_back_send(struct client_connection *conn, struct send_request *request,
+                           int close_code, const char *close_reason)
+{
+    struct send_request **link = &conn->send_head, *previous = NULL;
+    while (*link && *link != request) {
+        previous = *link;
+        link = &(*link)->next;
+    }
+    if (*link) {
+        *link = request->next;
+        if (conn->send_tail == request)
+            conn->send_tail = previous;
+    }
+    if (close_reason && !conn->close_requested) {
+        conn->close_requested = 1;
+        conn->close_requested_code = close_code;
+        snprintf(conn->close_requested_reason, sizeof conn->close_requested_reason, "%s",
+                 close_reason);
+    }
+    request->finished = 1;
+}
+
 /* A transfer sealed while it is sent: seals chunk after chunk on this thread (GIL released)
  * while the service thread sends the ones before. A cipher failure takes the request back and
  * closes the connection: half a transfer is never completed with bytes that were not sealed. */
@@ -318,23 +344,8 @@ static int seal_ahead(struct client_connection *conn, struct send_request *reque
         failed = sealing_transfer_through(request->sealing, end, &error) != 0;
         pthread_mutex_lock(&conn->lock);
         if (failed && !request->finished) {
-            struct send_request **link = &conn->send_head, *previous = NULL;
-            while (*link && *link != request) {
-                previous = *link;
-                link = &(*link)->next;
-            }
-            if (*link) {
-                *link = request->next;
-                if (conn->send_tail == request)
-                    conn->send_tail = previous;
-            }
-            if (!conn->close_requested) {
-                conn->close_requested = 1;
-                conn->close_requested_code = LWS_CLOSE_STATUS_UNEXPECTED_CONDITION;
-                snprintf(conn->close_requested_reason, sizeof conn->close_requested_reason,
-                         "sealing failed");
-            }
-            request->finished = request->failed = 1;
+            take_back_send(conn, request, LWS_CLOSE_STATUS_UNEXPECTED_CONDITION, "sealing failed");
+            request->failed = 1;
         } else if (!failed) {
             request->messages_ready = chunk + 1;
         }
@@ -377,30 +388,13 @@ static PyObject *run_send(ConnectionObject *self, struct send_request *request)
 
     int waited = wait_until(conn, request_finished, request, -1);
     if (waited < 0) {
-        /* Take the request back. Once unlinked under the lock the service thread never reads
-         * the caller's buffer again; a message cut in the middle can only end the connection. */
+        /* Interrupted (Ctrl-C): the caller's buffer goes back to the caller. */
         {
             PyThreadState *released = PyEval_SaveThread();
             pthread_mutex_lock(&conn->lock);
-            if (!request->finished) {
-                struct send_request **link = &conn->send_head, *previous = NULL;
-                while (*link && *link != request) {
-                    previous = *link;
-                    link = &(*link)->next;
-                }
-                if (*link) {
-                    *link = request->next;
-                    if (conn->send_tail == request)
-                        conn->send_tail = previous;
-                }
-                if (request->message_offset > 0 && !conn->close_requested) {
-                    conn->close_requested = 1;
-                    conn->close_requested_code = LWS_CLOSE_STATUS_GOINGAWAY;
-                    snprintf(conn->close_requested_reason, sizeof conn->close_requested_reason,
-                             "send interrupted");
-                }
-                request->finished = 1;
-            }
+            if (!request->finished)
+                take_back_send(conn, request, LWS_CLOSE_STATUS_GOINGAWAY,
+                               request->message_offset > 0 ? "send interrupted" : NULL);
             pthread_mutex_unlock(&conn->lock);
             service_notify(conn);
             PyEval_RestoreThread(released);

@@ -101,6 +101,20 @@ def speaks_frames(client, other) -> bool:
     return client._session.mixed.kinds.speaks_frames(other.user_id)
 
 
+def open_mixed_room(recorder, originals, url: str, host):
+    """`host` opens a room that an original member (Olga) and one of ours (Mia) join; returns
+    (olga, mia) once the host knows which of them speaks frames and Mia knows the host."""
+    host.create_relay_room("host", url, private=False)
+    (code,) = wait_until(recorder, lambda: recorder.of("host", "room_created"), "room")[0]
+    olga = originals(url, "Olga")
+    olga.join_room(code)
+    # On the v1 relay every binary reaches everyone, in the original format: ours opt in too.
+    mia = join(recorder, "mia", code, url, accept_legacy_weights=True)
+    wait_until(recorder, lambda: len(host.users) == 3 and speaks_frames(host, mia), "kinds")
+    wait_until(recorder, lambda: mia.host_id == host.user_id, "mia knows the host")
+    return olga, mia
+
+
 # --- must-show 1 and 5: both roles, both directions, small and chunked -------------------
 
 
@@ -112,14 +126,7 @@ def test_ours_host_averages_an_original_members_push_with_ours(
     host = make_client(recorder, "host", accept_legacy_weights=True, aggregation_timeout=120)
     crops: list = []
     host.training_data_received.connect(lambda image, mask, info: crops.append((image, mask, info)))
-    host.create_relay_room("host", url, private=False)
-    (code,) = wait_until(recorder, lambda: recorder.of("host", "room_created"), "room")[0]
-    olga = originals(url, "Olga")
-    olga.join_room(code)
-    # On the v1 relay every binary reaches everyone, in the original format: ours opt in too.
-    mia = join(recorder, "mia", code, url, accept_legacy_weights=True)
-    wait_until(recorder, lambda: len(host.users) == 3 and speaks_frames(host, mia), "kinds")
-    wait_until(recorder, lambda: mia.host_id == host.user_id, "mia knows the host")
+    olga, mia = open_mixed_room(recorder, originals, url, host)
     assert not speaks_frames(host, olga) and not speaks_frames(mia, olga)
 
     states = {name: layout_state(seed, layout) for seed, name in enumerate("hmo", start=1)}
@@ -183,13 +190,7 @@ def test_the_push_that_completes_a_round_is_reported_before_the_round(
     host.weights_received.connect(lambda user_id, info: order.append(("push", user_id)))
     host.round_complete.connect(lambda number, ids: order.append(("round", frozenset(ids))))
     host.global_model_received.connect(lambda weights: order.append(("global",)))
-    host.create_relay_room("host", url, private=False)
-    (code,) = wait_until(recorder, lambda: recorder.of("host", "room_created"), "room")[0]
-    olga = originals(url, "Olga")
-    olga.join_room(code)
-    mia = join(recorder, "mia", code, url, accept_legacy_weights=True)
-    wait_until(recorder, lambda: len(host.users) == 3 and speaks_frames(host, mia), "kinds")
-    wait_until(recorder, lambda: mia.host_id == host.user_id, "mia knows the host")
+    olga, mia = open_mixed_room(recorder, originals, url, host)
 
     def push_mia():
         mia.send_weights(layout_state(2, SMALL), epoch=1, loss=0.4, num_samples=1)

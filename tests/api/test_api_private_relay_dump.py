@@ -15,10 +15,10 @@ import subprocess
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
-from test_api_private_rooms import TIMEOUT, create, join, leaked_windows, model
+from test_api_private_rooms import TIMEOUT, create, join, model, run_rounds
 
+from helpers.wire_probe import leaked_windows
 from segmentation_suite.network.private_code import parse_room_code
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -52,31 +52,6 @@ def dump_relay(relay, monkeypatch, tmp_path):
     dump = tmp_path / "forwarded.bin"
     server = relay("--log-level", "debug", env={"RELAY_DUMP_FORWARDED_FILE": str(dump)})
     return server, dump, f"ws://127.0.0.1:{server.port}/ws"
-
-
-def run_rounds(recorder, host, alice, rounds: int) -> list[np.ndarray]:
-    """FedAvg rounds (both push, the host averages and sends the global); the arrays that went
-    through the relay (alice's pushes, the globals)."""
-    host_weights, sent = model(1), []
-    for round_number in range(1, rounds + 1):
-        alice_weights = model(10 + round_number)
-        host.send_weights(host_weights, epoch=round_number, loss=0.5, num_samples=10)
-        alice.send_weights(alice_weights, epoch=round_number, loss=0.4, num_samples=30)
-        recorder.wait_for(
-            lambda r=round_number: len(recorder.of("alice", "global")) >= r,
-            TIMEOUT,
-            f"round {round_number}'s global at alice",
-        )
-        (got,) = recorder.of("alice", "global")[-1]
-        for name in host_weights:
-            expected = (
-                10 * host_weights[name].astype(np.float16).astype(np.float64)
-                + 30 * alice_weights[name].astype(np.float16).astype(np.float64)
-            ) / 40
-            np.testing.assert_allclose(np.asarray(got[name]), expected, rtol=1e-3, atol=1e-3)
-        sent += [*alice_weights.values(), *(np.asarray(v) for v in got.values())]
-        host_weights = {n: np.asarray(v) + 0.25 for n, v in got.items()}
-    return sent
 
 
 def test_the_relays_dump_and_log_hold_no_secret_key_or_plaintext(dump_relay, recorder) -> None:

@@ -10,71 +10,21 @@ a dropped link) and keep shut for a while (new connections refused), so her sess
 
 from __future__ import annotations
 
-import contextlib
-import socket
-import sys
-import threading
-from pathlib import Path
+from test_api_private_rooms import TIMEOUT, create, join, run_rounds
 
-import numpy as np
-from test_api_private_rooms import TIMEOUT, create, join, model
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "crypto"))
-from test_private_room_relay import RecordingForwarder  # noqa: E402
-
-
-class CuttableForwarder(RecordingForwarder):
-    """Forwards to the relay; `cut()` drops every connection and refuses new ones until
-    `restore()`."""
-
-    def __init__(self, relay_port: int) -> None:
-        self.shut = False
-        super().__init__(relay_port)
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            if self.shut:
-                client.close()  # the link is down: the client retries with backoff
-                continue
-            upstream = self._connect_upstream()
-            with self.lock:
-                self.sockets += [client, upstream]
-            for source, target in ((client, upstream), (upstream, client)):
-                self._start_pump(source, target)
-
-    def _connect_upstream(self) -> socket.socket:
-        return socket.create_connection(("127.0.0.1", self.relay_port))
-
-    def _start_pump(self, source, target) -> None:
-        threading.Thread(target=self._pump, args=(source, target, None), daemon=True).start()
-
-    def cut(self) -> None:
-        self.shut = True
-        with self.lock:
-            sockets, self.sockets = self.sockets, []
-        for sock in sockets:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)  # wakes the pumps (close alone would not)
-            sock.close()
-
-    def restore(self) -> None:
-        self.shut = False
+from helpers.loopback_forwarder import LoopbackForwarder
 
 
 def test_member_back_after_a_rotation_gets_the_current_key(relay, recorder) -> None:
     server = relay()
-    link = CuttableForwarder(server.port)
+    link = LoopbackForwarder(server.port)
     try:
         run_drill(server.url + "/ws", f"ws://127.0.0.1:{link.port}/ws", link, recorder)
     finally:
         link.close()
 
 
-def run_drill(url: str, alice_url: str, link: CuttableForwarder, recorder) -> None:
+def run_drill(url: str, alice_url: str, link: LoopbackForwarder, recorder) -> None:
     host, code = create(recorder, url)
     fast_retry = {"reconnect_base_delay": 0.05, "reconnect_max_delay": 0.3}
     alice = join(recorder, "alice", alice_url, code, reconnect_attempts=200, **fast_retry)
@@ -112,16 +62,6 @@ def run_drill(url: str, alice_url: str, link: CuttableForwarder, recorder) -> No
     assert alice.private_ready and alice.room_code == code
 
     # A round in the new epoch: both push, alice gets the average, values checked.
-    host_weights, alice_weights = model(1), model(2)
-    host.send_weights(host_weights, epoch=1, loss=0.5, num_samples=10)
-    alice.send_weights(alice_weights, epoch=1, loss=0.4, num_samples=30)
-    recorder.wait_for(lambda: recorder.of("alice", "global"), TIMEOUT, "the global at alice")
-    (got,) = recorder.of("alice", "global")[-1]
-    for name in host_weights:
-        expected = (
-            10 * host_weights[name].astype(np.float16).astype(np.float64)
-            + 30 * alice_weights[name].astype(np.float16).astype(np.float64)
-        ) / 40
-        np.testing.assert_allclose(np.asarray(got[name]), expected, rtol=1e-3, atol=1e-3)
+    run_rounds(recorder, host, alice, rounds=1)
     errors = [e for e in recorder.events if e[1] == "error" and e[0] in ("host", "alice")]
     assert not errors, errors

@@ -3,56 +3,29 @@ full code, a wrong secret part refused in words, 3 failures closing the room, wh
 a `websockets` member that joined by the routing code get to see, and a global model from a
 non-host refused.
 
-Every connection goes through a recording TCP forwarder (as in
-tests/crypto/test_private_room_relay.py) that keeps all the relay sends to each client and,
-unmasked, all each client sends the relay; the relay logs at debug level.
+Every connection goes through a recording TCP forwarder (tests/helpers/loopback_forwarder.py)
+that keeps all the relay sends to each client and, unmasked, all each client sends the relay;
+the relay logs at debug level.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import socket
-import sys
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from test_api_rooms import make_client
-from websockets.sync.client import connect as ws_connect
 
+from helpers.loopback_forwarder import LoopbackForwarder
 from helpers.relay_process import SLOWDOWN
+from helpers.wire_probe import Probe, leaked_windows
 from segmentation_suite.network import serialize_weights, transport
 from segmentation_suite.network.private_code import parse_room_code
 from segmentation_suite.network.private_room import CLOSED, MISMATCH
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "crypto"))
-from test_private_room_relay import Probe, RecordingForwarder, leaked_windows  # noqa: E402
-
 TIMEOUT = 30.0 * SLOWDOWN
-
-
-class FramedProbe(Probe):
-    """The `websockets` probe, joined by the routing code as a member that reads framed
-    binaries (`features: ["frame_header"]`), so the relay hands it what it hands our members."""
-
-    def __init__(self, url: str, routing: str) -> None:
-        self.stack = contextlib.ExitStack()
-        self.ws = self.stack.enter_context(ws_connect(url, max_size=None, open_timeout=TIMEOUT))
-        payload = {
-            "room_code": routing,
-            "user_id": "probe",
-            "display_name": "Probe",
-            "features": ["frame_header"],
-        }
-        self.ws.send(json.dumps({"type": "join_room", "payload": payload}))
-        joined = json.loads(self.ws.recv(timeout=TIMEOUT))
-        assert joined["type"] == "room_joined", joined
-        self.received = []
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
 
 
 def model(seed: int) -> dict[str, np.ndarray]:
@@ -64,56 +37,37 @@ def model(seed: int) -> dict[str, np.ndarray]:
     }
 
 
-class TwoWayForwarder(RecordingForwarder):
-    """Also keeps what each client sends the relay (client-to-relay frames are masked:
-    `to_relay_payloads` unmasks them, so the test reads what the relay receives)."""
-
-    def __init__(self, relay_port: int) -> None:
-        self.sent: list[bytearray] = []
-        super().__init__(relay_port)
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            upstream = socket.create_connection(("127.0.0.1", self.relay_port))
-            received, sent = bytearray(), bytearray()
-            with self.lock:
-                self.recorded.append(received)
-                self.sent.append(sent)
-                self.sockets += [client, upstream]
-            for source, target, record in ((client, upstream, sent), (upstream, client, received)):
-                threading.Thread(
-                    target=self._pump, args=(source, target, record), daemon=True
-                ).start()
-
-    def to_relay_payloads(self) -> list[bytes]:
-        """Every WebSocket frame payload the clients sent, unmasked (after each HTTP upgrade
-        request)."""
-        payloads = []
-        with self.lock:
-            streams = [bytes(s) for s in self.sent]
-        for stream in streams:
-            at = stream.find(b"\r\n\r\n") + 4
-            while at + 2 <= len(stream):
-                length, at = stream[at + 1] & 0x7F, at + 2
-                if length == 126:
-                    length, at = int.from_bytes(stream[at : at + 2], "big"), at + 2
-                elif length == 127:
-                    length, at = int.from_bytes(stream[at : at + 8], "big"), at + 8
-                mask, at = stream[at : at + 4], at + 4
-                body = stream[at : at + length]
-                payloads.append(bytes(b ^ mask[i % 4] for i, b in enumerate(body)))
-                at += length
-        return payloads
+def run_rounds(recorder, host, alice, rounds: int) -> list[np.ndarray]:
+    """FedAvg rounds of the host and alice (both push, the host averages and sends the global),
+    each global checked against the float16 average weighted by the samples; every array of
+    them (both parties' weights, the globals), for the leak checks."""
+    host_weights, made = model(1), []
+    for round_number in range(1, rounds + 1):
+        alice_weights = model(10 + round_number)
+        host.send_weights(host_weights, epoch=round_number, loss=0.5, num_samples=10)
+        alice.send_weights(alice_weights, epoch=round_number, loss=0.4, num_samples=30)
+        recorder.wait_for(
+            lambda r=round_number: len(recorder.of("alice", "global")) >= r,
+            TIMEOUT,
+            f"round {round_number}'s global at alice",
+        )
+        (got,) = recorder.of("alice", "global")[-1]
+        for name in host_weights:
+            on_wire = (
+                10 * host_weights[name].astype(np.float16).astype(np.float64)
+                + 30 * alice_weights[name].astype(np.float16).astype(np.float64)
+            ) / 40
+            np.testing.assert_allclose(np.asarray(got[name]), on_wire, rtol=1e-3, atol=1e-3)
+        global_weights = {n: np.asarray(v) for n, v in got.items()}
+        made += [*alice_weights.values(), *host_weights.values(), *global_weights.values()]
+        host_weights = {n: v + 0.25 for n, v in global_weights.items()}
+    return made
 
 
 @pytest.fixture
 def wire(relay):
     server = relay("--log-level", "debug")
-    forwarder = TwoWayForwarder(server.port)
+    forwarder = LoopbackForwarder(server.port)
     yield server, forwarder, f"ws://127.0.0.1:{forwarder.port}/ws"
     forwarder.close()
 
@@ -143,31 +97,13 @@ def test_fedavg_in_a_private_room_probe_sees_only_ciphertext(wire, recorder) -> 
     alice = join(recorder, "alice", url, code.replace("-", "").lower())
     recorder.wait_for(lambda: recorder.of("alice", "room_joined"), TIMEOUT, "alice joined")
     assert recorder.of("alice", "room_joined")[0] == (code,)
-    probe = FramedProbe(url, parsed.routing)
+    probe = Probe(url, parsed.routing, TIMEOUT)
     # both sides see the same verification string for each other
     (host_side,) = [v for peer, v in recorder.of("host", "verification") if peer == alice.user_id]
     assert recorder.of("alice", "verification") == [(host.user_id, host_side)]
     assert len(host_side.replace(" ", "")) == 6
 
-    host_weights, sent = model(1), []
-    for round_number in range(1, 3):
-        alice_weights = model(10 + round_number)
-        host.send_weights(host_weights, epoch=round_number, loss=0.5, num_samples=10)
-        alice.send_weights(alice_weights, epoch=round_number, loss=0.4, num_samples=30)
-        recorder.wait_for(
-            lambda r=round_number: len(recorder.of("alice", "global")) >= r,
-            TIMEOUT,
-            f"round {round_number}'s global at alice",
-        )
-        (got,) = recorder.of("alice", "global")[-1]
-        for name in host_weights:
-            on_wire = (
-                10 * host_weights[name].astype(np.float16).astype(np.float64)
-                + 30 * alice_weights[name].astype(np.float16).astype(np.float64)
-            ) / 40
-            np.testing.assert_allclose(np.asarray(got[name]), on_wire, rtol=1e-3, atol=1e-3)
-        sent += [*alice_weights.values(), *host_weights.values(), *got.values()]
-        host_weights = {n: np.asarray(v) + 0.25 for n, v in got.items()}
+    sent = run_rounds(recorder, host, alice, rounds=2)
     assert host.aggregation_round == alice.aggregation_round == 2
     time.sleep(0.5)  # the probe's reader takes the last frames
     probe.close()
@@ -196,7 +132,7 @@ def test_open_room_control_the_probe_does_see_the_weights(wire, recorder) -> Non
     _, forwarder, url = wire
     host, code = create(recorder, url, private=False)
     assert len(code) == 6 and not host.is_private
-    probe = FramedProbe(url, code)
+    probe = Probe(url, code, TIMEOUT)
     alice = join(recorder, "alice", url, code)
     recorder.wait_for(lambda: recorder.of("alice", "room_joined"), TIMEOUT, "alice joined")
     weights = model(3)

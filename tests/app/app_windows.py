@@ -52,6 +52,17 @@ def wait_for_members(qtbot, windows, names) -> None:
     qtbot.waitUntil(everyone_listed, timeout=TIMEOUT_MS)
 
 
+def open_room(qtbot, relay_url: str, names: list[str]) -> tuple[list[MainWindow], str]:
+    """A window for each name: the first creates a room, the others join it one by one (each
+    listed in every window before the next joins). Returns the windows and the room code."""
+    windows = [open_window(qtbot, name, relay_url) for name in names]
+    code = create_room(qtbot, windows[0])
+    for count in range(2, len(windows) + 1):
+        join_room(qtbot, windows[count - 1], code)
+        wait_for_members(qtbot, windows[:count], names[:count])
+    return windows, code
+
+
 def use_tiny_synthetic_data(window: MainWindow, member: int, count: int = 8) -> None:
     panel = window.training_page.data_panel
     panel.synthetic_radio.setChecked(True)

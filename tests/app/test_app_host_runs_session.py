@@ -12,7 +12,7 @@ import os
 import re
 
 import pytest
-from app_windows import TIMEOUT_MS, click, create_room, join_room, open_window, wait_for_members
+from app_windows import TIMEOUT_MS, click, join_room, open_room, open_window
 
 from segmentation_suite.app import session_controller as states
 from segmentation_suite.training.settings import TRAINING_DEFAULTS
@@ -31,14 +31,7 @@ TRAINING_MS = 400_000  # a safety net on a shared 2-core machine; a run takes ~3
 )
 def test_host_starts_once_and_three_members_learn_with_the_defaults(qtbot, relay):
     url = relay().url
-    alice = open_window(qtbot, "Alice", url)
-    bob = open_window(qtbot, "Bob", url)
-    carol = open_window(qtbot, "Carol", url)
-    code = create_room(qtbot, alice)
-    join_room(qtbot, bob, code)
-    wait_for_members(qtbot, [alice, bob], ["Alice", "Bob"])
-    join_room(qtbot, carol, code)
-    wait_for_members(qtbot, [alice, bob, carol], ["Alice", "Bob", "Carol"])
+    (alice, bob, carol), code = open_room(qtbot, url, ["Alice", "Bob", "Carol"])
     windows = (alice, bob, carol)
     for window in windows:
         window.show_page(1)

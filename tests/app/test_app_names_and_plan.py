@@ -9,9 +9,9 @@ from app_windows import (
     create_room,
     join_room,
     listed_names,
+    open_room,
     open_window,
     use_tiny_synthetic_data,
-    wait_for_members,
 )
 
 from segmentation_suite.app.identity import default_name, name_path, saved_name
@@ -69,13 +69,7 @@ def test_the_name_is_asked_once_and_remembered(qtbot, monkeypatch, relay):
 
 def test_a_member_who_opts_out_is_not_waited_for(qtbot, relay):
     url = relay().url
-    alice = open_window(qtbot, "Alice", url)
-    bob = open_window(qtbot, "Bob", url)
-    carol = open_window(qtbot, "Carol", url)
-    code = create_room(qtbot, alice)
-    join_room(qtbot, bob, code)
-    join_room(qtbot, carol, code)
-    wait_for_members(qtbot, [alice, bob, carol], ["Alice", "Bob", "Carol"])
+    (alice, bob, carol), _ = open_room(qtbot, url, ["Alice", "Bob", "Carol"])
     for window in (alice, bob, carol):
         use_tiny_synthetic_data(window, 0)
         window.show_page(1)

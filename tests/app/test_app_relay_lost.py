@@ -5,15 +5,7 @@ event logs tell both moments, and the rounds go on."""
 
 from __future__ import annotations
 
-from app_windows import (
-    TIMEOUT_MS,
-    click,
-    create_room,
-    join_room,
-    open_window,
-    use_tiny_synthetic_data,
-    wait_for_members,
-)
+from app_windows import TIMEOUT_MS, click, open_room, use_tiny_synthetic_data
 
 from segmentation_suite.app import session_controller as states
 
@@ -34,12 +26,8 @@ def test_relay_killed_mid_session_every_page_says_reconnecting_then_connected(
 ):
     secret = tmp_path / "relay.secret"
     first = relay("--secret-file", str(secret))
-    alice = open_window(qtbot, "Alice", first.url)
-    bob = open_window(qtbot, "Bob", first.url)
-    code = create_room(qtbot, alice)
-    join_room(qtbot, bob, code)
-    wait_for_members(qtbot, [alice, bob], ["Alice", "Bob"])
-    windows = (alice, bob)
+    windows, code = open_room(qtbot, first.url, ["Alice", "Bob"])
+    alice, bob = windows
     for window in windows:
         use_tiny_synthetic_data(window, 0)
         window.show_page(1)

@@ -13,14 +13,7 @@ from __future__ import annotations
 import threading
 
 import pytest
-from app_windows import (
-    click,
-    create_room,
-    join_room,
-    open_window,
-    use_tiny_synthetic_data,
-    wait_for_members,
-)
+from app_windows import click, open_room, use_tiny_synthetic_data
 from qtpy.QtWidgets import QFileDialog
 
 torch = pytest.importorskip("torch", reason="training needs torch (the train extra)")
@@ -71,11 +64,7 @@ def test_every_member_starts_from_the_hosts_saved_model(
     qtbot, relay, tmp_path, monkeypatch, first_weights
 ):
     url = relay().url
-    alice = open_window(qtbot, "Alice", url)
-    bob = open_window(qtbot, "Bob", url)
-    code = create_room(qtbot, alice)
-    join_room(qtbot, bob, code)
-    wait_for_members(qtbot, [alice, bob], ["Alice", "Bob"])
+    (alice, bob), _ = open_room(qtbot, url, ["Alice", "Bob"])
     for number, window in enumerate((alice, bob), start=1):
         window.show_page(1)
         use_tiny_synthetic_data(window, number)

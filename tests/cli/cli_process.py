@@ -16,6 +16,9 @@ import threading
 import time
 from pathlib import Path
 
+# The row a session command prints after each round (`who`: "2 contributors", "1 contributor").
+ROUND_LINE = r"^round {n}/{last}: loss [0-9.]+, local Dice [0-9.]+, global Dice [0-9.]+, {who}"
+
 
 def cli_env(config_home: Path, **extra: str) -> dict[str, str]:
     """The environment of a user with no relay configured (a fresh config dir, and a fresh
@@ -106,6 +109,23 @@ class CliProcess:
 
     def interrupt(self) -> None:
         self.process.send_signal(signal.SIGINT)
+
+    def ctrl_c(self, room_code: str | None = None) -> None:
+        """Ctrl-C: the command ends with 130 and no traceback, having left `room_code` (when
+        given)."""
+        self.interrupt()
+        assert self.wait(30) == 130, self.stdout + self.stderr
+        if room_code is not None:
+            assert f"Left room {room_code}" in self.stdout, self.stdout
+        assert "Traceback" not in self.stderr, self.stderr
+
+    def finishes_rounds(self, last: int, who: str, timeout: float) -> None:
+        """The command ends with 0 and no traceback within `timeout`, having printed the row of
+        every round from 1 to `last`, each with `who`."""
+        assert self.wait(timeout) == 0, self.stdout + self.stderr
+        for n in range(1, last + 1):
+            self.wait_for(ROUND_LINE.format(n=n, last=last, who=who), 1)
+        assert "Traceback" not in self.stderr, self.stderr
 
     def wait(self, timeout: float) -> int:
         code = self.process.wait(timeout)

@@ -8,7 +8,8 @@ import shlex
 import socket
 from pathlib import Path
 
-ROUND_LINE = r"^round {n}/1000: loss [0-9.]+, local Dice [0-9.]+, global Dice [0-9.]+, {who}"
+from cli_process import ROUND_LINE
+
 TRAINING = ["--synthetic", "--samples", "8", "--rounds", "1000"]
 
 
@@ -40,28 +41,22 @@ def test_create_join_train_and_leave_with_ctrl_c(relay, cli):
 
     # A whole round on both sides, with its progress: the epoch, the member's two transfers
     # (size and rate), the host's averaging, and the round's row.
-    member.wait_for(ROUND_LINE.format(n=1, who="2 contributors"), 90)
-    host.wait_for(ROUND_LINE.format(n=1, who="2 contributors"), 90)
+    member.wait_for(ROUND_LINE.format(n=1, last=1000, who="2 contributors"), 90)
+    host.wait_for(ROUND_LINE.format(n=1, last=1000, who="2 contributors"), 90)
     for side in (host, member):
         side.wait_for(r"^  round 1/1000, epoch 1/1: loss [0-9.]+$", 1)
     member.wait_for(r"^  round 1: sent weights to the host, [0-9.]+ kB in [0-9.]+ s \(.*B/s\)$", 1)
     member.wait_for(r"^  round 1: received the global model, [0-9.]+ kB in [0-9.]+ s \(", 1)
     host.wait_for(r"^  round 1: averaged the round's weights after [0-9.]+ s$", 1)
 
-    member.interrupt()
-    assert member.wait(30) == 130, member.stdout + member.stderr
-    assert f"Left room {code}" in member.stdout
-    assert "Traceback" not in member.stderr, member.stderr
+    member.ctrl_c(code)
 
     # The host saw the goodbye and keeps training with itself as the only contributor.
     host.wait_for(r"^Bob left the room$", 30)
     after = host.line_count()
     host.wait_for(r"^round \d+/1000: .*, 1 contributor, ", 60, start=after)
 
-    host.interrupt()
-    assert host.wait(30) == 130, host.stdout + host.stderr
-    assert f"Left room {code}" in host.stdout
-    assert "Traceback" not in host.stderr, host.stderr
+    host.ctrl_c(code)
 
 
 def test_ctrl_c_while_waiting_for_members_leaves_the_room(relay, cli):
@@ -69,10 +64,7 @@ def test_ctrl_c_while_waiting_for_members_leaves_the_room(relay, cli):
     host = cli("create", "--name", "Alice", "--relay-url", server.url, "--synthetic")
     code = host.wait_for(r"join ([A-Z2-9]{6}-[A-Z2-9]{4,}) ", 60).group(1)  # private by default
     host.wait_for(r"^Waiting for 1 member\(s\) to join", 10)
-    host.interrupt()
-    assert host.wait(30) == 130, host.stdout + host.stderr
-    assert f"Left room {code}" in host.stdout
-    assert "Traceback" not in host.stderr, host.stderr
+    host.ctrl_c(code)
 
 
 def test_create_open_shares_the_six_character_code(relay, cli):
@@ -81,8 +73,7 @@ def test_create_open_shares_the_six_character_code(relay, cli):
     code = host.wait_for(r"^Share this code: segmentation-suite join (\S+) ", 60).group(1)
     assert re.fullmatch(r"[A-Z2-9]{6}", code), code
     host.wait_for(r"^Waiting for 1 member\(s\) to join", 10)
-    host.interrupt()
-    assert host.wait(30) == 130, host.stdout + host.stderr
+    host.ctrl_c()
 
 
 def test_host_alone_finishes_every_round_and_saves(relay, cli, tmp_path):
@@ -102,9 +93,7 @@ def test_host_alone_finishes_every_round_and_saves(relay, cli, tmp_path):
         "--save",
         str(saved),
     )
-    assert host.wait(120) == 0, host.stdout + host.stderr
-    for n in (1, 2):
-        host.wait_for(ROUND_LINE.replace("1000", "2").format(n=n, who="1 contributor"), 1)
+    host.finishes_rounds(2, "1 contributor", 120)
     code = re.search(r"join ([A-Z2-9]{6}-[A-Z2-9]{4,}) ", host.stdout, re.M).group(1)
     assert re.search(rf"^Done: 2 rounds; left room {code}$", host.stdout, re.M), host.stdout
     from segmentation_suite.training.model_file import load_model
@@ -132,7 +121,4 @@ def test_lan_session_create_and_join_complete_a_round(cli):
     host.wait_for(r"^Bob joined the room$", 30)
     member.wait_for(r"^Following the host's plan: rounds 1–2, 1 epoch\(s\) each, ", 60)
     for side in (host, member):
-        assert side.wait(120) == 0, side.stdout + side.stderr
-        for n in (1, 2):
-            side.wait_for(ROUND_LINE.replace("1000", "2").format(n=n, who="2 contributors"), 1)
-        assert "Traceback" not in side.stderr, side.stderr
+        side.finishes_rounds(2, "2 contributors", 120)

@@ -2,29 +2,27 @@
 session layer of segmentation_suite/network/private_room.py, and an independent `websockets`
 client that joined by the routing code as a probe.
 
-Every connection goes through a recording TCP forwarder on loopback, which keeps what the relay
-sends to each client (server-to-client frames are not masked, so this is what the relay
-forwards, byte for byte). The checks: the probe never receives a 256-byte window of the model's
-float32 or float16 bytes (and does in an open room: the control); FedAvg rounds complete with
-values checked; a wrong secret part is refused in words and 3 failures close the room; neither
-the relay's log nor its forwarded frames hold the secret part, a key, or plaintext weights.
+Every connection goes through a recording TCP forwarder on loopback
+(tests/helpers/loopback_forwarder.py), which keeps what the relay sends to each client
+(server-to-client frames are not masked, so this is what the relay forwards, byte for byte).
+The checks: the probe never receives a 256-byte window of the model's float32 or float16 bytes
+(and does in an open room: the control); FedAvg rounds complete with values checked; a wrong
+secret part is refused in words and 3 failures close the room; neither the relay's log nor its
+forwarded frames hold the secret part, a key, or plaintext weights.
 """
 
 from __future__ import annotations
 
 import base64
-import contextlib
 import json
-import socket
-import threading
 import time
 
 import numpy as np
 import pytest
-from websockets.exceptions import ConnectionClosed as WsClosed
-from websockets.sync.client import connect as ws_connect
 
+from helpers.loopback_forwarder import LoopbackForwarder
 from helpers.relay_process import SLOWDOWN
+from helpers.wire_probe import Probe, leaked_windows
 from segmentation_suite.network import _relayclient as crypto
 from segmentation_suite.network import transport
 from segmentation_suite.network.codec import decode_weights, serialize_weights
@@ -39,101 +37,6 @@ from segmentation_suite.network.private_room import (
 
 TIMEOUT = 10.0 * SLOWDOWN
 CHUNK = 256 * 1024  # several chunks per transfer, so reassembly and per-chunk framing are used
-
-
-class RecordingForwarder:
-    """Accepts loopback connections and forwards each to the relay, recording relay->client."""
-
-    def __init__(self, relay_port: int) -> None:
-        self.relay_port = relay_port
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.recorded: list[bytearray] = []
-        self.lock = threading.Lock()
-        self.sockets: list[socket.socket] = []
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            upstream = socket.create_connection(("127.0.0.1", self.relay_port))
-            record = bytearray()
-            with self.lock:
-                self.recorded.append(record)
-                self.sockets += [client, upstream]
-            threading.Thread(target=self._pump, args=(client, upstream, None), daemon=True).start()
-            threading.Thread(
-                target=self._pump, args=(upstream, client, record), daemon=True
-            ).start()
-
-    def _pump(self, source: socket.socket, target: socket.socket, record) -> None:
-        try:
-            while data := source.recv(1 << 20):
-                if record is not None:
-                    with self.lock:
-                        record += data
-                target.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for sock in (source, target):
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
-
-    def everything(self) -> bytes:
-        with self.lock:
-            return b"".join(bytes(r) for r in self.recorded)
-
-    def close(self) -> None:
-        self.listener.close()
-        with self.lock:
-            for sock in self.sockets:
-                sock.close()
-
-
-class Probe:
-    """A `websockets` member that joined by the routing code and keeps all it receives."""
-
-    def __init__(self, url: str, routing: str) -> None:
-        self.stack = contextlib.ExitStack()
-        self.ws = self.stack.enter_context(ws_connect(url, max_size=None, open_timeout=TIMEOUT))
-        self.ws.send(
-            json.dumps(
-                {
-                    "type": "join_room",
-                    # as a member that reads framed binaries: the relay hands framed binaries
-                    # only to members announcing `frame_header` (member_features)
-                    "payload": {
-                        "room_code": routing,
-                        "user_id": "probe",
-                        "display_name": "Probe",
-                        "features": ["frame_header"],
-                    },
-                }
-            )
-        )
-        joined = json.loads(self.ws.recv(timeout=TIMEOUT))
-        assert joined["type"] == "room_joined", joined
-        self.received: list[bytes | str] = []
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        try:
-            while True:
-                self.received.append(self.ws.recv())
-        except (WsClosed, OSError):
-            pass
-
-    def binary(self) -> bytes:
-        return b"".join(m for m in self.received if isinstance(m, bytes))
-
-    def close(self) -> None:
-        self.stack.close()
-        self.thread.join(TIMEOUT)
 
 
 def send_control(conn, message: dict, to: list[str] | None = None) -> None:
@@ -201,22 +104,10 @@ def model(seed: int) -> dict[str, np.ndarray]:
     }
 
 
-def leaked_windows(received: bytes, arrays: list[np.ndarray]) -> int:
-    """How many 128-byte aligned pieces of the arrays' float32 or float16 bytes appear in
-    `received`. Any 256-byte window of the plaintext contains one such piece, so 0 means no
-    256-byte window of the model travelled in the clear."""
-    found = 0
-    for array in arrays:
-        for raw in (array.astype(np.float32).tobytes(), array.astype(np.float16).tobytes()):
-            for offset in range(0, len(raw) - 128 + 1, 128):
-                found += received.find(raw[offset : offset + 128]) >= 0
-    return found
-
-
 @pytest.fixture
 def private_room(relay):
     server = relay("--log-level", "debug")
-    forwarder = RecordingForwarder(server.port)
+    forwarder = LoopbackForwarder(server.port)
     url = f"ws://127.0.0.1:{forwarder.port}/ws"
     conns = {}
 
@@ -279,7 +170,7 @@ def test_private_room_fedavg_probe_sees_only_ciphertext(private_room) -> None:
     code = RoomCode(routing, new_secret(12))
     alice_conn = connect("alice")
     join(alice_conn, routing, "alice")
-    probe = Probe(url, routing)
+    probe = Probe(url, routing, TIMEOUT)
     host = PrivateRoomHost(code, "host")
     alice = PrivateRoomMember(code, "alice", "host")
     run_key_exchange(host, host_conn, alice, alice_conn)
@@ -343,7 +234,7 @@ def test_private_room_fedavg_probe_sees_only_ciphertext(private_room) -> None:
 def test_open_room_control_probe_does_see_the_weights(private_room) -> None:
     _, _, url, connect, _ = private_room
     host_conn, routing = open_room(connect, url)
-    probe = Probe(url, routing)
+    probe = Probe(url, routing, TIMEOUT)
     weights = model(3)
     encoded = serialize_weights(weights, wire_dtype="float16")
     host_conn.send_chunked(transport.FRAME_KIND_GLOBAL_MODEL, 1, "host", [], encoded, CHUNK)
