@@ -101,7 +101,7 @@ def run(method: str, seed: int, rounds: int, colleagues: int) -> tuple[float, in
                 members
             )
             for trainer in trainers:
-                trainer.load_state_dict(global_weights)
+                trainer.load_global(global_weights)
             continue
         canonical, sends = ledger.publish(
             global_weights, list(members), metadata={"aggregation_round": round_number}
@@ -110,9 +110,9 @@ def run(method: str, seed: int, rounds: int, colleagues: int) -> tuple[float, in
             for name in recipients:
                 wire_bytes += len(data)
                 members[name].receive_global(data)
-        trainers[0].load_state_dict(as_float16_values(canonical))
+        trainers[0].load_global(as_float16_values(canonical))
         for index, member in enumerate(members.values(), start=1):
-            trainers[index].load_state_dict(as_float16_values(member.held))
+            trainers[index].load_global(as_float16_values(member.held))
     return trainers[0].evaluate(held_out), wire_bytes
 
 
