@@ -9,6 +9,8 @@ MemberDeltas with its error feedback for the pushes, GlobalModelLedger for the g
 FedAvgAggregator), so every push and global model is encoded and decoded exactly as on the
 wire; only the transport is left out. The host's own push goes whole (float16) into its round,
 and the host trains on from the global it publishes (what its members hold), as in the session.
+Every colleague loads a global with Trainer.load_global, as FederatedTraining does (Adam's state
+carries on where the global left the weights as they were: docs/training.md).
 
 A fourth row, float32 (lossless pushes and globals, not a session mode), is the noise floor:
 training is chaotic enough that any change of float16-rounding size moves the final Dice of a
