@@ -9,6 +9,8 @@ MemberDeltas with its error feedback for the pushes, GlobalModelLedger for the g
 FedAvgAggregator), so every push and global model is encoded and decoded exactly as on the
 wire; only the transport is left out. The host's own push goes whole (float16) into its round,
 and the host trains on from the global it publishes (what its members hold), as in the session.
+Every colleague loads a global with Trainer.load_global, as FederatedTraining does (Adam's state
+carries on where the global left the weights as they were: docs/training.md).
 
 A fourth row, float32 (lossless pushes and globals, not a session mode), is the noise floor:
 training is chaotic enough that any change of float16-rounding size moves the final Dice of a
@@ -101,7 +103,7 @@ def run(method: str, seed: int, rounds: int, colleagues: int) -> tuple[float, in
                 members
             )
             for trainer in trainers:
-                trainer.load_state_dict(global_weights)
+                trainer.load_global(global_weights)
             continue
         canonical, sends = ledger.publish(
             global_weights, list(members), metadata={"aggregation_round": round_number}
@@ -110,9 +112,9 @@ def run(method: str, seed: int, rounds: int, colleagues: int) -> tuple[float, in
             for name in recipients:
                 wire_bytes += len(data)
                 members[name].receive_global(data)
-        trainers[0].load_state_dict(as_float16_values(canonical))
+        trainers[0].load_global(as_float16_values(canonical))
         for index, member in enumerate(members.values(), start=1):
-            trainers[index].load_state_dict(as_float16_values(member.held))
+            trainers[index].load_global(as_float16_values(member.held))
     return trainers[0].evaluate(held_out), wire_bytes
 
 

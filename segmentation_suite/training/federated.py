@@ -228,7 +228,7 @@ class FederatedTraining:
         global_dice = global_loss = None
         if global_weights is not None:
             try:
-                self.trainer.load_state_dict(self._as_received(global_weights))
+                self.trainer.load_global(self._as_received(global_weights))
             except ValueError as exc:
                 emit(
                     self._waiting(

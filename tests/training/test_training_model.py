@@ -113,6 +113,53 @@ def test_state_dict_is_a_detached_copy_and_load_accepts_numpy():
     assert trainer.optimizer.state == {}  # Adam's moments belong to the replaced weights
 
 
+def test_load_global_keeps_adam_state_where_the_global_left_the_weights():
+    trainer = Trainer(synthetic_dataset(8, size=16))
+    start = trainer.state_dict()  # what load_global compares the first global with
+    trainer.train_epoch()
+    parameters = dict(trainer.model.named_parameters())
+    state = trainer.optimizer.state
+    before = {n: {k: v.clone() for k, v in state[p].items()} for n, p in parameters.items()}
+    matrices = [n for n, p in parameters.items() if p.ndim > 1]
+    sparse_name, dense_name = matrices[0], matrices[1]
+    untouched = [n for n in parameters if n not in (sparse_name, dense_name)]
+    # a global as topk sends it: three values of one tensor moved; and one tensor moved whole
+    global_weights = {k: v.clone() for k, v in start.items()}
+    flat = global_weights[sparse_name].view(-1)
+    moved = torch.tensor([0, 5, flat.numel() - 1])
+    flat[moved] += 0.25
+    global_weights[dense_name] += 0.01
+    assert (before[sparse_name]["exp_avg"].view(-1)[moved] != 0).all()
+
+    trainer.load_global(global_weights)
+    for key, value in trainer.state_dict().items():
+        assert torch.equal(value, global_weights[key]), key
+    assert parameters[dense_name] not in state  # replaced: Adam starts afresh there
+    sparse = state[parameters[sparse_name]]
+    kept = torch.ones(flat.numel(), dtype=torch.bool)
+    kept[moved] = False
+    assert (sparse["exp_avg"].view(-1)[moved] == 0).all()  # momentum towards the old values
+    assert torch.equal(
+        sparse["exp_avg"].view(-1)[kept], before[sparse_name]["exp_avg"].view(-1)[kept]
+    )
+    assert torch.equal(sparse["exp_avg_sq"], before[sparse_name]["exp_avg_sq"])
+    for name in untouched:
+        assert torch.equal(state[parameters[name]]["exp_avg"], before[name]["exp_avg"]), name
+        assert torch.equal(state[parameters[name]]["exp_avg_sq"], before[name]["exp_avg_sq"]), name
+
+    # compared with the global loaded last now: the same global again changes nothing
+    trainer.load_global(global_weights)
+    assert torch.equal(state[parameters[sparse_name]]["exp_avg"], sparse["exp_avg"])
+    assert len(state) == len(parameters) - 1
+    # a global that does not fit changes neither the weights nor Adam's state
+    with pytest.raises(ValueError, match="missing"):
+        trainer.load_global({k: v for k, v in global_weights.items() if k != sparse_name})
+    assert len(state) == len(parameters) - 1
+    # whole float16 and q8 globals change every value: all of Adam's state goes, as before
+    trainer.load_global({k: v + 0.01 if v.is_floating_point() else v for k, v in start.items()})
+    assert trainer.optimizer.state == {}
+
+
 def test_load_state_dict_names_what_does_not_fit():
     trainer = Trainer(synthetic_dataset(4, size=16))
     weights = trainer.state_dict()
