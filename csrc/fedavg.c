@@ -67,10 +67,19 @@ static void accumulate(void *sums, char sums_kind, const void *values, char valu
  * model's values are still read from memory once. */
 enum { ROUNDED_BLOCK = 2048 };
 
+/* The additions below run on a block in L1, where -O2's scalar loop would be the bottleneck
+ * (memory is, for accumulate: twice as slow measured on the U-Net): GCC vectorizes this one. */
+#if defined(__GNUC__) && !defined(__clang__)
+#define VECTORIZED __attribute__((optimize("tree-vectorize")))
+#else
+#define VECTORIZED
+#endif
+
 /* As accumulate, with each value first rounded to float16 and widened to the sums' type: the
  * same bits as encoding the values as float16 and decoding them (fp16.c is the codec's). */
-static void accumulate_float16_values(void *sums, char sums_kind, const void *values,
-                                      char values_kind, Py_ssize_t count, double weight, bool first)
+VECTORIZED static void accumulate_float16_values(void *sums, char sums_kind, const void *values,
+                                                 char values_kind, Py_ssize_t count, double weight,
+                                                 bool first)
 {
     uint16_t halves[ROUNDED_BLOCK];
     union {

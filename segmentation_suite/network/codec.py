@@ -119,7 +119,17 @@ def encoded_size(
     converting a value; raises what serialize_weights raises for the same weights (the size
     of a host's own push, which goes into its round without being encoded)."""
     encoder_input = _encoder_input(
-        weights, None, epoch, loss, num_samples, None, "float16", metadata, None, None, 1.0
+        weights,
+        None,
+        epoch,
+        loss,
+        num_samples,
+        None,
+        "float16",
+        metadata,
+        None,
+        None,
+        DEFAULT_TOPK_FRACTION,
     )
     return _relayclient._encode(*encoder_input, True)
 
