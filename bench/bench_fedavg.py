@@ -171,6 +171,10 @@ class OursMember:
         self.client.room_created.connect(self.created.append, thread=None)
         self.client.error.connect(self.errors.append, thread=None)
         if index == 0:
+            # The host pushes too: every round waits for its push (docs/network-api.md). Else
+            # a member's push that arrives first closes the first round without it, and the
+            # host's push opens the next, where its following push is refused.
+            self.client.host_trains = True
             self.client.create_relay_room("member0", url, private=private)
         else:
             self.client.connect_relay(code, f"member{index}", url)
