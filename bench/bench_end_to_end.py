@@ -389,46 +389,52 @@ def save_npz(path: Path, state: dict) -> None:
 def run_benchmark(args: argparse.Namespace) -> list[dict]:
     from segmentation_suite.relay_process import RelayProcess
 
-    context = multiprocessing.get_context("spawn")  # the transport is not fork-safe
     with RelayProcess(*RELAY_OPTIONS) as relay:
-        barrier = context.Barrier(2)
-        results = context.Queue()
-        receiver_end, sender_end = context.Pipe()
-        config = {
-            "url": relay.url,
-            "layout": str(args.layout),
-            "seed": args.seed,
-            "runs": args.runs,
-            "methods": args.methods,
-            "timeout": args.timeout,
-            "chunk_size": args.chunk_size,
-            "save_dir": str(args.save_received) if args.save_received else None,
-            "group_key": os.urandom(32).hex(),  # the private method's, shared out of band
-        }
-        workers = [
-            context.Process(target=receiver_main, args=(config, barrier, results, receiver_end)),
-            context.Process(target=sender_main, args=(config, barrier, results, sender_end)),
-        ]
+        return run_transfers(args, relay.url)
+
+
+def run_transfers(args: argparse.Namespace, url: str) -> list[dict]:
+    """Every transfer of the run, through the relay at `url` (bench_fedavg.py measures its
+    round's floor through the relay of its rounds)."""
+    context = multiprocessing.get_context("spawn")  # the transport is not fork-safe
+    barrier = context.Barrier(2)
+    results = context.Queue()
+    receiver_end, sender_end = context.Pipe()
+    config = {
+        "url": url,
+        "layout": str(args.layout),
+        "seed": args.seed,
+        "runs": args.runs,
+        "methods": args.methods,
+        "timeout": args.timeout,
+        "chunk_size": args.chunk_size,
+        "save_dir": str(args.save_received) if args.save_received else None,
+        "group_key": os.urandom(32).hex(),  # the private method's, shared out of band
+    }
+    workers = [
+        context.Process(target=receiver_main, args=(config, barrier, results, receiver_end)),
+        context.Process(target=sender_main, args=(config, barrier, results, sender_end)),
+    ]
+    for worker in workers:
+        worker.start()
+    expected = 2 * len(schedule(args.methods, args.runs))
+    # Setup (torch import, weights, connections) plus every transfer, each bounded.
+    deadline = time.monotonic() + 120 + expected * args.timeout / 2
+    reports: list[dict] = []
+    try:
+        while len(reports) < expected:
+            report = results.get(timeout=max(deadline - time.monotonic(), 0.001))
+            if "error" in report:
+                raise RuntimeError(f"the {report['role']} failed:\n{report['error']}")
+            reports.append(report)
+            progress = f"{report['role']} {report['method']} run {report['run']}"
+            print(f"  {progress}", file=sys.stderr)
+    finally:
         for worker in workers:
-            worker.start()
-        expected = 2 * len(schedule(args.methods, args.runs))
-        # Setup (torch import, weights, connections) plus every transfer, each bounded.
-        deadline = time.monotonic() + 120 + expected * args.timeout / 2
-        reports: list[dict] = []
-        try:
-            while len(reports) < expected:
-                report = results.get(timeout=max(deadline - time.monotonic(), 0.001))
-                if "error" in report:
-                    raise RuntimeError(f"the {report['role']} failed:\n{report['error']}")
-                reports.append(report)
-                progress = f"{report['role']} {report['method']} run {report['run']}"
-                print(f"  {progress}", file=sys.stderr)
-        finally:
-            for worker in workers:
-                worker.join(timeout=10 if len(reports) == expected else 0.5)
-                if worker.is_alive():
-                    worker.terminate()
-                    worker.join(5)
+            worker.join(timeout=10 if len(reports) == expected else 0.5)
+            if worker.is_alive():
+                worker.terminate()
+                worker.join(5)
     return reports
 
 

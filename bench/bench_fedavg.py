@@ -25,11 +25,18 @@ warm-up round of each, not counted); figures are medians. Next to them, one nump
 model's float32 bytes, measured in the same run (bench_end_to_end.numpy_copy_ms): issue 15
 wants a round of ours within 10 of them (--compression none is the default: whole float16
 models both ways, every round; "auto", the API's default, sends deltas from the second round
-on). Usage:
+on).
+
+Beside it, the round's floor on this machine, also in copies: what no implementation of a
+round through a relay can beat here. Two one-way float16 transfers of the model (a push, then
+the global), each bench_end_to_end's ours-f16 (encode, send through the relay, reassemble,
+decode: median of at least 5) through the relay of the rounds, after them, plus a numpy
+average of the members' float32 models (np.add of each into one sum, one multiply; median).
+Usage:
 
     .venv/bin/python bench/bench_fedavg.py [--members 4,8] [--runs 3] [--layout PATH]
         [--methods ours,gossip] [--compression none|auto|q8-delta|topk] [--room open|private]
-        [--json OUT] [--check]
+        [--json OUT] [--check] [--no-floor]
 
 --check exits 1 if a target is missed: issue 4's at least 5x less time, and at least 1.4x
 (4 members) or 2.5x (8 members) fewer bytes than gossip; issue 15's round within 10 copies.
@@ -164,6 +171,10 @@ class OursMember:
         self.client.room_created.connect(self.created.append, thread=None)
         self.client.error.connect(self.errors.append, thread=None)
         if index == 0:
+            # The host pushes too: every round waits for its push (docs/network-api.md). Else
+            # a member's push that arrives first closes the first round without it, and the
+            # host's push opens the next, where its following push is refused.
+            self.client.host_trains = True
             self.client.create_relay_room("member0", url, private=private)
         else:
             self.client.connect_relay(code, f"member{index}", url)
@@ -411,8 +422,9 @@ def relay_bytes(http_url: str) -> dict[str, float]:
     return counters
 
 
-def run_members(count: int, args: argparse.Namespace) -> list[dict]:
-    """Every round of one member count; one report per (method, run)."""
+def run_members(count: int, args: argparse.Namespace) -> tuple[list[dict], float | None]:
+    """Every round of one member count, one report per (method, run); and the one-way float16
+    transfer through the same relay afterwards (None without ours, or with --no-floor)."""
     from segmentation_suite.relay_process import RelayProcess
 
     context = multiprocessing.get_context("spawn")  # the transport is not fork-safe
@@ -467,7 +479,49 @@ def run_members(count: int, args: argparse.Namespace) -> list[dict]:
                 if worker.is_alive():
                     worker.terminate()
                     worker.join(5)
-    return rounds
+        one_way = None
+        if args.floor and "ours" in args.methods:
+            one_way = one_way_fp16_ms(relay.url, args)
+    return rounds, one_way
+
+
+def one_way_fp16_ms(url: str, args: argparse.Namespace) -> float:
+    """bench_end_to_end's ours-f16 through the relay at `url`: the layout's state dict from one
+    process to another, "starts encoding" to "holds the decoded tensors"; the median."""
+    from bench_end_to_end import run_transfers, summarize
+
+    options = argparse.Namespace(
+        layout=args.layout,
+        seed=args.seed,
+        runs=max(args.runs, 5),
+        methods=["ours-f16"],
+        timeout=min(args.timeout, 60),
+        chunk_size=16 * MiB,
+        save_received=None,
+    )
+    return summarize(run_transfers(options, url))["ours-f16"]["total_ms"]
+
+
+def numpy_average_ms(layout: list[dict], members: int, runs: int) -> float:
+    """Median time numpy takes to average `members` models of the layout's float32 size held
+    as flat arrays: np.add of each into one sum, then one multiply (two distinct models,
+    alternating: no model stays in a cache, as none of the size does in a round)."""
+    import numpy as np
+
+    size = sum(int(np.prod(e["shape"])) for e in layout if e["dtype"] == "float32")
+    rng = np.random.default_rng(0)
+    models = [rng.standard_normal(size, dtype=np.float32) for _ in range(2)]
+    total = np.empty_like(models[0])
+    np.add(models[0], models[1], out=total)  # faults the pages in, as the round's are warm
+    times = []
+    for _ in range(max(runs, 5)):
+        start = time.perf_counter()
+        np.add(models[0], models[1], out=total)
+        for index in range(2, members):
+            np.add(total, models[index % 2], out=total)
+        np.multiply(total, np.float32(1 / members), out=total)
+        times.append((time.perf_counter() - start) * 1000)
+    return statistics.median(times)
 
 
 def next_report(results: Any, timeout: float) -> dict:
@@ -498,9 +552,12 @@ def summarize_round(method: str, run: int, count: int, reports: list, counted: d
     }
 
 
-def table(rounds: list[dict], copy_ms: float) -> tuple[str, list[str]]:
+def table(
+    rounds: list[dict], copy_ms: float, floors: dict[int, dict] | None = None
+) -> tuple[str, list[str]]:
     """The medians and ratios as a Markdown table, and the targets missed. `copy_ms` is one
-    numpy copy of the model's float32 bytes, measured in the same run (issue 15's yardstick)."""
+    numpy copy of the model's float32 bytes, measured in the same run (issue 15's yardstick);
+    `floors`, by member count, the round's floor (floor_parts) beside ours' round."""
     lines = [
         "| members | method | wall time (s) | x numpy copy | through the relay (MiB) | max error |",
         "|---|---|---|---|---|---|",
@@ -528,9 +585,18 @@ def table(rounds: list[dict], copy_ms: float) -> tuple[str, list[str]]:
         if "ours" in medians:
             copies = medians["ours"][0] * 1000 / copy_ms
             met = copies <= ROUND_COPIES_TARGET
+            floor = (floors or {}).get(count)
+            beside = ""
+            if floor is not None:
+                beside = (
+                    f"; floor {floor['floor_ms'] / copy_ms:.1f}x = 2 x one-way float16 "
+                    f"{floor['one_way_ms'] / copy_ms:.1f}x + numpy average "
+                    f"{floor['average_ms'] / copy_ms:.1f}x; round/floor "
+                    f"{medians['ours'][0] * 1000 / floor['floor_ms']:.2f}"
+                )
             ratios.append(
                 f"{count} members: {'met   ' if met else 'MISSED'} a round through the public API "
-                f"<= {ROUND_COPIES_TARGET:g}x a numpy copy ({copies:.1f}x)"
+                f"<= {ROUND_COPIES_TARGET:g}x a numpy copy (round {copies:.1f}x{beside})"
             )
             if not met:
                 missed.append(f"{count} members: round {copies:.1f}x > {ROUND_COPIES_TARGET:g}x")
@@ -548,6 +614,15 @@ def table(rounds: list[dict], copy_ms: float) -> tuple[str, list[str]]:
         if byte_target and byte_ratio < byte_target:
             missed.append(f"{count} members: byte ratio {byte_ratio:.2f}x < {byte_target:g}x")
     return "\n".join(lines + [""] + ratios), missed
+
+
+def floor_parts(one_way_ms: float, average_ms: float) -> dict:
+    """A round's floor: a push and the global, each one way, and the average between them."""
+    return {
+        "one_way_ms": one_way_ms,
+        "average_ms": average_ms,
+        "floor_ms": 2 * one_way_ms + average_ms,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -578,6 +653,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--json", type=Path, help="write every round's figures here")
     parser.add_argument("--check", action="store_true", help="exit 1 if a target is missed")
+    parser.add_argument(
+        "--no-floor",
+        dest="floor",
+        action="store_false",
+        help="skip the round's floor (two one-way float16 transfers and a numpy average)",
+    )
     args = parser.parse_args(argv)
     counts = [int(n) for n in args.members.split(",") if n.strip()]
     if any(n < 2 for n in counts) or args.runs < 1:
@@ -587,10 +668,16 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--methods: a comma-separated subset of {','.join(METHODS)}")
     args.compression = None if args.compression == "none" else args.compression
     rounds = []
+    floors = {}
+    layout = read_layout(args.layout)
     for count in counts:
-        rounds += run_members(count, args)
-    copy_ms = numpy_copy_ms(read_layout(args.layout), max(args.runs, 15))  # median of 15+
-    text, missed = table(rounds, copy_ms)
+        counted, one_way = run_members(count, args)
+        rounds += counted
+        if one_way is not None:
+            average = numpy_average_ms(layout, count, max(args.runs, 15))
+            floors[count] = floor_parts(one_way, average)
+    copy_ms = numpy_copy_ms(layout, max(args.runs, 15))  # median of 15+
+    text, missed = table(rounds, copy_ms, floors)
     print(text)
     print(
         f"\n(layout {args.layout.name}; ours in the {args.room} room with compression="
@@ -598,7 +685,7 @@ def main(argv: list[str] | None = None) -> int:
         f"the float32 bytes {copy_ms:.1f} ms; load average {os.getloadavg()[0]:.2f})"
     )
     if args.json:
-        result = {"rounds": rounds, "missed": missed, "numpy_copy_ms": copy_ms}
+        result = {"rounds": rounds, "missed": missed, "numpy_copy_ms": copy_ms, "floors": floors}
         result.update(compression=args.compression, room=args.room)
         args.json.write_text(json.dumps(result, indent=1))
     for line in missed:

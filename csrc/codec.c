@@ -446,11 +446,12 @@ static void tensor_sources_release(tensor_sources *list)
 }
 
 PyDoc_STRVAR(encode_doc,
-             "_encode(tensors, kind, metadata, delta=False) -> Block\n\n"
+             "_encode(tensors, kind, metadata, delta=False, size_only=False) -> Block\n\n"
              "tensors: list of (name, dtype, wire, shape, C-contiguous buffer[, reference\n"
              "buffer, topk kept]); wire is a dtype, or 'q8'/'topk' with a reference.\n"
              "kind: 'numpy' or 'torch'. metadata: dict written as the message's metadata map.\n"
              "delta: write a version-2 message with the reference id (needed for q8/topk).\n"
+             "size_only: return the message's size (int) instead, converting nothing.\n"
              "Conversion runs with the GIL released.");
 
 static PyObject *codec_encode(PyObject *module, PyObject *args)
@@ -458,9 +459,9 @@ static PyObject *codec_encode(PyObject *module, PyObject *args)
     (void)module;
     PyObject *tensor_list, *metadata;
     const char *kind_name;
-    int delta = 0;
-    if (!PyArg_ParseTuple(args, "O!sO!|p:_encode", &PyList_Type, &tensor_list, &kind_name,
-                          &PyDict_Type, &metadata, &delta))
+    int delta = 0, size_only = 0;
+    if (!PyArg_ParseTuple(args, "O!sO!|pp:_encode", &PyList_Type, &tensor_list, &kind_name,
+                          &PyDict_Type, &metadata, &delta, &size_only))
         return NULL;
     codec_encode_input input = {0};
     input.delta = delta;
@@ -479,6 +480,7 @@ static PyObject *codec_encode(PyObject *module, PyObject *args)
     msgpack_sbuffer packed_metadata;
     msgpack_sbuffer_init(&packed_metadata);
     Block *block = NULL;
+    PyObject *size_object = NULL; /* size_only's result */
     bool deltas_prepared = false;
     if (listed != 0)
         goto done;
@@ -526,6 +528,10 @@ static PyObject *codec_encode(PyObject *module, PyObject *args)
         PyErr_NoMemory();
         goto done;
     }
+    if (size_only) {
+        size_object = PyLong_FromSize_t(size);
+        goto done;
+    }
     block = block_new(size, 1);
     if (block == NULL)
         goto done;
@@ -543,9 +549,11 @@ done:
     msgpack_sbuffer_destroy(&packed_metadata);
     PyMem_Free(destinations);
     Py_DECREF(entries);
-    if (PyErr_Occurred())
+    if (PyErr_Occurred()) {
         Py_CLEAR(block);
-    return (PyObject *)block;
+        Py_CLEAR(size_object);
+    }
+    return size_object != NULL ? size_object : (PyObject *)block;
 }
 
 /* ---- decode ---------------------------------------------------------------------------- */

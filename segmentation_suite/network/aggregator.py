@@ -181,15 +181,18 @@ class _WeightedSum:
             self.sums[key] = buffers[dtype][start : start + count]
             offsets[dtype] = start + count
 
-    def add(self, state: StateDict, weight: float) -> None:
-        """Adds one state dict; the caller has checked its layout."""
+    def add(self, state: StateDict, weight: float, float16_values: bool = False) -> None:
+        """Adds one state dict; the caller has checked its layout. `float16_values`: its
+        float32/float64 entries count as their float16-rounded values (FedAvgAggregator)."""
         for key, ref_value in self.reference.items():
             held = self.sums.get(key)
+            rounded = float16_values and _travels_as_float16(state[key])
             if isinstance(held, np.ndarray) and _category(key, ref_value) == "float":
-                self._accumulate(held, _flat_numpy(state[key]), weight, key in self._filled)
+                flat = _flat_numpy(state[key])
+                self._accumulate(held, flat, weight, key in self._filled, rounded)
                 self._filled.add(key)
                 continue
-            value = _like(state[key], ref_value)
+            value = _like(_float16_rounded(state[key]) if rounded else state[key], ref_value)
             if _category(key, ref_value) == "integer":
                 self.sums[key] = _copy(value) if held is None else _maximum(held, value)
             elif held is None:  # a float tensor on another device: torch, in place
@@ -199,13 +202,16 @@ class _WeightedSum:
         self.total_weight += weight
 
     @staticmethod
-    def _accumulate(held: np.ndarray, value: np.ndarray, weight: float, filled: bool) -> None:
+    def _accumulate(
+        held: np.ndarray, value: np.ndarray, weight: float, filled: bool, rounded: bool
+    ) -> None:
         """held (+)= weight * value in held's dtype, in one pass in C with the GIL released once
         (numpy needs a temporary of the tensor's size, or a chunked loop that takes the GIL
-        back at every chunk: slow whenever another Python thread runs)."""
+        back at every chunk: slow whenever another Python thread runs); `rounded`: each value
+        rounded to float16 first, in the same pass."""
         if value.dtype not in (np.float32, np.float64):
             value = value.astype(held.dtype)  # float16 or bfloat16-as-float32 inputs: rare
-        _relayclient._fedavg_accumulate(held, value, weight, not filled)
+        _relayclient._fedavg_accumulate(held, value, weight, not filled, rounded)
 
     def mean(self) -> dict:
         """The weighted mean; the sums become it (the caller drops this object afterwards)."""
@@ -265,6 +271,13 @@ def _on_cpu(value: Any) -> bool:
     return not _is_torch(value) or value.device.type == "cpu"
 
 
+def _on_the_cpu(state: StateDict) -> StateDict:
+    """`state` with tensors on other devices copied to the CPU (itself when none is)."""
+    if not isinstance(state, Mapping) or all(_on_cpu(value) for value in state.values()):
+        return state  # (not a dict: _check_same_layout says so)
+    return _result_container(state, [(k, v if _on_cpu(v) else v.cpu()) for k, v in state.items()])
+
+
 def _numpy_accumulator_dtype(reference: Any) -> Any:
     if _is_torch(reference):
         return np.float64 if reference.dtype == _torch_module().float64 else np.float32
@@ -281,6 +294,23 @@ def _flat_numpy(value: Any) -> np.ndarray:
             value = value.float()
         value = value.resolve_conj().resolve_neg().numpy()
     return np.asarray(value).reshape(-1)
+
+
+def _travels_as_float16(value: Any) -> bool:
+    """Whether a float16 wire rounds `value`: float32 and float64 entries (float16 and bfloat16
+    travel exactly, as codec.py sends them)."""
+    if _is_torch(value):
+        torch = _torch_module()
+        return value.dtype in (torch.float32, torch.float64)
+    return isinstance(value, np.ndarray) and value.dtype.kind == "f" and value.dtype.itemsize >= 4
+
+
+def _float16_rounded(value: Any) -> Any:
+    """A float32/float64 entry's float16-rounded values, same kind and dtype, on the CPU
+    (numpy rounds float64 to float16 directly; a cast through float32 could round twice)."""
+    flat = _flat_numpy(value)
+    rounded = flat.astype(np.float16).astype(flat.dtype).reshape(_shape(value))
+    return _torch_module().from_numpy(rounded) if _is_torch(value) else rounded
 
 
 def _from_flat(held: np.ndarray, reference: Any) -> Any:
@@ -339,12 +369,24 @@ class FedAvgAggregator:
         return tuple(self._contributors)
 
     def add_update(
-        self, weights: StateDict, contribution_weight: float = 1.0, contributor: str | None = None
+        self,
+        weights: StateDict,
+        contribution_weight: float = 1.0,
+        contributor: str | None = None,
+        *,
+        float16_values: bool = False,
     ) -> None:
         """Adds one member's state dict. `contribution_weight` is its num_samples. A state dict
         that does not match the first of the round (or the global model) raises ValueError
-        naming the key and changes nothing; so does a second update from one `contributor`."""
+        naming the key and changes nothing; so does a second update from one `contributor`.
+
+        `float16_values`: the state dict counts as a float16 wire would deliver it (float32 and
+        float64 entries rounded to float16 values, every tensor on the CPU), rounded in the
+        same pass as the addition: the host's own push counts as its members' pushes do,
+        without being encoded and decoded."""
         weight = _check_weight(contribution_weight, "contribution_weight")
+        if float16_values:
+            weights = _on_the_cpu(weights)
         with self._lock:
             if contributor is not None and contributor in self._contributors:
                 raise ValueError(f"contributor {contributor!r} already contributed this round")
@@ -353,7 +395,7 @@ class FedAvgAggregator:
                 _check_same_layout(reference, weights, "update")
             if self._pending is None:
                 self._pending = _WeightedSum(weights, self._sum_blocks)
-            self._pending.add(weights, weight)
+            self._pending.add(weights, weight, float16_values)
             self._update_count += 1
             if contributor is not None:
                 self._contributors.append(contributor)

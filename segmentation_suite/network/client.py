@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 
 from . import defaults, relay_config, transport
-from .codec import decode_weights, serialize_weights
+from .codec import encoded_size
 from .crop_png import encode_png
 from .host import HostRounds
 from .mixed_room import MixedRoomPart
@@ -555,26 +555,26 @@ class SyncClient:
 
         Serialized here (the caller may keep training), sent on the client's sender thread;
         the returned Future completes when the relay took the last byte, with the serialized
-        size in bytes as its result. The host's own push goes straight into its round."""
+        size in bytes as its result. The host's own push goes straight into its round (added
+        before this returns, as float16 values, never encoded: its result is the size it would
+        have had)."""
         if not self._require_connection("send weights") or self._host_missing("send weights"):
             return None
         session = self._session
         is_host = session.is_host
+        fields = {"epoch": epoch, "loss": loss, "num_samples": num_samples}
         try:
             if is_host:
-                data = serialize_weights(weights, epoch=epoch, loss=loss, num_samples=num_samples)
+                size = encoded_size(weights, **fields)  # checks the weights as a push would
             else:
-                data = session.member_deltas.encode_push(
-                    weights, epoch=epoch, loss=loss, num_samples=num_samples
-                )
+                data = session.member_deltas.encode_push(weights, **fields)
         except (TypeError, ValueError) as exc:
             self._report(f"Cannot send these weights: {exc}")
             return None
         if is_host:
-            own, _ = decode_weights(data)
-            self._feed(session.own_push, own, num_samples, epoch)
+            self._feed(session.own_push, weights, num_samples, epoch)
             future: concurrent.futures.Future = concurrent.futures.Future()
-            future.set_result(len(data))
+            future.set_result(size)
             return future
         session.note_own_push(weights)
         announcement = create_weights_push_message(self.user_id, epoch, loss, num_samples)

@@ -91,6 +91,63 @@ def serialize_weights(
     and exact. The receiver needs the same reference (see deserialize_weights); the message
     carries its id.
     """
+    encoder_input = _encoder_input(
+        weights,
+        use_half_precision,
+        epoch,
+        loss,
+        num_samples,
+        architecture,
+        wire_dtype,
+        metadata,
+        compression,
+        reference,
+        topk_fraction,
+    )
+    return memoryview(_relayclient._encode(*encoder_input))
+
+
+def encoded_size(
+    weights: Mapping[str, Any],
+    *,
+    epoch: int | None = None,
+    loss: float | None = None,
+    num_samples: int | None = None,
+    metadata: Mapping[str, Any] | None = None,
+) -> int:
+    """len(serialize_weights(weights, ...)) of a whole float16 message, found without
+    converting a value; raises what serialize_weights raises for the same weights (the size
+    of a host's own push, which goes into its round without being encoded)."""
+    encoder_input = _encoder_input(
+        weights,
+        None,
+        epoch,
+        loss,
+        num_samples,
+        None,
+        "float16",
+        metadata,
+        None,
+        None,
+        DEFAULT_TOPK_FRACTION,
+    )
+    return _relayclient._encode(*encoder_input, True)
+
+
+def _encoder_input(
+    weights: Mapping[str, Any],
+    use_half_precision: bool | None,
+    epoch: int | None,
+    loss: float | None,
+    num_samples: int | None,
+    architecture: str | None,
+    wire_dtype: str,
+    metadata: Mapping[str, Any] | None,
+    compression: str | None,
+    reference: Mapping[str, Any] | None,
+    topk_fraction: float,
+) -> tuple[list, str, dict, bool]:
+    """serialize_weights' arguments checked and turned into _relayclient._encode's."""
     if compression is not None and compression not in COMPRESSIONS:
         raise ValueError(
             f"compression must be None or one of {tuple(COMPRESSIONS)}, not {compression!r}"
@@ -133,10 +190,7 @@ def serialize_weights(
     }
     if fields["num_samples"] is not None and fields["num_samples"] < 0:
         raise ValueError(f"num_samples must not be negative, not {num_samples}")
-    block = _relayclient._encode(
-        entries, "torch" if any_torch else "numpy", fields, compression is not None
-    )
-    return memoryview(block)
+    return entries, "torch" if any_torch else "numpy", fields, compression is not None
 
 
 def reference_id(weights: Mapping[str, Any]) -> bytes:

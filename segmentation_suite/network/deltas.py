@@ -106,7 +106,10 @@ class GlobalModelLedger:
             if self.compression
             else None
         )
-        self._globals: OrderedDict[bytes, dict] = OrderedDict()  # oldest first
+        # The last few canonical globals by id, oldest first (deltas only: nothing names one
+        # without them); the last one is also `latest`
+        self._globals: OrderedDict[bytes, dict] = OrderedDict()
+        self._latest: dict | None = None
         self._holds: dict[str, bytes] = {}  # member -> id of the global it holds
         self._delta_capable: set[str] = set()  # members that said what they hold
 
@@ -123,7 +126,7 @@ class GlobalModelLedger:
             return None
         reference = self._globals.get(wanted)
         if reference is None and also_held is not None and reference_id(also_held) == wanted:
-            self._globals[wanted] = reference = also_held
+            self._globals[wanted] = self._latest = reference = also_held
         if reference is None:
             raise ValueError(
                 "it is a delta against a global model this host does not keep "
@@ -155,7 +158,7 @@ class GlobalModelLedger:
     @property
     def latest(self) -> dict | None:
         """The canonical global of the last round (what members hold), or None."""
-        return self._globals[next(reversed(self._globals))] if self._globals else None
+        return self._latest
 
     def holds(self, member: str) -> bytes | None:
         return self._holds.get(member)
@@ -182,23 +185,30 @@ class GlobalModelLedger:
                 metadata=extra,
                 **fields,
             )
+            whole = None
         else:
-            canonical = round_as_float16_wire(global_weights)
+            # Encoded once: what it carries, decoded, is the canonical global (encoding that
+            # again would give the same bytes, float16 values being exact in float16)
+            whole = serialize_weights(global_weights, metadata=extra, **fields)
+            canonical = decode_weights(whole)[0]
             if self._feedback is not None:
                 self._feedback.reset()  # a new chain of globals: nothing owed to it yet
         members = list(members)
         by_delta = [m for m in members if delta is not None and self._holds.get(m) == previous_id]
         by_whole = [m for m in members if m not in by_delta]
-        whole = serialize_weights(canonical, metadata=extra, **fields) if by_whole else None
-        canonical_id = reference_id(canonical)
-        self._globals[canonical_id] = canonical
-        self._globals.move_to_end(canonical_id)
-        while len(self._globals) > KEPT_GLOBALS:
-            self._globals.popitem(last=False)
-        # Members that take part in deltas hold this global once it arrived (the relay
-        # delivers in order or the member resumes, which forget_held handles).
-        for member in members:
-            if member in self._delta_capable:
-                self._holds[member] = canonical_id
+        if whole is None and by_whole:
+            whole = serialize_weights(canonical, metadata=extra, **fields)
+        self._latest = canonical
+        if self.compression is not None:  # only deltas name a global by its id
+            canonical_id = reference_id(canonical)
+            self._globals[canonical_id] = canonical
+            self._globals.move_to_end(canonical_id)
+            while len(self._globals) > KEPT_GLOBALS:
+                self._globals.popitem(last=False)
+            # Members that take part in deltas hold this global once it arrived (the relay
+            # delivers in order or the member resumes, which forget_held handles).
+            for member in members:
+                if member in self._delta_capable:
+                    self._holds[member] = canonical_id
         sends = [(data, ids) for data, ids in ((delta, by_delta), (whole, by_whole)) if ids]
         return canonical, sends

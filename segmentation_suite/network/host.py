@@ -69,12 +69,21 @@ class AggregationRound:
         self._expected = set(member_ids)
         return RoundStep(result=self._close(force=False))
 
-    def add(self, user_id: str, weights: dict, num_samples: float) -> RoundStep:
+    def add(
+        self, user_id: str, weights: dict, num_samples: float, *, float16_values: bool = False
+    ) -> RoundStep:
         """One member's push; ValueError (and nothing changes) for a second push of the same
-        member in a round, weights of another layout, or after `shutdown`."""
+        member in a round, weights of another layout, or after `shutdown`; TypeError for
+        entries that are not tensors. `float16_values`: weights that did not cross the wire
+        (the host's own), counted as the wire would have delivered them."""
         if self._closed:
             raise ValueError("the aggregation round object is shut down")
-        self.aggregator.add_update(weights, contribution_weight=num_samples, contributor=user_id)
+        self.aggregator.add_update(
+            weights,
+            contribution_weight=num_samples,
+            contributor=user_id,
+            float16_values=float16_values,
+        )
         timer = self._start_timer() if not self._timer_token else None
         log.info(
             "round %d: push from %s (%d of %d expected)",
@@ -162,14 +171,22 @@ class HostRounds:
             return RoundStep()
         return self._round.set_members(member_ids)
 
-    def add(self, sender: str, weights: dict, num_samples: float, members: list[str]) -> RoundStep:
+    def add(
+        self,
+        sender: str,
+        weights: dict,
+        num_samples: float,
+        members: list[str],
+        *,
+        float16_values: bool = False,
+    ) -> RoundStep:
         """A push into the current round (made on the first push, waiting for `members`)."""
         if self._round is None:
             self._round = AggregationRound(
                 timeout=self.timeout, min_contributors=self.min_contributors
             )
             self._round.set_members(members)
-        return self._round.add(sender, weights, num_samples)
+        return self._round.add(sender, weights, num_samples, float16_values=float16_values)
 
     def close_now(self) -> RoundStep:
         return self._round.close_now() if self._round is not None else RoundStep()

@@ -335,16 +335,13 @@ class RoomSession:
         return self.round_members_changed()
 
     def own_push(self, weights: dict, num_samples: float, epoch: int) -> list:
-        """The host's own push (decoded from what it serialized) goes straight into its
-        round; the first one makes it a training host."""
+        """The host's own push goes straight into its round, counted as float16 values like
+        every push that crossed the wire (rounded as it is added: neither encoded nor
+        decoded); the first one makes it a training host."""
         actions = [] if self.rounds.host_trains else self.set_host_trains(True)
         self.own_weights = weights
-        return (
-            actions
-            + self.accept_push(self.user_id, weights, {"num_samples": num_samples, "epoch": epoch})[
-                1
-            ]
-        )
+        metadata = {"num_samples": num_samples, "epoch": epoch}
+        return actions + self.accept_push(self.user_id, weights, metadata, float16_values=True)[1]
 
     def trigger_aggregation(self) -> tuple[bool, list]:
         return self._round_step(self.rounds.close_now())
@@ -933,15 +930,20 @@ class RoomSession:
             return []
         return self._round_step(self.rounds.update_members(self.round_members()))[1]
 
-    def accept_push(self, sender: str, weights: dict, metadata: dict) -> tuple[bool, list]:
-        """Adds a push to the round: whether it was taken, and what follows."""
+    def accept_push(
+        self, sender: str, weights: dict, metadata: dict, *, float16_values: bool = False
+    ) -> tuple[bool, list]:
+        """Adds a push to the round: whether it was taken, and what follows. `float16_values`:
+        weights that did not cross the wire (the host's own), rounded as the wire would."""
         if sender in self.rounds.excluded:
             log.info("ignoring a push from %s, excluded from the rounds", sender)
             return False, self.role.push_taken(self, sender, False)
         num_samples = as_num_samples(metadata.get("num_samples"))
         try:
-            step = self.rounds.add(sender, weights, num_samples, self.round_members())
-        except ValueError as exc:
+            step = self.rounds.add(
+                sender, weights, num_samples, self.round_members(), float16_values=float16_values
+            )
+        except (TypeError, ValueError) as exc:
             refused = [Report(f"Push from {self.name_of(sender)} rejected: {exc}")]
             return False, refused + self.role.push_taken(self, sender, False)
         info = {k: metadata.get(k) for k in ("epoch", "loss", "num_samples")}

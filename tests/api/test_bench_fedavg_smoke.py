@@ -73,12 +73,17 @@ def test_bench_fedavg_two_members_tiny_layout(tmp_path):
     figures = json.loads(out.read_text())
     assert figures["numpy_copy_ms"] > 0
     assert (figures["compression"], figures["room"]) == (None, "open")
+    # and the round's floor beside it: two one-way float16 transfers plus a numpy average
+    floor = figures["floors"]["2"]
+    assert floor["one_way_ms"] > 0 and floor["average_ms"] > 0
+    assert floor["floor_ms"] == 2 * floor["one_way_ms"] + floor["average_ms"]
+    assert "; floor " in finished.stdout and "round/floor " in finished.stdout
 
 
 def test_bench_fedavg_ours_alone_with_deltas_in_a_private_room(tmp_path):
     """--methods ours skips gossip; --compression auto sends the second round's push as a
     delta (smaller than the first, whole one); --room private seals it, and the average is
-    still right."""
+    still right; --no-floor skips the floor's transfers."""
     pytest.importorskip("torch", reason="the bench's models are torch state dicts")
     if not relay_binary().exists():
         pytest.skip(f"relay binary {relay_binary()} not built (make -C relay_server)")
@@ -90,12 +95,13 @@ def test_bench_fedavg_ours_alone_with_deltas_in_a_private_room(tmp_path):
     layout_file.write_text(json.dumps({"layout": layout}))
     out = tmp_path / "rounds.json"
     command = [sys.executable, str(BENCH), "--members", "2", "--runs", "1", "--timeout", "60"]
-    command += ["--methods", "ours", "--compression", "auto", "--room", "private"]
+    command += ["--methods", "ours", "--compression", "auto", "--room", "private", "--no-floor"]
     command += ["--layout", str(layout_file), "--json", str(out)]
     finished = subprocess.run(command, capture_output=True, text=True, timeout=240, cwd=ROOT)
     assert finished.returncode == 0, finished.stderr
     assert "| 2 | ours |" in finished.stdout and "| 2 | gossip |" not in finished.stdout
     assert "the private room with compression=auto" in finished.stdout
+    assert "; floor " not in finished.stdout  # --no-floor
     figures = json.loads(out.read_text())
     rounds = {r["run"]: r for r in figures["rounds"]}
     assert sorted(rounds) == [-1, 0] and {r["method"] for r in rounds.values()} == {"ours"}

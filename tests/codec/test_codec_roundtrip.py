@@ -473,3 +473,30 @@ def test_repeated_round_trips_and_errors_do_not_leak():
     for _ in range(40):  # a leaked block would be 4-8 MB per cycle: >= 160 MB in total
         cycle()
     assert resident_bytes() - before < 40 * 2**20
+
+
+def test_encoded_size_is_the_serialized_length_and_checks_the_same():
+    """encoded_size: len(serialize_weights(...)) without converting a value, for numpy and
+    torch state dicts with metadata, and the same errors for what serialize_weights refuses."""
+    from segmentation_suite.network.codec import encoded_size
+
+    rng = np.random.default_rng(4)
+    weights = {
+        "w": rng.standard_normal((31, 7)).astype(np.float32),
+        "d": rng.standard_normal(9),
+        "n": np.array(5, np.int64),
+        "empty": np.zeros((0, 3), np.float32),
+    }
+    fields = {"epoch": 3, "loss": 0.25, "num_samples": 64, "metadata": {"holds": "ab" * 8}}
+    assert encoded_size(weights, **fields) == len(serialize_weights(weights, **fields))
+    assert encoded_size(weights) == len(serialize_weights(weights))
+    for bad, error in (
+        ({"c": np.ones(2, np.complex64)}, TypeError),
+        ({1: weights["w"]}, TypeError),
+    ):
+        with pytest.raises(error):
+            serialize_weights(bad)
+        with pytest.raises(error):
+            encoded_size(bad)
+    with pytest.raises(ValueError, match="num_samples"):
+        encoded_size(weights, num_samples=-1)

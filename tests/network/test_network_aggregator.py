@@ -443,3 +443,66 @@ def test_the_accumulate_kernel_refuses_bad_buffers_and_changes_nothing():
         with pytest.raises(error, match=message):
             _relayclient._fedavg_accumulate(target, values, 2.0, False)
     assert sums.tolist() == [1.0] * 4 and frozen.tolist() == [1.0] * 4
+
+
+@pytest.mark.parametrize("sums_dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("values_dtype", [np.float32, np.float64])
+def test_the_accumulate_kernel_rounds_to_float16_as_numpy_does(sums_dtype, values_dtype):
+    """float16_values: each value as numpy's astype(float16) rounds it (float64 directly, not
+    through float32), then the same multiply-then-add; over more than one of the kernel's
+    blocks, with values float16 cannot hold (overflow to inf, subnormals, NaN)."""
+    from segmentation_suite.network import _relayclient
+
+    rng = np.random.default_rng(6)
+    values = (rng.standard_normal(5000) * 3).astype(values_dtype)
+    values[:6] = [70000.0, -1e-6, 3e-8, np.nan, 65519.0, 1 + 2**-11 + 2**-40]
+    start = rng.standard_normal(5000).astype(sums_dtype)
+    with np.errstate(over="ignore"):  # 70000 is inf in float16, as it should be
+        rounded = values.astype(np.float16).astype(sums_dtype)
+    sums = start.copy()
+    _relayclient._fedavg_accumulate(sums, values, 3.0, False, True)
+    np.testing.assert_array_equal(sums, start + np.multiply(rounded, 3.0, dtype=sums_dtype))
+    _relayclient._fedavg_accumulate(sums, values, 0.5, True, True)
+    np.testing.assert_array_equal(sums, np.multiply(rounded, 0.5, dtype=sums_dtype))
+
+
+@pytest.mark.parametrize("use_torch", [False, True])
+def test_float16_values_count_a_push_as_the_float16_wire_delivers_it(use_torch):
+    """add_update(float16_values=True) of a state dict gives the bits of adding what a float16
+    message of it decodes to: float32 and float64 rounded, float16, bfloat16 and integers
+    exact; whichever push comes first in the round."""
+    from segmentation_suite.network.codec import decode_weights, serialize_weights
+
+    rng = np.random.default_rng(8)
+    mine, theirs = random_state(rng), random_state(rng, counter=3)
+    for state in (mine, theirs):
+        state["double"] = rng.normal(size=(3, 5))
+        state["half"] = rng.normal(size=7).astype(np.float16)
+    if use_torch:
+        mine, theirs = as_torch(mine), as_torch(theirs)
+        mine["brain"] = torch.randn(9, dtype=torch.bfloat16)
+        theirs["brain"] = torch.randn(9, dtype=torch.bfloat16)
+
+    def received(state):
+        return decode_weights(serialize_weights(state))[0]
+
+    for order in ("mine first", "mine last"):
+        direct, wire = FedAvgAggregator(), FedAvgAggregator()
+        pushes = [(mine, 3.0, "me"), (received(theirs), 5.0, "them")]
+        if order == "mine last":
+            pushes.reverse()
+        for state, samples, who in pushes:
+            direct.add_update(state, samples, who, float16_values=who == "me")
+            wire.add_update(received(state) if who == "me" else state, samples, who)
+        got, expected = direct.aggregate(), wire.aggregate()
+        assert list(got) == list(expected)
+        for key, value in expected.items():
+            assert got[key].dtype == value.dtype, key
+            np.testing.assert_array_equal(
+                np.asarray(got[key], dtype=np.float64) if key != "brain" else got[key].float(),
+                np.asarray(value, dtype=np.float64) if key != "brain" else value.float(),
+                err_msg=f"{order}: {key}",
+            )
+    assert not np.array_equal(
+        np.asarray(mine["conv.weight"]), np.asarray(received(mine)["conv.weight"])
+    )

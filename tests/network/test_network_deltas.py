@@ -184,3 +184,42 @@ def test_the_host_residual_is_what_members_lack_and_a_new_chain_starts_owing_not
     residual = ledger._feedback._residual["w"]
     assert np.linalg.norm(residual) > 0.5 * np.linalg.norm(average["w"] - first["w"])
     np.testing.assert_allclose(ann.held["w"] + residual, average["w"], rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("compression", [None, "auto"])
+def test_a_whole_global_is_the_float16_message_of_the_canonical_global(compression):
+    """publish encodes the average once and decodes that: the message is byte for byte the
+    float16 message of the canonical global (what every member decodes, exactly), and the
+    canonical global is the average rounded to float16 values, float64 and integers kept."""
+    rng = np.random.default_rng(21)
+    average = {
+        "w": rng.standard_normal((40, 30)).astype(np.float32) * 3,
+        "d": rng.standard_normal(77),  # float64
+        "h": rng.standard_normal(5).astype(np.float16),
+        "n": np.array(12, np.int64),
+    }
+    ledger = GlobalModelLedger(compression)
+    canonical, sends = ledger.publish(average, ["ann"], metadata={"aggregation_round": 1})
+    ((data, recipients),) = sends
+    assert recipients == ["ann"]
+    for name, value in average.items():
+        assert canonical[name].dtype == value.dtype
+        expected = (
+            value.astype(np.float16).astype(value.dtype) if value.dtype.itemsize >= 4 else value
+        )
+        np.testing.assert_array_equal(canonical[name], expected, err_msg=name)
+    extra = {"aggregation_round": 1, "accepts_deltas": compression is not None}
+    assert bytes(data) == bytes(serialize_weights(canonical, metadata=extra))
+    assert ledger.latest is canonical
+
+
+def test_without_compression_the_ledger_keeps_the_latest_global_by_no_id():
+    """compression=None: nothing can name a global, so none is kept by id (and no id is
+    computed); every member gets each round whole, and `latest` is the last canonical global."""
+    ledger = GlobalModelLedger(None)
+    first, _ = ledger.publish(state(1), ["ann"])
+    ledger.note_push("ann", {"extra": {"holds_global": reference_id(first).hex()}})
+    second, sends = ledger.publish(state(2, first), ["ann"])
+    assert versions(sends) == {"ann": 1}
+    assert ledger.latest is second and ledger.holds("ann") is None
+    assert ledger._globals == {}
