@@ -58,6 +58,7 @@ class PrivateRoomPart:
         self.host: PrivateRoomHost | None = None
         self.member: PrivateRoomMember | None = None
         self._announced = False  # member: room_joined was emitted for this session
+        self._rekey_when_host_back = False  # member: resumed while the host was not there
         self._alerts: list[str] = []  # host: alerts of the control message in hand
         self._told_sealed = False  # open-room client: told once that the room is private
 
@@ -111,6 +112,7 @@ class PrivateRoomPart:
         self.host = None
         self.member = None
         self._announced = False
+        self._rekey_when_host_back = False
         self._told_sealed = False
         if mode != "relay":
             self.code = None
@@ -145,8 +147,13 @@ class PrivateRoomPart:
         if resumed and self.member is not None:
             # Back after a drop with the key we held; it may have been rotated while we were
             # away, so the exchange runs again and the host answers with the current key.
-            out = self.member.resume()
-            return True, [_send(out.message, out.to)]
+            self._rekey_when_host_back = True
+            if session.host_id != self.member.host_id:
+                # After a relay restart a member may be back before its host: an exchange sent
+                # now would be dropped (nobody holds the host's id). It goes when the host is.
+                text = f"Back in room {session.routing_code}: waiting for the host to renew the key"
+                return True, [Emit("sync_status", (text,))]
+            return True, self.host_back(session)
         if not self.relay_supports(session) or session.host_id is None:
             why = NEEDS_OUR_RELAY.format(url=session.url)
             if self.relay_supports(session):
@@ -157,6 +164,19 @@ class PrivateRoomPart:
             Emit("sync_status", (f"In room {session.routing_code}: proving the code to the host",)),
             _send(self.member.start().message, [session.host_id]),
         ]
+
+    def host_back(self, session: Any) -> list:
+        """Member: the attested host is (back) in the room. A re-keying the host could not
+        answer, because it was away when we resumed or left before answering, runs again
+        (the host keeps its key state across its own resume: private_room.py)."""
+        member = self.member
+        if member is None or session.host_id != member.host_id:
+            return []
+        if not (self._rekey_when_host_back or member.rekeying):
+            return []
+        self._rekey_when_host_back = False
+        out = member.resume()
+        return [_send(out.message, out.to)]
 
     def member_left(self, user_id: str) -> list:
         """Host: a member left; the others get a new group key (epoch + 1)."""

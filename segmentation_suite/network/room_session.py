@@ -577,6 +577,8 @@ class RoomSession:
             actions.append(SendJson(create_session_info_message(self.architecture), [newcomer]))
         if payload.get("resumed"):
             actions += self._send_missed_global_model(newcomer)
+        if newcomer == self.host_id and not self.is_host:
+            actions += self.private.host_back(self)  # a re-keying it missed runs again
         return actions + self.role.member_joined(self, newcomer, name)
 
     def _take_users(self, payload: dict) -> str:
