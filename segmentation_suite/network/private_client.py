@@ -58,7 +58,6 @@ class PrivateRoomPart:
         self.host: PrivateRoomHost | None = None
         self.member: PrivateRoomMember | None = None
         self._announced = False  # member: room_joined was emitted for this session
-        self._rekey_when_host_back = False  # member: resumed while the host was not there
         self._alerts: list[str] = []  # host: alerts of the control message in hand
         self._told_sealed = False  # open-room client: told once that the room is private
 
@@ -112,7 +111,6 @@ class PrivateRoomPart:
         self.host = None
         self.member = None
         self._announced = False
-        self._rekey_when_host_back = False
         self._told_sealed = False
         if mode != "relay":
             self.code = None
@@ -147,7 +145,7 @@ class PrivateRoomPart:
         if resumed and self.member is not None:
             # Back after a drop with the key we held; it may have been rotated while we were
             # away, so the exchange runs again and the host answers with the current key.
-            self._rekey_when_host_back = True
+            self.member.mark_stale()
             if session.host_id != self.member.host_id:
                 # After a relay restart a member may be back before its host: an exchange sent
                 # now would be dropped (nobody holds the host's id). It goes when the host is.
@@ -172,9 +170,8 @@ class PrivateRoomPart:
         member = self.member
         if member is None or session.host_id != member.host_id:
             return []
-        if not (self._rekey_when_host_back or member.rekeying):
+        if not member.rekeying:
             return []
-        self._rekey_when_host_back = False
         out = member.resume()
         return [_send(out.message, out.to)]
 

@@ -543,6 +543,11 @@ class PrivateRoomMember:
         )
         return _control("pake_init", self.host_id, cpace=_b64(self._session.start()))
 
+    def mark_stale(self) -> None:
+        """Back in the room after a drop: the group key held may have been rotated meanwhile;
+        `rekeying` until the host answers an exchange run again (`resume`)."""
+        self.rekeying = True
+
     def resume(self) -> Outgoing:
         """Back in the room after a drop: the group key may have been rotated meanwhile (a
         member left while this one could not be told). Runs the key exchange again; the host
