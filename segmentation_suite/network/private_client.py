@@ -188,6 +188,19 @@ class PrivateRoomPart:
             )
         return actions
 
+    def members_gone(self, user_ids: set[str]) -> list:
+        """Host: members it stopped waiting for without a word that they left (see
+        PrivateRoomHost.members_gone) are off the key; the others get a new one."""
+        host = self.host
+        if host is None:
+            return []
+        epoch = host.epoch
+        actions: list = [_send(out.message, out.to) for out in host.members_gone(user_ids)]
+        if host.epoch != epoch:
+            text = f"New room key (epoch {host.epoch}): members who did not come back are off it"
+            actions.append(Emit("sync_status", (text,)))
+        return actions
+
     def round_members(self, session: Any, ids: list[str]) -> list[str]:
         """Host: a round waits only for members that proved the code (and the host itself)."""
         if self.host is None:
@@ -267,6 +280,11 @@ class PrivateRoomPart:
                 Leave(),
             ]
             return actions
+        if member.error is not None:
+            # A re-keying after a resume refused: the key held stays, and what the host seals
+            # under a newer one is refused as it arrives, said so each time.
+            actions.append(Report(f"The host did not renew this member's room key: {member.error}"))
+            member.error = None
         if member.ready and not was_ready and not self._announced:
             self._announced = True
             actions += [

@@ -354,6 +354,9 @@ class PrivateRoomHost:
         self._pending: dict[str, crypto.CPaceSession] = {}
         self._wrap_keys: dict[str, bytes] = {}
         self.verification: dict[str, str] = {}
+        # Members taken off the key without having left (members_gone): back, they are
+        # answered like holders, even in a room closed to newcomers.
+        self._returning: set[str] = set()
         self.failed_attempts = 0
         self._sign_public, self._sign_secret = crypto.sign_keypair()
         self._transfers = SealedTransfers(
@@ -409,7 +412,7 @@ class PrivateRoomHost:
                 self._fail(member, "a new attempt replaced this one")
             # A member that holds the key and runs the exchange again (back after a drop, see
             # PrivateRoomMember.resume) is not new: a room closed to newcomers still answers it.
-            holder = member in self._wrap_keys
+            holder = member in self._wrap_keys or member in self._returning
             if not holder and self.failed_attempts + len(self._pending) >= MAX_FAILED_ATTEMPTS:
                 return [_control("pake_refused", member, reason=CLOSED)]
             session = crypto.CPaceSession(
@@ -437,6 +440,7 @@ class PrivateRoomHost:
             except ValueError as error:
                 return self._fail(member, str(error))
             self._wrap_keys[member] = session.derive_key(WRAP_LABEL)
+            self._returning.discard(member)
             self.verification[member] = verification_code(session)
             return [self._group_key_for(member)]
         if kind == "pake_failed" and member in self._pending:
@@ -461,8 +465,28 @@ class PrivateRoomHost:
         (next epoch), so nothing sent from now on is readable with what it kept."""
         self._pending.pop(member, None)
         self.verification.pop(member, None)
+        self._returning.discard(member)
         if self._wrap_keys.pop(member, None) is None:
             return []
+        return self._rotate()
+
+    def members_gone(self, members) -> list[Outgoing]:
+        """Members the host stopped waiting for without being told they left: away when the
+        relay restarted and not back within a round, or gone while the host itself was away
+        (the relay tells only who is there). Each is taken off the key and the others get a
+        new one (one rotation for all), as if they had left; one that was only late comes
+        back by resume, runs the exchange again and is answered as a holder."""
+        gone = [member for member in members if member in self._wrap_keys]
+        if not gone:
+            return []
+        for member in gone:
+            del self._wrap_keys[member]
+            self._pending.pop(member, None)
+            self.verification.pop(member, None)
+            self._returning.add(member)
+        return self._rotate()
+
+    def _rotate(self) -> list[Outgoing]:
         self._transfers.group = GroupKey(self.epoch + 1, crypto.group_key_generate())
         self._transfers.seen.clear()  # old-epoch transfers are refused by their epoch now
         return [self._group_key_for(other) for other in self._wrap_keys]

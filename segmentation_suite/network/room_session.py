@@ -984,6 +984,9 @@ class RoomSession:
         names = {u["user_id"]: u.get("display_name", u["user_id"]) for u in self.users}
         who = describe_contributors(contributors, names)
         actions: list = [Emit("sync_status", (f"Round {aggregation_round} aggregated from {who}",))]
+        # Members still away after a whole round are off a private room's key (a new one for
+        # the others) before this round's model is sealed: it is sent after the new key.
+        actions += self.private.members_gone(self.away_members)
         self.global_model_reached = set()  # the sends below say who gets this round's
         if self.mixed.originals(members):
             # Original members read only whole models (and on a v1 relay every transfer goes in

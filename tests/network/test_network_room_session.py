@@ -859,3 +859,52 @@ def test_a_host_gone_mid_exchange_is_asked_again_and_a_rotation_crossing_it_unwr
     answers = deliver(present, "host", left)
     assert keys_of(mia) == keys_of(host) and keys_of(mia)[0] == 2
     assert not of(answers["mia"], Report)
+
+
+def test_a_member_gone_while_the_host_was_away_is_off_the_key_after_the_round():
+    host, sessions = private_room(("mia", "bob"))
+    mia, bob = sessions["mia"], sessions["bob"]
+    # The host's link drops; bob leaves meanwhile, and the relay tells only who is there.
+    drop_and_reconnect(host)
+    resumed(host, ["host", "mia"], "host")
+    assert host.away_members == {"bob"} and keys_of(host)[0] == 0
+    assert not sent(host_is_back(mia, ["host", "mia"]), "pake_init")  # mia's key is current
+    # A round closes without bob: before its model goes out, bob is off the key.
+    host.set_host_trains(False)
+    sealed = mia.private.seal(serialize_weights(weights(1.5), num_samples=2), 9, FrameKind.WEIGHTS)
+    host.transfer_received("mia", 9, FrameKind.WEIGHTS, bytearray(sealed))
+    closed = host.trigger_aggregation()[1]
+    assert emitted(closed, "round_complete") == [(1, ["mia"])]
+    (rotation,) = sent(closed, "group_key")
+    assert rotation.to == ["mia"] and keys_of(host)[0] == 1
+    kinds = [type(a) for a in closed if isinstance(a, (SendJson, SendGlobalData))]
+    assert kinds.index(SendJson) < kinds.index(SendGlobalData)  # the key before the model
+    assert host.private.host.members == ["mia"] and not host.away_members
+    deliver({"host": host, "mia": mia}, "host", closed)
+    assert keys_of(mia) == keys_of(host) and keys_of(bob) != keys_of(host)
+
+    # bob was only late: back by resume, he is answered as a holder even in a closed room.
+    host.private.host.failed_attempts = 3  # three wrong codes closed the room to newcomers
+    assert host.private.closed
+    drop_and_reconnect(bob)
+    users = ["host", "mia", "bob"]
+    host.message(
+        msg(
+            "user_joined",
+            {
+                "user_id": "bob",
+                "users": [user(u) for u in users],
+                "host_id": "host",
+                "resumed": True,
+            },
+        )
+    )
+    back = resumed(bob, users, "host")
+    answers = deliver({"host": host, "mia": mia, "bob": bob}, "bob", back)
+    assert not sent(answers["host"], "pake_refused")
+    assert keys_of(bob) == keys_of(host) and not bob.private.member.rekeying
+    # ...while a newcomer in a closed room is refused, and told so in words.
+    newcomer_refused = host.private.host.handle(
+        {"type": "pake_init", "sender_id": "eve", "payload": {"cpace": "AA=="}}
+    )
+    assert newcomer_refused[0].message["type"] == "pake_refused"
