@@ -908,3 +908,25 @@ def test_a_member_gone_while_the_host_was_away_is_off_the_key_after_the_round():
         {"type": "pake_init", "sender_id": "eve", "payload": {"cpace": "AA=="}}
     )
     assert newcomer_refused[0].message["type"] == "pake_refused"
+
+
+def test_a_member_back_after_its_grace_into_a_closed_room_is_told_the_key_was_not_renewed():
+    host, sessions = private_room(("mia", "bob"))
+    mia = sessions["mia"]
+    drop_and_reconnect(mia)
+    # mia stayed away past the relay's grace: the host saw her leave and rotated the key.
+    room = [user("host"), user("bob")]
+    host.message(msg("user_left", {"user_id": "mia", "users": room, "host_id": "host"}))
+    assert keys_of(host)[0] == 1
+    for attempt in range(3):  # three wrong codes meanwhile: closed to newcomers
+        host.private.host.handle(
+            {"type": "pake_init", "sender_id": f"eve{attempt}", "payload": {"cpace": "AA=="}}
+        )
+    assert host.private.closed
+    # Her token still opens the room; to the host she is a newcomer now.
+    back = resumed(mia, ["host", "bob", "mia"], "host")
+    answers = deliver({"host": host, "mia": mia, "bob": sessions["bob"]}, "mia", back)
+    assert sent(answers["host"], "pake_refused")
+    (said,) = of(answers["mia"], Report)
+    assert "did not renew" in said.text and "closed to new members" in said.text
+    assert keys_of(mia)[0] == 0 and mia.private.member.rekeying  # the old key, no pretence
