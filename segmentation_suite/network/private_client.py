@@ -226,6 +226,9 @@ class PrivateRoomPart:
         host = self.host
         member = control["sender_id"] or ""
         failed_before, had_key = host.failed_attempts, member in host.members
+        # A member back by resume runs the exchange again: one that held the key before, or
+        # was taken off it while away (members_gone).
+        back = had_key or member in host.returning
         try:
             outgoing = host.handle(control)
         except PrivateRoomError as exc:
@@ -262,6 +265,10 @@ class PrivateRoomPart:
             actions.append(Emit("sync_status", (f"{name} proved the code (verification {code})",)))
             actions.append(Emit("verification_code", (member, code)))
             actions.extend(session.round_members_changed())
+        if back and control["type"] == "pake_confirm" and member in host.members:
+            # Re-keyed after a resume: now it can open the newest global model if it missed it
+            # (sent earlier, it would be sealed under a key it may not hold yet).
+            actions.extend(session.send_missed_global_model(member))
         return actions
 
     def _member_control(self, session: Any, control: dict) -> list:

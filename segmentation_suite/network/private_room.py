@@ -373,6 +373,11 @@ class PrivateRoomHost:
         return list(self._wrap_keys)
 
     @property
+    def returning(self) -> frozenset[str]:
+        """Members taken off the key while away (members_gone), answered as holders."""
+        return frozenset(self._returning)
+
+    @property
     def closed(self) -> bool:
         return self.failed_attempts >= MAX_FAILED_ATTEMPTS
 

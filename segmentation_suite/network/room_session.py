@@ -575,8 +575,9 @@ class RoomSession:
         actions += self.round_members_changed()
         if self.is_host and self.architecture:
             actions.append(SendJson(create_session_info_message(self.architecture), [newcomer]))
-        if payload.get("resumed"):
-            actions += self._send_missed_global_model(newcomer)
+        if payload.get("resumed") and not (self.is_host and self.private.is_private):
+            # (in a private room, once its re-run key exchange confirmed: PrivateRoomPart)
+            actions += self.send_missed_global_model(newcomer)
         if newcomer == self.host_id and not self.is_host:
             actions += self.private.host_back(self)  # a re-keying it missed runs again
         return actions + self.role.member_joined(self, newcomer, name)
@@ -587,7 +588,7 @@ class RoomSession:
         self.mixed.take_user_list(self.users)
         return payload.get("display_name") or payload["user_id"]
 
-    def _send_missed_global_model(self, user_id: str) -> list:
+    def send_missed_global_model(self, user_id: str) -> list:
         """Host: the newest global model to a member back by resume that was not in the room
         when it was broadcast (the relay delivers only to who is there)."""
         missed = user_id not in self.global_model_reached

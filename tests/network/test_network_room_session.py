@@ -930,3 +930,43 @@ def test_a_member_back_after_its_grace_into_a_closed_room_is_told_the_key_was_no
     (said,) = of(answers["mia"], Report)
     assert "did not renew" in said.text and "closed to new members" in said.text
     assert keys_of(mia)[0] == 0 and mia.private.member.rekeying  # the old key, no pretence
+
+
+def test_after_a_relay_restart_a_member_gets_the_global_it_missed_once_it_re_keyed():
+    host, sessions = private_room(("mia", "ned"))
+    mia, ned = sessions["mia"], sessions["ned"]
+    host.set_host_trains(False)
+
+    def push_from(member: RoomSession, transfer_id: int) -> list:
+        plain = serialize_weights(weights(float(transfer_id)), num_samples=1)
+        sealed = member.private.seal(plain, transfer_id, FrameKind.WEIGHTS)
+        return host.transfer_received(member.user_id, transfer_id, FrameKind.WEIGHTS, sealed)
+
+    assert emitted(push_from(ned, 1), "weights_received")
+    for session in (host, mia, ned):  # the relay restarts; the host is back first
+        drop_and_reconnect(session)
+    resumed(host, ["host"], "host")
+    users = [user("host"), user("mia")]
+    host.message(
+        msg("user_joined", {"user_id": "mia", "users": users, "host_id": "host", "resumed": True})
+    )
+    deliver({"host": host, "mia": mia}, "mia", resumed(mia, ["host", "mia"], "host"))
+    # mia's push closes the round while ned is still away: ned is off the key (epoch 1).
+    closed = push_from(mia, 2)
+    assert emitted(closed, "round_complete") == [(1, ["ned", "mia"])]
+    assert keys_of(host)[0] == 1 and host.private.host.members == ["mia"]
+    # ned is back: the global it missed is not sent under a key it does not hold yet...
+    users.append(user("ned"))
+    joined = host.message(
+        msg("user_joined", {"user_id": "ned", "users": users, "host_id": "host", "resumed": True})
+    )
+    assert not of(joined, SendGlobalModel)
+    # ...but right after its re-run exchange, behind the key that opens it.
+    answers = deliver(
+        {"host": host, "mia": mia, "ned": ned}, "ned", resumed(ned, ["host", "mia", "ned"], "host")
+    )
+    assert keys_of(ned) == keys_of(host)
+    to_ned = [a for a in answers["host"] if isinstance(a, (SendJson, SendGlobalModel))]
+    kinds = [a.message.type.value if isinstance(a, SendJson) else "global" for a in to_ned]
+    assert kinds[-2:] == ["group_key", "global"] and to_ned[-1].to == ["ned"]
+    assert to_ned[-1].aggregation_round == 1
