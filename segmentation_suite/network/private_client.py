@@ -59,6 +59,7 @@ class PrivateRoomPart:
         self.member: PrivateRoomMember | None = None
         self._announced = False  # member: room_joined was emitted for this session
         self._alerts: list[str] = []  # host: alerts of the control message in hand
+        self._missed_globals: dict[str, int] = {}  # host: member -> round it missed, held
         self._told_sealed = False  # open-room client: told once that the room is private
 
     # --- what the user sees ------------------------------------------------------------------
@@ -112,6 +113,7 @@ class PrivateRoomPart:
         self.member = None
         self._announced = False
         self._told_sealed = False
+        self._missed_globals.clear()
         if mode != "relay":
             self.code = None
 
@@ -178,6 +180,7 @@ class PrivateRoomPart:
     def member_left(self, user_id: str) -> list:
         """Host: a member left; the others get a new group key (epoch + 1)."""
         host = self.host
+        self._missed_globals.pop(user_id, None)
         if host is None:
             return []
         had_key = user_id in host.members
@@ -266,10 +269,17 @@ class PrivateRoomPart:
             actions.append(Emit("verification_code", (member, code)))
             actions.extend(session.round_members_changed())
         if back and control["type"] == "pake_confirm" and member in host.members:
-            # Re-keyed after a resume: now it can open the newest global model if it missed it
-            # (sent earlier, it would be sealed under a key it may not hold yet).
-            actions.extend(session.send_missed_global_model(member))
+            # Re-keyed after a resume: it can open the global model it missed now (unless a
+            # newer round's reached it meanwhile).
+            missed_round = self._missed_globals.pop(member, None)
+            if missed_round is not None and missed_round == session.aggregation_round:
+                actions.extend(session.resend_global_model(member))
         return actions
+
+    def hold_missed_global(self, user_id: str, aggregation_round: int) -> None:
+        """Host: `user_id`, back by resume, missed the global model of `aggregation_round`;
+        it goes once the member's re-run exchange confirmed, under the key it then holds."""
+        self._missed_globals[user_id] = aggregation_round
 
     def _member_control(self, session: Any, control: dict) -> list:
         member = self.member

@@ -575,8 +575,13 @@ class RoomSession:
         actions += self.round_members_changed()
         if self.is_host and self.architecture:
             actions.append(SendJson(create_session_info_message(self.architecture), [newcomer]))
-        if payload.get("resumed") and not (self.is_host and self.private.is_private):
-            # (in a private room, once its re-run key exchange confirmed: PrivateRoomPart)
+        if payload.get("resumed") and self.is_host and self.private.is_private:
+            # Sent once its re-run key exchange confirmed (PrivateRoomPart), unless a newer
+            # round's reaches it first: sealed now, it could be under a key it lacks.
+            if newcomer not in self.global_model_reached:
+                self.global_model_reached.add(newcomer)
+                self.private.hold_missed_global(newcomer, self.aggregation_round)
+        elif payload.get("resumed"):
             actions += self.send_missed_global_model(newcomer)
         if newcomer == self.host_id and not self.is_host:
             actions += self.private.host_back(self)  # a re-keying it missed runs again
@@ -593,7 +598,11 @@ class RoomSession:
         when it was broadcast (the relay delivers only to who is there)."""
         missed = user_id not in self.global_model_reached
         self.global_model_reached.add(user_id)
-        if missed and self.is_host and self.global_weights is not None:
+        return self.resend_global_model(user_id) if missed else []
+
+    def resend_global_model(self, user_id: str) -> list:
+        """Host: the newest global model, whole, to `user_id` alone."""
+        if self.is_host and self.global_weights is not None:
             return [
                 SendGlobalModel(
                     self.global_weights,

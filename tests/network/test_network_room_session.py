@@ -970,3 +970,22 @@ def test_after_a_relay_restart_a_member_gets_the_global_it_missed_once_it_re_key
     kinds = [a.message.type.value if isinstance(a, SendJson) else "global" for a in to_ned]
     assert kinds[-2:] == ["group_key", "global"] and to_ned[-1].to == ["ned"]
     assert to_ned[-1].aggregation_round == 1
+
+
+def test_a_missed_global_held_for_a_re_keying_is_dropped_when_a_newer_round_reaches_it():
+    host, sessions = private_room(("mia",))
+    mia = sessions["mia"]
+    for session in (host, mia):  # the relay restarts; the host is back first
+        drop_and_reconnect(session)
+    resumed(host, ["host"], "host")
+    host.publish_global_model(weights(1.0), 1)  # round 1, while mia is away
+    users = [user("host"), user("mia")]
+    joined = host.message(
+        msg("user_joined", {"user_id": "mia", "users": users, "host_id": "host", "resumed": True})
+    )
+    assert not of(joined, SendGlobalModel)  # held until mia re-keyed
+    back = resumed(mia, ["host", "mia"], "host")
+    _, published = host.publish_global_model(weights(2.0), 2)  # round 2 reaches mia first
+    assert [a.to for a in of(published, SendGlobalData)] == [["mia"]]
+    answers = deliver({"host": host, "mia": mia}, "mia", back)
+    assert sent(answers["host"], "group_key") and not of(answers["host"], SendGlobalModel)
