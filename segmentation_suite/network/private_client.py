@@ -12,6 +12,10 @@ Like the session it does no I/O: what it has to send or say comes back as action
 * Traffic: every framed binary (weights, global models, crops) is sealed after its encoding
   (compression first) and opened before decoding; the host's global models are signed. A
   binary that does not open is refused, said why, and nothing of it is applied.
+* Resume (docs/security.md, "Resume and relay restarts"): a member back by resume runs the
+  exchange again, when the attested host is there (after a relay restart it may be back
+  first: then on `host_back`); the host takes members a round gave up on off the key
+  (`members_gone`) and sends a resumed member the global it missed once it re-keyed.
 * Private rooms need our relay: directed delivery (so a key exchange reaches only its peer)
   and an attested host (so a member knows whom to run CPace with). The original relay has
   neither, and original clients cannot run CPace: mixed labs use an open room.
