@@ -174,9 +174,7 @@ class PrivateRoomPart:
         answer, because it was away when we resumed or left before answering, runs again
         (the host keeps its key state across its own resume: private_room.py)."""
         member = self.member
-        if member is None or session.host_id != member.host_id:
-            return []
-        if not member.rekeying:
+        if member is None or session.host_id != member.host_id or not member.rekeying:
             return []
         out = member.resume()
         return [_send(out.message, out.to)]

@@ -582,7 +582,7 @@ class RoomSession:
                 self.global_model_reached.add(newcomer)
                 self.private.hold_missed_global(newcomer, self.aggregation_round)
         elif payload.get("resumed"):
-            actions += self.send_missed_global_model(newcomer)
+            actions += self._send_missed_global_model(newcomer)
         if newcomer == self.host_id and not self.is_host:
             actions += self.private.host_back(self)  # a re-keying it missed runs again
         return actions + self.role.member_joined(self, newcomer, name)
@@ -593,7 +593,7 @@ class RoomSession:
         self.mixed.take_user_list(self.users)
         return payload.get("display_name") or payload["user_id"]
 
-    def send_missed_global_model(self, user_id: str) -> list:
+    def _send_missed_global_model(self, user_id: str) -> list:
         """Host: the newest global model to a member back by resume that was not in the room
         when it was broadcast (the relay delivers only to who is there)."""
         missed = user_id not in self.global_model_reached
@@ -994,7 +994,7 @@ class RoomSession:
         names = {u["user_id"]: u.get("display_name", u["user_id"]) for u in self.users}
         who = describe_contributors(contributors, names)
         actions: list = [Emit("sync_status", (f"Round {aggregation_round} aggregated from {who}",))]
-        # Members still away after a whole round are off a private room's key (a new one for
+        # Members still away when a round closes are off a private room's key (a new one for
         # the others) before this round's model is sealed: it is sent after the new key.
         actions += self.private.members_gone(self.away_members)
         self.global_model_reached = set()  # the sends below say who gets this round's
