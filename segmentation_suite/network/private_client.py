@@ -12,6 +12,10 @@ Like the session it does no I/O: what it has to send or say comes back as action
 * Traffic: every framed binary (weights, global models, crops) is sealed after its encoding
   (compression first) and opened before decoding; the host's global models are signed. A
   binary that does not open is refused, said why, and nothing of it is applied.
+* Resume (docs/security.md, "Resume and relay restarts"): a member back by resume runs the
+  exchange again, when the attested host is there (after a relay restart it may be back
+  first: then on `host_back`); the host takes members a round gave up on off the key
+  (`members_gone`) and sends a resumed member the global it missed once it re-keyed.
 * Private rooms need our relay: directed delivery (so a key exchange reaches only its peer)
   and an attested host (so a member knows whom to run CPace with). The original relay has
   neither, and original clients cannot run CPace: mixed labs use an open room.
@@ -59,6 +63,7 @@ class PrivateRoomPart:
         self.member: PrivateRoomMember | None = None
         self._announced = False  # member: room_joined was emitted for this session
         self._alerts: list[str] = []  # host: alerts of the control message in hand
+        self._missed_globals: dict[str, int] = {}  # host: member -> round it missed, held
         self._told_sealed = False  # open-room client: told once that the room is private
 
     # --- what the user sees ------------------------------------------------------------------
@@ -112,6 +117,7 @@ class PrivateRoomPart:
         self.member = None
         self._announced = False
         self._told_sealed = False
+        self._missed_globals.clear()
         if mode != "relay":
             self.code = None
 
@@ -145,8 +151,13 @@ class PrivateRoomPart:
         if resumed and self.member is not None:
             # Back after a drop with the key we held; it may have been rotated while we were
             # away, so the exchange runs again and the host answers with the current key.
-            out = self.member.resume()
-            return True, [_send(out.message, out.to)]
+            self.member.mark_stale()
+            if session.host_id != self.member.host_id:
+                # After a relay restart a member may be back before its host: an exchange sent
+                # now would be dropped (nobody holds the host's id). It goes when the host is.
+                text = f"Back in room {session.routing_code}: waiting for the host to renew the key"
+                return True, [Emit("sync_status", (text,))]
+            return True, self.host_back(session)
         if not self.relay_supports(session) or session.host_id is None:
             why = NEEDS_OUR_RELAY.format(url=session.url)
             if self.relay_supports(session):
@@ -158,9 +169,20 @@ class PrivateRoomPart:
             _send(self.member.start().message, [session.host_id]),
         ]
 
+    def host_back(self, session: Any) -> list:
+        """Member: the attested host is (back) in the room. A re-keying the host could not
+        answer, because it was away when we resumed or left before answering, runs again
+        (the host keeps its key state across its own resume: private_room.py)."""
+        member = self.member
+        if member is None or session.host_id != member.host_id or not member.rekeying:
+            return []
+        out = member.resume()
+        return [_send(out.message, out.to)]
+
     def member_left(self, user_id: str) -> list:
         """Host: a member left; the others get a new group key (epoch + 1)."""
         host = self.host
+        self._missed_globals.pop(user_id, None)
         if host is None:
             return []
         had_key = user_id in host.members
@@ -169,6 +191,19 @@ class PrivateRoomPart:
             actions.append(
                 Emit("sync_status", (f"New room key (epoch {host.epoch}) after a member left",))
             )
+        return actions
+
+    def members_gone(self, user_ids: set[str]) -> list:
+        """Host: members it stopped waiting for without a word that they left (see
+        PrivateRoomHost.members_gone) are off the key; the others get a new one."""
+        host = self.host
+        if host is None:
+            return []
+        epoch = host.epoch
+        actions: list = [_send(out.message, out.to) for out in host.members_gone(user_ids)]
+        if host.epoch != epoch:
+            text = f"New room key (epoch {host.epoch}): members who did not come back are off it"
+            actions.append(Emit("sync_status", (text,)))
         return actions
 
     def round_members(self, session: Any, ids: list[str]) -> list[str]:
@@ -196,6 +231,9 @@ class PrivateRoomPart:
         host = self.host
         member = control["sender_id"] or ""
         failed_before, had_key = host.failed_attempts, member in host.members
+        # A member back by resume runs the exchange again: one that held the key before, or
+        # was taken off it while away (members_gone).
+        back = had_key or member in host.returning
         try:
             outgoing = host.handle(control)
         except PrivateRoomError as exc:
@@ -232,7 +270,18 @@ class PrivateRoomPart:
             actions.append(Emit("sync_status", (f"{name} proved the code (verification {code})",)))
             actions.append(Emit("verification_code", (member, code)))
             actions.extend(session.round_members_changed())
+        if back and control["type"] == "pake_confirm" and member in host.members:
+            # Re-keyed after a resume: it can open the global model it missed now (unless a
+            # newer round's reached it meanwhile).
+            missed_round = self._missed_globals.pop(member, None)
+            if missed_round is not None and missed_round == session.aggregation_round:
+                actions.extend(session.resend_global_model(member))
         return actions
+
+    def hold_missed_global(self, user_id: str, aggregation_round: int) -> None:
+        """Host: `user_id`, back by resume, missed the global model of `aggregation_round`;
+        it goes once the member's re-run exchange confirmed, under the key it then holds."""
+        self._missed_globals[user_id] = aggregation_round
 
     def _member_control(self, session: Any, control: dict) -> list:
         member = self.member
@@ -250,6 +299,11 @@ class PrivateRoomPart:
                 Leave(),
             ]
             return actions
+        if member.error is not None:
+            # A re-keying after a resume refused: the key held stays, and what the host seals
+            # under a newer one is refused as it arrives, said so each time.
+            actions.append(Report(f"The host did not renew this member's room key: {member.error}"))
+            member.error = None
         if member.ready and not was_ready and not self._announced:
             self._announced = True
             actions += [

@@ -40,6 +40,10 @@ CLOSED = (
     f"the room is closed to new members after {MAX_FAILED_ATTEMPTS} failed attempts to join "
     "with a wrong secret part; the host must reopen it"
 )
+#: How many re-run exchanges a member keeps the wrap keys of until the host answers one (each
+#: resume after the host vanished mid-exchange adds one; more than this means the host lost
+#: them all, and the oldest is dropped).
+MAX_UNCONFIRMED_EXCHANGES = 4
 CONTROL_TYPES = frozenset(
     {"pake_init", "pake_reply", "pake_confirm", "pake_failed", "pake_refused", "group_key"}
 )
@@ -350,6 +354,9 @@ class PrivateRoomHost:
         self._pending: dict[str, crypto.CPaceSession] = {}
         self._wrap_keys: dict[str, bytes] = {}
         self.verification: dict[str, str] = {}
+        # Members taken off the key without having left (members_gone): back, they are
+        # answered like holders, even in a room closed to newcomers.
+        self._returning: set[str] = set()
         self.failed_attempts = 0
         self._sign_public, self._sign_secret = crypto.sign_keypair()
         self._transfers = SealedTransfers(
@@ -364,6 +371,11 @@ class PrivateRoomHost:
     def members(self) -> list[str]:
         """Members that confirmed the key exchange and hold the current group key."""
         return list(self._wrap_keys)
+
+    @property
+    def returning(self) -> frozenset[str]:
+        """Members taken off the key while away (members_gone), answered as holders."""
+        return frozenset(self._returning)
 
     @property
     def closed(self) -> bool:
@@ -405,7 +417,7 @@ class PrivateRoomHost:
                 self._fail(member, "a new attempt replaced this one")
             # A member that holds the key and runs the exchange again (back after a drop, see
             # PrivateRoomMember.resume) is not new: a room closed to newcomers still answers it.
-            holder = member in self._wrap_keys
+            holder = member in self._wrap_keys or member in self._returning
             if not holder and self.failed_attempts + len(self._pending) >= MAX_FAILED_ATTEMPTS:
                 return [_control("pake_refused", member, reason=CLOSED)]
             session = crypto.CPaceSession(
@@ -433,6 +445,7 @@ class PrivateRoomHost:
             except ValueError as error:
                 return self._fail(member, str(error))
             self._wrap_keys[member] = session.derive_key(WRAP_LABEL)
+            self._returning.discard(member)
             self.verification[member] = verification_code(session)
             return [self._group_key_for(member)]
         if kind == "pake_failed" and member in self._pending:
@@ -457,8 +470,28 @@ class PrivateRoomHost:
         (next epoch), so nothing sent from now on is readable with what it kept."""
         self._pending.pop(member, None)
         self.verification.pop(member, None)
+        self._returning.discard(member)
         if self._wrap_keys.pop(member, None) is None:
             return []
+        return self._rotate()
+
+    def members_gone(self, members) -> list[Outgoing]:
+        """Members the host stopped waiting for without being told they left: away when the
+        relay restarted and not back within a round, or gone while the host itself was away
+        (the relay tells only who is there). Each is taken off the key and the others get a
+        new one (one rotation for all), as if they had left; one that was only late comes
+        back by resume, runs the exchange again and is answered as a holder."""
+        gone = [member for member in members if member in self._wrap_keys]
+        if not gone:
+            return []
+        for member in gone:
+            del self._wrap_keys[member]
+            self._pending.pop(member, None)
+            self.verification.pop(member, None)
+            self._returning.add(member)
+        return self._rotate()
+
+    def _rotate(self) -> list[Outgoing]:
         self._transfers.group = GroupKey(self.epoch + 1, crypto.group_key_generate())
         self._transfers.seen.clear()  # old-epoch transfers are refused by their epoch now
         return [self._group_key_for(other) for other in self._wrap_keys]
@@ -502,10 +535,16 @@ class PrivateRoomMember:
         self.user_id = user_id
         self.host_id = host_id
         self._session: crypto.CPaceSession | None = None
+        # The wrap key the host is known to hold for us: a group key arrived under it.
         self._wrap_key: bytes | None = None
-        # The wrap key before a re-run exchange (resume): the host wraps under it until that
-        # exchange is confirmed, so a rotation crossing it still unwraps.
-        self._previous_wrap_key: bytes | None = None
+        # Wrap keys of exchanges run since (newest first) whose confirmation the host may or
+        # may not have taken: until a group key arrives under one, the host may wrap under
+        # any of them or under `_wrap_key`, so a rotation crossing a re-run exchange (or an
+        # exchange abandoned when the host vanished mid-way) still unwraps.
+        self._unconfirmed: list[bytes] = []
+        self._latest: bytes | None = None  # the wrap key of the exchange of the last start()
+        # Back by resume, the group key may be stale until the host answers a re-run exchange.
+        self.rekeying = False
         self._host_sign_key: bytes | None = None
         self.error: str | None = None
         self.verification: str | None = None
@@ -522,6 +561,7 @@ class PrivateRoomMember:
 
     def start(self) -> Outgoing:
         self.error = None
+        self._latest = None
         self._session = crypto.CPaceSession(
             "initiator",
             self._code.secret_bytes(),
@@ -532,16 +572,24 @@ class PrivateRoomMember:
         )
         return _control("pake_init", self.host_id, cpace=_b64(self._session.start()))
 
+    def mark_stale(self) -> None:
+        """Back in the room after a drop: the group key held may have been rotated meanwhile;
+        `rekeying` until the host answers an exchange run again (`resume`)."""
+        self.rekeying = True
+
     def resume(self) -> Outgoing:
         """Back in the room after a drop: the group key may have been rotated meanwhile (a
         member left while this one could not be told). Runs the key exchange again; the host
-        answers with the current epoch's key. Until then the key held stays in use."""
-        self._previous_wrap_key = self._wrap_key
+        answers with the current epoch's key. Until then the key held stays in use. Called
+        again when the host was not there to answer (after a relay restart a member may be
+        back before its host): each call is a new exchange; `rekeying` holds until one ends."""
+        self.rekeying = True
         return self.start()
 
     def _unwrap(self, epoch: int, wrapped: bytes) -> tuple[bytes, bytes]:
         error = None
-        for wrap_key in (self._wrap_key, self._previous_wrap_key):
+        candidates = [*self._unconfirmed, self._wrap_key]
+        for index, wrap_key in enumerate(candidates):
             if wrap_key is None:
                 continue
             try:
@@ -551,8 +599,13 @@ class PrivateRoomMember:
             except ValueError as exc:
                 error = error or exc
                 continue
-            if wrap_key is self._wrap_key:
-                self._previous_wrap_key = None  # the host confirmed the new one: the old is done
+            if index < len(self._unconfirmed):
+                # The host took that exchange's confirmation: older keys are done with, and
+                # exchanges run after it may still be answered.
+                self._wrap_key = wrap_key
+                del self._unconfirmed[index:]
+            if wrap_key is self._latest:
+                self.rekeying = False
             return unwrapped
         raise PrivateRoomError(f"group_key: {error}")
 
@@ -571,14 +624,15 @@ class PrivateRoomMember:
             except ValueError as error:
                 self.error = f"the host's answer is malformed: {error}"
                 return [_control("pake_failed", self.host_id, reason=self.error)]
-            self._wrap_key = self._session.derive_key(WRAP_LABEL)
+            self._latest = self._session.derive_key(WRAP_LABEL)
+            self._unconfirmed = [self._latest, *self._unconfirmed][:MAX_UNCONFIRMED_EXCHANGES]
             self.verification = verification_code(self._session)
             return [_control("pake_confirm", self.host_id, cpace=_b64(confirm))]
         if kind in ("pake_failed", "pake_refused"):
             reason = payload.get("reason")
             self.error = reason if isinstance(reason, str) else MISMATCH
             return []
-        if kind == "group_key" and self._wrap_key is not None:
+        if kind == "group_key" and (self._wrap_key is not None or self._unconfirmed):
             epoch = payload.get("epoch")
             if not isinstance(epoch, int) or not 0 <= epoch < 2**32:
                 raise PrivateRoomError("group_key: epoch must be an integer of 32 bits")

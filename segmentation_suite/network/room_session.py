@@ -572,8 +572,16 @@ class RoomSession:
         actions += self.round_members_changed()
         if self.is_host and self.architecture:
             actions.append(SendJson(create_session_info_message(self.architecture), [newcomer]))
-        if payload.get("resumed"):
+        if payload.get("resumed") and self.is_host and self.private.is_private:
+            # Sent once its re-run key exchange confirmed (PrivateRoomPart), unless a newer
+            # round's reaches it first: sealed now, it could be under a key it lacks.
+            if newcomer not in self.global_model_reached:
+                self.global_model_reached.add(newcomer)
+                self.private.hold_missed_global(newcomer, self.aggregation_round)
+        elif payload.get("resumed"):
             actions += self._send_missed_global_model(newcomer)
+        if newcomer == self.host_id and not self.is_host:
+            actions += self.private.host_back(self)  # a re-keying it missed runs again
         return actions + self.role.member_joined(self, newcomer, name)
 
     def _take_users(self, payload: dict) -> str:
@@ -587,7 +595,11 @@ class RoomSession:
         when it was broadcast (the relay delivers only to who is there)."""
         missed = user_id not in self.global_model_reached
         self.global_model_reached.add(user_id)
-        if missed and self.is_host and self.global_weights is not None:
+        return self.resend_global_model(user_id) if missed else []
+
+    def resend_global_model(self, user_id: str) -> list:
+        """Host: the newest global model, whole, to `user_id` alone."""
+        if self.is_host and self.global_weights is not None:
             return [
                 SendGlobalModel(
                     self.global_weights,
@@ -984,6 +996,9 @@ class RoomSession:
         names = {u["user_id"]: u.get("display_name", u["user_id"]) for u in self.users}
         who = describe_contributors(contributors, names)
         actions: list = [Emit("sync_status", (f"Round {aggregation_round} aggregated from {who}",))]
+        # Members still away when a round closes are off a private room's key (a new one for
+        # the others) before this round's model is sealed: it is sent after the new key.
+        actions += self.private.members_gone(self.away_members)
         self.global_model_reached = set()  # the sends below say who gets this round's
         if self.mixed.originals(members):
             # Original members read only whole models (and on a v1 relay every transfer goes in

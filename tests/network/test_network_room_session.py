@@ -608,12 +608,15 @@ def is_key_exchange(action: SendJson) -> bool:
 def deliver(sessions: dict[str, RoomSession], sender: str, actions: list) -> dict[str, list]:
     """Hands `sender`'s directed key-exchange messages to their recipients as our relay would
     (with `sender_id`), and theirs back, until nobody has anything more to say; returns the
-    actions each session answered with."""
+    actions each session answered with. `sessions` are who is in the room now: a message for
+    anyone else is dropped, as our relay drops what is directed at nobody present."""
     answers: dict[str, list] = {name: [] for name in sessions}
     queue = [(sender, a) for a in of(actions, SendJson) if is_key_exchange(a)]
     while queue:
         origin, action = queue.pop(0)
         for recipient in action.to or []:
+            if recipient not in sessions:
+                continue  # nobody holds that id in the room: our relay drops it
             message = Message(action.message.type, dict(action.message.payload), sender_id=origin)
             answer = sessions[recipient].message(message)
             answers[recipient] += answer
@@ -677,3 +680,312 @@ def test_a_private_room_on_a_relay_without_an_attested_host_is_left_in_words():
     )  # a v1 relay: no capabilities, nobody attested
     assert "Private rooms need a relay" in of(actions, Report)[0].text
     assert of(actions, Leave) and not emitted(actions, "room_joined")
+
+
+# --- private rooms: resume and relay restart ------------------------------------------------
+
+
+def private_room(members: tuple[str, ...]) -> tuple[RoomSession, dict[str, RoomSession]]:
+    """A private room ABCDEF-xxxx: the host and `members`, each of whom proved the code."""
+    from segmentation_suite.network.private_code import parse_room_code
+
+    host = session_for("host")
+    host.private.will_create(True, 4)
+    host.begin("relay", URL, "Host", None)
+    host.connection_opened()
+    created = host.message(
+        msg("room_created", {"room_code": "ABCDEF", "relay": RELAY, "resume_token": "th"})
+    )
+    ((full_code,),) = emitted(created, "room_created")
+    sessions = {"host": host}
+    users = [user("host")]
+    for name in members:
+        member = session_for(name)
+        member.private.will_join(parse_room_code(full_code))
+        member.begin("relay", URL, name, "ABCDEF")
+        member.connection_opened()
+        users.append(user(name))
+        for other in sessions.values():
+            other.message(msg("user_joined", {"user_id": name, "users": users, "host_id": "host"}))
+        joined = member.message(
+            msg(
+                "room_joined",
+                {
+                    "room_code": "ABCDEF",
+                    "users": list(users),
+                    "host_id": "host",
+                    "relay": RELAY,
+                    "resume_token": f"t{name}",
+                },
+            )
+        )
+        sessions[name] = member
+        deliver(sessions, name, joined)
+        assert member.private.ready
+    return host, sessions
+
+
+def drop_and_reconnect(session: RoomSession) -> None:
+    """The connection dropped; the backoff ran out and a new connection is open (the driver
+    sent the resume the session asked for)."""
+    (timer,) = of(session.closed(1006, ""), StartTimer)
+    session.timer_fired(RECONNECT_TIMER, timer.token)
+    (resume,) = session.connection_opened()
+    assert resume.message.type is MessageType.RESUME
+
+
+def resumed(session: RoomSession, users: list[str], host_id: str | None) -> list:
+    """The relay took `session` back: `users` are in the room, `host_id` attested (None while
+    the creator is not back after a restart)."""
+    return session.message(
+        msg(
+            "room_joined",
+            {
+                "room_code": "ABCDEF",
+                "users": [user(u) for u in users],
+                "host_id": host_id,
+                "relay": RELAY,
+                "resumed": True,
+            },
+        )
+    )
+
+
+def host_is_back(member: RoomSession, users: list[str]) -> list:
+    return member.message(
+        msg(
+            "user_joined",
+            {
+                "user_id": "host",
+                "users": [user(u) for u in users],
+                "host_id": "host",
+                "resumed": True,
+            },
+        )
+    )
+
+
+def keys_of(session: RoomSession) -> tuple[int, bytes]:
+    party = session.private.host or session.private.member
+    group = party._transfers.group
+    return group.epoch, group.key
+
+
+def test_a_member_back_before_its_host_after_a_relay_restart_gets_the_rotated_key():
+    host, sessions = private_room(("mia", "bob"))
+    mia = sessions["mia"]
+    assert keys_of(mia) == keys_of(host) and keys_of(host)[0] == 0
+    # mia's link drops; while she is away bob leaves and the host rotates the key. The new
+    # key is directed at mia, who is not connected: the relay drops it.
+    drop_and_reconnect(mia)
+    left = host.message(
+        msg(
+            "user_left", {"user_id": "bob", "users": [user("host"), user("mia")], "host_id": "host"}
+        )
+    )
+    (rotation,) = sent(left, "group_key")
+    assert rotation.to == ["mia"] and keys_of(host)[0] == 1
+    assert keys_of(mia)[0] == 0
+    # The relay restarts. mia resumes first: the room is back, its host is not (host_id null).
+    drop_and_reconnect(host)
+    back = resumed(mia, ["mia"], None)
+    assert not sent(back, "pake_init")  # nobody to run it with: it would be dropped
+    assert any("waiting for the host" in text for (text,) in emitted(back, "sync_status"))
+    assert not of(back, Report) and mia.private.ready and keys_of(mia)[0] == 0
+    # The host resumes: mia runs the exchange again, directed at it, and gets epoch 1.
+    resumed(host, ["mia", "host"], "host")
+    again = host_is_back(mia, ["mia", "host"])
+    (init,) = sent(again, "pake_init")
+    assert init.to == ["host"]
+    answers = deliver({"host": host, "mia": mia}, "mia", again)
+    assert keys_of(mia) == keys_of(host) and keys_of(mia)[0] == 1
+    assert not mia.private.member.rekeying
+    assert not of(answers["mia"], Report) and not of(answers["host"], Report)
+    assert not emitted(answers["mia"], "room_joined")  # back, not joined anew
+    assert host.private.host.failed_attempts == 0  # an honest return is no failed attempt
+    # A round under the new key: mia's sealed push opens at the host, values checked.
+    data = serialize_weights(weights(2.5), num_samples=3)
+    sealed = mia.private.seal(data, 5, FrameKind.WEIGHTS)
+    host.set_host_trains(False)
+    actions = host.transfer_received("mia", 5, FrameKind.WEIGHTS, bytearray(sealed))
+    assert emitted(actions, "round_complete") == [(1, ["mia"])]
+    (global_model,) = emitted(actions, "global_model_received")
+    np.testing.assert_array_equal(global_model[0]["w"], np.full((3, 2), 2.5, np.float32))
+
+
+def test_a_member_back_while_its_host_is_there_re_keys_at_once_and_not_again():
+    host, sessions = private_room(("mia",))
+    mia = sessions["mia"]
+    drop_and_reconnect(mia)
+    back = resumed(mia, ["host", "mia"], "host")
+    (init,) = sent(back, "pake_init")
+    assert init.to == ["host"]
+    deliver({"host": host, "mia": mia}, "mia", back)
+    assert not mia.private.member.rekeying and keys_of(mia) == keys_of(host)
+    # The host's own link drops and it resumes: mia's key is current, nothing runs again.
+    assert not sent(host_is_back(mia, ["host", "mia"]), "pake_init")
+
+
+def test_a_host_gone_mid_exchange_is_asked_again_and_a_rotation_crossing_it_unwraps():
+    host, sessions = private_room(("mia", "bob", "cy"))
+    mia, cy = sessions["mia"], sessions["cy"]
+    drop_and_reconnect(mia)
+    back = resumed(mia, ["host", "bob", "cy", "mia"], "host")
+    # The host answers mia's exchange, but her confirmation is lost: the host's link dropped.
+    answers = deliver({"host": host}, "mia", back)
+    (reply,) = sent(answers["host"], "pake_reply")
+    confirm = mia.message(
+        Message(reply.message.type, dict(reply.message.payload), sender_id="host")
+    )
+    assert sent(confirm, "pake_confirm") and mia.private.member.rekeying
+    # Back after its own drop, the host still wraps for mia under the key it holds, her
+    # first exchange's: bob leaving now rotates the key under that one.
+    room = [user("host"), user("cy"), user("mia")]
+    left = host.message(msg("user_left", {"user_id": "bob", "users": room, "host_id": "host"}))
+    again = host_is_back(mia, ["host", "cy", "mia"])
+    (init,) = sent(again, "pake_init")  # asked again: the host never confirmed the exchange
+    present = {"host": host, "mia": mia, "cy": cy}
+    deliver(present, "host", left)
+    assert keys_of(mia) == keys_of(host) == keys_of(cy) and keys_of(mia)[0] == 1
+    assert mia.private.member.rekeying  # the rotation came under the old key: still waiting
+    deliver(present, "mia", again)
+    assert keys_of(mia) == keys_of(host) and not mia.private.member.rekeying
+    # The abandoned exchange counts as one failed attempt: each answered pake_init is a guess
+    # for whoever sent it (private_room.py), the relay's word for who that was included.
+    assert host.private.host.failed_attempts == 1
+    # The next rotation comes under the newest exchange's key and unwraps.
+    room = [user("host"), user("mia")]
+    left = host.message(msg("user_left", {"user_id": "cy", "users": room, "host_id": "host"}))
+    answers = deliver(present, "host", left)
+    assert keys_of(mia) == keys_of(host) and keys_of(mia)[0] == 2
+    assert not of(answers["mia"], Report)
+
+
+def test_a_member_gone_while_the_host_was_away_is_off_the_key_after_the_round():
+    host, sessions = private_room(("mia", "bob"))
+    mia, bob = sessions["mia"], sessions["bob"]
+    # The host's link drops; bob leaves meanwhile, and the relay tells only who is there.
+    drop_and_reconnect(host)
+    resumed(host, ["host", "mia"], "host")
+    assert host.away_members == {"bob"} and keys_of(host)[0] == 0
+    assert not sent(host_is_back(mia, ["host", "mia"]), "pake_init")  # mia's key is current
+    # A round closes without bob: before its model goes out, bob is off the key.
+    host.set_host_trains(False)
+    sealed = mia.private.seal(serialize_weights(weights(1.5), num_samples=2), 9, FrameKind.WEIGHTS)
+    host.transfer_received("mia", 9, FrameKind.WEIGHTS, bytearray(sealed))
+    closed = host.trigger_aggregation()[1]
+    assert emitted(closed, "round_complete") == [(1, ["mia"])]
+    (rotation,) = sent(closed, "group_key")
+    assert rotation.to == ["mia"] and keys_of(host)[0] == 1
+    kinds = [type(a) for a in closed if isinstance(a, (SendJson, SendGlobalData))]
+    assert kinds.index(SendJson) < kinds.index(SendGlobalData)  # the key before the model
+    assert host.private.host.members == ["mia"] and not host.away_members
+    deliver({"host": host, "mia": mia}, "host", closed)
+    assert keys_of(mia) == keys_of(host) and keys_of(bob) != keys_of(host)
+
+    # bob was only late: back by resume, he is answered as a holder even in a closed room.
+    host.private.host.failed_attempts = 3  # three wrong codes closed the room to newcomers
+    assert host.private.closed
+    drop_and_reconnect(bob)
+    users = ["host", "mia", "bob"]
+    host.message(
+        msg(
+            "user_joined",
+            {
+                "user_id": "bob",
+                "users": [user(u) for u in users],
+                "host_id": "host",
+                "resumed": True,
+            },
+        )
+    )
+    back = resumed(bob, users, "host")
+    answers = deliver({"host": host, "mia": mia, "bob": bob}, "bob", back)
+    assert not sent(answers["host"], "pake_refused")
+    assert keys_of(bob) == keys_of(host) and not bob.private.member.rekeying
+    # ...while a newcomer in a closed room is refused, and told so in words.
+    newcomer_refused = host.private.host.handle(
+        {"type": "pake_init", "sender_id": "eve", "payload": {"cpace": "AA=="}}
+    )
+    assert newcomer_refused[0].message["type"] == "pake_refused"
+
+
+def test_a_member_back_after_its_grace_into_a_closed_room_is_told_the_key_was_not_renewed():
+    host, sessions = private_room(("mia", "bob"))
+    mia = sessions["mia"]
+    drop_and_reconnect(mia)
+    # mia stayed away past the relay's grace: the host saw her leave and rotated the key.
+    room = [user("host"), user("bob")]
+    host.message(msg("user_left", {"user_id": "mia", "users": room, "host_id": "host"}))
+    assert keys_of(host)[0] == 1
+    for attempt in range(3):  # three wrong codes meanwhile: closed to newcomers
+        host.private.host.handle(
+            {"type": "pake_init", "sender_id": f"eve{attempt}", "payload": {"cpace": "AA=="}}
+        )
+    assert host.private.closed
+    # Her token still opens the room; to the host she is a newcomer now.
+    back = resumed(mia, ["host", "bob", "mia"], "host")
+    answers = deliver({"host": host, "mia": mia, "bob": sessions["bob"]}, "mia", back)
+    assert sent(answers["host"], "pake_refused")
+    (said,) = of(answers["mia"], Report)
+    assert "did not renew" in said.text and "closed to new members" in said.text
+    assert keys_of(mia)[0] == 0 and mia.private.member.rekeying  # the old key, no pretence
+
+
+def test_after_a_relay_restart_a_member_gets_the_global_it_missed_once_it_re_keyed():
+    host, sessions = private_room(("mia", "ned"))
+    mia, ned = sessions["mia"], sessions["ned"]
+    host.set_host_trains(False)
+
+    def push_from(member: RoomSession, transfer_id: int) -> list:
+        plain = serialize_weights(weights(float(transfer_id)), num_samples=1)
+        sealed = member.private.seal(plain, transfer_id, FrameKind.WEIGHTS)
+        return host.transfer_received(member.user_id, transfer_id, FrameKind.WEIGHTS, sealed)
+
+    assert emitted(push_from(ned, 1), "weights_received")
+    for session in (host, mia, ned):  # the relay restarts; the host is back first
+        drop_and_reconnect(session)
+    resumed(host, ["host"], "host")
+    users = [user("host"), user("mia")]
+    host.message(
+        msg("user_joined", {"user_id": "mia", "users": users, "host_id": "host", "resumed": True})
+    )
+    deliver({"host": host, "mia": mia}, "mia", resumed(mia, ["host", "mia"], "host"))
+    # mia's push closes the round while ned is still away: ned is off the key (epoch 1).
+    closed = push_from(mia, 2)
+    assert emitted(closed, "round_complete") == [(1, ["ned", "mia"])]
+    assert keys_of(host)[0] == 1 and host.private.host.members == ["mia"]
+    # ned is back: the global it missed is not sent under a key it does not hold yet...
+    users.append(user("ned"))
+    joined = host.message(
+        msg("user_joined", {"user_id": "ned", "users": users, "host_id": "host", "resumed": True})
+    )
+    assert not of(joined, SendGlobalModel)
+    # ...but right after its re-run exchange, behind the key that opens it.
+    answers = deliver(
+        {"host": host, "mia": mia, "ned": ned}, "ned", resumed(ned, ["host", "mia", "ned"], "host")
+    )
+    assert keys_of(ned) == keys_of(host)
+    to_ned = [a for a in answers["host"] if isinstance(a, (SendJson, SendGlobalModel))]
+    kinds = [a.message.type.value if isinstance(a, SendJson) else "global" for a in to_ned]
+    assert kinds[-2:] == ["group_key", "global"] and to_ned[-1].to == ["ned"]
+    assert to_ned[-1].aggregation_round == 1
+
+
+def test_a_missed_global_held_for_a_re_keying_is_dropped_when_a_newer_round_reaches_it():
+    host, sessions = private_room(("mia",))
+    mia = sessions["mia"]
+    for session in (host, mia):  # the relay restarts; the host is back first
+        drop_and_reconnect(session)
+    resumed(host, ["host"], "host")
+    host.publish_global_model(weights(1.0), 1)  # round 1, while mia is away
+    users = [user("host"), user("mia")]
+    joined = host.message(
+        msg("user_joined", {"user_id": "mia", "users": users, "host_id": "host", "resumed": True})
+    )
+    assert not of(joined, SendGlobalModel)  # held until mia re-keyed
+    back = resumed(mia, ["host", "mia"], "host")
+    _, published = host.publish_global_model(weights(2.0), 2)  # round 2 reaches mia first
+    assert [a.to for a in of(published, SendGlobalData)] == [["mia"]]
+    answers = deliver({"host": host, "mia": mia}, "mia", back)
+    assert sent(answers["host"], "group_key") and not of(answers["host"], SendGlobalModel)
