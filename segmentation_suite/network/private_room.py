@@ -245,28 +245,11 @@ class SealedTransfers:
         plaintext = memoryview(payload).cast("B")
         sealed_len = crypto.sealed_size(len(plaintext))
         sealed = self._send_buffer(sealed_len + (SIGNATURE_BYTES if sign_key else 0))
+        # What binds each chunk (the associated data), then where it goes.
+        context = (self.group.key, self.room, self.user_id, transfer_id, kind, self.group.epoch)
         if not sign_key:
-            return crypto.seal_while_sending(
-                self.group.key,
-                self.room,
-                self.user_id,
-                transfer_id,
-                kind,
-                self.group.epoch,
-                plaintext,
-                sealed,
-            )
-        digest = crypto.seal(
-            self.group.key,
-            self.room,
-            self.user_id,
-            transfer_id,
-            kind,
-            self.group.epoch,
-            plaintext,
-            sealed[:sealed_len],
-            digest=sign_key is not None,
-        )
+            return crypto.seal_while_sending(*context, plaintext, sealed)
+        digest = crypto.seal(*context, plaintext, sealed[:sealed_len], digest=True)
         if sign_key:
             message = _signed_message(self.room, self.group.epoch, transfer_id, digest)
             sealed[sealed_len:] = crypto.sign_detached(sign_key, message)

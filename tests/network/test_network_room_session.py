@@ -92,19 +92,14 @@ def member_in_room(user_id: str = "mia", others: tuple[str, ...] = ()) -> RoomSe
     member.begin("relay", URL, user_id, "ABCDEF")
     member.connection_opened()
     users = [user("host"), *(user(o) for o in others), user(user_id)]
-    member.message(
-        msg(
-            "room_joined",
-            {
-                "room_code": "ABCDEF",
-                "users": users,
-                "host_id": "host",
-                "relay": RELAY,
-                "resume_token": "tok",
-            },
-        )
-    )
+    member.message(room_joined(users, resume_token="tok"))
     return member
+
+
+def room_joined(users: list[dict], **extra) -> Message:
+    """The relay's room_joined for room ABCDEF, whose attested host is "host"."""
+    payload = {"room_code": "ABCDEF", "users": users, "host_id": "host", "relay": RELAY}
+    return msg("room_joined", {**payload, **extra})
 
 
 def weights(value: float) -> dict:
@@ -357,18 +352,7 @@ def test_reconnecting_resumes_with_the_token_and_says_nothing_new_to_the_app():
     assert resume.message.type is MessageType.RESUME and resume.now
     assert resume.message.payload["resume_token"] == "tok"
     users = [user("host"), user("mia")]
-    actions = member.message(
-        msg(
-            "room_joined",
-            {
-                "room_code": "ABCDEF",
-                "users": users,
-                "host_id": "host",
-                "relay": RELAY,
-                "resumed": True,
-            },
-        )
-    )
+    actions = member.message(room_joined(users, resumed=True))
     assert not emitted(actions, "room_joined") and not emitted(actions, "connected")
     assert member.in_room and not member.reconnecting
 
