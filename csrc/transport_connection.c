@@ -167,6 +167,22 @@ static struct timespec monotonic_timespec(double seconds)
 /* Waits until `done` holds (checked under conn->lock) or the monotonic `deadline` passes
  * (deadline < 0: no limit). Wakes every 100 ms so that Ctrl-C reaches a waiting main thread.
  * Returns 1 when done, 0 on timeout, -1 with a Python exception set by a signal handler. */
+/* The thread that ran _shutdown (the main thread, from atexit). */
+static unsigned long shutdown_thread;
+
+/* Called without the GIL. At interpreter exit only daemon threads are still waiting here (the
+ * others were joined before atexit ran _shutdown). Returning would raise ConnectionClosed in them
+ * while the interpreter finalizes, and the traceback they print races its teardown of
+ * sys.stderr: "Fatal Python error: _enter_buffered_busy". CPython freezes daemon threads at
+ * exit anyway; this freezes them a step earlier, holding nothing. */
+static void park_if_exiting(void)
+{
+    if (!service_exiting() || PyThread_get_thread_ident() == shutdown_thread)
+        return;
+    for (;;)
+        pause();
+}
+
 static int wait_until(struct client_connection *conn,
                       int (*done)(struct client_connection *, void *), void *argument,
                       double deadline)
@@ -184,6 +200,7 @@ static int wait_until(struct client_connection *conn,
                 if (pthread_cond_timedwait(&conn->changed, &conn->lock, &until) == ETIMEDOUT)
                     break;
             pthread_mutex_unlock(&conn->lock);
+            park_if_exiting();
             PyEval_RestoreThread(released);
         }
         if (satisfied)
@@ -1336,6 +1353,7 @@ static PyObject *transport_shutdown(PyObject *module, PyObject *args)
     double grace = 2.0;
     if (!PyArg_ParseTuple(args, "|d:_shutdown", &grace))
         return NULL;
+    shutdown_thread = PyThread_get_thread_ident(); /* before service_shutdown's flag */
     {
         PyThreadState *released = PyEval_SaveThread();
         service_shutdown(grace);

@@ -415,6 +415,14 @@ int service_start(char *error, size_t error_size)
     return result;
 }
 
+int service_exiting(void)
+{
+    pthread_mutex_lock(&service.lock);
+    int exiting = service.process_exiting;
+    pthread_mutex_unlock(&service.lock);
+    return exiting;
+}
+
 void service_shutdown(double grace_seconds)
 {
     pthread_mutex_lock(&service.lock);

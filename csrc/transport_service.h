@@ -24,4 +24,7 @@ void service_notify(struct client_connection *conn);
  * stops and joins the service thread. After it, service_start() fails: the process is exiting. */
 void service_shutdown(double grace_seconds);
 
+/* Whether service_shutdown() has been called (the interpreter is exiting). */
+int service_exiting(void);
+
 #endif
