@@ -412,8 +412,11 @@ class RoomSession:
         if self.mode == "direct" and reason == LAN_HOST_LEFT:
             return [Report("The LAN host ended the session"), Emit("disconnected")]
         log.warning("connection to %s lost (%s %s); reconnecting", self.url, code, reason)
+        if was_in_room:
+            # A fresh drop. A close while still reconnecting (a relay that accepts and closes
+            # before the room answers) spends a try instead: the tries stay bounded.
+            self._reconnect_tries = 0
         self.reconnecting = True
-        self._reconnect_tries = 0
         status = Emit("sync_status", (f"Connection lost ({code} {reason or ''}); reconnecting",))
         return [status, *self._next_reconnect()]
 

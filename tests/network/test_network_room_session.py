@@ -344,6 +344,22 @@ def test_a_drop_schedules_reconnects_with_growing_jittered_waits_then_gives_up()
     assert member.closing and not member.reconnecting
 
 
+def test_a_relay_that_accepts_and_closes_at_once_spends_the_tries_too():
+    # Each reconnect opens, asks to resume, and is closed before the room answers: a close
+    # while still reconnecting is a failed try, not a fresh drop (or it would retry forever).
+    member = member_in_room()
+    actions = member.closed(1006, "")
+    for _ in range(3):
+        (timer,) = of(actions, StartTimer)
+        assert member.timer_fired(RECONNECT_TIMER, timer.token) == [OpenConnection()]
+        (resume,) = member.connection_opened()
+        assert resume.message.type is MessageType.RESUME
+        actions = member.closed(1011, "going away at once")
+    assert "after 3 tries" in of(actions, Report)[0].text
+    assert emitted(actions, "disconnected") == [()]
+    assert not of(actions, StartTimer) and not member.reconnecting
+
+
 def test_reconnecting_resumes_with_the_token_and_says_nothing_new_to_the_app():
     member = member_in_room()
     (timer,) = of(member.closed(1006, ""), StartTimer)
