@@ -109,8 +109,10 @@ static void fuzz_sealed(const uint8_t *data, size_t size)
     if (rc2 == 0)
         rc2 = sealed_opener_finish(&pieces, NULL, &error);
     CHECK((rc == 0) == (rc2 == 0));
-    if (rc == 0)
-        CHECK(memcmp(received, copy, size) == 0);
+    if (rc == 0) { /* only the plaintext is the same: in place, the header and tags stay put */
+        uint64_t offset = sealed_data_offset(header.plaintext_len, header.segment_size);
+        CHECK(memcmp(received + offset, copy + offset, header.plaintext_len) == 0);
+    }
     sealed_opener_free(&pieces);
     free(received);
     free(copy);
